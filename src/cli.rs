@@ -1,0 +1,71 @@
+//! The command line. Flags that have an environment variable are one thing (`--config` and
+//! `BACKFILL_REPORTER_CONFIG`). No flag takes a secret: the process list is public.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// Reports OTP backfill rates (codes typed back ÷ codes sent, per app and country) from
+/// PostgreSQL to the iTniotech OTP API, on a cron schedule.
+#[derive(Debug, Parser)]
+#[command(name = "backfill-reporter", version, about, long_about = None)]
+pub struct Cli {
+    /// The TOML config file [default: /etc/backfill-reporter/config.toml]
+    #[arg(long, global = true, env = "BACKFILL_REPORTER_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr: text for people and journald, json for log shippers
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "BACKFILL_REPORTER_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the reporter: on the configured schedule until stopped, or once with --once
+    Run {
+        /// Run one cycle now and exit: 0 when every pair succeeded or was skipped, 1 when any
+        /// failed or was invalid, 2 on a config or database error
+        #[arg(long)]
+        once: bool,
+        /// With --once: print what would be sent, skipped or refused; send and write nothing
+        #[arg(long, requires = "once")]
+        dry_run: bool,
+    },
+    /// Look up one OTP send by its order id (the id your system gave the send), to debug a
+    /// delivery. Exit 0 when found, 1 on a provider error, 2 on a usage or config error
+    Record {
+        /// The order id (orderId) given when the OTP was sent
+        order_id: String,
+        /// The application the send belongs to (appId, 4-32 characters)
+        #[arg(long, value_name = "ID")]
+        app_id: Option<String>,
+        /// Print the provider's JSON answer as received instead of a summary
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply database migrations and say which were applied
+    Migrate,
+    /// Validate the config, connect to the database, check the source query's columns and
+    /// print the next five fire times; nothing is sent. Exit 0 when all is well
+    Check,
+    /// Show recent submissions, newest first
+    History {
+        /// How many rows
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+        limit: i64,
+        /// Only this application
+        #[arg(long, value_name = "ID")]
+        app_id: Option<String>,
+        /// Only this country code (three digits)
+        #[arg(long)]
+        mcc: Option<String>,
+        /// Only this state: pending, succeeded, failed, skipped, invalid or superseded
+        #[arg(long)]
+        state: Option<String>,
+    },
+}

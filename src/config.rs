@@ -1,0 +1,433 @@
+//! Configuration: the TOML file, then environment overrides, validated into typed [`Settings`].
+//! Raw structs mirror the file (unknown keys are errors); validation turns them into values
+//! that cannot be wrong later (a parsed schedule, a time zone, an allow-list of [`AppId`]s).
+//! This module reads files and the environment only; it opens no connection.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use chrono_tz::Tz;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::domain::AppId;
+use crate::schedule::Schedule;
+
+/// Where the config is read from when neither `--config` nor `BACKFILL_REPORTER_CONFIG` names it.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/backfill-reporter/config.toml";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    provider: RawProvider,
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    source: RawSource,
+    #[serde(default)]
+    schedule: RawSchedule,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    base_url: Option<String>,
+    api_key: Option<String>,
+    api_secret: Option<SecretString>,
+    api_secret_file: Option<PathBuf>,
+    request_timeout: Option<String>,
+    max_in_flight: Option<usize>,
+    max_attempts: Option<u32>,
+    retry_backoff: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<SecretString>,
+    max_connections: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    window: Option<String>,
+    query: Option<String>,
+    min_cardinal: Option<u64>,
+    apps: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    cron: Option<String>,
+    timezone: Option<String>,
+}
+
+/// Everything the daemon needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub path: PathBuf,
+    pub provider: ProviderSettings,
+    pub database: DatabaseSettings,
+    pub source: SourceSettings,
+    pub schedule: ScheduleSettings,
+    /// Problems worth a warning that do not stop the daemon (a world-readable secret).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    /// Without a trailing slash: endpoint paths are appended to it.
+    pub base_url: String,
+    pub api_key: String,
+    /// `None` until one of the four sources provides it; commands that talk to the provider
+    /// ask for it through [`ProviderSettings::secret`], so `history` or `migrate` work without.
+    pub api_secret: Option<SecretString>,
+    pub request_timeout: Duration,
+    pub max_in_flight: usize,
+    pub max_attempts: u32,
+    pub retry_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// A secret because it may carry a password.
+    pub url: Option<SecretString>,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub window: Duration,
+    pub query: Option<String>,
+    pub min_cardinal: u64,
+    /// Empty means every app.
+    pub apps: Vec<AppId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScheduleSettings {
+    pub cron: Schedule,
+    pub timezone: Tz,
+}
+
+impl ProviderSettings {
+    pub fn secret(&self) -> anyhow::Result<&SecretString> {
+        self.api_secret.as_ref().context(
+            "provider.api_secret is not set: set provider.api_secret or provider.api_secret_file, \
+             the BACKFILL_REPORTER_API_SECRET environment variable, or the systemd credential \
+             api_secret",
+        )
+    }
+}
+
+impl DatabaseSettings {
+    pub fn url(&self) -> anyhow::Result<&SecretString> {
+        self.url
+            .as_ref()
+            .context("database.url is not set: set it in the config or in DATABASE_URL")
+    }
+}
+
+impl SourceSettings {
+    pub fn allows(&self, app_id: &str) -> bool {
+        self.apps.is_empty() || self.apps.iter().any(|a| a.as_str() == app_id)
+    }
+}
+
+/// The config path: the flag, else `BACKFILL_REPORTER_CONFIG` (clap folds both into `flag`),
+/// else the default.
+pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+    flag.map_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH), Path::to_path_buf)
+}
+
+/// Reads and validates the file at `path`, with overrides from the process environment.
+pub fn load(path: &Path) -> anyhow::Result<Settings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let mut settings = from_toml(&text, path, &|name| std::env::var(name).ok())
+        .with_context(|| format!("config file {}", path.display()))?;
+    if let Some(warning) = permission_warning(path, &text) {
+        settings.warnings.push(warning);
+    }
+    Ok(settings)
+}
+
+/// Parses and validates config text; `env` stands in for the process environment so that tests
+/// need not mutate it.
+pub fn from_toml(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Settings> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        // toml's message names the offending key (and its line); keep it on one line.
+        anyhow::anyhow!("{}", e.to_string().trim_end().replace('\n', " "))
+    })?;
+    let env = |name: &str| env(name).filter(|v| !v.is_empty());
+
+    let p = raw.provider;
+    let base_url = p
+        .base_url
+        .unwrap_or_else(|| "https://api.itniotech.com/otp".to_owned());
+    let base_url = validate_base_url(&base_url).context("provider.base_url")?;
+    let api_key = env("BACKFILL_REPORTER_API_KEY")
+        .or(p.api_key)
+        .context("provider.api_key is not set (or BACKFILL_REPORTER_API_KEY)")?;
+    if api_key.trim().is_empty() || api_key.chars().any(|c| c.is_control()) {
+        bail!("provider.api_key is empty or has control characters");
+    }
+    if p.api_secret.is_some() && p.api_secret_file.is_some() {
+        bail!("provider.api_secret and provider.api_secret_file are both set: keep one");
+    }
+    let api_secret = if let Some(secret) = env("BACKFILL_REPORTER_API_SECRET") {
+        Some(SecretString::from(secret))
+    } else if let Some(dir) = env("CREDENTIALS_DIRECTORY")
+        .map(PathBuf::from)
+        .filter(|d| d.join("api_secret").exists())
+    {
+        Some(read_secret_file(&dir.join("api_secret")).context("systemd credential api_secret")?)
+    } else if let Some(file) = &p.api_secret_file {
+        Some(read_secret_file(file).context("provider.api_secret_file")?)
+    } else {
+        p.api_secret
+    };
+    if let Some(secret) = &api_secret {
+        let s = secret.expose_secret();
+        if s.is_empty() || s.chars().any(|c| c.is_control()) {
+            bail!("provider.api_secret is empty or has control characters");
+        }
+    }
+    let provider = ProviderSettings {
+        base_url,
+        api_key,
+        api_secret,
+        request_timeout: duration(p.request_timeout, "10s", "provider.request_timeout")?,
+        max_in_flight: positive(p.max_in_flight.unwrap_or(8), "provider.max_in_flight")?,
+        max_attempts: positive(p.max_attempts.unwrap_or(5), "provider.max_attempts")?,
+        retry_backoff: duration(p.retry_backoff, "500ms", "provider.retry_backoff")?,
+    };
+
+    let d = raw.database;
+    let database = DatabaseSettings {
+        url: env("DATABASE_URL").map(SecretString::from).or(d.url),
+        max_connections: positive(d.max_connections.unwrap_or(5), "database.max_connections")?,
+    };
+
+    let s = raw.source;
+    let window = duration(s.window, "24h", "source.window")?;
+    if window.is_zero() {
+        bail!("source.window must be longer than 0s");
+    }
+    let query = s.query.filter(|q| !q.trim().is_empty());
+    if let Some(q) = &query {
+        if !q.contains("$1") || !q.contains("$2") {
+            bail!("source.query must use $1 (window start) and $2 (window end)");
+        }
+    }
+    let apps = s
+        .apps
+        .unwrap_or_default()
+        .iter()
+        .map(|a| AppId::parse(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("source.apps: {e}"))?;
+    let source = SourceSettings {
+        window,
+        query,
+        min_cardinal: s.min_cardinal.unwrap_or(1),
+        apps,
+    };
+
+    let c = raw.schedule;
+    let cron_text = c.cron.unwrap_or_else(|| "*/10 * * * *".to_owned());
+    let cron = Schedule::parse(&cron_text)
+        .map_err(|e| anyhow::anyhow!("schedule.cron {cron_text:?}: {e}"))?;
+    let tz_text = c.timezone.unwrap_or_else(|| "UTC".to_owned());
+    let timezone: Tz = tz_text.parse().map_err(|_| {
+        anyhow::anyhow!("schedule.timezone {tz_text:?} is not an IANA time zone name (such as \"Asia/Shanghai\" or \"UTC\")")
+    })?;
+
+    Ok(Settings {
+        path: path.to_path_buf(),
+        provider,
+        database,
+        source,
+        schedule: ScheduleSettings { cron, timezone },
+        warnings: Vec::new(),
+    })
+}
+
+fn validate_base_url(raw: &str) -> anyhow::Result<String> {
+    let trimmed = raw.trim().trim_end_matches('/');
+    let url = reqwest::Url::parse(trimmed).with_context(|| format!("{raw:?} is not a URL"))?;
+    match url.scheme() {
+        "https" | "http" => {}
+        other => bail!("{raw:?}: scheme {other:?} is not http or https"),
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        bail!("{raw:?} must not carry a query, fragment or credentials");
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn duration(raw: Option<String>, default: &str, key: &str) -> anyhow::Result<Duration> {
+    let text = raw.unwrap_or_else(|| default.to_owned());
+    humantime::parse_duration(&text)
+        .map_err(|e| anyhow::anyhow!("{key} {text:?} is not a duration such as \"10s\" or \"24h\": {e}"))
+}
+
+fn positive<T: PartialOrd + Default + std::fmt::Display>(v: T, key: &str) -> anyhow::Result<T> {
+    if v > T::default() {
+        Ok(v)
+    } else {
+        bail!("{key} must be at least 1, not {v}")
+    }
+}
+
+fn read_secret_file(path: &Path) -> anyhow::Result<SecretString> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading secret file {}", path.display()))?;
+    // Editors and `echo` add a final newline that is not part of the secret.
+    Ok(SecretString::from(text.trim_end_matches(['\n', '\r']).to_owned()))
+}
+
+/// A warning when the file holds a secret (an inline API secret, or a database URL with a
+/// password) and group or others may read it.
+fn permission_warning(path: &Path, text: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    if mode & 0o077 == 0 {
+        return None;
+    }
+    let raw: RawConfig = toml::from_str(text).ok()?;
+    let db_password = raw
+        .database
+        .url
+        .as_ref()
+        .and_then(|u| reqwest::Url::parse(u.expose_secret()).ok())
+        .is_some_and(|u| u.password().is_some());
+    (raw.provider.api_secret.is_some() || db_password).then(|| {
+        format!(
+            "config file {} holds a secret and is readable by group or others (mode {:o}): \
+             run chmod 600 on it, or move the secret to provider.api_secret_file or a systemd credential",
+            path.display(),
+            mode & 0o777
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Settings> {
+        from_toml(text, Path::new("test.toml"), &|_| None)
+    }
+
+    const MINIMAL: &str = "[provider]\napi_key = \"bDqJFiq9\"\napi_secret = \"7bz1lzh9\"\n";
+
+    #[test]
+    fn defaults_fill_every_optional_key() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.provider.base_url, "https://api.itniotech.com/otp");
+        assert_eq!(s.provider.request_timeout, Duration::from_secs(10));
+        assert_eq!(s.provider.max_in_flight, 8);
+        assert_eq!(s.provider.max_attempts, 5);
+        assert_eq!(s.source.window, Duration::from_secs(24 * 3600));
+        assert_eq!(s.source.min_cardinal, 1);
+        assert!(s.source.apps.is_empty());
+        assert_eq!(s.schedule.timezone, chrono_tz::UTC);
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_that_names_it() {
+        let err = parse(&format!("{MINIMAL}request_timout = \"5s\"\n")).unwrap_err();
+        assert!(format!("{err:#}").contains("request_timout"), "{err:#}");
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_key() {
+        let err = parse(&format!("{MINIMAL}[source]\nwindow = \"24 parsecs\"\n")).unwrap_err();
+        assert!(format!("{err:#}").contains("source.window"), "{err:#}");
+    }
+
+    #[test]
+    fn a_trailing_slash_on_the_base_url_is_dropped() {
+        let s = parse(&format!("{MINIMAL}base_url = \"https://example.test/otp/\"\n")).unwrap();
+        assert_eq!(s.provider.base_url, "https://example.test/otp");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = |name: &str| match name {
+            "BACKFILL_REPORTER_API_KEY" => Some("envkey12".to_owned()),
+            "BACKFILL_REPORTER_API_SECRET" => Some("envsecret".to_owned()),
+            "DATABASE_URL" => Some("postgres://u:pw@db/x".to_owned()),
+            _ => None,
+        };
+        let s = from_toml(MINIMAL, Path::new("t.toml"), &env).unwrap();
+        assert_eq!(s.provider.api_key, "envkey12");
+        assert_eq!(s.provider.secret().unwrap().expose_secret(), "envsecret");
+        assert_eq!(s.database.url().unwrap().expose_secret(), "postgres://u:pw@db/x");
+    }
+
+    #[test]
+    fn the_secret_comes_from_a_file_or_a_systemd_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api_secret"), "fromcred\n").unwrap();
+        let file = dir.path().join("other");
+        std::fs::write(&file, "fromfile\n").unwrap();
+        let text = format!(
+            "[provider]\napi_key = \"bDqJFiq9\"\napi_secret_file = \"{}\"\n",
+            file.display()
+        );
+        let s = parse(&text).unwrap();
+        assert_eq!(s.provider.secret().unwrap().expose_secret(), "fromfile");
+        let cred = dir.path().to_str().unwrap().to_owned();
+        let env = move |n: &str| (n == "CREDENTIALS_DIRECTORY").then(|| cred.clone());
+        let s = from_toml(&text, Path::new("t.toml"), &env).unwrap();
+        assert_eq!(s.provider.secret().unwrap().expose_secret(), "fromcred");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let s = parse(&format!(
+            "{MINIMAL}[database]\nurl = \"postgres://u:hunter2@db/x\"\n"
+        ))
+        .unwrap();
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("7bz1lzh9"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (extra, key) in [
+            ("[schedule]\ntimezone = \"Mars/Olympus\"\n", "schedule.timezone"),
+            ("[schedule]\ncron = \"61 * * * *\"\n", "schedule.cron"),
+            ("[source]\napps = [\"abc\"]\n", "source.apps"),
+            ("[source]\nquery = \"SELECT 1\"\n", "source.query"),
+            ("max_in_flight = 0\n", "provider.max_in_flight"),
+            ("base_url = \"ftp://x\"\n", "provider.base_url"),
+        ] {
+            let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{key}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn a_world_readable_file_with_a_secret_gets_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(permission_warning(&path, MINIMAL).unwrap().contains("chmod 600"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(permission_warning(&path, MINIMAL).is_none());
+    }
+}

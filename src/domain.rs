@@ -1,0 +1,90 @@
+//! Identifiers the provider constrains: an [`AppId`] of 4–32 characters and an [`Mcc`] of three
+//! digits. Built only through validation, so that code holding one never has to check again.
+//! This module owns the rules; it does no I/O.
+
+use std::fmt;
+
+/// An application id as the provider accepts it: 4 to 32 characters.
+///
+/// The docs say "应用id,4-32字符" without naming a character set, so only the length is
+/// enforced, counted in characters (not bytes), and control characters and surrounding
+/// whitespace are refused because they can only be a data error.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AppId(String);
+
+impl AppId {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let len = raw.chars().count();
+        if !(4..=32).contains(&len) {
+            return Err(format!("appId {raw:?} must be 4 to 32 characters, it has {len}"));
+        }
+        if raw.trim() != raw || raw.chars().any(char::is_control) {
+            return Err(format!(
+                "appId {raw:?} has surrounding whitespace or control characters"
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AppId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A mobile country code: exactly three ASCII digits, sent as a JSON string ("460").
+///
+/// Kept as text rather than a number so that codes with leading zeros ("001", the test network)
+/// survive; an integer source column is accepted when it renders as three digits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mcc(String);
+
+impl Mcc {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(format!("mcc {raw:?} is not a three-digit code"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Mcc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_id_accepts_4_to_32_characters_and_counts_characters_not_bytes() {
+        assert!(AppId::parse("abcd").is_ok());
+        assert!(AppId::parse(&"x".repeat(32)).is_ok());
+        assert!(AppId::parse("回填率回").is_ok());
+        assert!(AppId::parse("abc").is_err());
+        assert!(AppId::parse(&"x".repeat(33)).is_err());
+        assert!(AppId::parse(" abcd").is_err());
+        assert!(AppId::parse("ab\ncd").is_err());
+    }
+
+    #[test]
+    fn mcc_is_exactly_three_ascii_digits() {
+        assert_eq!(Mcc::parse("460").unwrap().as_str(), "460");
+        assert!(Mcc::parse("001").is_ok());
+        for bad in ["46", "4600", "46a", "", "-46", "४६०"] {
+            assert!(Mcc::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+}

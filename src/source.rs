@@ -1,0 +1,104 @@
+//! The counts: per (app, MCC), codes sent and codes backfilled over the window, from the default
+//! `otp_counts` table or the operator's own query. It reads and checks columns; judging the
+//! values (negative, too many backfilled, a bad MCC) belongs to `cycle`, so that a bad row is
+//! recorded rather than lost in an error.
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use sqlx::{Column, Executor, PgPool, Row, TypeInfo};
+
+use crate::config::SourceSettings;
+
+/// Sums the buckets that start inside `[$1, $2)`; the `bucket_start` index serves it.
+pub const DEFAULT_QUERY: &str = "SELECT app_id, mcc, SUM(backfilled) AS backfill_number, \
+     SUM(sent) AS cardinal_number FROM otp_counts \
+     WHERE bucket_start >= $1 AND bucket_start < $2 GROUP BY app_id, mcc";
+
+/// One row as the source returned it, in text so that nothing is lost before it is judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRow {
+    pub app_id: Option<String>,
+    pub mcc: Option<String>,
+    pub backfill_number: Option<String>,
+    pub cardinal_number: Option<String>,
+}
+
+const TEXT_TYPES: &[&str] = &["TEXT", "VARCHAR", "BPCHAR", "NAME", "CHAR"];
+const INT_TYPES: &[&str] = &["INT2", "INT4", "INT8", "NUMERIC"];
+
+/// The columns the query must return and the types each may have.
+const COLUMNS: [(&str, &[&str], &[&str]); 4] = [
+    ("app_id", TEXT_TYPES, &[]),
+    ("mcc", TEXT_TYPES, INT_TYPES),
+    ("backfill_number", INT_TYPES, &[]),
+    ("cardinal_number", INT_TYPES, &[]),
+];
+
+fn query_of(settings: &SourceSettings) -> &str {
+    settings
+        .query
+        .as_deref()
+        .unwrap_or(DEFAULT_QUERY)
+        .trim()
+        .trim_end_matches(';')
+}
+
+/// Checks, without running it, that the query returns the four columns with usable types.
+/// Errors name the column and the type found.
+pub async fn check_columns(pool: &PgPool, settings: &SourceSettings) -> anyhow::Result<()> {
+    let key = if settings.query.is_some() { "source.query" } else { "default source (otp_counts)" };
+    let describe = pool
+        .describe(query_of(settings))
+        .await
+        .with_context(|| format!("{key} does not prepare"))?;
+    let found: Vec<(String, String)> = describe
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_owned(), c.type_info().name().to_owned()))
+        .collect();
+    for (name, first, second) in COLUMNS {
+        let Some((_, ty)) = found.iter().find(|(n, _)| n == name) else {
+            let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+            bail!("{key} returns no column {name:?} (it returns {names:?}); expected app_id, mcc, backfill_number, cardinal_number");
+        };
+        if !first.contains(&ty.as_str()) && !second.contains(&ty.as_str()) {
+            let wanted = if first == INT_TYPES { "an integer or numeric" } else if second.is_empty() { "text" } else { "text or an integer" };
+            bail!("{key} column {name:?} is {ty}, expected {wanted}");
+        }
+    }
+    Ok(())
+}
+
+/// The rows for the window `[start, end)`.
+#[tracing::instrument(skip_all, fields(%start, %end), err)]
+pub async fn read(
+    pool: &PgPool,
+    settings: &SourceSettings,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> anyhow::Result<Vec<SourceRow>> {
+    check_columns(pool, settings).await?;
+    // Cast in an outer query so that every accepted type arrives as text, unrounded.
+    let sql = format!(
+        "SELECT app_id::text, mcc::text, backfill_number::text, cardinal_number::text \
+         FROM ({}) AS source",
+        query_of(settings)
+    );
+    let rows = sqlx::query(&sql)
+        .bind(start)
+        .bind(end)
+        .fetch_all(pool)
+        .await
+        .context("reading counts from the source")?;
+    rows.iter()
+        .map(|r| {
+            Ok(SourceRow {
+                app_id: r.try_get(0)?,
+                mcc: r.try_get(1)?,
+                backfill_number: r.try_get(2)?,
+                cardinal_number: r.try_get(3)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding source rows")
+}

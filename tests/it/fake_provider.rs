@@ -1,0 +1,793 @@
+//! In-process fake of the iTniotech OTP HTTP API (the two endpoints this project calls).
+//!
+//! The fake is deliberately *strict*: it rejects everything the real provider is documented to
+//! reject (and, where the docs are ambiguous, the stricter reading), so that a client test
+//! passing against it means something. Sources: `shared/provider-docs/backfillRate.txt`,
+//! `orderId-record.txt` and `NOTES.md` (the field tables are authoritative over the examples).
+//!
+//! Every request is checked in this order, and the first failure answers:
+//!
+//! 1. route: `POST {base}/backfillRate` or `POST {base}/verification/orderId/record`, base
+//!    path `/otp`; anything else is HTTP 404 (still recorded);
+//! 2. scripted answers ([`FakeProvider::script_all`] first, then [`FakeProvider::script`]);
+//! 3. headers: `Content-Type` (`-22`), `Api-Key` (`-1`), `Timestamp` parseable (`-1`),
+//!    `Sign` (`-1`), `Timestamp` within the allowed skew (`-16`);
+//! 4. body: a JSON object with exactly the documented fields, each well-formed (`-22`);
+//! 5. success: `{"status":"0","reason":"success"}` (plus `data` for the record endpoint).
+//!
+//! Like the real API, every provider-level answer is HTTP 200 with a JSON body whose `status`
+//! is a JSON *string* (`"0"`, `"-1"`, …), not a number.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use md5::{Digest, Md5};
+use serde_json::{json, Map, Value};
+
+/// Base path of the API, as in `https://api.itniotech.com/otp`.
+pub const BASE_PATH: &str = "/otp";
+/// Full path of the backfill-rate endpoint on the fake.
+pub const BACKFILL_PATH: &str = "/otp/backfillRate";
+/// Full path of the record-by-orderId endpoint on the fake.
+pub const RECORD_PATH: &str = "/otp/verification/orderId/record";
+/// The only `Content-Type` the fake accepts (case-insensitive, spaces around `;` allowed).
+pub const CONTENT_TYPE: &str = "application/json;charset=UTF-8";
+/// Default allowed clock skew in seconds. The real value is undocumented (NOTES.md); five
+/// minutes is a common choice and tight enough to catch a milliseconds-instead-of-seconds bug.
+pub const DEFAULT_MAX_SKEW_SECS: i64 = 300;
+/// Largest request body the fake reads; larger bodies are recorded and answered HTTP 413.
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Worked signing example from the provider's account page (NOTES.md): key …
+pub const DOCS_API_KEY: &str = "bDqJFiq9";
+/// … secret …
+pub const DOCS_API_SECRET: &str = "7bz1lzh9";
+/// … Timestamp header …
+pub const DOCS_TIMESTAMP: &str = "1630468800";
+/// … and the resulting `Sign` (shown in both endpoint pages' request examples).
+pub const DOCS_SIGN: &str = "05d7a50893e22a5c4bb3216ae3396c7c";
+
+/// Lowercase hex MD5 of `api_key + api_secret + timestamp`: the documented `Sign` header.
+///
+/// `timestamp` is the exact string sent in the `Timestamp` header; the provider signs that
+/// string, not a number, so e.g. leading zeros change the signature.
+pub fn sign(api_key: &str, api_secret: &str, timestamp: &str) -> String {
+    let mut h = Md5::new();
+    h.update(api_key.as_bytes());
+    h.update(api_secret.as_bytes());
+    h.update(timestamp.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Current unix time in whole seconds (what a client should put in `Timestamp`).
+pub fn now_unix() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The response example of `orderId-record.txt`, verbatim (status, reason and data).
+///
+/// Use `docs_record_example()["data"].clone()` with [`FakeProvider::put_record`] to make the
+/// fake answer exactly what the docs show. Note the example's quirks, kept on purpose: the
+/// legs use `currency` where the field table says `settleCurrency`, `displayNum` is `null`,
+/// and `verifications` is an object although `sms`/`call` are arrays.
+pub fn docs_record_example() -> Value {
+    serde_json::from_str(DOCS_RECORD_EXAMPLE).expect("DOCS_RECORD_EXAMPLE is valid JSON")
+}
+
+const DOCS_RECORD_EXAMPLE: &str = r#"{
+    "status": "0",
+    "reason": "success",
+    "data": {
+        "orderId": "1234566",
+        "flowId": 1,
+        "verifications":
+        {
+            "matched": 0,
+            "verifiedDate": "2022-07-12T13:39:47+08:00",
+            "oriReceiver": "91856321412",
+            "channel": "call",
+            "orderId": "1234566"
+        },
+        "sms": [
+            {
+                "submitTm": "2022-07-12T13:39:45+08:00",
+                "sendTm": "2022-07-12T13:39:45+08:00",
+                "doneTm": "2022-07-12T13:39:49+08:00",
+                "mcc": 460,
+                "mnc": 10,
+                "sender": "",
+                "chargeCnt": 1,
+                "pay": "0.000002",
+                "status": 0,
+                "reason": "successR",
+                "settlePay":"0.01368",
+                "settlePrice":"0.01",
+                "currency":"EUR",
+                "quoteExchange": "0.938"
+            }
+        ],
+        "call": [
+            {
+                "terminationCode": 100005,
+                "terminationReason": "Temporarily Unavailable",
+                "submitTime": "2022-07-12T13:59:55+08:00",
+                "callTime": "2022-07-12T13:59:56+08:00",
+                "ringingTime": "2022-07-12T13:59:56+08:00",
+                "answerTime": "2022-07-12T13:59:56+08:00",
+                "hangupTime": "2022-07-12T13:59:56+08:00",
+                "callDuration": 0,
+                "chargedDuration": 0,
+                "displayNum": null,
+                "billPeriodstring": "20+20",
+                "code": "661",
+                "rate": "0.138",
+                "cost": "0",
+                "settlePay":"0.01368",
+                "settlePrice":"0.01",
+                "currency":"EUR",
+                "quoteExchange": "0.938"
+            }
+        ]
+    }
+}"#;
+
+/// One request the fake received, with what it answered.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Request path without query, e.g. `"/otp/backfillRate"`.
+    pub path: String,
+    /// Request headers, lowercase names; repeated headers are joined with `", "`.
+    pub headers: BTreeMap<String, String>,
+    /// Body parsed as JSON, `Value::Null` if it was not valid JSON.
+    pub body: Value,
+    /// Body as text (lossy UTF-8).
+    pub raw_body: String,
+    /// HTTP status the fake answered. `0` means *not answered (yet)*: the request is still
+    /// being delayed, is hanging ([`Scripted::Hang`]), or the client gave up on it.
+    pub answered_http: u16,
+    /// The provider `status` string answered, `None` for non-JSON answers (and while unanswered).
+    pub answered_status: Option<String>,
+    /// Arrival time.
+    pub at: SystemTime,
+}
+
+/// A canned answer, queued with [`FakeProvider::script`] or [`FakeProvider::script_all`].
+#[derive(Clone, Debug)]
+pub enum Scripted {
+    /// Answer HTTP 200 `{"status": s, "reason": r}` without any validation.
+    Status(&'static str, &'static str),
+    /// Answer that HTTP status with a small `text/plain` body (an invalid code answers 500).
+    Http(u16),
+    /// Answer HTTP 200 `text/html` `<html>…</html>` (a proxy or captive-portal page).
+    Html,
+    /// Wait that long, then validate and answer normally. The request is recorded on
+    /// arrival with `answered_http == 0` until it is answered.
+    Delay(Duration),
+    /// Never answer (sleeps an hour): for client timeout tests.
+    Hang,
+}
+
+/// Which documented endpoint a request hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Backfill,
+    Record,
+}
+
+/// What the handler decided to answer; turned into a response and recorded by `finish`.
+enum Answer {
+    Provider {
+        status: String,
+        reason: String,
+        data: Option<Value>,
+    },
+    Http(u16, &'static str),
+    Html,
+}
+
+impl Answer {
+    fn provider(status: &str, reason: impl Into<String>) -> Answer {
+        Answer::Provider {
+            status: status.to_string(),
+            reason: reason.into(),
+            data: None,
+        }
+    }
+}
+
+struct Config {
+    api_key: String,
+    api_secret: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    max_skew: i64,
+    received: Vec<Received>,
+    script_all: VecDeque<Scripted>,
+    /// Keyed by appId (backfillRate) or orderId (record); one namespace for both.
+    scripts: HashMap<String, VecDeque<Scripted>>,
+    records: HashMap<String, Value>,
+}
+
+struct Shared {
+    cfg: Config,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    /// Locks the state, ignoring poisoning: a panicking test thread must not turn every
+    /// later request into a second, misleading panic inside the server.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The running fake. The server task is aborted when this is dropped.
+pub struct FakeProvider {
+    /// `http://127.0.0.1:PORT/otp`, no trailing slash: what the client's base URL should be.
+    pub base_url: String,
+    /// The bound address.
+    pub addr: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeProvider {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeProvider {
+    /// Binds `127.0.0.1:0` and serves on the current tokio runtime (so it stops with the
+    /// test's runtime). Panics only if the socket cannot be bound: that is test setup.
+    pub async fn start(api_key: &str, api_secret: &str) -> FakeProvider {
+        let shared = Arc::new(Shared {
+            cfg: Config {
+                api_key: api_key.to_string(),
+                api_secret: api_secret.to_string(),
+            },
+            inner: Mutex::new(Inner {
+                max_skew: DEFAULT_MAX_SKEW_SECS,
+                ..Inner::default()
+            }),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("fake provider: bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("fake provider: local_addr");
+        // A single fallback handler sees every request, so even unknown routes are recorded.
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                eprintln!("fake provider: server error: {e}");
+            }
+        });
+        FakeProvider {
+            base_url: format!("http://{addr}{BASE_PATH}"),
+            addr,
+            shared,
+            task,
+        }
+    }
+
+    /// Every request in arrival order, including rejected, 404 and still-unanswered ones.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.lock().received.clone()
+    }
+
+    /// Bodies of `/backfillRate` requests answered with status `"0"` — i.e. the reports the
+    /// provider would have accepted. A scripted `Status("0", …)` counts too, since the client
+    /// cannot tell it from a real success.
+    pub fn backfill_bodies(&self) -> Vec<Value> {
+        self.shared
+            .lock()
+            .received
+            .iter()
+            .filter(|r| r.path == BACKFILL_PATH && r.answered_status.as_deref() == Some("0"))
+            .map(|r| r.body.clone())
+            .collect()
+    }
+
+    /// Queues answers for requests whose body has this `appId` (backfillRate) or `orderId`
+    /// (record). Each such request pops one answer (a popped `Delay` delays, then the request
+    /// is handled normally without popping again); when the queue is empty, normal
+    /// validation applies. Appends to any answers already queued for that key.
+    pub fn script(&self, app_id: &str, answers: Vec<Scripted>) {
+        self.shared
+            .lock()
+            .scripts
+            .entry(app_id.to_string())
+            .or_default()
+            .extend(answers);
+    }
+
+    /// Like [`script`](Self::script) for every request to either endpoint regardless of its
+    /// body; consumed before the per-key queues (a request pops from one queue only).
+    pub fn script_all(&self, answers: Vec<Scripted>) {
+        self.shared.lock().script_all.extend(answers);
+    }
+
+    /// Sets what the record endpoint returns as `data` for this orderId.
+    pub fn put_record(&self, order_id: &str, data: Value) {
+        self.shared
+            .lock()
+            .records
+            .insert(order_id.to_string(), data);
+    }
+
+    /// Sets the allowed |now − Timestamp| in seconds (default 300).
+    pub fn set_max_skew(&self, secs: i64) {
+        self.shared.lock().max_skew = secs;
+    }
+
+    /// The `Sign` this fake expects for a given `Timestamp` header string.
+    pub fn sign_for(&self, timestamp: &str) -> String {
+        sign(
+            &self.shared.cfg.api_key,
+            &self.shared.cfg.api_secret,
+            timestamp,
+        )
+    }
+
+    /// Correct headers for a request made now, as `(name, value)` pairs: handy for tests that
+    /// talk to the fake directly rather than through the client under test.
+    pub fn valid_headers(&self) -> Vec<(&'static str, String)> {
+        let ts = now_unix().to_string();
+        vec![
+            ("Content-Type", CONTENT_TYPE.to_string()),
+            ("Api-Key", self.shared.cfg.api_key.clone()),
+            ("Sign", self.sign_for(&ts)),
+            ("Timestamp", ts),
+        ]
+    }
+
+    /// Forgets all received requests (scripts and records are kept).
+    pub fn clear_received(&self) {
+        self.shared.lock().received.clear();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request handling. Nothing below may panic on request data: a panic in the handler would
+// only surface as a dropped connection in the client test, hiding the real bug.
+// ---------------------------------------------------------------------------------------------
+
+async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let at = SystemTime::now();
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let headers = header_map(&parts.headers);
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await;
+    let (raw_body, parsed) = match &bytes {
+        Ok(b) => (
+            String::from_utf8_lossy(b).into_owned(),
+            serde_json::from_slice::<Value>(b).unwrap_or(Value::Null),
+        ),
+        Err(_) => (String::new(), Value::Null),
+    };
+
+    // Record on arrival so that delayed/hanging requests are visible to the test.
+    let idx = {
+        let mut inner = shared.lock();
+        inner.received.push(Received {
+            path: path.clone(),
+            headers,
+            body: parsed.clone(),
+            raw_body,
+            answered_http: 0,
+            answered_status: None,
+            at,
+        });
+        inner.received.len() - 1
+    };
+
+    let answer = decide(
+        &shared,
+        &parts.method,
+        &path,
+        &parts.headers,
+        bytes.is_ok(),
+        &parsed,
+    )
+    .await;
+    finish(&shared, idx, answer)
+}
+
+async fn decide(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body_read: bool,
+    body: &Value,
+) -> Answer {
+    // 1. Route.
+    let endpoint = match (method == Method::POST, path) {
+        (true, BACKFILL_PATH) => Endpoint::Backfill,
+        (true, RECORD_PATH) => Endpoint::Record,
+        _ => return Answer::Http(404, "not found"),
+    };
+    if !body_read {
+        return Answer::Http(413, "request body too large");
+    }
+
+    // 2. Scripts.
+    let key_field = match endpoint {
+        Endpoint::Backfill => "appId",
+        Endpoint::Record => "orderId",
+    };
+    let key = body.get(key_field).and_then(Value::as_str);
+    let scripted = {
+        let mut inner = shared.lock();
+        match inner.script_all.pop_front() {
+            Some(s) => Some(s),
+            None => key.and_then(|k| inner.scripts.get_mut(k).and_then(VecDeque::pop_front)),
+        }
+    };
+    match scripted {
+        None => {}
+        Some(Scripted::Status(s, r)) => return Answer::provider(s, r),
+        Some(Scripted::Http(code)) => return Answer::Http(code, "scripted error"),
+        Some(Scripted::Html) => return Answer::Html,
+        Some(Scripted::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Scripted::Hang) => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Answer::Http(504, "hung for an hour");
+        }
+    }
+
+    // 3. Headers, then 4. body.
+    if let Err((status, reason)) = check_headers(shared, headers) {
+        return Answer::provider(status, reason);
+    }
+    let Some(obj) = body.as_object() else {
+        return Answer::provider("-22", "body: not a JSON object");
+    };
+    match endpoint {
+        Endpoint::Backfill => match validate_backfill(obj) {
+            Ok(()) => Answer::provider("0", "success"),
+            Err(reason) => Answer::provider("-22", reason),
+        },
+        Endpoint::Record => match validate_record(obj) {
+            Err(reason) => Answer::provider("-22", reason),
+            Ok(order_id) => match shared.lock().records.get(order_id) {
+                Some(data) => Answer::Provider {
+                    status: "0".to_string(),
+                    reason: "success".to_string(),
+                    data: Some(data.clone()),
+                },
+                // The docs don't say what an unknown orderId yields (error status, or "0"
+                // with empty/absent data). We answer a parameter error so that a client
+                // treating "0" as "record exists" is never silently fed nothing.
+                None => Answer::provider("-22", "orderId not found"),
+            },
+        },
+    }
+}
+
+fn finish(shared: &Shared, idx: usize, answer: Answer) -> Response {
+    let (http, status, response) = match answer {
+        Answer::Provider {
+            status,
+            reason,
+            data,
+        } => {
+            let mut body = json!({ "status": status, "reason": reason });
+            if let (Some(data), Some(obj)) = (data, body.as_object_mut()) {
+                obj.insert("data".to_string(), data);
+            }
+            let resp = (StatusCode::OK, axum::Json(body)).into_response();
+            (200, Some(status), resp)
+        }
+        Answer::Http(code, text) => {
+            let sc = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let resp = (sc, format!("{} {text}\n", sc.as_u16())).into_response();
+            (sc.as_u16(), None, resp)
+        }
+        Answer::Html => {
+            let mut resp = Response::new(Body::from(
+                "<html><head><title>Gateway</title></head><body>Please wait…</body></html>",
+            ));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            (200, None, resp)
+        }
+    };
+    if let Some(r) = shared.lock().received.get_mut(idx) {
+        r.answered_http = http;
+        r.answered_status = status;
+    }
+    response
+}
+
+fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in headers {
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        out.entry(name.as_str().to_string())
+            .and_modify(|e| {
+                e.push_str(", ");
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    out
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Header checks in the order the brief fixes: Content-Type, Api-Key, Timestamp syntax
+/// (unparseable means the Sign cannot be verified, hence "-1"), Sign, then Timestamp skew.
+fn check_headers(shared: &Shared, headers: &HeaderMap) -> Result<(), (&'static str, String)> {
+    // Content-Type: both examples send exactly `application/json;charset=UTF-8`. reqwest's
+    // `.json()` sets bare `application/json`, which we reject so the client must set it.
+    let ct = header_str(headers, "content-type");
+    if !ct.is_some_and(content_type_ok) {
+        return Err((
+            "-22",
+            format!(
+                "Content-Type: expected {CONTENT_TYPE}, got {}",
+                ct.map_or_else(|| "nothing".to_string(), |c| format!("{c:?}"))
+            ),
+        ));
+    }
+
+    match header_str(headers, "api-key") {
+        None => return Err(("-1", "Api-Key: missing".to_string())),
+        Some(k) if k != shared.cfg.api_key => {
+            return Err(("-1", "Api-Key: unknown key".to_string()))
+        }
+        Some(_) => {}
+    }
+
+    // Digits only: `+5`, ` 5`, `5.0` and negative values are not unix seconds as the
+    // provider's examples produce them (Java `getEpochSecond`, PHP `time()`).
+    let ts_str = match header_str(headers, "timestamp") {
+        None => return Err(("-1", "Timestamp: missing, cannot verify Sign".to_string())),
+        Some(t) => t,
+    };
+    let ts: Option<i64> = if !ts_str.is_empty() && ts_str.bytes().all(|b| b.is_ascii_digit()) {
+        ts_str.parse().ok()
+    } else {
+        None
+    };
+    let Some(ts) = ts else {
+        return Err((
+            "-1",
+            format!("Timestamp: {ts_str:?} is not integer unix seconds, cannot verify Sign"),
+        ));
+    };
+
+    let expected = sign(&shared.cfg.api_key, &shared.cfg.api_secret, ts_str);
+    match header_str(headers, "sign") {
+        None => return Err(("-1", "Sign: missing".to_string())),
+        // NOTES.md: compared case-insensitively.
+        Some(s) if !s.eq_ignore_ascii_case(&expected) => {
+            return Err((
+                "-1",
+                "Sign: does not match md5(apiKey+apiSecret+Timestamp)".to_string(),
+            ))
+        }
+        Some(_) => {}
+    }
+
+    let max_skew = shared.lock().max_skew;
+    let skew = i128::from(now_unix()) - i128::from(ts);
+    if skew.abs() > i128::from(max_skew) {
+        return Err((
+            "-16",
+            format!("Timestamp: expired ({skew} s from server time, max {max_skew} s)"),
+        ));
+    }
+    Ok(())
+}
+
+/// `application/json;charset=UTF-8`, case-insensitive, spaces allowed around `;` only.
+fn content_type_ok(ct: &str) -> bool {
+    let mut parts = ct.split(';').map(str::trim);
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(mime), Some(charset), None)
+            if mime.eq_ignore_ascii_case("application/json")
+                && charset.eq_ignore_ascii_case("charset=UTF-8")
+    )
+}
+
+const BACKFILL_FIELDS: [&str; 6] = [
+    "appId",
+    "mcc",
+    "backfillNumber",
+    "backfillCardinalNumber",
+    "backfillNow",
+    "callbackTime",
+];
+
+/// Validates a backfillRate body; `Err` is the `-22` reason, `"<field>: <what is wrong>"`.
+///
+/// Every field must be a JSON string, as the field table says. In particular `mcc` must be a
+/// string although the request example shows `"mcc":460`: the table is authoritative, the
+/// official SDK sends every field as a string, and a lenient fake would let a client that
+/// serialises mcc as a number (losing leading zeros, e.g. "001") pass its tests. Optional
+/// fields, when present, must be strings too: `null` is rejected, which catches an
+/// `Option` serialised without `skip_serializing_if`.
+fn validate_backfill(obj: &Map<String, Value>) -> Result<(), String> {
+    if let Some(k) = obj.keys().find(|k| !BACKFILL_FIELDS.contains(&k.as_str())) {
+        return Err(format!("{k}: unknown field"));
+    }
+
+    let app_id = required_str(obj, "appId")?;
+    check_len("appId", app_id, 4, 32)?;
+
+    let mcc = required_str(obj, "mcc")?;
+    if mcc.len() != 3 || !mcc.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("mcc: {mcc:?} is not exactly 3 ASCII digits"));
+    }
+
+    let number = optional_count(obj, "backfillNumber")?;
+    let cardinal = optional_count(obj, "backfillCardinalNumber")?;
+    if let (Some(n), Some(c)) = (number, cardinal) {
+        if n > c {
+            return Err(format!(
+                "backfillNumber: {n} is greater than backfillCardinalNumber {c}"
+            ));
+        }
+    }
+
+    let now = required_str(obj, "backfillNow")?;
+    if !rate_ok(now) {
+        return Err(format!(
+            "backfillNow: {now:?} is not a decimal in [0, 100] with at most two decimals"
+        ));
+    }
+
+    let cb = required_str(obj, "callbackTime")?;
+    if !callback_time_ok(cb) {
+        return Err(format!(
+            "callbackTime: {cb:?} is not ISO 8601 YYYY-MM-DDTHH:MM:SS±HH:MM (or Z)"
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a record body and returns the orderId. Unknown fields are rejected here too,
+/// for the same reason as on backfillRate: the client should send only documented fields.
+/// orderId is 1–64 characters (NOTES.md says 0–64, but the table marks it required, and an
+/// empty id cannot name a record).
+fn validate_record(obj: &Map<String, Value>) -> Result<&str, String> {
+    if let Some(k) = obj.keys().find(|k| *k != "appId" && *k != "orderId") {
+        return Err(format!("{k}: unknown field"));
+    }
+    if let Some(v) = obj.get("appId") {
+        let app_id = v
+            .as_str()
+            .ok_or_else(|| format!("appId: expected a JSON string, got {}", type_name(v)))?;
+        check_len("appId", app_id, 4, 32)?;
+    }
+    let order_id = required_str(obj, "orderId")?;
+    check_len("orderId", order_id, 1, 64)?;
+    Ok(order_id)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn required_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, String> {
+    match obj.get(field) {
+        None => Err(format!("{field}: missing (required)")),
+        Some(Value::String(s)) => Ok(s),
+        Some(v) => Err(format!(
+            "{field}: expected a JSON string, got {}",
+            type_name(v)
+        )),
+    }
+}
+
+fn check_len(field: &str, s: &str, min: usize, max: usize) -> Result<(), String> {
+    let n = s.chars().count();
+    if n < min || n > max {
+        return Err(format!(
+            "{field}: length {n}, expected {min}-{max} characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Optional string of a non-negative integer (digits only, fits u64).
+fn optional_count(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, String> {
+    let Some(v) = obj.get(field) else {
+        return Ok(None);
+    };
+    let Value::String(s) = v else {
+        return Err(format!(
+            "{field}: expected a JSON string, got {}",
+            type_name(v)
+        ));
+    };
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{field}: {s:?} is not a non-negative integer"));
+    }
+    s.parse::<u64>()
+        .map(Some)
+        .map_err(|_| format!("{field}: {s:?} is too large"))
+}
+
+/// `^[0-9]+(\.[0-9]{1,2})?$` with value ≤ 100: "10", "12.5", "33.33", "100", "100.00".
+fn rate_ok(s: &str) -> bool {
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (s, ""),
+    };
+    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || !digits(int) || !digits(frac) || frac.len() > 2 {
+        return false;
+    }
+    if s.contains('.') && frac.is_empty() {
+        return false; // "5."
+    }
+    let Ok(int) = int.parse::<u64>() else {
+        return false; // absurdly long
+    };
+    let frac_hundredths = match frac.len() {
+        0 => 0,
+        1 => u64::from(frac.as_bytes()[0] - b'0') * 10,
+        _ => u64::from(frac.as_bytes()[0] - b'0') * 10 + u64::from(frac.as_bytes()[1] - b'0'),
+    };
+    int.checked_mul(100)
+        .and_then(|h| h.checked_add(frac_hundredths))
+        .is_some_and(|h| h <= 10_000)
+}
+
+/// Exact shape `YYYY-MM-DDTHH:MM:SS` followed by `Z` or `±HH:MM`, and a valid RFC 3339 time
+/// for chrono (which alone would also accept fractional seconds, a lowercase `t` or a space).
+fn callback_time_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    let d = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
+    let c = |i: usize, ch: u8| b.get(i) == Some(&ch);
+    let date_time = (0..4).all(d)
+        && c(4, b'-')
+        && d(5)
+        && d(6)
+        && c(7, b'-')
+        && d(8)
+        && d(9)
+        && c(10, b'T')
+        && d(11)
+        && d(12)
+        && c(13, b':')
+        && d(14)
+        && d(15)
+        && c(16, b':')
+        && d(17)
+        && d(18);
+    let offset = match b.len() {
+        20 => c(19, b'Z'),
+        25 => (c(19, b'+') || c(19, b'-')) && d(20) && d(21) && c(22, b':') && d(23) && d(24),
+        _ => false,
+    };
+    date_time && offset && chrono::DateTime::parse_from_rfc3339(s).is_ok()
+}
