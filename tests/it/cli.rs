@@ -1,0 +1,109 @@
+//! The binary as operators use it: exit codes, what it prints, what it never prints.
+
+use sqlx::PgPool;
+
+use crate::fake_provider::{docs_record_example, Scripted};
+use crate::helpers::{TestApp, API_SECRET};
+
+#[sqlx::test]
+async fn record_prints_a_readable_summary_and_exits_0_when_found(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.provider.put_record("1234566", docs_record_example()["data"].clone());
+
+    let (code, out, err) = app.run(&["record", "1234566", "--app-id", "ad454212"]).await;
+
+    assert_eq!(code, 0, "{err}");
+    for expected in [
+        "order      1234566",
+        "channel    call",
+        "matched    verified (0)",
+        "sms #1",
+        "status   success (successR)",
+        "0.000002 USD",
+        "settled 0.01368 EUR",
+        "call #1",
+        "failed (100005) (Temporarily Unavailable)",
+        "billing 20+20",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+}
+
+#[sqlx::test]
+async fn record_json_prints_the_providers_answer(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.provider.put_record("1234566", docs_record_example()["data"].clone());
+    let (code, out, _) = app.run(&["record", "1234566", "--json"]).await;
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], "0");
+    assert_eq!(v["data"], docs_record_example()["data"]);
+}
+
+#[sqlx::test]
+async fn record_exits_1_with_the_providers_status_and_reason_on_stderr(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (code, out, err) = app.run(&["record", "no-such-order"]).await;
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(err.contains("status -22, reason orderId not found"), "{err}");
+
+    app.provider.script_all(vec![Scripted::Status("-2", "ip not allowed")]);
+    let (code, _, err) = app.run(&["record", "1234566"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("status -2, reason ip not allowed"), "{err}");
+}
+
+#[sqlx::test]
+async fn a_bad_config_exits_2_naming_the_key_and_the_file(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let text = std::fs::read_to_string(&app.config_path).unwrap();
+    std::fs::write(&app.config_path, text.replace("request_timeout", "request_timout")).unwrap();
+    let (code, _, err) = app.run(&["record", "1234566"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("request_timout"), "{err}");
+    assert!(err.contains(app.config_path.to_str().unwrap()), "{err}");
+
+    std::fs::write(&app.config_path, text.replace("cron = \"*/10 * * * *\"", "cron = \"*/10 * *\"")).unwrap();
+    let (code, _, err) = app.run(&["check"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("schedule.cron"), "{err}");
+}
+
+#[sqlx::test]
+async fn usage_errors_exit_2(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    assert_eq!(app.run(&["record"]).await.0, 2);
+    assert_eq!(app.run(&["record", "x", "--app-id", "abc"]).await.0, 2);
+    assert_eq!(app.run(&["run", "--dry-run"]).await.0, 2);
+    assert_eq!(app.run(&["frobnicate"]).await.0, 2);
+}
+
+#[sqlx::test]
+async fn the_secret_never_reaches_the_output_even_at_trace_level(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.provider.put_record("1234566", docs_record_example()["data"].clone());
+    let out = app
+        .command(&["record", "1234566"])
+        .env("RUST_LOG", "trace")
+        .output()
+        .await
+        .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains(API_SECRET), "the secret leaked:\n{all}");
+    let sign = &app.provider.received()[0].headers["sign"];
+    assert!(!all.contains(sign.as_str()), "the signature leaked");
+}
+
+#[tokio::test]
+async fn help_and_version_work_without_a_config() {
+    let bin = env!("CARGO_BIN_EXE_backfill-reporter");
+    let out = tokio::process::Command::new(bin).arg("--help").output().await.unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["run", "record", "migrate", "check", "history"] {
+        assert!(help.contains(cmd), "{help}");
+    }
+    let out = tokio::process::Command::new(bin).arg("--version").output().await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("backfill-reporter "));
+}

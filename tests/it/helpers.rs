@@ -1,0 +1,213 @@
+//! `TestApp`: a fresh migrated database (from `#[sqlx::test]`), the fake provider, and a config
+//! file pointing at both, usable through the library (`ctx()`) or the binary (`command()`).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backfill_reporter::config::{self, Settings};
+use backfill_reporter::cycle::Context;
+use backfill_reporter::provider::ProviderClient;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::process::Command;
+
+use crate::fake_provider::FakeProvider;
+
+pub const API_KEY: &str = "bDqJFiq9";
+pub const API_SECRET: &str = "7bz1lzh9-test-secret";
+
+/// The knobs tests turn; everything else is the daemon's default.
+#[derive(Debug, Clone)]
+pub struct TestConfig {
+    pub cron: String,
+    pub timezone: String,
+    pub window: String,
+    pub query: Option<String>,
+    pub min_cardinal: u64,
+    pub apps: Vec<String>,
+    pub max_in_flight: usize,
+    pub max_attempts: u32,
+    pub request_timeout: String,
+    pub retry_backoff: String,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        Self {
+            cron: "*/10 * * * *".into(),
+            timezone: "Asia/Shanghai".into(),
+            window: "24h".into(),
+            query: None,
+            min_cardinal: 1,
+            apps: Vec::new(),
+            max_in_flight: 4,
+            max_attempts: 5,
+            request_timeout: "5s".into(),
+            retry_backoff: "10ms".into(),
+        }
+    }
+}
+
+pub struct TestApp {
+    pub pool: PgPool,
+    pub provider: FakeProvider,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub db_url: String,
+    pub config: TestConfig,
+}
+
+/// The URL of the database behind `pool`: the server of DATABASE_URL, the test's database.
+fn url_of(pool: &PgPool) -> String {
+    let master = std::env::var("DATABASE_URL").expect("DATABASE_URL (see .cargo/config.toml)");
+    let mut url = reqwest::Url::parse(&master).expect("DATABASE_URL is a URL");
+    let db = pool.connect_options().get_database().expect("a test database").to_owned();
+    url.set_path(&format!("/{db}"));
+    url.to_string()
+}
+
+impl TestApp {
+    pub async fn new(pool: PgPool) -> Self {
+        Self::with(pool, TestConfig::default()).await
+    }
+
+    pub async fn with(pool: PgPool, config: TestConfig) -> Self {
+        let provider = FakeProvider::start(API_KEY, API_SECRET).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = Self {
+            db_url: url_of(&pool),
+            pool,
+            provider,
+            config_path: dir.path().join("config.toml"),
+            dir,
+            config,
+        };
+        let secret = app.dir.path().join("api_secret");
+        std::fs::write(&secret, format!("{API_SECRET}\n")).unwrap();
+        app.write_config(&app.config.clone());
+        app
+    }
+
+    /// Writes the config file from `c` (the file the binary and `settings()` read).
+    pub fn write_config(&self, c: &TestConfig) {
+        let query = c.query.as_ref().map(|q| format!("query = {q:?}\n")).unwrap_or_default();
+        let text = format!(
+            "[provider]\nbase_url = {base:?}\napi_key = {API_KEY:?}\napi_secret_file = {secret:?}\n\
+             request_timeout = {rt:?}\nmax_in_flight = {mif}\nmax_attempts = {ma}\nretry_backoff = {rb:?}\n\
+             [database]\nurl = {db:?}\n\
+             [source]\nwindow = {w:?}\nmin_cardinal = {mc}\napps = {apps:?}\n{query}\
+             [schedule]\ncron = {cron:?}\ntimezone = {tz:?}\n",
+            base = self.provider.base_url,
+            secret = self.dir.path().join("api_secret").display().to_string(),
+            rt = c.request_timeout,
+            mif = c.max_in_flight,
+            ma = c.max_attempts,
+            rb = c.retry_backoff,
+            db = self.db_url,
+            w = c.window,
+            mc = c.min_cardinal,
+            apps = c.apps,
+            cron = c.cron,
+            tz = c.timezone,
+        );
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    pub fn settings(&self) -> Settings {
+        config::load(&self.config_path).expect("the test config is valid")
+    }
+
+    pub fn ctx(&self) -> Context {
+        let settings = self.settings();
+        Context {
+            client: ProviderClient::new(&settings.provider).unwrap(),
+            pool: self.pool.clone(),
+            settings: Arc::new(settings),
+            instance: "test:1".into(),
+        }
+    }
+
+    pub async fn seed(&self, app: &str, mcc: i32, bucket: DateTime<Utc>, sent: i64, backfilled: i64) {
+        sqlx::query(
+            "INSERT INTO otp_counts (app_id, mcc, bucket_start, sent, backfilled) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(app)
+        .bind(mcc)
+        .bind(bucket)
+        .bind(sent)
+        .bind(backfilled)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
+    /// The binary with `--config` set and an environment that cannot override the file.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill-reporter"));
+        cmd.arg("--config").arg(&self.config_path).args(args);
+        for var in [
+            "DATABASE_URL",
+            "BACKFILL_REPORTER_API_KEY",
+            "BACKFILL_REPORTER_API_SECRET",
+            "BACKFILL_REPORTER_CONFIG",
+            "CREDENTIALS_DIRECTORY",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("RUST_LOG", "info").stdin(Stdio::null()).kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs the binary to completion: (exit code, stdout, stderr).
+    pub async fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
+            .await
+            .expect("the command finishes within 60 s")
+            .expect("the binary runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// (app_id, mcc, state, attempts, provider_status, reason) of every submission.
+    pub async fn submissions(&self) -> Vec<(String, String, String, i32, Option<String>, Option<String>)> {
+        sqlx::query_as(
+            "SELECT app_id, mcc, state, attempts, provider_status, reason FROM report_submissions ORDER BY app_id, mcc, scheduled_for",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+/// Polls `check` every 100 ms until it holds or `limit` passes; panics with `what` on timeout.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}

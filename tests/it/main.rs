@@ -1,0 +1,10 @@
+//! One integration-test binary: helpers (a `TestApp` with a fresh database and the fake
+//! provider), then one module per behaviour.
+
+mod fake_provider;
+mod helpers;
+
+mod cli;
+mod cycle;
+mod daemon;
+mod provider_client;

@@ -1,0 +1,218 @@
+//! The signed client against the fake provider: every answer lands in its class with the
+//! provider's status, reason and the HTTP status kept.
+
+use std::time::Duration;
+
+use backfill_reporter::config::ProviderSettings;
+use backfill_reporter::provider::{BackfillRequest, Class, ProviderClient, Rejection};
+use secrecy::SecretString;
+
+use crate::fake_provider::{self, FakeProvider, Scripted};
+use crate::helpers::{API_KEY, API_SECRET};
+
+fn settings(base_url: &str, secret: &str, timeout: Duration) -> ProviderSettings {
+    ProviderSettings {
+        base_url: base_url.to_owned(),
+        api_key: API_KEY.to_owned(),
+        api_secret: Some(SecretString::from(secret.to_owned())),
+        request_timeout: timeout,
+        max_in_flight: 1,
+        max_attempts: 1,
+        retry_backoff: Duration::from_millis(1),
+    }
+}
+
+fn body() -> BackfillRequest {
+    BackfillRequest {
+        app_id: "mRELxtHc".into(),
+        mcc: "460".into(),
+        backfill_number: "100".into(),
+        backfill_cardinal_number: "1000".into(),
+        backfill_now: "10".into(),
+        callback_time: "2023-01-29T09:59:58+08:00".into(),
+    }
+}
+
+async fn client_for(fake: &FakeProvider) -> ProviderClient {
+    ProviderClient::new(&settings(&fake.base_url, API_SECRET, Duration::from_secs(5))).unwrap()
+}
+
+#[tokio::test]
+async fn a_valid_submission_is_signed_as_the_docs_say_and_succeeds() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    let ex = client_for(&fake).await.submit_backfill(&body()).await;
+    assert_eq!(ex.class, Class::Success, "{ex:?}");
+    assert_eq!(ex.provider_status.as_deref(), Some("0"));
+    let got = fake.received();
+    assert_eq!(got.len(), 1);
+    let h = &got[0].headers;
+    assert_eq!(h["content-type"], "application/json;charset=UTF-8");
+    assert_eq!(h["api-key"], API_KEY);
+    let ts = &h["timestamp"];
+    assert_eq!(h["sign"], fake_provider::sign(API_KEY, API_SECRET, ts));
+    assert!((ts.parse::<i64>().unwrap() - fake_provider::now_unix()).abs() <= 5);
+}
+
+#[tokio::test]
+async fn a_trailing_slash_on_the_base_url_reaches_the_same_endpoint() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    let slash = format!("{}/", fake.base_url);
+    let cfg = backfill_reporter::config::from_toml(
+        &format!("[provider]\nbase_url = {slash:?}\napi_key = {API_KEY:?}\napi_secret = {API_SECRET:?}\n"),
+        std::path::Path::new("t.toml"),
+        &|_| None,
+    )
+    .unwrap();
+    let ex = ProviderClient::new(&cfg.provider).unwrap().submit_backfill(&body()).await;
+    assert_eq!(ex.class, Class::Success);
+    assert_eq!(fake.received()[0].path, "/otp/backfillRate");
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_an_authentication_rejection() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    let client =
+        ProviderClient::new(&settings(&fake.base_url, "wrong", Duration::from_secs(5))).unwrap();
+    let ex = client.submit_backfill(&body()).await;
+    assert_eq!(ex.class, Class::Rejected(Rejection::Authentication));
+    assert_eq!(ex.provider_status.as_deref(), Some("-1"));
+    assert!(ex.reason.is_some());
+}
+
+#[tokio::test]
+async fn a_clock_far_from_the_providers_gets_a_transient_minus_16() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    fake.set_max_skew(-1); // every timestamp is now "too old"
+    let ex = client_for(&fake).await.submit_backfill(&body()).await;
+    assert_eq!(ex.provider_status.as_deref(), Some("-16"));
+    assert_eq!(ex.class, Class::Transient);
+}
+
+#[tokio::test]
+async fn bad_parameters_are_a_minus_22_rejection_with_the_reason() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    let client = client_for(&fake).await;
+    for (field, bad) in [("app_id", "abc"), ("backfill_now", "100.01"), ("backfill_now", "12.345")] {
+        let mut b = body();
+        match field {
+            "app_id" => b.app_id = bad.into(),
+            _ => b.backfill_now = bad.into(),
+        }
+        let ex = client.submit_backfill(&b).await;
+        assert_eq!(ex.class, Class::Rejected(Rejection::Parameters), "{field}={bad}");
+        assert_eq!(ex.provider_status.as_deref(), Some("-22"));
+        assert!(ex.error.unwrap().contains("-22"));
+    }
+}
+
+#[tokio::test]
+async fn every_status_and_failure_mode_lands_in_its_class() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    let client =
+        ProviderClient::new(&settings(&fake.base_url, API_SECRET, Duration::from_millis(700)))
+            .unwrap();
+    let cases: Vec<(Scripted, Class, Option<&str>, Option<u16>)> = vec![
+        (Scripted::Status("0", "success"), Class::Success, Some("0"), Some(200)),
+        (Scripted::Status("-1", "auth"), Class::Rejected(Rejection::Authentication), Some("-1"), Some(200)),
+        (Scripted::Status("-2", "ip"), Class::Rejected(Rejection::IpRestricted), Some("-2"), Some(200)),
+        (Scripted::Status("-16", "ts"), Class::Transient, Some("-16"), Some(200)),
+        (Scripted::Status("-18", "sys"), Class::Transient, Some("-18"), Some(200)),
+        (Scripted::Status("-22", "param"), Class::Rejected(Rejection::Parameters), Some("-22"), Some(200)),
+        (Scripted::Status("-10", "balance"), Class::Rejected(Rejection::Other), Some("-10"), Some(200)),
+        (Scripted::Http(500), Class::Transient, None, Some(500)),
+        (Scripted::Http(502), Class::Transient, None, Some(502)),
+        (Scripted::Http(429), Class::Transient, None, Some(429)),
+        (Scripted::Http(408), Class::Transient, None, Some(408)),
+        (Scripted::Http(404), Class::Rejected(Rejection::Other), None, Some(404)),
+        (Scripted::Http(403), Class::Rejected(Rejection::Other), None, Some(403)),
+        (Scripted::Html, Class::Transient, None, Some(200)),
+        (Scripted::Hang, Class::Transient, None, None),
+    ];
+    for (script, class, status, http) in cases {
+        fake.script_all(vec![script.clone()]);
+        let ex = client.submit_backfill(&body()).await;
+        assert_eq!(ex.class, class, "{script:?}: {ex:?}");
+        assert_eq!(ex.provider_status.as_deref(), status, "{script:?}");
+        assert_eq!(ex.http_status, http, "{script:?}");
+        if class != Class::Success {
+            assert!(ex.error.is_some(), "{script:?} keeps an error text");
+        }
+        if matches!(script, Scripted::Hang) {
+            assert!(ex.error.unwrap().contains("timed out"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_transient() {
+    // Bind then drop a listener: nothing listens on that port afterwards.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let client = ProviderClient::new(&settings(
+        &format!("http://127.0.0.1:{port}/otp"),
+        API_SECRET,
+        Duration::from_secs(2),
+    ))
+    .unwrap();
+    let ex = client.submit_backfill(&body()).await;
+    assert_eq!(ex.class, Class::Transient);
+    assert_eq!(ex.http_status, None);
+    assert!(ex.error.unwrap().contains("could not connect"));
+}
+
+#[tokio::test]
+async fn the_docs_record_example_parses_into_the_typed_model_with_every_leg() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    fake.put_record("1234566", fake_provider::docs_record_example()["data"].clone());
+    let ex = client_for(&fake).await.lookup_record("1234566", Some("ad454212")).await;
+    assert_eq!(ex.class, Class::Success, "{ex:?}");
+    assert_eq!(
+        fake.received()[0].body,
+        serde_json::json!({"appId": "ad454212", "orderId": "1234566"})
+    );
+    let r = ex.data.unwrap();
+    assert_eq!(r.order_id.as_deref(), Some("1234566"));
+    assert_eq!(r.flow_id, Some(1));
+    let v = r.verifications.unwrap();
+    assert_eq!(v.matched, Some(0));
+    assert_eq!(v.channel.as_deref(), Some("call"));
+    assert_eq!(v.ori_receiver.as_deref(), Some("91856321412"));
+    assert_eq!(v.verified_date.as_deref(), Some("2022-07-12T13:39:47+08:00"));
+    let sms = &r.sms[0];
+    assert_eq!((sms.mcc, sms.mnc, sms.charge_cnt, sms.status), (Some(460), Some(10), Some(1), Some(0)));
+    assert_eq!(sms.pay.as_deref(), Some("0.000002"));
+    assert_eq!(sms.reason.as_deref(), Some("successR"));
+    assert_eq!(sms.settlement.settle_currency.as_deref(), Some("EUR")); // sent as "currency"
+    assert_eq!(sms.settlement.quote_exchange.as_deref(), Some("0.938"));
+    let call = &r.call[0];
+    assert_eq!(call.termination_code, Some(100_005));
+    assert_eq!(call.termination_reason.as_deref(), Some("Temporarily Unavailable"));
+    assert_eq!(call.display_num, None);
+    assert_eq!(call.bill_period.as_deref(), Some("20+20"));
+    assert_eq!((call.call_duration, call.charged_duration), (Some(0), Some(0)));
+    assert_eq!(call.rate.as_deref(), Some("0.138"));
+    assert_eq!(call.settlement.settle_pay.as_deref(), Some("0.01368"));
+    assert!(r.sna.is_empty());
+}
+
+#[tokio::test]
+async fn numbers_as_strings_and_an_sna_leg_are_accepted() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    fake.put_record(
+        "o-1",
+        serde_json::json!({
+            "orderId": "o-1", "flowId": "7",
+            "verifications": {"matched": "2", "channel": "sna"},
+            "sna": [{"postVerificationTime": "2022-07-12T13:39:45+08:00",
+                     "verificationBackTime": "2022-07-12T13:39:46+08:00",
+                     "mcc": "460", "mnc": 1, "status": "1", "reason": "mismatch",
+                     "settlePay": 0.5, "settleCurrency": "USD"}]
+        }),
+    );
+    let r = client_for(&fake).await.lookup_record("o-1", None).await.data.unwrap();
+    assert_eq!(r.flow_id, Some(7));
+    assert_eq!(r.verifications.unwrap().matched, Some(2));
+    let sna = &r.sna[0];
+    assert_eq!((sna.mcc, sna.mnc, sna.status), (Some(460), Some(1), Some(1)));
+    assert_eq!(sna.settlement.settle_pay.as_deref(), Some("0.5"));
+    assert_eq!(sna.settlement.settle_currency.as_deref(), Some("USD"));
+}
