@@ -13,7 +13,12 @@ use crate::telemetry::LogFormat;
 #[command(name = "backfill-reporter", version, about, long_about = None)]
 pub struct Cli {
     /// The TOML config file [default: /etc/backfill-reporter/config.toml]
-    #[arg(long, global = true, env = "BACKFILL_REPORTER_CONFIG", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "BACKFILL_REPORTER_CONFIG",
+        value_name = "PATH"
+    )]
     pub config: Option<PathBuf>,
 
     /// Log format on stderr: text for people and journald, json for log shippers

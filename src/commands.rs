@@ -30,14 +30,27 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             daemon::run_until_signalled(path, settings).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { once: true, dry_run: true } => dry_run(&settings).await,
-        Command::Run { once: true, dry_run: false } => run_once(settings).await,
-        Command::Record { order_id, app_id, json } => {
-            record(&settings, &order_id, app_id.as_deref(), json).await
-        }
+        Command::Run {
+            once: true,
+            dry_run: true,
+        } => dry_run(&settings).await,
+        Command::Run {
+            once: true,
+            dry_run: false,
+        } => run_once(settings).await,
+        Command::Record {
+            order_id,
+            app_id,
+            json,
+        } => record(&settings, &order_id, app_id.as_deref(), json).await,
         Command::Migrate => migrate(&settings).await,
         Command::Check => check(&settings).await,
-        Command::History { limit, app_id, mcc, state } => {
+        Command::History {
+            limit,
+            app_id,
+            mcc,
+            state,
+        } => {
             let state = state
                 .map(|s| {
                     State::parse(&s).with_context(|| {
@@ -45,7 +58,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     })
                 })
                 .transpose()?;
-            let filter = HistoryFilter { limit, app_id, mcc, state };
+            let filter = HistoryFilter {
+                limit,
+                app_id,
+                mcc,
+                state,
+            };
             history(&settings, &filter).await
         }
     }
@@ -53,7 +71,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(presets::UTF8_HORIZONTAL_ONLY).set_header(header.to_vec());
+    t.load_preset(presets::UTF8_HORIZONTAL_ONLY)
+        .set_header(header.to_vec());
     t
 }
 
@@ -65,8 +84,15 @@ async fn dry_run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&settings.database).await?;
     let plan = cycle::prepare(&pool, settings, cycle::now_tick()).await?;
     print_plan(&plan);
-    let invalid = plan.pairs.iter().any(|p| matches!(p.verdict, Verdict::Invalid(_)));
-    Ok(if invalid { ExitCode::from(EXIT_FAILED) } else { ExitCode::SUCCESS })
+    let invalid = plan
+        .pairs
+        .iter()
+        .any(|p| matches!(p.verdict, Verdict::Invalid(_)));
+    Ok(if invalid {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_plan(plan: &Plan) {
@@ -75,7 +101,15 @@ fn print_plan(plan: &Plan) {
         plan.window.0.to_rfc3339(),
         plan.window.1.to_rfc3339()
     );
-    let mut t = table(&["app", "mcc", "backfilled", "sent", "rate", "callbackTime", "action"]);
+    let mut t = table(&[
+        "app",
+        "mcc",
+        "backfilled",
+        "sent",
+        "rate",
+        "callbackTime",
+        "action",
+    ]);
     for p in &plan.pairs {
         let action = match &p.verdict {
             Verdict::Send(_) => "send".to_owned(),
@@ -112,19 +146,40 @@ async fn run_once(settings: Settings) -> anyhow::Result<ExitCode> {
     let t = &report.tally;
     println!(
         "run {} at {}: {} pairs, {} succeeded, {} failed, {} skipped, {} invalid, {} left pending",
-        report.run_id, tick.to_rfc3339(), t.pairs, t.succeeded, t.failed, t.skipped, t.invalid, t.pending
+        report.run_id,
+        tick.to_rfc3339(),
+        t.pairs,
+        t.succeeded,
+        t.failed,
+        t.skipped,
+        t.invalid,
+        t.pending
     );
-    let filter = HistoryFilter { limit: t.pairs.max(1), ..HistoryFilter::default() };
+    let filter = HistoryFilter {
+        limit: t.pairs.max(1),
+        ..HistoryFilter::default()
+    };
     let rows = outcomes::history(&ctx.pool, &filter).await?;
-    print_history(rows.into_iter().filter(|r| r.scheduled_for == tick).collect());
-    Ok(if report.all_good() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
+    print_history(
+        rows.into_iter()
+            .filter(|r| r.scheduled_for == tick)
+            .collect(),
+    );
+    Ok(if report.all_good() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&settings.database).await?;
     let applied = db::migrate(&pool).await?;
     if applied.is_empty() {
-        println!("database is up to date ({} migrations)", db::MIGRATOR.iter().count());
+        println!(
+            "database is up to date ({} migrations)",
+            db::MIGRATOR.iter().count()
+        );
     }
     for m in applied {
         println!("applied {m}");
@@ -136,7 +191,10 @@ async fn check(settings: &Settings) -> anyhow::Result<ExitCode> {
     println!("config {}: valid", settings.path.display());
     settings.provider.secret()?;
     ProviderClient::new(&settings.provider)?;
-    println!("provider {} with api key {}: secret set", settings.provider.base_url, settings.provider.api_key);
+    println!(
+        "provider {} with api key {}: secret set",
+        settings.provider.base_url, settings.provider.api_key
+    );
     let options = db::connect_options(&settings.database)?;
     let pool = db::connect(&settings.database).await?;
     println!("database {}: connected", db::describe(&options));
@@ -145,10 +203,17 @@ async fn check(settings: &Settings) -> anyhow::Result<ExitCode> {
     )?;
     println!(
         "source {}: columns app_id, mcc, backfill_number, cardinal_number present",
-        if settings.source.query.is_some() { "query" } else { "otp_counts" }
+        if settings.source.query.is_some() {
+            "query"
+        } else {
+            "otp_counts"
+        }
     );
     let tz = settings.schedule.timezone;
-    println!("schedule {:?} in {tz}, next five fire times:", settings.schedule.cron.to_string());
+    println!(
+        "schedule {:?} in {tz}, next five fire times:",
+        settings.schedule.cron.to_string()
+    );
     for t in settings.schedule.cron.upcoming(chrono::Utc::now(), tz, 5) {
         println!("  {}", t.to_rfc3339());
     }
@@ -169,7 +234,17 @@ async fn history(settings: &Settings, filter: &HistoryFilter) -> anyhow::Result<
 
 fn print_history(rows: Vec<outcomes::HistoryRow>) {
     let mut t = table(&[
-        "tick (UTC)", "app", "mcc", "backfilled", "sent", "rate", "state", "tries", "status", "http", "detail",
+        "tick (UTC)",
+        "app",
+        "mcc",
+        "backfilled",
+        "sent",
+        "rate",
+        "state",
+        "tries",
+        "status",
+        "http",
+        "detail",
     ]);
     for r in rows {
         t.add_row(vec![
@@ -182,7 +257,8 @@ fn print_history(rows: Vec<outcomes::HistoryRow>) {
             r.state,
             r.attempts.to_string(),
             opt(&r.provider_status),
-            r.http_status.map_or_else(|| "-".to_owned(), |h| h.to_string()),
+            r.http_status
+                .map_or_else(|| "-".to_owned(), |h| h.to_string()),
             opt(&r.detail),
         ]);
     }
@@ -208,7 +284,9 @@ async fn record(
             "provider error: status {}, reason {}{}",
             ex.provider_status.as_deref().unwrap_or("-"),
             ex.reason.as_deref().unwrap_or("-"),
-            ex.http_status.map(|h| format!(", HTTP {h}")).unwrap_or_default()
+            ex.http_status
+                .map(|h| format!(", HTTP {h}"))
+                .unwrap_or_default()
         );
         if let Some(e) = &ex.error {
             eprintln!("{e}");
@@ -230,21 +308,59 @@ pub fn render_record(r: &Record) -> String {
     let v = r.verifications.clone().unwrap_or_default();
     let o = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".to_owned());
     let n = |i: Option<i64>| i.map_or_else(|| "-".to_owned(), |i| i.to_string());
-    let _ = writeln!(out, "order      {}", o(&r.order_id.clone().or(v.order_id.clone())));
+    let _ = writeln!(
+        out,
+        "order      {}",
+        o(&r.order_id.clone().or(v.order_id.clone()))
+    );
     let _ = writeln!(out, "flow       {}", n(r.flow_id));
     let _ = writeln!(out, "channel    {}", o(&v.channel));
     let _ = writeln!(out, "receiver   {}", o(&v.ori_receiver));
-    let _ = writeln!(out, "matched    {} ({})", provider::matched_in_words(v.matched), n(v.matched));
+    let _ = writeln!(
+        out,
+        "matched    {} ({})",
+        provider::matched_in_words(v.matched),
+        n(v.matched)
+    );
     let _ = writeln!(out, "verified   {}", o(&v.verified_date));
     let money = |s: &crate::provider::Settlement| {
-        format!("settled {} {} (unit {}, exchange {})", o(&s.settle_pay), o(&s.settle_currency), o(&s.settle_price), o(&s.quote_exchange))
+        format!(
+            "settled {} {} (unit {}, exchange {})",
+            o(&s.settle_pay),
+            o(&s.settle_currency),
+            o(&s.settle_price),
+            o(&s.quote_exchange)
+        )
     };
     for (i, s) in r.sms.iter().enumerate() {
         let _ = writeln!(out, "sms #{}", i + 1);
-        let _ = writeln!(out, "  status   {} ({})", provider::leg_status_in_words(s.status, "sending"), o(&s.reason));
-        let _ = writeln!(out, "  times    submitted {}, sent {}, done {}", o(&s.submit_tm), o(&s.send_tm), o(&s.done_tm));
-        let _ = writeln!(out, "  network  mcc {} mnc {}, sender {:?}", n(s.mcc), n(s.mnc), s.sender.clone().unwrap_or_default());
-        let _ = writeln!(out, "  cost     {} USD for {} parts; {}", o(&s.pay), n(s.charge_cnt), money(&s.settlement));
+        let _ = writeln!(
+            out,
+            "  status   {} ({})",
+            provider::leg_status_in_words(s.status, "sending"),
+            o(&s.reason)
+        );
+        let _ = writeln!(
+            out,
+            "  times    submitted {}, sent {}, done {}",
+            o(&s.submit_tm),
+            o(&s.send_tm),
+            o(&s.done_tm)
+        );
+        let _ = writeln!(
+            out,
+            "  network  mcc {} mnc {}, sender {:?}",
+            n(s.mcc),
+            n(s.mnc),
+            s.sender.clone().unwrap_or_default()
+        );
+        let _ = writeln!(
+            out,
+            "  cost     {} USD for {} parts; {}",
+            o(&s.pay),
+            n(s.charge_cnt),
+            money(&s.settlement)
+        );
     }
     for (i, c) in r.call.iter().enumerate() {
         let status = match c.termination_code {
@@ -254,14 +370,46 @@ pub fn render_record(r: &Record) -> String {
         };
         let _ = writeln!(out, "call #{}", i + 1);
         let _ = writeln!(out, "  status   {} ({})", status, o(&c.termination_reason));
-        let _ = writeln!(out, "  times    submitted {}, called {}, ringing {}, answered {}, hung up {}", o(&c.submit_time), o(&c.call_time), o(&c.ringing_time), o(&c.answer_time), o(&c.hangup_time));
-        let _ = writeln!(out, "  duration {} s, charged {} s, billing {}, display number {}", n(c.call_duration), n(c.charged_duration), o(&c.bill_period), o(&c.display_num));
-        let _ = writeln!(out, "  cost     {} USD at {} USD/min (region {}); {}", o(&c.cost), o(&c.rate), o(&c.code), money(&c.settlement));
+        let _ = writeln!(
+            out,
+            "  times    submitted {}, called {}, ringing {}, answered {}, hung up {}",
+            o(&c.submit_time),
+            o(&c.call_time),
+            o(&c.ringing_time),
+            o(&c.answer_time),
+            o(&c.hangup_time)
+        );
+        let _ = writeln!(
+            out,
+            "  duration {} s, charged {} s, billing {}, display number {}",
+            n(c.call_duration),
+            n(c.charged_duration),
+            o(&c.bill_period),
+            o(&c.display_num)
+        );
+        let _ = writeln!(
+            out,
+            "  cost     {} USD at {} USD/min (region {}); {}",
+            o(&c.cost),
+            o(&c.rate),
+            o(&c.code),
+            money(&c.settlement)
+        );
     }
     for (i, s) in r.sna.iter().enumerate() {
         let _ = writeln!(out, "sna #{}", i + 1);
-        let _ = writeln!(out, "  status   {} ({})", provider::leg_status_in_words(s.status, "not verified"), o(&s.reason));
-        let _ = writeln!(out, "  times    requested {}, answered {}", o(&s.post_verification_time), o(&s.verification_back_time));
+        let _ = writeln!(
+            out,
+            "  status   {} ({})",
+            provider::leg_status_in_words(s.status, "not verified"),
+            o(&s.reason)
+        );
+        let _ = writeln!(
+            out,
+            "  times    requested {}, answered {}",
+            o(&s.post_verification_time),
+            o(&s.verification_back_time)
+        );
         let _ = writeln!(out, "  network  mcc {} mnc {}", n(s.mcc), n(s.mnc));
         let _ = writeln!(out, "  cost     {}", money(&s.settlement));
     }

@@ -276,8 +276,9 @@ fn validate_base_url(raw: &str) -> anyhow::Result<String> {
 
 fn duration(raw: Option<String>, default: &str, key: &str) -> anyhow::Result<Duration> {
     let text = raw.unwrap_or_else(|| default.to_owned());
-    humantime::parse_duration(&text)
-        .map_err(|e| anyhow::anyhow!("{key} {text:?} is not a duration such as \"10s\" or \"24h\": {e}"))
+    humantime::parse_duration(&text).map_err(|e| {
+        anyhow::anyhow!("{key} {text:?} is not a duration such as \"10s\" or \"24h\": {e}")
+    })
 }
 
 fn positive<T: PartialOrd + Default + std::fmt::Display>(v: T, key: &str) -> anyhow::Result<T> {
@@ -292,7 +293,9 @@ fn read_secret_file(path: &Path) -> anyhow::Result<SecretString> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading secret file {}", path.display()))?;
     // Editors and `echo` add a final newline that is not part of the secret.
-    Ok(SecretString::from(text.trim_end_matches(['\n', '\r']).to_owned()))
+    Ok(SecretString::from(
+        text.trim_end_matches(['\n', '\r']).to_owned(),
+    ))
 }
 
 /// A warning when the file holds a secret (an inline API secret, or a database URL with a
@@ -357,7 +360,10 @@ mod tests {
 
     #[test]
     fn a_trailing_slash_on_the_base_url_is_dropped() {
-        let s = parse(&format!("{MINIMAL}base_url = \"https://example.test/otp/\"\n")).unwrap();
+        let s = parse(&format!(
+            "{MINIMAL}base_url = \"https://example.test/otp/\"\n"
+        ))
+        .unwrap();
         assert_eq!(s.provider.base_url, "https://example.test/otp");
     }
 
@@ -372,7 +378,10 @@ mod tests {
         let s = from_toml(MINIMAL, Path::new("t.toml"), &env).unwrap();
         assert_eq!(s.provider.api_key, "envkey12");
         assert_eq!(s.provider.secret().unwrap().expose_secret(), "envsecret");
-        assert_eq!(s.database.url().unwrap().expose_secret(), "postgres://u:pw@db/x");
+        assert_eq!(
+            s.database.url().unwrap().expose_secret(),
+            "postgres://u:pw@db/x"
+        );
     }
 
     #[test]
@@ -407,7 +416,10 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         for (extra, key) in [
-            ("[schedule]\ntimezone = \"Mars/Olympus\"\n", "schedule.timezone"),
+            (
+                "[schedule]\ntimezone = \"Mars/Olympus\"\n",
+                "schedule.timezone",
+            ),
             ("[schedule]\ncron = \"61 * * * *\"\n", "schedule.cron"),
             ("[source]\napps = [\"abc\"]\n", "source.apps"),
             ("[source]\nquery = \"SELECT 1\"\n", "source.query"),
@@ -426,7 +438,9 @@ mod tests {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, MINIMAL).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(permission_warning(&path, MINIMAL).unwrap().contains("chmod 600"));
+        assert!(permission_warning(&path, MINIMAL)
+            .unwrap()
+            .contains("chmod 600"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(permission_warning(&path, MINIMAL).is_none());
     }

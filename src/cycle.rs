@@ -88,7 +88,11 @@ pub fn callback_time(tick: DateTime<Utc>, tz: Tz) -> String {
 /// The trailing window `[tick − window, tick)`.
 pub fn window(tick: DateTime<Utc>, length: Duration) -> (DateTime<Utc>, DateTime<Utc>) {
     let length = chrono::Duration::from_std(length).unwrap_or(chrono::Duration::MAX);
-    (tick.checked_sub_signed(length).unwrap_or(DateTime::<Utc>::MIN_UTC), tick)
+    (
+        tick.checked_sub_signed(length)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        tick,
+    )
 }
 
 /// The tick for an ad-hoc run: now, truncated to the second.
@@ -174,7 +178,11 @@ fn judge(row: &SourceRow, min_cardinal: u64, callback_time: &str) -> (Option<Rat
 }
 
 /// Reads the source for the tick's window and judges the rows; writes nothing.
-pub async fn prepare(pool: &PgPool, settings: &Settings, tick: DateTime<Utc>) -> anyhow::Result<Plan> {
+pub async fn prepare(
+    pool: &PgPool,
+    settings: &Settings,
+    tick: DateTime<Utc>,
+) -> anyhow::Result<Plan> {
     let (start, end) = window(tick, settings.source.window);
     let rows = source::read(pool, &settings.source, start, end).await?;
     Ok(plan(rows, settings, tick))
@@ -212,7 +220,11 @@ pub async fn run(
             }
         })
         .collect();
-    let mut tx = ctx.pool.begin().await.context("starting the claim transaction")?;
+    let mut tx = ctx
+        .pool
+        .begin()
+        .await
+        .context("starting the claim transaction")?;
     let Some(run_id) =
         outcomes::claim_run(&mut tx, tick, trigger, plan.window, &ctx.instance).await?
     else {
@@ -229,7 +241,9 @@ pub async fn run(
     }
     for (i, p) in plan.pairs.iter().enumerate() {
         match &p.verdict {
-            Verdict::Skip(why) => tracing::info!(app_id = ?p.row.app_id, mcc = ?p.row.mcc, "skipped: {why}"),
+            Verdict::Skip(why) => {
+                tracing::info!(app_id = ?p.row.app_id, mcc = ?p.row.mcc, "skipped: {why}")
+            }
             Verdict::Invalid(why) if inserted.iter().any(|(_, j)| *j == i) => {
                 tracing::warn!(app_id = ?p.row.app_id, mcc = ?p.row.mcc, "invalid row, not sent: {why}")
             }
@@ -245,7 +259,12 @@ pub async fn run(
         .collect();
     send_all(ctx, to_send, shutdown).await?;
     let tally = outcomes::finish_run(&ctx.pool, run_id).await?;
-    let report = CycleReport { run_id, tick, tally, duration: started.elapsed() };
+    let report = CycleReport {
+        run_id,
+        tick,
+        tally,
+        duration: started.elapsed(),
+    };
     log_summary(&report);
     Ok(Some(report))
 }
@@ -280,7 +299,11 @@ pub async fn recover(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Res
     let superseded = outcomes::supersede_stale(&ctx.pool).await?;
     let pending = outcomes::pending(&ctx.pool).await?;
     if superseded > 0 || !pending.is_empty() {
-        tracing::info!(superseded, resending = pending.len(), "recovering submissions left pending by an interrupted cycle");
+        tracing::info!(
+            superseded,
+            resending = pending.len(),
+            "recovering submissions left pending by an interrupted cycle"
+        );
     }
     let count = pending.len();
     let items = pending
@@ -307,7 +330,10 @@ pub async fn recover(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Res
 /// numeric(5,2) reads back as "12.50"; the provider is sent the form without trailing zeros.
 fn trim_rate(stored: &str) -> String {
     if stored.contains('.') {
-        stored.trim_end_matches('0').trim_end_matches('.').to_owned()
+        stored
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_owned()
     } else {
         stored.to_owned()
     }
@@ -436,7 +462,9 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
         .saturating_mul(1u32 << (attempt - 1).min(16))
         .min(MAX_BACKOFF);
     let half = ceiling / 2;
-    half + ceiling.saturating_sub(half).mul_f64(rand::rng().random::<f64>())
+    half + ceiling
+        .saturating_sub(half)
+        .mul_f64(rand::rng().random::<f64>())
 }
 
 #[cfg(test)]
@@ -445,10 +473,15 @@ mod tests {
 
     #[test]
     fn callback_time_is_the_tick_in_the_zone_with_its_offset() {
-        let tick = DateTime::parse_from_rfc3339("2023-01-31T16:00:00Z").unwrap().with_timezone(&Utc);
+        let tick = DateTime::parse_from_rfc3339("2023-01-31T16:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let tz: Tz = "Asia/Shanghai".parse().unwrap();
         assert_eq!(callback_time(tick, tz), "2023-02-01T00:00:00+08:00");
-        assert_eq!(callback_time(tick, chrono_tz::UTC), "2023-01-31T16:00:00+00:00");
+        assert_eq!(
+            callback_time(tick, chrono_tz::UTC),
+            "2023-01-31T16:00:00+00:00"
+        );
     }
 
     #[test]
@@ -464,7 +497,9 @@ mod tests {
         let base = Duration::from_millis(100);
         for attempt in 1..=30 {
             let d = backoff(base, attempt);
-            let ceiling = base.saturating_mul(1 << (attempt - 1).min(16)).min(MAX_BACKOFF);
+            let ceiling = base
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(MAX_BACKOFF);
             assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?}");
         }
     }

@@ -45,9 +45,10 @@ pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-        else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot listen for SIGTERM/SIGINT");
             return;
         };
@@ -102,7 +103,11 @@ pub async fn serve(
     source::check_columns(&ctx.pool, &ctx.settings.source).await?;
 
     // Recovery first, so that a tick left half-sent by a crash is completed before anything new.
-    match locked(&ctx, |ctx| async move { cycle::recover(&ctx, &shutdown_never()).await }).await {
+    match locked(&ctx, |ctx| async move {
+        cycle::recover(&ctx, &shutdown_never()).await
+    })
+    .await
+    {
         Ok(Some(n)) if n > 0 => tracing::info!(resent = n, "recovery done"),
         Ok(_) => {}
         Err(e) => tracing::error!("recovery failed, will retry before the next cycle: {e:#}"),
@@ -191,7 +196,9 @@ fn log_next(ctx: &Context, planned: DateTime<Utc>) {
 /// run, it is due now: one catch-up cycle, not one per missed tick.
 async fn first_tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
     let (schedule, tz) = (&ctx.settings.schedule.cron, ctx.settings.schedule.timezone);
-    let next = schedule.next_after(now, tz).context("the schedule has no next tick")?;
+    let next = schedule
+        .next_after(now, tz)
+        .context("the schedule has no next tick")?;
     let last_run = outcomes::last_scheduled_tick(&ctx.pool).await?;
     let latest_due = schedule.latest_at_or_before(now, tz);
     Ok(match (last_run, latest_due) {
@@ -206,8 +213,17 @@ async fn first_tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<DateTim
 /// Validates what a new config changes; the database and credentials need a restart.
 async fn apply_reload(ctx: &Context, new: Settings) -> anyhow::Result<Context> {
     use secrecy::ExposeSecret;
-    let old_url = ctx.settings.database.url.as_ref().map(|u| u.expose_secret().to_owned());
-    let new_url = new.database.url.as_ref().map(|u| u.expose_secret().to_owned());
+    let old_url = ctx
+        .settings
+        .database
+        .url
+        .as_ref()
+        .map(|u| u.expose_secret().to_owned());
+    let new_url = new
+        .database
+        .url
+        .as_ref()
+        .map(|u| u.expose_secret().to_owned());
     if old_url != new_url {
         tracing::warn!("database.url changed: it takes effect at the next restart");
     }
@@ -226,7 +242,9 @@ fn spawn_cycle(ctx: Context, tick: DateTime<Utc>, shutdown: CancellationToken) -
         .await;
         match result {
             Ok(Some(Some(CycleReport { .. }))) | Ok(Some(None)) => {}
-            Ok(None) => tracing::info!("tick {tick} skipped here: another instance is running a cycle"),
+            Ok(None) => {
+                tracing::info!("tick {tick} skipped here: another instance is running a cycle")
+            }
             Err(e) => tracing::error!("cycle for {tick} failed: {e:#}"),
         }
     })

@@ -16,7 +16,9 @@ impl AppId {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let len = raw.chars().count();
         if !(4..=32).contains(&len) {
-            return Err(format!("appId {raw:?} must be 4 to 32 characters, it has {len}"));
+            return Err(format!(
+                "appId {raw:?} must be 4 to 32 characters, it has {len}"
+            ));
         }
         if raw.trim() != raw || raw.chars().any(char::is_control) {
             return Err(format!(

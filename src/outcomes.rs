@@ -159,8 +159,16 @@ pub async fn insert_submissions(
     .bind(col(|r| r.backfill_number.clone().filter(|v| is_numeric(v))))
     .bind(col(|r| r.cardinal_number.clone().filter(|v| is_numeric(v))))
     .bind(col(|r| r.rate.clone()))
-    .bind(rows.iter().map(|r| r.callback_time.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.state.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.callback_time.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.state.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
     .bind(col(|r| r.reason.clone()))
     .bind(index)
     .fetch_all(&mut **tx)
@@ -191,7 +199,8 @@ pub async fn record_outcomes(pool: &PgPool, outcomes: &[SubmissionOutcome]) -> a
     if outcomes.is_empty() {
         return Ok(());
     }
-    let v = |f: fn(&SubmissionOutcome) -> Option<String>| outcomes.iter().map(f).collect::<Vec<_>>();
+    let v =
+        |f: fn(&SubmissionOutcome) -> Option<String>| outcomes.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
         "UPDATE report_submissions s SET state = u.state, reason = COALESCE(u.reason, s.reason), \
              attempts = u.attempts, provider_status = u.provider_status, \
@@ -205,14 +214,24 @@ pub async fn record_outcomes(pool: &PgPool, outcomes: &[SubmissionOutcome]) -> a
          WHERE s.id = u.id",
     )
     .bind(outcomes.iter().map(|o| o.id).collect::<Vec<_>>())
-    .bind(outcomes.iter().map(|o| o.state.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.state.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
     .bind(v(|o| o.reason.clone()))
     .bind(outcomes.iter().map(|o| o.attempts).collect::<Vec<_>>())
     .bind(v(|o| o.provider_status.clone()))
     .bind(v(|o| o.provider_reason.clone()))
     .bind(outcomes.iter().map(|o| o.http_status).collect::<Vec<_>>())
     .bind(v(|o| o.error.clone()))
-    .bind(outcomes.iter().map(|o| o.first_attempt_at).collect::<Vec<_>>())
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.first_attempt_at)
+            .collect::<Vec<_>>(),
+    )
     .bind(outcomes.iter().map(|o| o.finished_at).collect::<Vec<_>>())
     .bind(outcomes.iter().map(|o| o.duration_ms).collect::<Vec<_>>())
     .execute(pool)

@@ -103,7 +103,10 @@ mod tests {
         assert_eq!(Rate::from_counts(0, 0), Err(RateError::NoneSent));
         assert_eq!(
             Rate::from_counts(6, 5),
-            Err(RateError::MoreBackfilledThanSent { backfilled: 6, sent: 5 })
+            Err(RateError::MoreBackfilledThanSent {
+                backfilled: 6,
+                sent: 5
+            })
         );
     }
 
@@ -115,11 +118,17 @@ mod tests {
                 assert!(r.hundredths() <= 10_000);
                 let text = r.to_string();
                 let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
-                assert!(!text.contains('.') || (decimals <= 2 && !text.ends_with('0')), "{text}");
+                assert!(
+                    !text.contains('.') || (decimals <= 2 && !text.ends_with('0')),
+                    "{text}"
+                );
                 // the rendered value is the exact rate rounded half-up: |text*sent - 100*b| <= sent/200
                 let shown: f64 = text.parse().unwrap();
                 let exact = backfilled as f64 * 100.0 / sent as f64;
-                assert!((shown - exact).abs() <= 0.005 + 1e-9, "{backfilled}/{sent}: {text}");
+                assert!(
+                    (shown - exact).abs() <= 0.005 + 1e-9,
+                    "{backfilled}/{sent}: {text}"
+                );
             }
         }
     }

@@ -39,7 +39,7 @@ impl Schedule {
     /// field is seconds. Year fields and an empty pattern are refused.
     pub fn parse(text: &str) -> Result<Self, String> {
         let fields = text.split_whitespace().count();
-        if !(fields == 5 || fields == 6) && !text.trim_start().starts_with('@') {
+        if !(fields == 5 || fields == 6 || text.trim_start().starts_with('@')) {
             return Err(format!(
                 "expected 5 fields (minute hour day-of-month month day-of-week) or 6 (with leading seconds), found {fields}"
             ));
@@ -135,7 +135,10 @@ pub fn on_wake(schedule: &Schedule, tz: Tz, planned: DateTime<Utc>, now: DateTim
     if now < planned {
         return Wake::TooEarly;
     }
-    let tick = schedule.latest_at_or_before(now, tz).unwrap_or(planned).max(planned);
+    let tick = schedule
+        .latest_at_or_before(now, tz)
+        .unwrap_or(planned)
+        .max(planned);
     let mut missed = 0;
     let mut t = planned;
     while t < tick && missed < 1_000 {
@@ -206,7 +209,12 @@ mod tests {
     #[test]
     fn a_fixed_time_in_the_skipped_spring_hour_fires_once_right_after_the_jump() {
         let berlin: Tz = "Europe/Berlin".parse().unwrap();
-        let fired = fire_times("30 2 * * *", berlin, "2026-03-27T12:00:00Z", "2026-03-31T12:00:00Z");
+        let fired = fire_times(
+            "30 2 * * *",
+            berlin,
+            "2026-03-27T12:00:00Z",
+            "2026-03-31T12:00:00Z",
+        );
         assert_eq!(
             fired,
             [
@@ -221,7 +229,12 @@ mod tests {
     #[test]
     fn a_fixed_time_in_the_repeated_autumn_hour_fires_once() {
         let berlin: Tz = "Europe/Berlin".parse().unwrap();
-        let fired = fire_times("30 2 * * *", berlin, "2026-10-23T12:00:00Z", "2026-10-27T12:00:00Z");
+        let fired = fire_times(
+            "30 2 * * *",
+            berlin,
+            "2026-10-23T12:00:00Z",
+            "2026-10-27T12:00:00Z",
+        );
         assert_eq!(
             fired,
             [
@@ -236,7 +249,12 @@ mod tests {
     #[test]
     fn an_interval_job_fires_in_both_repeated_hours_and_never_twice_at_one_instant() {
         let berlin: Tz = "Europe/Berlin".parse().unwrap();
-        let fired = fire_times("0 * * * *", berlin, "2026-10-24T23:30:00Z", "2026-10-25T02:30:00Z");
+        let fired = fire_times(
+            "0 * * * *",
+            berlin,
+            "2026-10-24T23:30:00Z",
+            "2026-10-25T02:30:00Z",
+        );
         assert_eq!(
             fired,
             [
@@ -252,15 +270,24 @@ mod tests {
         let s = Schedule::parse("*/10 * * * *").unwrap();
         let tz = chrono_tz::UTC;
         let planned = utc("2026-01-01T00:10:00Z");
-        assert_eq!(on_wake(&s, tz, planned, utc("2026-01-01T00:09:59Z")), Wake::TooEarly);
+        assert_eq!(
+            on_wake(&s, tz, planned, utc("2026-01-01T00:09:59Z")),
+            Wake::TooEarly
+        );
         assert_eq!(
             on_wake(&s, tz, planned, utc("2026-01-01T00:10:00.2Z")),
-            Wake::Fire { tick: planned, missed: 0 }
+            Wake::Fire {
+                tick: planned,
+                missed: 0
+            }
         );
         // a suspend from 00:05 to 03:07: one cycle, for 03:00
         assert_eq!(
             on_wake(&s, tz, planned, utc("2026-01-01T03:07:00Z")),
-            Wake::Fire { tick: utc("2026-01-01T03:00:00Z"), missed: 17 }
+            Wake::Fire {
+                tick: utc("2026-01-01T03:00:00Z"),
+                missed: 17
+            }
         );
         let _ = Utc.timestamp_opt(0, 0);
     }

@@ -46,7 +46,11 @@ fn query_of(settings: &SourceSettings) -> &str {
 /// Checks, without running it, that the query returns the four columns with usable types.
 /// Errors name the column and the type found.
 pub async fn check_columns(pool: &PgPool, settings: &SourceSettings) -> anyhow::Result<()> {
-    let key = if settings.query.is_some() { "source.query" } else { "default source (otp_counts)" };
+    let key = if settings.query.is_some() {
+        "source.query"
+    } else {
+        "default source (otp_counts)"
+    };
     let describe = pool
         .describe(query_of(settings))
         .await
@@ -62,7 +66,13 @@ pub async fn check_columns(pool: &PgPool, settings: &SourceSettings) -> anyhow::
             bail!("{key} returns no column {name:?} (it returns {names:?}); expected app_id, mcc, backfill_number, cardinal_number");
         };
         if !first.contains(&ty.as_str()) && !second.contains(&ty.as_str()) {
-            let wanted = if first == INT_TYPES { "an integer or numeric" } else if second.is_empty() { "text" } else { "text or an integer" };
+            let wanted = if first == INT_TYPES {
+                "an integer or numeric"
+            } else if second.is_empty() {
+                "text"
+            } else {
+                "text or an integer"
+            };
             bail!("{key} column {name:?} is {ty}, expected {wanted}");
         }
     }

@@ -8,9 +8,12 @@ use crate::helpers::{TestApp, API_SECRET};
 #[sqlx::test]
 async fn record_prints_a_readable_summary_and_exits_0_when_found(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.provider.put_record("1234566", docs_record_example()["data"].clone());
+    app.provider
+        .put_record("1234566", docs_record_example()["data"].clone());
 
-    let (code, out, err) = app.run(&["record", "1234566", "--app-id", "ad454212"]).await;
+    let (code, out, err) = app
+        .run(&["record", "1234566", "--app-id", "ad454212"])
+        .await;
 
     assert_eq!(code, 0, "{err}");
     for expected in [
@@ -32,7 +35,8 @@ async fn record_prints_a_readable_summary_and_exits_0_when_found(pool: PgPool) {
 #[sqlx::test]
 async fn record_json_prints_the_providers_answer(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.provider.put_record("1234566", docs_record_example()["data"].clone());
+    app.provider
+        .put_record("1234566", docs_record_example()["data"].clone());
     let (code, out, _) = app.run(&["record", "1234566", "--json"]).await;
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -46,9 +50,13 @@ async fn record_exits_1_with_the_providers_status_and_reason_on_stderr(pool: PgP
     let (code, out, err) = app.run(&["record", "no-such-order"]).await;
     assert_eq!(code, 1);
     assert!(out.is_empty());
-    assert!(err.contains("status -22, reason orderId not found"), "{err}");
+    assert!(
+        err.contains("status -22, reason orderId not found"),
+        "{err}"
+    );
 
-    app.provider.script_all(vec![Scripted::Status("-2", "ip not allowed")]);
+    app.provider
+        .script_all(vec![Scripted::Status("-2", "ip not allowed")]);
     let (code, _, err) = app.run(&["record", "1234566"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("status -2, reason ip not allowed"), "{err}");
@@ -58,13 +66,21 @@ async fn record_exits_1_with_the_providers_status_and_reason_on_stderr(pool: PgP
 async fn a_bad_config_exits_2_naming_the_key_and_the_file(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let text = std::fs::read_to_string(&app.config_path).unwrap();
-    std::fs::write(&app.config_path, text.replace("request_timeout", "request_timout")).unwrap();
+    std::fs::write(
+        &app.config_path,
+        text.replace("request_timeout", "request_timout"),
+    )
+    .unwrap();
     let (code, _, err) = app.run(&["record", "1234566"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("request_timout"), "{err}");
     assert!(err.contains(app.config_path.to_str().unwrap()), "{err}");
 
-    std::fs::write(&app.config_path, text.replace("cron = \"*/10 * * * *\"", "cron = \"*/10 * *\"")).unwrap();
+    std::fs::write(
+        &app.config_path,
+        text.replace("cron = \"*/10 * * * *\"", "cron = \"*/10 * *\""),
+    )
+    .unwrap();
     let (code, _, err) = app.run(&["check"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("schedule.cron"), "{err}");
@@ -82,14 +98,19 @@ async fn usage_errors_exit_2(pool: PgPool) {
 #[sqlx::test]
 async fn the_secret_never_reaches_the_output_even_at_trace_level(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.provider.put_record("1234566", docs_record_example()["data"].clone());
+    app.provider
+        .put_record("1234566", docs_record_example()["data"].clone());
     let out = app
         .command(&["record", "1234566"])
         .env("RUST_LOG", "trace")
         .output()
         .await
         .unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{all}");
     assert!(!all.contains(API_SECRET), "the secret leaked:\n{all}");
     let sign = &app.provider.received()[0].headers["sign"];
@@ -99,11 +120,19 @@ async fn the_secret_never_reaches_the_output_even_at_trace_level(pool: PgPool) {
 #[tokio::test]
 async fn help_and_version_work_without_a_config() {
     let bin = env!("CARGO_BIN_EXE_backfill-reporter");
-    let out = tokio::process::Command::new(bin).arg("--help").output().await.unwrap();
+    let out = tokio::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in ["run", "record", "migrate", "check", "history"] {
         assert!(help.contains(cmd), "{help}");
     }
-    let out = tokio::process::Command::new(bin).arg("--version").output().await.unwrap();
+    let out = tokio::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .await
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("backfill-reporter "));
 }

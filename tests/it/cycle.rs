@@ -19,16 +19,28 @@ fn tick() -> DateTime<Utc> {
 }
 
 async fn run_cycle(app: &TestApp) -> cycle::CycleReport {
-    cycle::run(&app.ctx(), tick(), Trigger::Schedule, &CancellationToken::new())
-        .await
-        .unwrap()
-        .expect("the tick was not claimed before")
+    cycle::run(
+        &app.ctx(),
+        tick(),
+        Trigger::Schedule,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+    .expect("the tick was not claimed before")
 }
 
 #[sqlx::test]
 async fn the_provider_receives_exactly_the_documented_body(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.seed("mRELxtHc", 460, tick() - chrono::Duration::hours(1), 1000, 100).await;
+    app.seed(
+        "mRELxtHc",
+        460,
+        tick() - chrono::Duration::hours(1),
+        1000,
+        100,
+    )
+    .await;
 
     let report = run_cycle(&app).await;
 
@@ -44,7 +56,17 @@ async fn the_provider_receives_exactly_the_documented_body(pool: PgPool) {
     assert_eq!(body["backfillNow"], json!("10"));
     assert_eq!(body["callbackTime"], json!("2026-02-01T00:00:00+08:00"));
     let rows = app.submissions().await;
-    assert_eq!(rows, vec![("mRELxtHc".into(), "460".into(), "succeeded".into(), 1, Some("0".into()), None)]);
+    assert_eq!(
+        rows,
+        vec![(
+            "mRELxtHc".into(),
+            "460".into(),
+            "succeeded".into(),
+            1,
+            Some("0".into()),
+            None
+        )]
+    );
     let stored: (String, String, DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
         "SELECT rate::text, callback_time, window_start, window_end FROM report_submissions",
     )
@@ -61,19 +83,32 @@ async fn the_provider_receives_exactly_the_documented_body(pool: PgPool) {
 async fn each_rounding_case_is_sent_as_the_exact_decimal(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let bucket = tick() - chrono::Duration::minutes(5);
-    for (i, (sent, backfilled)) in [(1000, 100), (8, 1), (3, 1), (3, 2), (5, 0), (5, 5), (32, 1)].iter().enumerate() {
-        app.seed(&format!("app{i:02}"), 460, bucket, *sent, *backfilled).await;
+    for (i, (sent, backfilled)) in [(1000, 100), (8, 1), (3, 1), (3, 2), (5, 0), (5, 5), (32, 1)]
+        .iter()
+        .enumerate()
+    {
+        app.seed(&format!("app{i:02}"), 460, bucket, *sent, *backfilled)
+            .await;
     }
     run_cycle(&app).await;
     let mut got: Vec<(String, String)> = app
         .provider
         .backfill_bodies()
         .iter()
-        .map(|b| (b["appId"].as_str().unwrap().to_owned(), b["backfillNow"].as_str().unwrap().to_owned()))
+        .map(|b| {
+            (
+                b["appId"].as_str().unwrap().to_owned(),
+                b["backfillNow"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     got.sort();
     let want = ["10", "12.5", "33.33", "66.67", "0", "100", "3.13"];
-    let want: Vec<(String, String)> = want.iter().enumerate().map(|(i, r)| (format!("app{i:02}"), r.to_string())).collect();
+    let want: Vec<(String, String)> = want
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("app{i:02}"), r.to_string()))
+        .collect();
     assert_eq!(got, want);
 }
 
@@ -82,9 +117,23 @@ async fn a_bucket_at_the_window_start_is_in_and_one_at_the_end_is_out(pool: PgPo
     let app = TestApp::new(pool).await;
     let start = tick() - chrono::Duration::hours(24);
     app.seed("edgeApp1", 460, start, 10, 4).await; // in: the window is [start, tick)
-    app.seed("edgeApp1", 460, start - chrono::Duration::seconds(1), 1000, 0).await; // out
+    app.seed(
+        "edgeApp1",
+        460,
+        start - chrono::Duration::seconds(1),
+        1000,
+        0,
+    )
+    .await; // out
     app.seed("edgeApp1", 460, tick(), 1000, 0).await; // out
-    app.seed("edgeApp1", 460, tick() - chrono::Duration::seconds(1), 10, 1).await; // in
+    app.seed(
+        "edgeApp1",
+        460,
+        tick() - chrono::Duration::seconds(1),
+        10,
+        1,
+    )
+    .await; // in
 
     run_cycle(&app).await;
 
@@ -100,11 +149,20 @@ async fn a_custom_query_over_raw_events_is_used(pool: PgPool) {
     let query = "SELECT app_id, mcc, count(*) FILTER (WHERE verified) AS backfill_number, \
                  count(*) AS cardinal_number FROM otp_events \
                  WHERE created_at >= $1 AND created_at < $2 GROUP BY 1, 2";
-    let app = TestApp::with(pool, TestConfig { query: Some(query.into()), ..TestConfig::default() }).await;
-    sqlx::query("CREATE TABLE otp_events (app_id text, mcc text, created_at timestamptz, verified bool)")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    let app = TestApp::with(
+        pool,
+        TestConfig {
+            query: Some(query.into()),
+            ..TestConfig::default()
+        },
+    )
+    .await;
+    sqlx::query(
+        "CREATE TABLE otp_events (app_id text, mcc text, created_at timestamptz, verified bool)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     for verified in [true, true, false] {
         sqlx::query("INSERT INTO otp_events VALUES ('evtApp01', '234', $1, $2)")
             .bind(tick() - chrono::Duration::minutes(30))
@@ -126,19 +184,44 @@ async fn a_custom_query_over_raw_events_is_used(pool: PgPool) {
 async fn a_custom_query_with_a_wrong_column_is_an_error_before_anything_is_sent(pool: PgPool) {
     let query = "SELECT app_id, mcc, sent AS cardinal_number, 'x'::text AS backfill_number \
                  FROM otp_counts WHERE bucket_start >= $1 AND bucket_start < $2";
-    let app = TestApp::with(pool, TestConfig { query: Some(query.into()), ..TestConfig::default() }).await;
-    app.seed("appWrong", 460, tick() - chrono::Duration::minutes(1), 10, 1).await;
-    let err = cycle::run(&app.ctx(), tick(), Trigger::Schedule, &CancellationToken::new())
-        .await
-        .unwrap_err();
+    let app = TestApp::with(
+        pool,
+        TestConfig {
+            query: Some(query.into()),
+            ..TestConfig::default()
+        },
+    )
+    .await;
+    app.seed(
+        "appWrong",
+        460,
+        tick() - chrono::Duration::minutes(1),
+        10,
+        1,
+    )
+    .await;
+    let err = cycle::run(
+        &app.ctx(),
+        tick(),
+        Trigger::Schedule,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("backfill_number") && msg.contains("TEXT"), "{msg}");
+    assert!(
+        msg.contains("backfill_number") && msg.contains("TEXT"),
+        "{msg}"
+    );
     assert!(app.provider.received().is_empty());
     assert_eq!(app.count("SELECT count(*) FROM report_runs").await, 0);
 
     let missing = "SELECT app_id, mcc, sent AS cardinal_number FROM otp_counts \
                    WHERE bucket_start >= $1 AND bucket_start < $2";
-    app.write_config(&TestConfig { query: Some(missing.into()), ..TestConfig::default() });
+    app.write_config(&TestConfig {
+        query: Some(missing.into()),
+        ..TestConfig::default()
+    });
     let (code, _, err) = app.run(&["check"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("no column \"backfill_number\""), "{err}");
@@ -157,15 +240,31 @@ async fn each_skip_and_invalid_kind_is_recorded_with_its_reason_and_never_sent(p
         WHERE $1::timestamptz IS NOT NULL AND $2::timestamptz IS NOT NULL";
     let app = TestApp::with(
         pool,
-        TestConfig { query: Some(query.into()), min_cardinal: 3, ..TestConfig::default() },
+        TestConfig {
+            query: Some(query.into()),
+            min_cardinal: 3,
+            ..TestConfig::default()
+        },
     )
     .await;
 
     let report = run_cycle(&app).await;
 
     assert!(!report.all_good());
-    assert_eq!((report.tally.succeeded, report.tally.skipped, report.tally.invalid), (1, 2, 4));
-    let sent: Vec<_> = app.provider.backfill_bodies().iter().map(|b| b["appId"].clone()).collect();
+    assert_eq!(
+        (
+            report.tally.succeeded,
+            report.tally.skipped,
+            report.tally.invalid
+        ),
+        (1, 2, 4)
+    );
+    let sent: Vec<_> = app
+        .provider
+        .backfill_bodies()
+        .iter()
+        .map(|b| b["appId"].clone())
+        .collect();
     assert_eq!(sent, vec![json!("goodApp1")]);
     let rows = app.submissions().await;
     let find = |app: &str| rows.iter().find(|r| r.0 == app).unwrap().clone();
@@ -180,7 +279,11 @@ async fn each_skip_and_invalid_kind_is_recorded_with_its_reason_and_never_sent(p
         let r = find(app_id);
         assert_eq!(r.2, state, "{app_id}");
         assert_eq!(r.3, 0, "{app_id} was never attempted");
-        assert!(r.5.as_deref().unwrap().contains(needle), "{app_id}: {:?}", r.5);
+        assert!(
+            r.5.as_deref().unwrap().contains(needle),
+            "{app_id}: {:?}",
+            r.5
+        );
     }
     let runs: (i32, i32, i32, i32, i32) =
         sqlx::query_as("SELECT pairs, succeeded, failed, skipped, invalid FROM report_runs")
@@ -193,8 +296,18 @@ async fn each_skip_and_invalid_kind_is_recorded_with_its_reason_and_never_sent(p
 #[sqlx::test]
 async fn a_transient_failure_twice_then_success_records_three_attempts(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.seed("flakyApp", 460, tick() - chrono::Duration::minutes(1), 10, 5).await;
-    app.provider.script("flakyApp", vec![Scripted::Http(500), Scripted::Status("-18", "busy")]);
+    app.seed(
+        "flakyApp",
+        460,
+        tick() - chrono::Duration::minutes(1),
+        10,
+        5,
+    )
+    .await;
+    app.provider.script(
+        "flakyApp",
+        vec![Scripted::Http(500), Scripted::Status("-18", "busy")],
+    );
 
     let report = run_cycle(&app).await;
 
@@ -205,14 +318,31 @@ async fn a_transient_failure_twice_then_success_records_three_attempts(pool: PgP
     let received = app.provider.received();
     assert_eq!(received.len(), 3);
     // re-signed for each attempt: every request carries a valid signature for its own timestamp
-    assert!(received.iter().all(|r| r.headers["sign"] == app.provider.sign_for(&r.headers["timestamp"])));
+    assert!(received
+        .iter()
+        .all(|r| r.headers["sign"] == app.provider.sign_for(&r.headers["timestamp"])));
 }
 
 #[sqlx::test]
 async fn a_transient_failure_that_persists_gives_up_after_max_attempts(pool: PgPool) {
-    let app = TestApp::with(pool, TestConfig { max_attempts: 3, ..TestConfig::default() }).await;
-    app.seed("downApp1", 460, tick() - chrono::Duration::minutes(1), 10, 5).await;
-    app.provider.script("downApp1", vec![Scripted::Http(503); 5]);
+    let app = TestApp::with(
+        pool,
+        TestConfig {
+            max_attempts: 3,
+            ..TestConfig::default()
+        },
+    )
+    .await;
+    app.seed(
+        "downApp1",
+        460,
+        tick() - chrono::Duration::minutes(1),
+        10,
+        5,
+    )
+    .await;
+    app.provider
+        .script("downApp1", vec![Scripted::Http(503); 5]);
     run_cycle(&app).await;
     let row: (String, i32, Option<i32>, Option<String>) =
         sqlx::query_as("SELECT state, attempts, http_status, reason FROM report_submissions")
@@ -226,8 +356,18 @@ async fn a_transient_failure_that_persists_gives_up_after_max_attempts(pool: PgP
 #[sqlx::test]
 async fn a_minus_22_is_recorded_and_not_retried(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.seed("paramApp", 460, tick() - chrono::Duration::minutes(1), 10, 5).await;
-    app.provider.script("paramApp", vec![Scripted::Status("-22", "backfillNow invalid")]);
+    app.seed(
+        "paramApp",
+        460,
+        tick() - chrono::Duration::minutes(1),
+        10,
+        5,
+    )
+    .await;
+    app.provider.script(
+        "paramApp",
+        vec![Scripted::Status("-22", "backfillNow invalid")],
+    );
 
     let report = run_cycle(&app).await;
 
@@ -239,57 +379,131 @@ async fn a_minus_22_is_recorded_and_not_retried(pool: PgPool) {
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!(row, ("failed".into(), 1, Some("-22".into()), Some("backfillNow invalid".into()), Some(200)));
+    assert_eq!(
+        row,
+        (
+            "failed".into(),
+            1,
+            Some("-22".into()),
+            Some("backfillNow invalid".into()),
+            Some(200)
+        )
+    );
 }
 
 #[sqlx::test]
 async fn an_authentication_rejection_stops_the_rest_of_the_cycle(pool: PgPool) {
-    let app = TestApp::with(pool, TestConfig { max_in_flight: 1, ..TestConfig::default() }).await;
+    let app = TestApp::with(
+        pool,
+        TestConfig {
+            max_in_flight: 1,
+            ..TestConfig::default()
+        },
+    )
+    .await;
     for app_id in ["authApp1", "authApp2", "authApp3"] {
-        app.seed(app_id, 460, tick() - chrono::Duration::minutes(1), 10, 5).await;
+        app.seed(app_id, 460, tick() - chrono::Duration::minutes(1), 10, 5)
+            .await;
     }
-    app.provider.script_all(vec![Scripted::Status("-1", "sign error")]);
+    app.provider
+        .script_all(vec![Scripted::Status("-1", "sign error")]);
 
     let report = run_cycle(&app).await;
 
     assert_eq!(report.tally.failed, 3);
-    assert_eq!(app.provider.received().len(), 1, "nothing is sent after a -1");
+    assert_eq!(
+        app.provider.received().len(),
+        1,
+        "nothing is sent after a -1"
+    );
     let rows = app.submissions().await;
     let not_sent: Vec<_> = rows.iter().filter(|r| r.3 == 0).collect();
     assert_eq!(not_sent.len(), 2);
     for r in not_sent {
         assert_eq!(r.2, "failed");
         let reason = r.5.as_deref().unwrap();
-        assert!(reason.contains("not sent") && reason.contains("-1") && reason.contains("api_key"), "{reason}");
+        assert!(
+            reason.contains("not sent") && reason.contains("-1") && reason.contains("api_key"),
+            "{reason}"
+        );
     }
 }
 
 #[sqlx::test]
 async fn the_unique_key_stops_a_second_submission_of_the_same_tick(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.seed("onceApp1", 460, tick() - chrono::Duration::minutes(1), 10, 5).await;
+    app.seed(
+        "onceApp1",
+        460,
+        tick() - chrono::Duration::minutes(1),
+        10,
+        5,
+    )
+    .await;
     let ctx = app.ctx();
     let none = CancellationToken::new();
 
-    cycle::run(&ctx, tick(), Trigger::Once, &none).await.unwrap().unwrap();
-    let second = cycle::run(&ctx, tick(), Trigger::Once, &none).await.unwrap().unwrap();
-    let scheduled_again = cycle::run(&ctx, tick(), Trigger::Schedule, &none).await.unwrap();
-    let scheduled_thrice = cycle::run(&ctx, tick(), Trigger::Schedule, &none).await.unwrap();
+    cycle::run(&ctx, tick(), Trigger::Once, &none)
+        .await
+        .unwrap()
+        .unwrap();
+    let second = cycle::run(&ctx, tick(), Trigger::Once, &none)
+        .await
+        .unwrap()
+        .unwrap();
+    let scheduled_again = cycle::run(&ctx, tick(), Trigger::Schedule, &none)
+        .await
+        .unwrap();
+    let scheduled_thrice = cycle::run(&ctx, tick(), Trigger::Schedule, &none)
+        .await
+        .unwrap();
 
     assert_eq!(second.tally.pairs, 0);
     assert_eq!(scheduled_again.unwrap().tally.pairs, 0);
-    assert!(scheduled_thrice.is_none(), "a scheduled tick is claimed once");
+    assert!(
+        scheduled_thrice.is_none(),
+        "a scheduled tick is claimed once"
+    );
     assert_eq!(app.provider.received().len(), 1);
-    assert_eq!(app.count("SELECT count(*) FROM report_submissions").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM report_submissions").await,
+        1
+    );
 }
 
 #[sqlx::test]
 async fn the_allow_list_limits_the_apps_reported(pool: PgPool) {
-    let app = TestApp::with(pool, TestConfig { apps: vec!["keepApp1".into()], ..TestConfig::default() }).await;
-    app.seed("keepApp1", 460, tick() - chrono::Duration::minutes(1), 10, 5).await;
-    app.seed("dropApp1", 460, tick() - chrono::Duration::minutes(1), 10, 5).await;
+    let app = TestApp::with(
+        pool,
+        TestConfig {
+            apps: vec!["keepApp1".into()],
+            ..TestConfig::default()
+        },
+    )
+    .await;
+    app.seed(
+        "keepApp1",
+        460,
+        tick() - chrono::Duration::minutes(1),
+        10,
+        5,
+    )
+    .await;
+    app.seed(
+        "dropApp1",
+        460,
+        tick() - chrono::Duration::minutes(1),
+        10,
+        5,
+    )
+    .await;
     run_cycle(&app).await;
-    let sent: Vec<_> = app.provider.backfill_bodies().iter().map(|b| b["appId"].clone()).collect();
+    let sent: Vec<_> = app
+        .provider
+        .backfill_bodies()
+        .iter()
+        .map(|b| b["appId"].clone())
+        .collect();
     assert_eq!(sent, vec![json!("keepApp1")]);
 }
 
@@ -322,7 +536,9 @@ async fn pending_rows_left_by_a_crash_are_sent_again_and_stale_ones_superseded(p
         .unwrap();
     }
 
-    let resent = cycle::recover(&ctx, &CancellationToken::new()).await.unwrap();
+    let resent = cycle::recover(&ctx, &CancellationToken::new())
+        .await
+        .unwrap();
 
     assert_eq!(resent, 1);
     let bodies = app.provider.backfill_bodies();
@@ -335,14 +551,23 @@ async fn pending_rows_left_by_a_crash_are_sent_again_and_stale_ones_superseded(p
             .await
             .unwrap();
     assert_eq!(states, ["superseded", "succeeded"]);
-    assert_eq!(app.count("SELECT count(*) FROM report_runs WHERE finished_at IS NULL").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM report_runs WHERE finished_at IS NULL")
+            .await,
+        0
+    );
 }
 
 #[sqlx::test]
 async fn run_once_submits_every_pair_and_prints_the_history(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let recent = chrono::Utc::now() - chrono::Duration::minutes(30);
-    let seeds = [("shopApp1", 460, 1000, 100), ("shopApp1", 234, 8, 1), ("bankApp1", 460, 3, 2), ("bankApp1", 310, 3, 1)];
+    let seeds = [
+        ("shopApp1", 460, 1000, 100),
+        ("shopApp1", 234, 8, 1),
+        ("bankApp1", 460, 3, 2),
+        ("bankApp1", 310, 3, 1),
+    ];
     for (a, m, s, b) in seeds {
         app.seed(a, m, recent, s, b).await;
     }
@@ -357,11 +582,19 @@ async fn run_once_submits_every_pair_and_prints_the_history(pool: PgPool) {
         .iter()
         .map(|b| {
             let s = |k: &str| b[k].as_str().unwrap().to_owned();
-            (s("appId"), s("mcc"), s("backfillNumber"), s("backfillCardinalNumber"), s("backfillNow"))
+            (
+                s("appId"),
+                s("mcc"),
+                s("backfillNumber"),
+                s("backfillCardinalNumber"),
+                s("backfillNow"),
+            )
         })
         .collect();
     bodies.sort();
-    let want = |a: &str, m: &str, b: &str, s: &str, r: &str| (a.into(), m.into(), b.into(), s.into(), r.into());
+    let want = |a: &str, m: &str, b: &str, s: &str, r: &str| {
+        (a.into(), m.into(), b.into(), s.into(), r.into())
+    };
     assert_eq!(
         bodies,
         vec![
@@ -371,29 +604,63 @@ async fn run_once_submits_every_pair_and_prints_the_history(pool: PgPool) {
             want("shopApp1", "460", "100", "1000", "10"),
         ]
     );
-    assert_eq!(app.count("SELECT count(*) FROM report_submissions WHERE state = 'succeeded'").await, 4);
-    assert_eq!(app.count("SELECT count(*) FROM report_runs WHERE trigger = 'once' AND finished_at IS NOT NULL").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM report_submissions WHERE state = 'succeeded'")
+            .await,
+        4
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM report_runs WHERE trigger = 'once' AND finished_at IS NOT NULL"
+        )
+        .await,
+        1
+    );
 
     let (code, history, _) = app.run(&["history", "--app-id", "shopApp1"]).await;
     assert_eq!(code, 0);
-    assert!(history.contains("shopApp1") && !history.contains("bankApp1"), "{history}");
-    assert!(history.contains("succeeded") && history.contains("12.50"), "{history}");
+    assert!(
+        history.contains("shopApp1") && !history.contains("bankApp1"),
+        "{history}"
+    );
+    assert!(
+        history.contains("succeeded") && history.contains("12.50"),
+        "{history}"
+    );
 }
 
 #[sqlx::test]
 async fn run_once_exits_1_when_a_pair_fails(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.seed("failApp1", 460, chrono::Utc::now() - chrono::Duration::minutes(1), 10, 5).await;
-    app.provider.script("failApp1", vec![Scripted::Status("-22", "nope")]);
+    app.seed(
+        "failApp1",
+        460,
+        chrono::Utc::now() - chrono::Duration::minutes(1),
+        10,
+        5,
+    )
+    .await;
+    app.provider
+        .script("failApp1", vec![Scripted::Status("-22", "nope")]);
     let (code, out, _) = app.run(&["run", "--once"]).await;
     assert_eq!(code, 1, "{out}");
     let (_, failed, _) = app.run(&["history", "--state", "failed"]).await;
-    assert!(failed.contains("failApp1") && failed.contains("-22"), "{failed}");
+    assert!(
+        failed.contains("failApp1") && failed.contains("-22"),
+        "{failed}"
+    );
 }
 
 #[sqlx::test]
 async fn dry_run_prints_the_plan_and_leaves_database_and_provider_untouched(pool: PgPool) {
-    let app = TestApp::with(pool, TestConfig { min_cardinal: 5, ..TestConfig::default() }).await;
+    let app = TestApp::with(
+        pool,
+        TestConfig {
+            min_cardinal: 5,
+            ..TestConfig::default()
+        },
+    )
+    .await;
     let recent = chrono::Utc::now() - chrono::Duration::minutes(30);
     app.seed("dryApp01", 460, recent, 1000, 100).await;
     app.seed("dryApp02", 460, recent, 3, 1).await;
@@ -403,8 +670,14 @@ async fn dry_run_prints_the_plan_and_leaves_database_and_provider_untouched(pool
     let (code, out, err) = app.run(&["run", "--once", "--dry-run"]).await;
 
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("dryApp01") && out.contains("send") && out.contains("10"), "{out}");
-    assert!(out.contains("dryApp02") && out.contains("skip: only 3 codes sent"), "{out}");
+    assert!(
+        out.contains("dryApp01") && out.contains("send") && out.contains("10"),
+        "{out}"
+    );
+    assert!(
+        out.contains("dryApp02") && out.contains("skip: only 3 codes sent"),
+        "{out}"
+    );
     assert!(app.provider.received().is_empty());
     let after: i64 = app.count("SELECT count(*) FROM report_runs").await
         + app.count("SELECT count(*) FROM report_submissions").await;

@@ -45,12 +45,19 @@ impl Daemon {
 
     async fn signal(&self, name: &str) {
         let pid = self.child.id().expect("still running").to_string();
-        let status = tokio::process::Command::new("kill").args([&format!("-{name}"), &pid]).status().await.unwrap();
+        let status = tokio::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .await
+            .unwrap();
         assert!(status.success());
     }
 
     async fn wait_log(&self, needle: &str, limit: Duration) {
-        eventually(limit, &format!("log line {needle:?}"), || async { self.log().contains(needle) }).await;
+        eventually(limit, &format!("log line {needle:?}"), || async {
+            self.log().contains(needle)
+        })
+        .await;
     }
 
     /// SIGTERM, then the exit code (within 20 s).
@@ -66,11 +73,17 @@ impl Daemon {
 }
 
 fn every_two_seconds() -> TestConfig {
-    TestConfig { cron: "*/2 * * * * *".into(), ..TestConfig::default() }
+    TestConfig {
+        cron: "*/2 * * * * *".into(),
+        ..TestConfig::default()
+    }
 }
 
 async fn finished_runs(app: &TestApp) -> i64 {
-    app.count("SELECT count(*) FROM report_runs WHERE trigger = 'schedule' AND finished_at IS NOT NULL").await
+    app.count(
+        "SELECT count(*) FROM report_runs WHERE trigger = 'schedule' AND finished_at IS NOT NULL",
+    )
+    .await
 }
 
 async fn seed_recent(app: &TestApp, apps: &[&str]) {
@@ -86,7 +99,10 @@ async fn a_six_field_schedule_runs_a_cycle_every_two_seconds_and_sigterm_exits_0
     seed_recent(&app, &["tickApp1"]).await;
 
     let daemon = Daemon::start(&app);
-    eventually(Duration::from_secs(15), "two scheduled cycles", || async { finished_runs(&app).await >= 2 }).await;
+    eventually(Duration::from_secs(15), "two scheduled cycles", || async {
+        finished_runs(&app).await >= 2
+    })
+    .await;
     let (code, log) = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
@@ -97,17 +113,27 @@ async fn a_six_field_schedule_runs_a_cycle_every_two_seconds_and_sigterm_exits_0
     .await
     .unwrap();
     for pair in ticks.windows(2) {
-        assert_eq!((pair[1] - pair[0]).num_seconds() % 2, 0, "ticks on the 2 s grid: {ticks:?}");
+        assert_eq!(
+            (pair[1] - pair[0]).num_seconds() % 2,
+            0,
+            "ticks on the 2 s grid: {ticks:?}"
+        );
         assert!(pair[1] > pair[0]);
     }
     assert!(ticks.iter().all(|t| t.timestamp() % 2 == 0));
     let bodies = app.provider.backfill_bodies();
     assert!(bodies.len() >= 2);
-    let mut times: Vec<&str> = bodies.iter().map(|b| b["callbackTime"].as_str().unwrap()).collect();
+    let mut times: Vec<&str> = bodies
+        .iter()
+        .map(|b| b["callbackTime"].as_str().unwrap())
+        .collect();
     times.dedup();
     assert_eq!(times.len(), bodies.len(), "one submission per tick");
     assert!(times.iter().all(|t| t.ends_with("+08:00")), "{times:?}");
-    assert!(log.contains("cycle for") && log.contains("1 succeeded"), "{log}");
+    assert!(
+        log.contains("cycle for") && log.contains("1 succeeded"),
+        "{log}"
+    );
     assert!(log.contains("stopped"), "{log}");
 }
 
@@ -115,7 +141,8 @@ async fn a_six_field_schedule_runs_a_cycle_every_two_seconds_and_sigterm_exits_0
 async fn sigterm_waits_for_a_slow_submission_and_records_it(pool: PgPool) {
     let app = TestApp::with(pool, every_two_seconds()).await;
     seed_recent(&app, &["slowApp1"]).await;
-    app.provider.script("slowApp1", vec![Scripted::Delay(Duration::from_secs(3))]);
+    app.provider
+        .script("slowApp1", vec![Scripted::Delay(Duration::from_secs(3))]);
 
     let daemon = Daemon::start(&app);
     eventually(Duration::from_secs(10), "a request in flight", || async {
@@ -136,21 +163,35 @@ async fn sigterm_waits_for_a_slow_submission_and_records_it(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_kill_9_in_the_middle_of_a_cycle_loses_nothing_after_a_restart(pool: PgPool) {
-    let app = TestApp::with(pool, TestConfig { max_in_flight: 1, ..every_two_seconds() }).await;
+    let app = TestApp::with(
+        pool,
+        TestConfig {
+            max_in_flight: 1,
+            ..every_two_seconds()
+        },
+    )
+    .await;
     seed_recent(&app, &["killApp1", "killApp2", "killApp3"]).await;
     // Whichever pair goes first hangs long enough to be killed in the middle.
-    app.provider.script_all(vec![Scripted::Delay(Duration::from_secs(30))]);
+    app.provider
+        .script_all(vec![Scripted::Delay(Duration::from_secs(30))]);
 
     let mut daemon = Daemon::start(&app);
-    eventually(Duration::from_secs(10), "the first request in flight", || async {
-        !app.provider.received().is_empty()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the first request in flight",
+        || async { !app.provider.received().is_empty() },
+    )
     .await;
     daemon.child.kill().await.unwrap(); // SIGKILL
     let tick: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("SELECT min(scheduled_for) FROM report_runs").fetch_one(&app.pool).await.unwrap();
+        sqlx::query_scalar("SELECT min(scheduled_for) FROM report_runs")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(
-        app.count("SELECT count(*) FROM report_submissions WHERE state = 'pending'").await,
+        app.count("SELECT count(*) FROM report_submissions WHERE state = 'pending'")
+            .await,
         3,
         "all three pairs were recorded as pending before the first request"
     );
@@ -181,7 +222,12 @@ async fn two_instances_on_one_database_submit_each_tick_once(pool: PgPool) {
 
     let a = Daemon::start(&app);
     let b = Daemon::start(&app);
-    eventually(Duration::from_secs(20), "three scheduled cycles", || async { finished_runs(&app).await >= 3 }).await;
+    eventually(
+        Duration::from_secs(20),
+        "three scheduled cycles",
+        || async { finished_runs(&app).await >= 3 },
+    )
+    .await;
     let (code_a, log_a) = a.stop().await;
     let (code_b, log_b) = b.stop().await;
 
@@ -192,9 +238,15 @@ async fn two_instances_on_one_database_submit_each_tick_once(pool: PgPool) {
         *seen.entry(key).or_insert(0) += 1;
     }
     assert!(seen.len() >= 6);
-    assert!(seen.values().all(|n| *n == 1), "a tick was submitted twice: {seen:?}");
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "a tick was submitted twice: {seen:?}"
+    );
     let skipped = |log: &str| log.contains("another instance");
-    assert!(skipped(&log_a) || skipped(&log_b), "one instance logs that it skipped\nA:\n{log_a}\nB:\n{log_b}");
+    assert!(
+        skipped(&log_a) || skipped(&log_b),
+        "one instance logs that it skipped\nA:\n{log_a}\nB:\n{log_b}"
+    );
 }
 
 #[sqlx::test]
@@ -202,23 +254,38 @@ async fn sighup_with_a_broken_config_keeps_the_old_schedule_running(pool: PgPool
     let app = TestApp::with(pool, every_two_seconds()).await;
     seed_recent(&app, &["hupApp01"]).await;
     let daemon = Daemon::start(&app);
-    eventually(Duration::from_secs(10), "a first cycle", || async { finished_runs(&app).await >= 1 }).await;
-
-    std::fs::write(&app.config_path, "[schedule]\ncron = \"every tuesday\"\n").unwrap();
-    daemon.signal("HUP").await;
-    daemon.wait_log("config reload refused", Duration::from_secs(5)).await;
-    let before = finished_runs(&app).await;
-    eventually(Duration::from_secs(10), "two more cycles on the old schedule", || async {
-        finished_runs(&app).await >= before + 2
+    eventually(Duration::from_secs(10), "a first cycle", || async {
+        finished_runs(&app).await >= 1
     })
     .await;
 
-    // A valid config that changes the schedule is taken.
-    app.write_config(&TestConfig { cron: "0 0 1 1 *".into(), ..every_two_seconds() });
+    std::fs::write(&app.config_path, "[schedule]\ncron = \"every tuesday\"\n").unwrap();
     daemon.signal("HUP").await;
-    daemon.wait_log("config reloaded", Duration::from_secs(5)).await;
+    daemon
+        .wait_log("config reload refused", Duration::from_secs(5))
+        .await;
+    let before = finished_runs(&app).await;
+    eventually(
+        Duration::from_secs(10),
+        "two more cycles on the old schedule",
+        || async { finished_runs(&app).await >= before + 2 },
+    )
+    .await;
+
+    // A valid config that changes the schedule is taken.
+    app.write_config(&TestConfig {
+        cron: "0 0 1 1 *".into(),
+        ..every_two_seconds()
+    });
+    daemon.signal("HUP").await;
+    daemon
+        .wait_log("config reloaded", Duration::from_secs(5))
+        .await;
     let (code, log) = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
-    assert!(log.contains("provider.api_key is not set"), "the refusal names the problem:\n{log}");
+    assert!(
+        log.contains("provider.api_key is not set"),
+        "the refusal names the problem:\n{log}"
+    );
 }

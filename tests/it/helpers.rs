@@ -65,7 +65,11 @@ pub struct TestApp {
 fn url_of(pool: &PgPool) -> String {
     let master = std::env::var("DATABASE_URL").expect("DATABASE_URL (see .cargo/config.toml)");
     let mut url = reqwest::Url::parse(&master).expect("DATABASE_URL is a URL");
-    let db = pool.connect_options().get_database().expect("a test database").to_owned();
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("a test database")
+        .to_owned();
     url.set_path(&format!("/{db}"));
     url.to_string()
 }
@@ -94,7 +98,11 @@ impl TestApp {
 
     /// Writes the config file from `c` (the file the binary and `settings()` read).
     pub fn write_config(&self, c: &TestConfig) {
-        let query = c.query.as_ref().map(|q| format!("query = {q:?}\n")).unwrap_or_default();
+        let query = c
+            .query
+            .as_ref()
+            .map(|q| format!("query = {q:?}\n"))
+            .unwrap_or_default();
         let text = format!(
             "[provider]\nbase_url = {base:?}\napi_key = {API_KEY:?}\napi_secret_file = {secret:?}\n\
              request_timeout = {rt:?}\nmax_in_flight = {mif}\nmax_attempts = {ma}\nretry_backoff = {rb:?}\n\
@@ -131,7 +139,14 @@ impl TestApp {
         }
     }
 
-    pub async fn seed(&self, app: &str, mcc: i32, bucket: DateTime<Utc>, sent: i64, backfilled: i64) {
+    pub async fn seed(
+        &self,
+        app: &str,
+        mcc: i32,
+        bucket: DateTime<Utc>,
+        sent: i64,
+        backfilled: i64,
+    ) {
         sqlx::query(
             "INSERT INTO otp_counts (app_id, mcc, bucket_start, sent, backfilled) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -160,7 +175,9 @@ impl TestApp {
         ] {
             cmd.env_remove(var);
         }
-        cmd.env("RUST_LOG", "info").stdin(Stdio::null()).kill_on_drop(true);
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
         cmd
     }
 
@@ -178,7 +195,9 @@ impl TestApp {
     }
 
     /// (app_id, mcc, state, attempts, provider_status, reason) of every submission.
-    pub async fn submissions(&self) -> Vec<(String, String, String, i32, Option<String>, Option<String>)> {
+    pub async fn submissions(
+        &self,
+    ) -> Vec<(String, String, String, i32, Option<String>, Option<String>)> {
         sqlx::query_as(
             "SELECT app_id, mcc, state, attempts, provider_status, reason FROM report_submissions ORDER BY app_id, mcc, scheduled_for",
         )
@@ -203,7 +222,10 @@ where
         if check().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -34,7 +34,12 @@ fn body() -> BackfillRequest {
 }
 
 async fn client_for(fake: &FakeProvider) -> ProviderClient {
-    ProviderClient::new(&settings(&fake.base_url, API_SECRET, Duration::from_secs(5))).unwrap()
+    ProviderClient::new(&settings(
+        &fake.base_url,
+        API_SECRET,
+        Duration::from_secs(5),
+    ))
+    .unwrap()
 }
 
 #[tokio::test]
@@ -63,7 +68,10 @@ async fn a_trailing_slash_on_the_base_url_reaches_the_same_endpoint() {
         &|_| None,
     )
     .unwrap();
-    let ex = ProviderClient::new(&cfg.provider).unwrap().submit_backfill(&body()).await;
+    let ex = ProviderClient::new(&cfg.provider)
+        .unwrap()
+        .submit_backfill(&body())
+        .await;
     assert_eq!(ex.class, Class::Success);
     assert_eq!(fake.received()[0].path, "/otp/backfillRate");
 }
@@ -92,14 +100,22 @@ async fn a_clock_far_from_the_providers_gets_a_transient_minus_16() {
 async fn bad_parameters_are_a_minus_22_rejection_with_the_reason() {
     let fake = FakeProvider::start(API_KEY, API_SECRET).await;
     let client = client_for(&fake).await;
-    for (field, bad) in [("app_id", "abc"), ("backfill_now", "100.01"), ("backfill_now", "12.345")] {
+    for (field, bad) in [
+        ("app_id", "abc"),
+        ("backfill_now", "100.01"),
+        ("backfill_now", "12.345"),
+    ] {
         let mut b = body();
         match field {
             "app_id" => b.app_id = bad.into(),
             _ => b.backfill_now = bad.into(),
         }
         let ex = client.submit_backfill(&b).await;
-        assert_eq!(ex.class, Class::Rejected(Rejection::Parameters), "{field}={bad}");
+        assert_eq!(
+            ex.class,
+            Class::Rejected(Rejection::Parameters),
+            "{field}={bad}"
+        );
         assert_eq!(ex.provider_status.as_deref(), Some("-22"));
         assert!(ex.error.unwrap().contains("-22"));
     }
@@ -108,23 +124,71 @@ async fn bad_parameters_are_a_minus_22_rejection_with_the_reason() {
 #[tokio::test]
 async fn every_status_and_failure_mode_lands_in_its_class() {
     let fake = FakeProvider::start(API_KEY, API_SECRET).await;
-    let client =
-        ProviderClient::new(&settings(&fake.base_url, API_SECRET, Duration::from_millis(700)))
-            .unwrap();
+    let client = ProviderClient::new(&settings(
+        &fake.base_url,
+        API_SECRET,
+        Duration::from_millis(700),
+    ))
+    .unwrap();
     let cases: Vec<(Scripted, Class, Option<&str>, Option<u16>)> = vec![
-        (Scripted::Status("0", "success"), Class::Success, Some("0"), Some(200)),
-        (Scripted::Status("-1", "auth"), Class::Rejected(Rejection::Authentication), Some("-1"), Some(200)),
-        (Scripted::Status("-2", "ip"), Class::Rejected(Rejection::IpRestricted), Some("-2"), Some(200)),
-        (Scripted::Status("-16", "ts"), Class::Transient, Some("-16"), Some(200)),
-        (Scripted::Status("-18", "sys"), Class::Transient, Some("-18"), Some(200)),
-        (Scripted::Status("-22", "param"), Class::Rejected(Rejection::Parameters), Some("-22"), Some(200)),
-        (Scripted::Status("-10", "balance"), Class::Rejected(Rejection::Other), Some("-10"), Some(200)),
+        (
+            Scripted::Status("0", "success"),
+            Class::Success,
+            Some("0"),
+            Some(200),
+        ),
+        (
+            Scripted::Status("-1", "auth"),
+            Class::Rejected(Rejection::Authentication),
+            Some("-1"),
+            Some(200),
+        ),
+        (
+            Scripted::Status("-2", "ip"),
+            Class::Rejected(Rejection::IpRestricted),
+            Some("-2"),
+            Some(200),
+        ),
+        (
+            Scripted::Status("-16", "ts"),
+            Class::Transient,
+            Some("-16"),
+            Some(200),
+        ),
+        (
+            Scripted::Status("-18", "sys"),
+            Class::Transient,
+            Some("-18"),
+            Some(200),
+        ),
+        (
+            Scripted::Status("-22", "param"),
+            Class::Rejected(Rejection::Parameters),
+            Some("-22"),
+            Some(200),
+        ),
+        (
+            Scripted::Status("-10", "balance"),
+            Class::Rejected(Rejection::Other),
+            Some("-10"),
+            Some(200),
+        ),
         (Scripted::Http(500), Class::Transient, None, Some(500)),
         (Scripted::Http(502), Class::Transient, None, Some(502)),
         (Scripted::Http(429), Class::Transient, None, Some(429)),
         (Scripted::Http(408), Class::Transient, None, Some(408)),
-        (Scripted::Http(404), Class::Rejected(Rejection::Other), None, Some(404)),
-        (Scripted::Http(403), Class::Rejected(Rejection::Other), None, Some(403)),
+        (
+            Scripted::Http(404),
+            Class::Rejected(Rejection::Other),
+            None,
+            Some(404),
+        ),
+        (
+            Scripted::Http(403),
+            Class::Rejected(Rejection::Other),
+            None,
+            Some(403),
+        ),
         (Scripted::Html, Class::Transient, None, Some(200)),
         (Scripted::Hang, Class::Transient, None, None),
     ];
@@ -146,7 +210,11 @@ async fn every_status_and_failure_mode_lands_in_its_class() {
 #[tokio::test]
 async fn a_refused_connection_is_transient() {
     // Bind then drop a listener: nothing listens on that port afterwards.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let client = ProviderClient::new(&settings(
         &format!("http://127.0.0.1:{port}/otp"),
         API_SECRET,
@@ -162,8 +230,14 @@ async fn a_refused_connection_is_transient() {
 #[tokio::test]
 async fn the_docs_record_example_parses_into_the_typed_model_with_every_leg() {
     let fake = FakeProvider::start(API_KEY, API_SECRET).await;
-    fake.put_record("1234566", fake_provider::docs_record_example()["data"].clone());
-    let ex = client_for(&fake).await.lookup_record("1234566", Some("ad454212")).await;
+    fake.put_record(
+        "1234566",
+        fake_provider::docs_record_example()["data"].clone(),
+    );
+    let ex = client_for(&fake)
+        .await
+        .lookup_record("1234566", Some("ad454212"))
+        .await;
     assert_eq!(ex.class, Class::Success, "{ex:?}");
     assert_eq!(
         fake.received()[0].body,
@@ -176,19 +250,31 @@ async fn the_docs_record_example_parses_into_the_typed_model_with_every_leg() {
     assert_eq!(v.matched, Some(0));
     assert_eq!(v.channel.as_deref(), Some("call"));
     assert_eq!(v.ori_receiver.as_deref(), Some("91856321412"));
-    assert_eq!(v.verified_date.as_deref(), Some("2022-07-12T13:39:47+08:00"));
+    assert_eq!(
+        v.verified_date.as_deref(),
+        Some("2022-07-12T13:39:47+08:00")
+    );
     let sms = &r.sms[0];
-    assert_eq!((sms.mcc, sms.mnc, sms.charge_cnt, sms.status), (Some(460), Some(10), Some(1), Some(0)));
+    assert_eq!(
+        (sms.mcc, sms.mnc, sms.charge_cnt, sms.status),
+        (Some(460), Some(10), Some(1), Some(0))
+    );
     assert_eq!(sms.pay.as_deref(), Some("0.000002"));
     assert_eq!(sms.reason.as_deref(), Some("successR"));
     assert_eq!(sms.settlement.settle_currency.as_deref(), Some("EUR")); // sent as "currency"
     assert_eq!(sms.settlement.quote_exchange.as_deref(), Some("0.938"));
     let call = &r.call[0];
     assert_eq!(call.termination_code, Some(100_005));
-    assert_eq!(call.termination_reason.as_deref(), Some("Temporarily Unavailable"));
+    assert_eq!(
+        call.termination_reason.as_deref(),
+        Some("Temporarily Unavailable")
+    );
     assert_eq!(call.display_num, None);
     assert_eq!(call.bill_period.as_deref(), Some("20+20"));
-    assert_eq!((call.call_duration, call.charged_duration), (Some(0), Some(0)));
+    assert_eq!(
+        (call.call_duration, call.charged_duration),
+        (Some(0), Some(0))
+    );
     assert_eq!(call.rate.as_deref(), Some("0.138"));
     assert_eq!(call.settlement.settle_pay.as_deref(), Some("0.01368"));
     assert!(r.sna.is_empty());
@@ -208,11 +294,19 @@ async fn numbers_as_strings_and_an_sna_leg_are_accepted() {
                      "settlePay": 0.5, "settleCurrency": "USD"}]
         }),
     );
-    let r = client_for(&fake).await.lookup_record("o-1", None).await.data.unwrap();
+    let r = client_for(&fake)
+        .await
+        .lookup_record("o-1", None)
+        .await
+        .data
+        .unwrap();
     assert_eq!(r.flow_id, Some(7));
     assert_eq!(r.verifications.unwrap().matched, Some(2));
     let sna = &r.sna[0];
-    assert_eq!((sna.mcc, sna.mnc, sna.status), (Some(460), Some(1), Some(1)));
+    assert_eq!(
+        (sna.mcc, sna.mnc, sna.status),
+        (Some(460), Some(1), Some(1))
+    );
     assert_eq!(sna.settlement.settle_pay.as_deref(), Some("0.5"));
     assert_eq!(sna.settlement.settle_currency.as_deref(), Some("USD"));
 }
