@@ -50,7 +50,8 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
-        .with_context(|| format!("connecting to PostgreSQL at {target}"))
+        // sqlx's Display already includes its source; chaining it would print the cause twice.
+        .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL at {target}: {e}"))
 }
 
 /// Applies pending migrations; returns the descriptions of those it applied.

@@ -5,6 +5,7 @@ mod fake_provider;
 mod helpers;
 
 mod cli;
+mod cron_choice;
 mod cycle;
 mod daemon;
 mod provider_client;

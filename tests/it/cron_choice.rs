@@ -1,0 +1,48 @@
+//! Why the daemon runs croner under its own timer instead of tokio-cron-scheduler 0.15, shown
+//! on the library itself: a time-zone job's ticks after the first are computed with the UTC
+//! offset frozen when the job was created, so across a daylight-saving change they fire an
+//! hour off. The same pattern through `Schedule::next_after` gives the right instant.
+
+use std::time::Duration;
+
+use backfill_reporter::schedule::Schedule;
+use chrono::{Datelike, Offset, Timelike, Utc};
+use chrono_tz::Europe::Berlin;
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+#[tokio::test]
+async fn tokio_cron_scheduler_fires_an_hour_off_after_a_dst_change_and_ours_does_not() {
+    // A pattern that fires 2 s from now and next on the same day and time in a month on the
+    // other side of a Berlin DST change (January or July: both have every day up to 31).
+    let fire = (Utc::now() + chrono::Duration::seconds(2)).with_timezone(&Berlin);
+    let winter = fire.offset().fix().local_minus_utc() == 3600;
+    let other_month = if winter { 7 } else { 1 };
+    let pattern = format!(
+        "{} {} {} {} {},{} *",
+        fire.second(),
+        fire.minute(),
+        fire.hour(),
+        fire.day(),
+        fire.month(),
+        other_month
+    );
+    let mut scheduler = JobScheduler::new().await.unwrap();
+    let job = Job::new_async_tz(pattern.as_str(), Berlin, |_, _| Box::pin(async {})).unwrap();
+    let id = scheduler.add(job).await.unwrap();
+    scheduler.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await; // let it fire once
+    let theirs = scheduler.next_tick_for_job(id).await.unwrap().expect("a next tick");
+    scheduler.shutdown().await.unwrap();
+
+    let ours = Schedule::parse(&pattern).unwrap().next_after(Utc::now(), chrono_tz::Europe::Berlin).unwrap();
+
+    let local = ours.with_timezone(&Berlin);
+    assert_eq!((local.hour(), local.minute(), local.second()), (fire.hour(), fire.minute(), fire.second()));
+    assert_eq!((theirs - ours).num_minutes().abs(), 60, "theirs {theirs}, ours {ours}");
+}
+
+#[test]
+fn tokio_cron_scheduler_refuses_the_standard_five_field_form() {
+    assert!(Job::new_async("*/5 * * * *", |_, _| Box::pin(async {})).is_err());
+    assert!(Schedule::parse("*/5 * * * *").is_ok());
+}
