@@ -31,14 +31,28 @@ async fn tokio_cron_scheduler_fires_an_hour_off_after_a_dst_change_and_ours_does
     let id = scheduler.add(job).await.unwrap();
     scheduler.start().await.unwrap();
     tokio::time::sleep(Duration::from_millis(3500)).await; // let it fire once
-    let theirs = scheduler.next_tick_for_job(id).await.unwrap().expect("a next tick");
+    let theirs = scheduler
+        .next_tick_for_job(id)
+        .await
+        .unwrap()
+        .expect("a next tick");
     scheduler.shutdown().await.unwrap();
 
-    let ours = Schedule::parse(&pattern).unwrap().next_after(Utc::now(), chrono_tz::Europe::Berlin).unwrap();
+    let ours = Schedule::parse(&pattern)
+        .unwrap()
+        .next_after(Utc::now(), chrono_tz::Europe::Berlin)
+        .unwrap();
 
     let local = ours.with_timezone(&Berlin);
-    assert_eq!((local.hour(), local.minute(), local.second()), (fire.hour(), fire.minute(), fire.second()));
-    assert_eq!((theirs - ours).num_minutes().abs(), 60, "theirs {theirs}, ours {ours}");
+    assert_eq!(
+        (local.hour(), local.minute(), local.second()),
+        (fire.hour(), fire.minute(), fire.second())
+    );
+    assert_eq!(
+        (theirs - ours).num_minutes().abs(),
+        60,
+        "theirs {theirs}, ours {ours}"
+    );
 }
 
 #[test]

@@ -1,0 +1,199 @@
+//! Throughput of one reporting cycle and the cost of the window query, printed as figures.
+//! Run with `bench/run` (or `cargo bench --bench cycle`); needs the database of
+//! `scripts/test-db` or DATABASE_URL. Creates and drops its own database.
+//!
+//! - cycle: N pairs through claim → read → judge → submit (to a loopback stand-in for the
+//!   provider that checks the signature) → record, reported as pairs per second, with the
+//!   share of time spent in the database writes;
+//! - window query: the default source query over a large `otp_counts`, with its plan, to show
+//!   that it reads only the window through the bucket_start index.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::HeaderMap;
+use axum::routing::post;
+use backfill_reporter::config;
+use backfill_reporter::cycle::{self, Context};
+use backfill_reporter::outcomes::Trigger;
+use backfill_reporter::provider::ProviderClient;
+use md5::{Digest, Md5};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "benchKey";
+const SECRET: &str = "benchSecret";
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn provider() -> (SocketAddr, Arc<AtomicU64>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    let app = axum::Router::new().route(
+        "/otp/backfillRate",
+        post(move |headers: HeaderMap, body: String| {
+            let c = c.clone();
+            async move {
+                let ts = headers
+                    .get("timestamp")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let want = hex::encode(Md5::digest(format!("{KEY}{SECRET}{ts}")));
+                let ok = headers.get("sign").and_then(|v| v.to_str().ok()) == Some(want.as_str())
+                    && serde_json::from_str::<serde_json::Value>(&body).is_ok();
+                c.fetch_add(1, Ordering::Relaxed);
+                if ok {
+                    r#"{"status":"0","reason":"success"}"#
+                } else {
+                    r#"{"status":"-1","reason":"bad sign"}"#
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, count)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let master = std::env::var("DATABASE_URL")?;
+    let pairs = env_or("BENCH_PAIRS", 2000);
+    let rows = env_or("BENCH_ROWS", 2_000_000);
+    let db = format!("backfill_bench_{}", std::process::id());
+    let mut admin = PgConnection::connect(&master).await?;
+    admin
+        .execute(format!("CREATE DATABASE {db}").as_str())
+        .await?;
+    let mut url = reqwest::Url::parse(&master)?;
+    url.set_path(&format!("/{db}"));
+    let result = run(url.as_str(), pairs, rows).await;
+    admin
+        .execute(format!("DROP DATABASE {db} WITH (FORCE)").as_str())
+        .await?;
+    result
+}
+
+async fn run(db_url: &str, pairs: usize, rows: usize) -> anyhow::Result<()> {
+    let (addr, received) = provider().await;
+    let text = format!(
+        "[provider]\nbase_url = \"http://{addr}/otp\"\napi_key = \"{KEY}\"\napi_secret = \"{SECRET}\"\n\
+         max_in_flight = 16\n[database]\nurl = \"{db_url}\"\nmax_connections = 8\n[schedule]\ntimezone = \"Asia/Shanghai\"\n"
+    );
+    let settings = config::from_toml(&text, std::path::Path::new("bench.toml"), &|_| None)?;
+    let pool = PgPool::connect(db_url).await?;
+    backfill_reporter::db::migrate(&pool).await?;
+    let ctx = Context {
+        client: ProviderClient::new(&settings.provider)?,
+        pool: pool.clone(),
+        settings: Arc::new(settings),
+        instance: "bench:1".into(),
+    };
+    let tick = cycle::now_tick();
+
+    // Pairs: apps × MCCs, 24 hourly buckets each.
+    sqlx::query(
+        "INSERT INTO otp_counts (app_id, mcc, bucket_start, sent, backfilled) \
+         SELECT 'benchApp' || (p / 50), 200 + (p % 50), $1 - make_interval(hours => h), 100, 37 \
+         FROM generate_series(0, $2 - 1) p, generate_series(1, 24) h",
+    )
+    .bind(tick)
+    .bind(pairs as i32)
+    .execute(&pool)
+    .await?;
+
+    let started = Instant::now();
+    let report = cycle::run(&ctx, tick, Trigger::Once, &CancellationToken::new())
+        .await?
+        .expect("claimed");
+    let elapsed = started.elapsed();
+    assert_eq!(
+        report.tally.succeeded as usize, pairs,
+        "every pair succeeded"
+    );
+    assert_eq!(received.load(Ordering::Relaxed) as usize, pairs);
+    println!(
+        "cycle: {pairs} pairs in {:.3} s = {:.0} pairs/s (max_in_flight 16, loopback provider)",
+        elapsed.as_secs_f64(),
+        pairs as f64 / elapsed.as_secs_f64()
+    );
+
+    // The database side alone: record the same number of outcomes in batches of 64.
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM report_submissions")
+        .fetch_all(&pool)
+        .await?;
+    let started = Instant::now();
+    for chunk in ids.chunks(64) {
+        let outcomes: Vec<_> = chunk
+            .iter()
+            .map(|id| backfill_reporter::outcomes::SubmissionOutcome {
+                id: *id,
+                state: backfill_reporter::outcomes::State::Succeeded,
+                reason: None,
+                attempts: 1,
+                provider_status: Some("0".into()),
+                provider_reason: Some("success".into()),
+                http_status: Some(200),
+                error: None,
+                first_attempt_at: Some(chrono::Utc::now()),
+                finished_at: Some(chrono::Utc::now()),
+                duration_ms: Some(1),
+            })
+            .collect();
+        backfill_reporter::outcomes::record_outcomes(&pool, &outcomes).await?;
+    }
+    let db_time = started.elapsed();
+    println!(
+        "outcome writes: {} rows in {:.3} s ({:.1}% of the cycle)",
+        ids.len(),
+        db_time.as_secs_f64(),
+        100.0 * db_time.as_secs_f64() / elapsed.as_secs_f64()
+    );
+
+    // The window query over a large table: `rows` buckets spread over ~1 year.
+    sqlx::query(
+        "INSERT INTO otp_counts (app_id, mcc, bucket_start, sent, backfilled) \
+         SELECT 'histApp' || (g % 200), 300 + (g % 97), $1 - make_interval(mins => 1 + g / 5), 10, 3 \
+         FROM generate_series(0, $2 - 1) g ON CONFLICT DO NOTHING",
+    )
+    .bind(tick)
+    .bind(rows as i32)
+    .execute(&pool)
+    .await?;
+    sqlx::query("VACUUM ANALYZE otp_counts")
+        .execute(&pool)
+        .await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM otp_counts")
+        .fetch_one(&pool)
+        .await?;
+    let window_start = tick - chrono::Duration::hours(24);
+    let started = Instant::now();
+    let rows_read =
+        backfill_reporter::source::read(&pool, &ctx.settings.source, window_start, tick).await?;
+    println!(
+        "window query: {} pairs from a table of {total} rows in {:.1} ms",
+        rows_read.len(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    let plan: Vec<String> = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
+        backfill_reporter::source::DEFAULT_QUERY
+            .replace(
+                "$1",
+                &format!("'{}'::timestamptz", window_start.to_rfc3339())
+            )
+            .replace("$2", &format!("'{}'::timestamptz", tick.to_rfc3339()))
+    ))
+    .fetch_all(&pool)
+    .await?;
+    println!("plan:\n  {}", plan.join("\n  "));
+    Ok(())
+}
