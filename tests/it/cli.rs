@@ -136,3 +136,30 @@ async fn help_and_version_work_without_a_config() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("backfill-reporter "));
 }
+
+#[sqlx::test]
+async fn check_validates_everything_and_prints_the_next_five_fire_times(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (code, out, err) = app.run(&["check"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("database") && out.contains("connected"),
+        "{out}"
+    );
+    assert!(
+        out.contains("columns app_id, mcc, backfill_number, cardinal_number present"),
+        "{out}"
+    );
+    let times: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(times.len(), 5, "{out}");
+    for t in &times {
+        let t = chrono::DateTime::parse_from_rfc3339(t).unwrap();
+        assert_eq!(t.offset().local_minus_utc(), 8 * 3600, "in Asia/Shanghai");
+        assert_eq!(t.timestamp() % 600, 0, "on the */10 minute grid");
+    }
+    assert!(app.provider.received().is_empty(), "check sends nothing");
+}

@@ -289,3 +289,79 @@ async fn sighup_with_a_broken_config_keeps_the_old_schedule_running(pool: PgPool
         "the refusal names the problem:\n{log}"
     );
 }
+
+#[sqlx::test]
+async fn a_tick_that_comes_while_a_cycle_runs_is_skipped_and_logged(pool: PgPool) {
+    let app = TestApp::with(pool, every_two_seconds()).await;
+    seed_recent(&app, &["busyApp1"]).await;
+    app.provider
+        .script("busyApp1", vec![Scripted::Delay(Duration::from_secs(5))]);
+
+    let daemon = Daemon::start(&app);
+    daemon
+        .wait_log("skipped: the cycle for", Duration::from_secs(15))
+        .await;
+    eventually(
+        Duration::from_secs(10),
+        "the slow cycle finished",
+        || async { finished_runs(&app).await >= 1 },
+    )
+    .await;
+    let (code, log) = daemon.stop().await;
+
+    assert_eq!(code, 0, "{log}");
+    // Runs never overlap: each starts after the previous one finished.
+    let runs: Vec<(
+        chrono::DateTime<chrono::Utc>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    )> = sqlx::query_as("SELECT started_at, finished_at FROM report_runs ORDER BY started_at")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    for pair in runs.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1.expect("finished"),
+            "overlapping runs: {runs:?}"
+        );
+    }
+}
+
+#[sqlx::test]
+async fn after_downtime_one_catch_up_cycle_runs_for_the_latest_missed_tick(pool: PgPool) {
+    let app = TestApp::new(pool).await; // every 10 minutes
+    seed_recent(&app, &["downtime"]).await;
+    // The last tick run was two hours ago: eleven ticks were missed since.
+    let now = chrono::Utc::now();
+    let latest =
+        chrono::DateTime::from_timestamp(now.timestamp() - now.timestamp() % 600, 0).unwrap();
+    sqlx::query(
+        "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, finished_at) \
+         VALUES ($1, 'schedule', $1 - interval '1 day', $1, 'old:1', $1)",
+    )
+    .bind(latest - chrono::Duration::hours(2))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let daemon = Daemon::start(&app);
+    eventually(Duration::from_secs(10), "the catch-up cycle", || async {
+        finished_runs(&app).await >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // room for a burst, were there one
+    let (code, log) = daemon.stop().await;
+
+    assert_eq!(code, 0, "{log}");
+    let ticks: Vec<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT scheduled_for FROM report_runs ORDER BY scheduled_for")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        ticks.len(),
+        2,
+        "one catch-up, not one per missed tick: {ticks:?}"
+    );
+    assert_eq!(ticks[1], latest);
+    assert_eq!(app.provider.backfill_bodies().len(), 1);
+}
