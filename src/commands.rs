@@ -71,7 +71,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(presets::UTF8_HORIZONTAL_ONLY)
+    t.load_preset(presets::ASCII_MARKDOWN)
         .set_header(header.to_vec());
     t
 }

@@ -106,12 +106,20 @@ pub fn plan(rows: Vec<SourceRow>, settings: &Settings, tick: DateTime<Utc>) -> P
     let mut seen = std::collections::HashSet::new();
     let pairs = rows
         .into_iter()
-        .filter(|r| r.app_id.as_deref().is_none_or(|a| settings.source.allows(a)))
+        .filter(|r| {
+            r.app_id
+                .as_deref()
+                .is_none_or(|a| settings.source.allows(a))
+        })
         .filter_map(|row| {
             // A custom query may return a pair twice; the unique key would drop the second.
             let key = (row.app_id.clone(), row.mcc.clone());
             if !seen.insert(key) {
-                tracing::warn!(app_id = ?row.app_id, mcc = ?row.mcc, "source returned the pair twice; using the first row");
+                tracing::warn!(
+                    app_id = row.app_id.as_deref().unwrap_or("(null)"),
+                    mcc = row.mcc.as_deref().unwrap_or("(null)"),
+                    "source returned the pair twice; using the first row"
+                );
                 return None;
             }
             let (rate, verdict) = judge(&row, settings.source.min_cardinal, &callback_time);
@@ -242,10 +250,18 @@ pub async fn run(
     for (i, p) in plan.pairs.iter().enumerate() {
         match &p.verdict {
             Verdict::Skip(why) => {
-                tracing::info!(app_id = ?p.row.app_id, mcc = ?p.row.mcc, "skipped: {why}")
+                tracing::info!(
+                    app_id = p.row.app_id.as_deref().unwrap_or("(null)"),
+                    mcc = p.row.mcc.as_deref().unwrap_or("(null)"),
+                    "skipped: {why}"
+                )
             }
             Verdict::Invalid(why) if inserted.iter().any(|(_, j)| *j == i) => {
-                tracing::warn!(app_id = ?p.row.app_id, mcc = ?p.row.mcc, "invalid row, not sent: {why}")
+                tracing::warn!(
+                    app_id = p.row.app_id.as_deref().unwrap_or("(null)"),
+                    mcc = p.row.mcc.as_deref().unwrap_or("(null)"),
+                    "invalid row, not sent: {why}"
+                )
             }
             _ => {}
         }

@@ -115,7 +115,14 @@ pub async fn serve(
 
     let now = Utc::now();
     let mut planned = first_tick(&ctx, now).await?;
-    log_next(&ctx, planned);
+    tracing::info!(
+        instance = %ctx.instance,
+        "backfill-reporter {} started: schedule {:?} in {}, next tick {}",
+        env!("CARGO_PKG_VERSION"),
+        ctx.settings.schedule.cron.to_string(),
+        ctx.settings.schedule.timezone,
+        planned.with_timezone(&ctx.settings.schedule.timezone).to_rfc3339()
+    );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
@@ -136,8 +143,12 @@ pub async fn serve(
                             planned = ctx.settings.schedule.cron
                                 .next_after(Utc::now(), ctx.settings.schedule.timezone)
                                 .context("the schedule has no next tick")?;
-                            tracing::info!(cron = %ctx.settings.schedule.cron, timezone = %ctx.settings.schedule.timezone, "config reloaded");
-                            log_next(&ctx, planned);
+                            tracing::info!(
+                                "config reloaded: schedule {:?} in {}, next tick {}",
+                                ctx.settings.schedule.cron.to_string(),
+                                ctx.settings.schedule.timezone,
+                                planned.with_timezone(&ctx.settings.schedule.timezone).to_rfc3339()
+                            );
                         }
                         Err(e) => tracing::error!("config reload refused, keeping the old config: {e:#}"),
                     },
