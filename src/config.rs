@@ -128,7 +128,7 @@ impl DatabaseSettings {
     pub fn url(&self) -> anyhow::Result<&SecretString> {
         self.url
             .as_ref()
-            .context("database.url is not set: set it in the config or in DATABASE_URL")
+            .context("database.url is not set: set it in the config, in DATABASE_URL or as the systemd credential database_url")
     }
 }
 
@@ -168,6 +168,12 @@ pub fn from_toml(
         anyhow::anyhow!("{}", e.to_string().trim_end().replace('\n', " "))
     })?;
     let env = |name: &str| env(name).filter(|v| !v.is_empty());
+    // systemd's LoadCredential= puts each credential in a file under $CREDENTIALS_DIRECTORY.
+    let credential = |name: &str| {
+        env("CREDENTIALS_DIRECTORY")
+            .map(|dir| PathBuf::from(dir).join(name))
+            .filter(|path| path.exists())
+    };
 
     let p = raw.provider;
     let base_url = p
@@ -185,11 +191,8 @@ pub fn from_toml(
     }
     let api_secret = if let Some(secret) = env("BACKFILL_REPORTER_API_SECRET") {
         Some(SecretString::from(secret))
-    } else if let Some(dir) = env("CREDENTIALS_DIRECTORY")
-        .map(PathBuf::from)
-        .filter(|d| d.join("api_secret").exists())
-    {
-        Some(read_secret_file(&dir.join("api_secret")).context("systemd credential api_secret")?)
+    } else if let Some(path) = credential("api_secret") {
+        Some(read_secret_file(&path).context("systemd credential api_secret")?)
     } else if let Some(file) = &p.api_secret_file {
         Some(read_secret_file(file).context("provider.api_secret_file")?)
     } else {
@@ -213,7 +216,15 @@ pub fn from_toml(
 
     let d = raw.database;
     let database = DatabaseSettings {
-        url: env("DATABASE_URL").map(SecretString::from).or(d.url),
+        url: match env("DATABASE_URL") {
+            Some(url) => Some(SecretString::from(url)),
+            None => match credential("database_url") {
+                Some(path) => {
+                    Some(read_secret_file(&path).context("systemd credential database_url")?)
+                }
+                None => d.url,
+            },
+        },
         max_connections: positive(d.max_connections.unwrap_or(5), "database.max_connections")?,
     };
 
@@ -398,8 +409,13 @@ mod tests {
         assert_eq!(s.provider.secret().unwrap().expose_secret(), "fromfile");
         let cred = dir.path().to_str().unwrap().to_owned();
         let env = move |n: &str| (n == "CREDENTIALS_DIRECTORY").then(|| cred.clone());
+        std::fs::write(dir.path().join("database_url"), "postgres://u:pw@db/cred\n").unwrap();
         let s = from_toml(&text, Path::new("t.toml"), &env).unwrap();
         assert_eq!(s.provider.secret().unwrap().expose_secret(), "fromcred");
+        assert_eq!(
+            s.database.url().unwrap().expose_secret(),
+            "postgres://u:pw@db/cred"
+        );
     }
 
     #[test]
