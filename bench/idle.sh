@@ -2,15 +2,24 @@
 # CPU used by an idle daemon between ticks: starts `run` with a schedule that does not fire
 # during the measurement, samples utime+stime from /proc after start-up settles, and prints
 # the CPU time per minute and the share of one core. Needs the database of scripts/test-db
-# (or DATABASE_URL). Usage: bench/idle.sh [SECONDS]   (default 60)
+# (or DATABASE_URL); runs in a database of its own, dropped at the end. Usage: bench/idle.sh [SECONDS]   (default 60)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
-url=${DATABASE_URL:-postgres://backfill_test:backfill_test@127.0.0.1:5432/backfill_test}
+master=${DATABASE_URL:-postgres://backfill_test:backfill_test@127.0.0.1:5432/backfill_test}
+db=backfill_idle_$$
+url="${master%/*}/$db"
 bin=target/release/backfill-reporter
 cargo build --release --locked -q
+psql -q "$master" -c "CREATE DATABASE $db"
 dir=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
+pid=
+cleanup() {
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    psql -q "$master" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+    rm -rf "$dir"
+}
+trap cleanup EXIT
 cat > "$dir/config.toml" <<TOML
 [provider]
 base_url = "http://127.0.0.1:9/otp"

@@ -19,6 +19,9 @@ use crate::{daemon, db, source};
 /// Exit code for a provider error or a pair that failed or was invalid.
 pub const EXIT_FAILED: u8 = 1;
 
+/// How long `run --once` waits for a cycle that is already running.
+const ONCE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = config::resolve_path(cli.config.as_deref());
     let settings = config::load(&path)?;
@@ -139,10 +142,22 @@ async fn run_once(settings: Settings) -> anyhow::Result<ExitCode> {
         instance: daemon::instance_name(),
     };
     let shutdown = daemon::shutdown_on_signal();
-    let tick = cycle::now_tick();
-    let report = cycle::run(&ctx, tick, Trigger::Once, &shutdown)
-        .await?
-        .context("the ad-hoc run was not recorded")?;
+    // Under the cycle lock, so that a daemon's recovery never sends this run's pending rows too.
+    let token = shutdown.clone();
+    let locked = daemon::locked(&ctx, ONCE_LOCK_WAIT, &token, |ctx| async move {
+        let tick = cycle::now_tick();
+        Ok((
+            tick,
+            cycle::run(&ctx, tick, Trigger::Once, &shutdown).await?,
+        ))
+    })
+    .await?;
+    let Some((tick, Some(report))) = locked else {
+        anyhow::bail!(
+            "no run: another cycle (the daemon's or another run --once) held the lock for {}s, or a signal came first",
+            ONCE_LOCK_WAIT.as_secs()
+        );
+    };
     let t = &report.tally;
     println!(
         "run {} at {}: {} pairs, {} succeeded, {} failed, {} skipped, {} invalid, {} left pending",

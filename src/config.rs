@@ -163,10 +163,7 @@ pub fn from_toml(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<Settings> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        // toml's message names the offending key (and its line); keep it on one line.
-        anyhow::anyhow!("{}", e.to_string().trim_end().replace('\n', " "))
-    })?;
+    let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(text, &e))?;
     let env = |name: &str| env(name).filter(|v| !v.is_empty());
     // systemd's LoadCredential= puts each credential in a file under $CREDENTIALS_DIRECTORY.
     let credential = |name: &str| {
@@ -272,15 +269,42 @@ pub fn from_toml(
     })
 }
 
+/// A TOML error as one line with its line number. toml's own Display quotes the offending line
+/// and its messages quote values, which may be a secret (`api_secret = 1234` is a type error
+/// that would print 1234): neither is shown for a line that sets a secret.
+fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("{}", e.message());
+    };
+    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default();
+    let key = line.split('=').next().unwrap_or_default().trim();
+    if SECRET_KEYS
+        .iter()
+        .any(|k| key == *k || key.ends_with(&format!(".{k}")))
+    {
+        anyhow::anyhow!("line {line_no}: invalid value for {key} (not shown: it may hold a secret)")
+    } else {
+        anyhow::anyhow!(
+            "line {line_no}: {}",
+            e.message().trim_end().replace('\n', " ")
+        )
+    }
+}
+
+/// Keys whose values are never echoed in an error.
+const SECRET_KEYS: [&str; 2] = ["api_secret", "url"];
+
 fn validate_base_url(raw: &str) -> anyhow::Result<String> {
     let trimmed = raw.trim().trim_end_matches('/');
-    let url = reqwest::Url::parse(trimmed).with_context(|| format!("{raw:?} is not a URL"))?;
+    let url = reqwest::Url::parse(trimmed).context("not a URL")?;
     match url.scheme() {
         "https" | "http" => {}
         other => bail!("{raw:?}: scheme {other:?} is not http or https"),
     }
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-        bail!("{raw:?} must not carry a query, fragment or credentials");
+        // Not echoed: it may carry credentials.
+        bail!("must not carry a query, fragment or credentials");
     }
     Ok(trimmed.to_owned())
 }
@@ -427,6 +451,22 @@ mod tests {
         let debug = format!("{s:?}");
         assert!(!debug.contains("7bz1lzh9"), "{debug}");
         assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn a_malformed_secret_is_never_echoed_in_the_error() {
+        for text in [
+            "[provider]\napi_key = \"k1234\"\napi_secret = 7bz1lzh9SECRET\n",
+            "[provider]\napi_key = \"k1234\"\napi_secret = 12345678\n",
+            "[database]\nurl = postgres://u:hunter2@db/x\n",
+            "[database]\nurl = 123456\n",
+        ] {
+            let err = format!("{:#}", parse(text).unwrap_err());
+            for secret in ["7bz1lzh9SECRET", "12345678", "hunter2", "123456"] {
+                assert!(!err.contains(secret), "{err}");
+            }
+            assert!(err.contains("line "), "{err}");
+        }
     }
 
     #[test]

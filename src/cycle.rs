@@ -197,7 +197,8 @@ pub async fn prepare(
 }
 
 /// Runs the cycle for `tick`. `Ok(None)` when another instance already claimed that scheduled
-/// tick. Shutdown stops new requests; those not sent stay pending for recovery.
+/// tick, or shutdown came before it started. Shutdown stops new requests; those not sent stay
+/// pending for recovery.
 #[tracing::instrument(skip_all, fields(tick = %tick, trigger = trigger.as_str()))]
 pub async fn run(
     ctx: &Context,
@@ -205,6 +206,10 @@ pub async fn run(
     trigger: Trigger,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<CycleReport>> {
+    if shutdown.is_cancelled() {
+        tracing::info!("shutting down: the cycle is not started");
+        return Ok(None);
+    }
     let started = Instant::now();
     let plan = prepare(&ctx.pool, &ctx.settings, tick).await?;
     let rows: Vec<NewSubmission> = plan

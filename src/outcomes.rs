@@ -79,6 +79,7 @@ pub struct SubmissionOutcome {
     /// Succeeded or Failed; Pending when shutdown interrupted it (recovery sends it again).
     pub state: State,
     pub reason: Option<String>,
+    /// Attempts made this time; added to those already recorded.
     pub attempts: i32,
     pub provider_status: Option<String>,
     pub provider_reason: Option<String>,
@@ -194,7 +195,8 @@ fn is_numeric(v: &str) -> bool {
         && frac.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Writes a batch of outcomes in one statement.
+/// Writes a batch of outcomes in one statement. Attempts add up, so that a submission sent again
+/// by recovery keeps the count of every try.
 pub async fn record_outcomes(pool: &PgPool, outcomes: &[SubmissionOutcome]) -> anyhow::Result<()> {
     if outcomes.is_empty() {
         return Ok(());
@@ -203,7 +205,7 @@ pub async fn record_outcomes(pool: &PgPool, outcomes: &[SubmissionOutcome]) -> a
         |f: fn(&SubmissionOutcome) -> Option<String>| outcomes.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
         "UPDATE report_submissions s SET state = u.state, reason = COALESCE(u.reason, s.reason), \
-             attempts = u.attempts, provider_status = u.provider_status, \
+             attempts = s.attempts + u.attempts, provider_status = u.provider_status, \
              provider_reason = u.provider_reason, http_status = u.http_status, error = u.error, \
              first_attempt_at = COALESCE(s.first_attempt_at, u.first_attempt_at), \
              finished_at = u.finished_at, duration_ms = u.duration_ms \

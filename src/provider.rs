@@ -185,7 +185,10 @@ impl ProviderClient {
             .http
             .post(format!("{}{path}", self.base_url))
             .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .header("Sign", sign(&self.api_key, &self.api_secret, timestamp))
+            .header(
+                "Sign",
+                sensitive(sign(&self.api_key, &self.api_secret, timestamp)),
+            )
             .header("Timestamp", timestamp.to_string())
             .header("Api-Key", &self.api_key)
             .body(payload)
@@ -240,6 +243,14 @@ impl ProviderClient {
         }
         exchange
     }
+}
+
+/// The signature as a header value that HTTP/2 never indexes and `Debug` never shows.
+fn sensitive(hex: String) -> reqwest::header::HeaderValue {
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&hex).expect("hex is a valid header value");
+    value.set_sensitive(true);
+    value
 }
 
 /// Maps the provider's top-level status to a class. Statuses not documented for these two calls

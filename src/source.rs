@@ -9,10 +9,13 @@ use sqlx::{Column, Executor, PgPool, Row, TypeInfo};
 
 use crate::config::SourceSettings;
 
-/// Sums the buckets that start inside `[$1, $2)`; the `bucket_start` index serves it.
-pub const DEFAULT_QUERY: &str = "SELECT app_id, mcc, SUM(backfilled) AS backfill_number, \
-     SUM(sent) AS cardinal_number FROM otp_counts \
-     WHERE bucket_start >= $1 AND bucket_start < $2 GROUP BY app_id, mcc";
+/// Sums the buckets that start inside `[$1, $2)`; the `bucket_start` index serves it. The
+/// integer `mcc` column cannot keep leading zeros, so 0–999 are padded back to three digits
+/// ("001"); anything else stays as it is and is judged invalid.
+pub const DEFAULT_QUERY: &str = "SELECT app_id, \
+     CASE WHEN mcc BETWEEN 0 AND 999 THEN lpad(mcc::text, 3, '0') ELSE mcc::text END AS mcc, \
+     SUM(backfilled) AS backfill_number, SUM(sent) AS cardinal_number FROM otp_counts \
+     WHERE bucket_start >= $1 AND bucket_start < $2 GROUP BY 1, 2";
 
 /// One row as the source returned it, in text so that nothing is lost before it is judged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +93,9 @@ pub async fn read(
     check_columns(pool, settings).await?;
     // Cast in an outer query so that every accepted type arrives as text, unrounded.
     let sql = format!(
+        // The query on lines of its own: a trailing `--` comment must not swallow the rest.
         "SELECT app_id::text, mcc::text, backfill_number::text, cardinal_number::text \
-         FROM ({}) AS source",
+         FROM (\n{}\n) AS source",
         query_of(settings)
     );
     let rows = sqlx::query(&sql)

@@ -12,9 +12,9 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 
 #[tokio::test]
 async fn tokio_cron_scheduler_fires_an_hour_off_after_a_dst_change_and_ours_does_not() {
-    // A pattern that fires 2 s from now and next on the same day and time in a month on the
+    // A pattern that fires 3 s from now and next on the same day and time in a month on the
     // other side of a Berlin DST change (January or July: both have every day up to 31).
-    let fire = (Utc::now() + chrono::Duration::seconds(2)).with_timezone(&Berlin);
+    let fire = (Utc::now() + chrono::Duration::seconds(3)).with_timezone(&Berlin);
     let winter = fire.offset().fix().local_minus_utc() == 3600;
     let other_month = if winter { 7 } else { 1 };
     let pattern = format!(
@@ -30,12 +30,25 @@ async fn tokio_cron_scheduler_fires_an_hour_off_after_a_dst_change_and_ours_does
     let job = Job::new_async_tz(pattern.as_str(), Berlin, |_, _| Box::pin(async {})).unwrap();
     let id = scheduler.add(job).await.unwrap();
     scheduler.start().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(3500)).await; // let it fire once
-    let theirs = scheduler
+    let first = scheduler
         .next_tick_for_job(id)
         .await
         .unwrap()
-        .expect("a next tick");
+        .expect("a first tick");
+    // Once it has fired, its next tick moves on; poll for that (its ticker wakes every 500 ms).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let theirs = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let next = scheduler
+            .next_tick_for_job(id)
+            .await
+            .unwrap()
+            .expect("a next tick");
+        if next != first {
+            break next;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job never fired");
+    };
     scheduler.shutdown().await.unwrap();
 
     let ours = Schedule::parse(&pattern)

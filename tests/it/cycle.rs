@@ -148,7 +148,7 @@ async fn a_bucket_at_the_window_start_is_in_and_one_at_the_end_is_out(pool: PgPo
 async fn a_custom_query_over_raw_events_is_used(pool: PgPool) {
     let query = "SELECT app_id, mcc, count(*) FILTER (WHERE verified) AS backfill_number, \
                  count(*) AS cardinal_number FROM otp_events \
-                 WHERE created_at >= $1 AND created_at < $2 GROUP BY 1, 2";
+                 WHERE created_at >= $1 AND created_at < $2 GROUP BY 1, 2 -- per app and country";
     let app = TestApp::with(
         pool,
         TestConfig {

@@ -2,12 +2,15 @@
 //! instances on one database, reload.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::PgPool;
+use backfill_reporter::daemon::{serve, Clock};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
+use tokio_util::sync::CancellationToken;
 
 use crate::fake_provider::Scripted;
 use crate::helpers::{eventually, TestApp, TestConfig};
@@ -139,10 +142,14 @@ async fn a_six_field_schedule_runs_a_cycle_every_two_seconds_and_sigterm_exits_0
 
 #[sqlx::test]
 async fn sigterm_waits_for_a_slow_submission_and_records_it(pool: PgPool) {
-    let app = TestApp::with(pool, every_two_seconds()).await;
+    let config = TestConfig {
+        request_timeout: "20s".into(),
+        ..every_two_seconds()
+    };
+    let app = TestApp::with(pool, config).await;
     seed_recent(&app, &["slowApp1"]).await;
     app.provider
-        .script("slowApp1", vec![Scripted::Delay(Duration::from_secs(3))]);
+        .script("slowApp1", vec![Scripted::Delay(Duration::from_secs(4))]);
 
     let daemon = Daemon::start(&app);
     eventually(Duration::from_secs(10), "a request in flight", || async {
@@ -167,6 +174,7 @@ async fn a_kill_9_in_the_middle_of_a_cycle_loses_nothing_after_a_restart(pool: P
         pool,
         TestConfig {
             max_in_flight: 1,
+            request_timeout: "60s".into(),
             ..every_two_seconds()
         },
     )
@@ -259,11 +267,20 @@ async fn sighup_with_a_broken_config_keeps_the_old_schedule_running(pool: PgPool
     })
     .await;
 
-    std::fs::write(&app.config_path, "[schedule]\ncron = \"every tuesday\"\n").unwrap();
+    // Everything valid but the schedule.
+    app.write_config(&TestConfig {
+        cron: "every tuesday".into(),
+        ..every_two_seconds()
+    });
     daemon.signal("HUP").await;
     daemon
         .wait_log("config reload refused", Duration::from_secs(5))
         .await;
+    assert!(
+        daemon.log().contains("schedule.cron \"every tuesday\""),
+        "the refusal names the key:\n{}",
+        daemon.log()
+    );
     let before = finished_runs(&app).await;
     eventually(
         Duration::from_secs(10),
@@ -272,7 +289,7 @@ async fn sighup_with_a_broken_config_keeps_the_old_schedule_running(pool: PgPool
     )
     .await;
 
-    // A valid config that changes the schedule is taken.
+    // A valid config that changes the schedule is taken: once a year, so no more cycles.
     app.write_config(&TestConfig {
         cron: "0 0 1 1 *".into(),
         ..every_two_seconds()
@@ -281,13 +298,17 @@ async fn sighup_with_a_broken_config_keeps_the_old_schedule_running(pool: PgPool
     daemon
         .wait_log("config reloaded", Duration::from_secs(5))
         .await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // a cycle started before the reload ends
+    let after_reload = finished_runs(&app).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        finished_runs(&app).await,
+        after_reload,
+        "the new schedule is in force"
+    );
     let (code, log) = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
-    assert!(
-        log.contains("provider.api_key is not set"),
-        "the refusal names the problem:\n{log}"
-    );
 }
 
 #[sqlx::test]
@@ -328,17 +349,24 @@ async fn a_tick_that_comes_while_a_cycle_runs_is_skipped_and_logged(pool: PgPool
 
 #[sqlx::test]
 async fn after_downtime_one_catch_up_cycle_runs_for_the_latest_missed_tick(pool: PgPool) {
-    let app = TestApp::new(pool).await; // every 10 minutes
-    seed_recent(&app, &["downtime"]).await;
-    // The last tick run was two hours ago: eleven ticks were missed since.
+    // Daily at midnight UTC: the latest tick cannot move while the test runs (but at midnight).
+    let config = TestConfig {
+        cron: "0 0 * * *".into(),
+        timezone: "UTC".into(),
+        ..TestConfig::default()
+    };
+    let app = TestApp::with(pool, config).await;
     let now = chrono::Utc::now();
     let latest =
-        chrono::DateTime::from_timestamp(now.timestamp() - now.timestamp() % 600, 0).unwrap();
+        chrono::DateTime::from_timestamp(now.timestamp() - now.timestamp() % 86_400, 0).unwrap();
+    app.seed("downtime", 460, latest - chrono::Duration::hours(1), 10, 4)
+        .await;
+    // The last tick run was three days before: two ticks were missed since.
     sqlx::query(
         "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, finished_at) \
          VALUES ($1, 'schedule', $1 - interval '1 day', $1, 'old:1', $1)",
     )
-    .bind(latest - chrono::Duration::hours(2))
+    .bind(latest - chrono::Duration::days(3))
     .execute(&app.pool)
     .await
     .unwrap();
@@ -363,5 +391,111 @@ async fn after_downtime_one_catch_up_cycle_runs_for_the_latest_missed_tick(pool:
         "one catch-up, not one per missed tick: {ticks:?}"
     );
     assert_eq!(ticks[1], latest);
+    let bodies = app.provider.backfill_bodies();
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(
+        bodies[0]["callbackTime"],
+        latest.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+    );
+}
+
+#[sqlx::test]
+async fn after_a_wall_clock_jump_the_next_tick_fires_on_time_and_a_long_jump_runs_one_catch_up(
+    pool: PgPool,
+) {
+    // On the hour, in UTC; the daemon's clock is the real one plus an offset the test steps, as
+    // a suspend or an NTP step would. Tokio's monotonic timers alone would not see such a step.
+    let config = TestConfig {
+        cron: "0 0 * * * *".into(),
+        timezone: "UTC".into(),
+        ..TestConfig::default()
+    };
+    let app = TestApp::with(pool, config).await;
+    let offset = Arc::new(AtomicI64::new(0));
+    let o = offset.clone();
+    let clock: Clock =
+        Arc::new(move || chrono::Utc::now() + chrono::Duration::milliseconds(o.load(SeqCst)));
+    let now = chrono::Utc::now();
+    let hour = chrono::DateTime::from_timestamp(now.timestamp() - now.timestamp() % 3600 + 3600, 0)
+        .unwrap();
+    app.seed("jumpApp1", 460, hour - chrono::Duration::minutes(30), 10, 4)
+        .await;
+    let shutdown = CancellationToken::new();
+    let (_reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    let daemon = tokio::spawn(serve(
+        app.config_path.clone(),
+        app.settings(),
+        shutdown.clone(),
+        reload_rx,
+        clock,
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let step = |to: chrono::DateTime<chrono::Utc>| {
+        offset.store((to - chrono::Utc::now()).num_milliseconds(), SeqCst)
+    };
+    let runs = || async {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+            "SELECT scheduled_for FROM report_runs WHERE finished_at IS NOT NULL ORDER BY 1",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+    };
+
+    // Step to 2 s before the hour: the tick fires at the hour, not after the old sleep.
+    step(hour - chrono::Duration::seconds(2));
+    eventually(Duration::from_secs(8), "the tick at the hour", || async {
+        runs().await == vec![hour]
+    })
+    .await;
+
+    // Jump five hours ahead: one catch-up cycle, for the latest tick.
+    let later = hour + chrono::Duration::hours(5);
+    step(later + chrono::Duration::seconds(30));
+    eventually(Duration::from_secs(8), "one catch-up cycle", || async {
+        runs().await == vec![hour, later]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(runs().await, vec![hour, later], "no burst of missed ticks");
+    assert_eq!(app.provider.backfill_bodies().len(), 2);
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), daemon)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[sqlx::test]
+async fn run_once_waits_for_a_cycle_that_holds_the_lock(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    seed_recent(&app, &["lockApp1"]).await;
+    let mut holder = PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(x'62667270'::bigint)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let once = tokio::spawn(app.command(&["run", "--once"]).output());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        app.provider.received().is_empty(),
+        "nothing is sent while another cycle holds the lock"
+    );
+    holder.close().await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), once)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(app.provider.backfill_bodies().len(), 1);
 }

@@ -125,8 +125,11 @@ impl TestApp {
         std::fs::write(&self.config_path, text).unwrap();
     }
 
+    /// The settings of the config file alone: the test process's own environment (DATABASE_URL
+    /// names the server, not this test's database) must not override them.
     pub fn settings(&self) -> Settings {
-        config::load(&self.config_path).expect("the test config is valid")
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        config::from_toml(&text, &self.config_path, &|_| None).expect("the test config is valid")
     }
 
     pub fn ctx(&self) -> Context {

@@ -124,7 +124,9 @@ async fn bad_parameters_are_a_minus_22_rejection_with_the_reason() {
 #[tokio::test]
 async fn every_status_and_failure_mode_lands_in_its_class() {
     let fake = FakeProvider::start(API_KEY, API_SECRET).await;
-    let client = ProviderClient::new(&settings(
+    let client = client_for(&fake).await;
+    // Only the hanging case waits for the timeout; the others get a loaded CI machine's margin.
+    let impatient = ProviderClient::new(&settings(
         &fake.base_url,
         API_SECRET,
         Duration::from_millis(700),
@@ -194,14 +196,17 @@ async fn every_status_and_failure_mode_lands_in_its_class() {
     ];
     for (script, class, status, http) in cases {
         fake.script_all(vec![script.clone()]);
-        let ex = client.submit_backfill(&body()).await;
+        let hangs = matches!(script, Scripted::Hang);
+        let ex = if hangs { &impatient } else { &client }
+            .submit_backfill(&body())
+            .await;
         assert_eq!(ex.class, class, "{script:?}: {ex:?}");
         assert_eq!(ex.provider_status.as_deref(), status, "{script:?}");
         assert_eq!(ex.http_status, http, "{script:?}");
         if class != Class::Success {
             assert!(ex.error.is_some(), "{script:?} keeps an error text");
         }
-        if matches!(script, Scripted::Hang) {
+        if hangs {
             assert!(ex.error.unwrap().contains("timed out"));
         }
     }
