@@ -18,6 +18,12 @@ fn tick() -> DateTime<Utc> {
     utc(TICK)
 }
 
+/// One pair, 10 codes sent and `backfilled` typed back, a minute before the tick.
+async fn seed_before_tick(app: &TestApp, app_id: &str, backfilled: i64) {
+    let bucket = tick() - chrono::Duration::minutes(1);
+    app.seed(app_id, 460, bucket, 10, backfilled).await;
+}
+
 async fn run_cycle(app: &TestApp) -> cycle::CycleReport {
     cycle::run(
         &app.ctx(),
@@ -192,14 +198,7 @@ async fn a_custom_query_with_a_wrong_column_is_an_error_before_anything_is_sent(
         },
     )
     .await;
-    app.seed(
-        "appWrong",
-        460,
-        tick() - chrono::Duration::minutes(1),
-        10,
-        1,
-    )
-    .await;
+    seed_before_tick(&app, "appWrong", 1).await;
     let err = cycle::run(
         &app.ctx(),
         tick(),
@@ -296,14 +295,7 @@ async fn each_skip_and_invalid_kind_is_recorded_with_its_reason_and_never_sent(p
 #[sqlx::test]
 async fn a_transient_failure_twice_then_success_records_three_attempts(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.seed(
-        "flakyApp",
-        460,
-        tick() - chrono::Duration::minutes(1),
-        10,
-        5,
-    )
-    .await;
+    seed_before_tick(&app, "flakyApp", 5).await;
     app.provider.script(
         "flakyApp",
         vec![Scripted::Http(500), Scripted::Status("-18", "busy")],
@@ -333,14 +325,7 @@ async fn a_transient_failure_that_persists_gives_up_after_max_attempts(pool: PgP
         },
     )
     .await;
-    app.seed(
-        "downApp1",
-        460,
-        tick() - chrono::Duration::minutes(1),
-        10,
-        5,
-    )
-    .await;
+    seed_before_tick(&app, "downApp1", 5).await;
     app.provider
         .script("downApp1", vec![Scripted::Http(503); 5]);
     run_cycle(&app).await;
@@ -356,14 +341,7 @@ async fn a_transient_failure_that_persists_gives_up_after_max_attempts(pool: PgP
 #[sqlx::test]
 async fn a_minus_22_is_recorded_and_not_retried(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.seed(
-        "paramApp",
-        460,
-        tick() - chrono::Duration::minutes(1),
-        10,
-        5,
-    )
-    .await;
+    seed_before_tick(&app, "paramApp", 5).await;
     app.provider.script(
         "paramApp",
         vec![Scripted::Status("-22", "backfillNow invalid")],
@@ -432,14 +410,7 @@ async fn an_authentication_rejection_stops_the_rest_of_the_cycle(pool: PgPool) {
 #[sqlx::test]
 async fn the_unique_key_stops_a_second_submission_of_the_same_tick(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.seed(
-        "onceApp1",
-        460,
-        tick() - chrono::Duration::minutes(1),
-        10,
-        5,
-    )
-    .await;
+    seed_before_tick(&app, "onceApp1", 5).await;
     let ctx = app.ctx();
     let none = CancellationToken::new();
 
@@ -481,22 +452,8 @@ async fn the_allow_list_limits_the_apps_reported(pool: PgPool) {
         },
     )
     .await;
-    app.seed(
-        "keepApp1",
-        460,
-        tick() - chrono::Duration::minutes(1),
-        10,
-        5,
-    )
-    .await;
-    app.seed(
-        "dropApp1",
-        460,
-        tick() - chrono::Duration::minutes(1),
-        10,
-        5,
-    )
-    .await;
+    seed_before_tick(&app, "keepApp1", 5).await;
+    seed_before_tick(&app, "dropApp1", 5).await;
     run_cycle(&app).await;
     let sent: Vec<_> = app
         .provider
