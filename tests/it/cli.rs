@@ -163,3 +163,35 @@ async fn check_validates_everything_and_prints_the_next_five_fire_times(pool: Pg
     }
     assert!(app.provider.received().is_empty(), "check sends nothing");
 }
+
+#[sqlx::test]
+async fn json_logs_are_one_object_per_line_with_the_cycle_summary(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let recent = chrono::Utc::now() - chrono::Duration::minutes(5);
+    app.seed("jsonApp1", 460, recent, 10, 4).await;
+
+    let (code, _, err) = app.run(&["--log-format", "json", "run", "--once"]).await;
+
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let summary = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("cycle for"))
+        })
+        .expect("a summary line");
+    assert_eq!(summary["level"], "INFO");
+    assert_eq!(
+        (summary["pairs"].as_i64(), summary["succeeded"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "no colour codes when not on a terminal"
+    );
+}
