@@ -376,7 +376,7 @@ pub fn render_record(r: &Record) -> String {
         );
         let _ = writeln!(
             out,
-            "  cost     {} USD for {} parts; {}",
+            "  cost     {} in total for {} charged parts (currency not stated by the provider); {}",
             o(&s.pay),
             n(s.charge_cnt),
             money(&s.settlement)

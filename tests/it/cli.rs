@@ -22,7 +22,7 @@ async fn record_prints_a_readable_summary_and_exits_0_when_found(pool: PgPool) {
         "matched    verified (0)",
         "sms #1",
         "status   success (successR)",
-        "0.000002 USD",
+        "0.000002 in total for 1 charged parts",
         "settled 0.01368 EUR",
         "call #1",
         "failed (100005) (Temporarily Unavailable)",
