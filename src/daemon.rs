@@ -144,7 +144,7 @@ pub async fn serve(
     // Recovery (and the catch-up, if a tick was missed while stopped) runs as the first task, so
     // that signals and readiness are served meanwhile.
     let mut running = Some(Task {
-        what: "start-up recovery".to_owned(),
+        what: catch_up.map_or_else(|| "start-up recovery".to_owned(), |t| t.to_string()),
         handle: spawn_cycle(ctx.clone(), catch_up, shutdown.clone(), failures.clone()),
     });
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

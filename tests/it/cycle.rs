@@ -380,8 +380,7 @@ async fn an_authentication_rejection_stops_the_rest_of_the_cycle(pool: PgPool) {
     )
     .await;
     for app_id in ["authApp1", "authApp2", "authApp3"] {
-        app.seed(app_id, 460, tick() - chrono::Duration::minutes(1), 10, 5)
-            .await;
+        seed_before_tick(&app, app_id, 5).await;
     }
     app.provider
         .script_all(vec![Scripted::Status("-1", "sign error")]);
