@@ -165,6 +165,7 @@ pub fn from_toml(
 ) -> anyhow::Result<Settings> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(text, &e))?;
     let env = |name: &str| env(name).filter(|v| !v.is_empty());
+    let mut warnings = Vec::new();
     // systemd's LoadCredential= puts each credential in a file under $CREDENTIALS_DIRECTORY.
     let credential = |name: &str| {
         env("CREDENTIALS_DIRECTORY")
@@ -191,6 +192,12 @@ pub fn from_toml(
     } else if let Some(path) = credential("api_secret") {
         Some(read_secret_file(&path).context("systemd credential api_secret")?)
     } else if let Some(file) = &p.api_secret_file {
+        if let Some(mode) = loose_mode(file) {
+            warnings.push(format!(
+                "provider.api_secret_file {} is readable by group or others (mode {mode:o}): run chmod 600 on it",
+                file.display()
+            ));
+        }
         Some(read_secret_file(file).context("provider.api_secret_file")?)
     } else {
         p.api_secret
@@ -265,7 +272,7 @@ pub fn from_toml(
         database,
         source,
         schedule: ScheduleSettings { cron, timezone },
-        warnings: Vec::new(),
+        warnings,
     })
 }
 
@@ -333,14 +340,17 @@ fn read_secret_file(path: &Path) -> anyhow::Result<SecretString> {
     ))
 }
 
+/// The file's permission bits when group or others may read or write it.
+fn loose_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
 /// A warning when the file holds a secret (an inline API secret, or a database URL with a
 /// password) and group or others may read it.
 fn permission_warning(path: &Path, text: &str) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    if mode & 0o077 == 0 {
-        return None;
-    }
+    let mode = loose_mode(path)?;
     let raw: RawConfig = toml::from_str(text).ok()?;
     let db_password = raw
         .database
@@ -353,7 +363,7 @@ fn permission_warning(path: &Path, text: &str) -> Option<String> {
             "config file {} holds a secret and is readable by group or others (mode {:o}): \
              run chmod 600 on it, or move the secret to provider.api_secret_file or a systemd credential",
             path.display(),
-            mode & 0o777
+            mode
         )
     })
 }
@@ -499,5 +509,20 @@ mod tests {
             .contains("chmod 600"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(permission_warning(&path, MINIMAL).is_none());
+
+        let secret = dir.path().join("api_secret");
+        std::fs::write(&secret, "s3cret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = format!(
+            "[provider]\napi_key = \"bDqJFiq9\"\napi_secret_file = \"{}\"\n",
+            secret.display()
+        );
+        let warnings = parse(&text).unwrap().warnings;
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("provider.api_secret_file")),
+            "{warnings:?}"
+        );
     }
 }

@@ -92,6 +92,9 @@ impl TestApp {
         };
         let secret = app.dir.path().join("api_secret");
         std::fs::write(&secret, format!("{API_SECRET}\n")).unwrap();
+        // As an operator would: the daemon warns about a secret others can read.
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         app.write_config(&app.config.clone());
         app
     }
