@@ -213,11 +213,13 @@ async fn check(settings: &Settings) -> anyhow::Result<ExitCode> {
     let options = db::connect_options(&settings.database)?;
     let pool = db::connect(&settings.database).await?;
     println!("database {}: connected", db::describe(&options));
-    let unmigrated: bool = sqlx::query_scalar("SELECT to_regclass('otp_counts') IS NULL")
-        .fetch_one(&pool)
-        .await
-        .context("looking for the otp_counts table")?;
-    if settings.source.query.is_none() && unmigrated {
+    // Only the default source can be waiting for its table: a custom query is checked as it is.
+    let unmigrated = settings.source.query.is_none()
+        && sqlx::query_scalar::<_, bool>("SELECT to_regclass('otp_counts') IS NULL")
+            .fetch_one(&pool)
+            .await
+            .context("looking for the otp_counts table")?;
+    if unmigrated {
         // `run` applies the migrations that create it; a first start must not be refused.
         println!("source otp_counts: not created yet; `run` or `migrate` creates it");
     } else {

@@ -100,6 +100,11 @@ pub fn now_tick() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(0)
 }
 
+/// A source column for a log field: its text, or "(null)".
+fn shown(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("(null)")
+}
+
 /// Judges every row. Pure, so that the rules are tested without a database.
 pub fn plan(rows: Vec<SourceRow>, settings: &Settings, tick: DateTime<Utc>) -> Plan {
     let callback_time = callback_time(tick, settings.schedule.timezone);
@@ -116,8 +121,8 @@ pub fn plan(rows: Vec<SourceRow>, settings: &Settings, tick: DateTime<Utc>) -> P
             let key = (row.app_id.clone(), row.mcc.clone());
             if !seen.insert(key) {
                 tracing::warn!(
-                    app_id = row.app_id.as_deref().unwrap_or("(null)"),
-                    mcc = row.mcc.as_deref().unwrap_or("(null)"),
+                    app_id = shown(&row.app_id),
+                    mcc = shown(&row.mcc),
                     "source returned the pair twice; using the first row"
                 );
                 return None;
@@ -256,15 +261,15 @@ pub async fn run(
         match &p.verdict {
             Verdict::Skip(why) => {
                 tracing::info!(
-                    app_id = p.row.app_id.as_deref().unwrap_or("(null)"),
-                    mcc = p.row.mcc.as_deref().unwrap_or("(null)"),
+                    app_id = shown(&p.row.app_id),
+                    mcc = shown(&p.row.mcc),
                     "skipped: {why}"
                 )
             }
             Verdict::Invalid(why) if inserted.iter().any(|(_, j)| *j == i) => {
                 tracing::warn!(
-                    app_id = p.row.app_id.as_deref().unwrap_or("(null)"),
-                    mcc = p.row.mcc.as_deref().unwrap_or("(null)"),
+                    app_id = shown(&p.row.app_id),
+                    mcc = shown(&p.row.mcc),
                     "invalid row, not sent: {why}"
                 )
             }
