@@ -18,7 +18,6 @@ use axum::routing::post;
 use backfill_reporter::config;
 use backfill_reporter::cycle::{self, Context};
 use backfill_reporter::outcomes::Trigger;
-use backfill_reporter::provider::ProviderClient;
 use md5::{Digest, Md5};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -91,12 +90,7 @@ async fn run(db_url: &str, pairs: usize, rows: usize) -> anyhow::Result<()> {
     let settings = config::from_toml(&text, std::path::Path::new("bench.toml"), &|_| None)?;
     let pool = PgPool::connect(db_url).await?;
     backfill_reporter::db::migrate(&pool).await?;
-    let ctx = Context {
-        client: ProviderClient::new(&settings.provider)?,
-        pool: pool.clone(),
-        settings: Arc::new(settings),
-        instance: "bench:1".into(),
-    };
+    let ctx = Context::new(settings, pool.clone(), "bench:1".into())?;
     let tick = cycle::now_tick();
 
     // Pairs: apps × MCCs, 24 hourly buckets each.
@@ -126,38 +120,6 @@ async fn run(db_url: &str, pairs: usize, rows: usize) -> anyhow::Result<()> {
         pairs as f64 / elapsed.as_secs_f64()
     );
 
-    // The database side alone: record the same number of outcomes in batches of 64.
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM report_submissions")
-        .fetch_all(&pool)
-        .await?;
-    let started = Instant::now();
-    for chunk in ids.chunks(64) {
-        let outcomes: Vec<_> = chunk
-            .iter()
-            .map(|id| backfill_reporter::outcomes::SubmissionOutcome {
-                id: *id,
-                state: backfill_reporter::outcomes::State::Succeeded,
-                reason: None,
-                attempts: 1,
-                provider_status: Some("0".into()),
-                provider_reason: Some("success".into()),
-                http_status: Some(200),
-                error: None,
-                first_attempt_at: Some(chrono::Utc::now()),
-                finished_at: Some(chrono::Utc::now()),
-                duration_ms: Some(1),
-            })
-            .collect();
-        backfill_reporter::outcomes::record_outcomes(&pool, &outcomes).await?;
-    }
-    let db_time = started.elapsed();
-    println!(
-        "outcome writes: {} rows in {:.3} s ({:.1}% of the cycle)",
-        ids.len(),
-        db_time.as_secs_f64(),
-        100.0 * db_time.as_secs_f64() / elapsed.as_secs_f64()
-    );
-
     // The window query over a large table: `rows` buckets spread over ~1 year.
     sqlx::query(
         "INSERT INTO otp_counts (app_id, mcc, bucket_start, sent, backfilled) \
@@ -176,11 +138,10 @@ async fn run(db_url: &str, pairs: usize, rows: usize) -> anyhow::Result<()> {
         .await?;
     let window_start = tick - chrono::Duration::hours(24);
     let started = Instant::now();
-    let rows_read =
-        backfill_reporter::source::read(&pool, &ctx.settings.source, window_start, tick).await?;
+    let preview = cycle::preview(&pool, &ctx.settings, tick).await?;
     println!(
-        "window query: {} pairs from a table of {total} rows in {:.1} ms",
-        rows_read.len(),
+        "window query: {} pairs from a table of {total} rows read and judged in {:.1} ms",
+        preview.pairs.len(),
         started.elapsed().as_secs_f64() * 1000.0
     );
     let plan: Vec<String> = sqlx::query_scalar(&format!(

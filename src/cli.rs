@@ -56,8 +56,14 @@ pub enum Command {
     /// Apply database migrations and say which were applied
     Migrate,
     /// Validate the config, connect to the database, check the source query's columns and
-    /// print the next five fire times; nothing is sent. Exit 0 when all is well
-    Check,
+    /// print the next five fire times; nothing is sent. Exit 0 when all is well, 2 for a config
+    /// problem, 3 when the database cannot be reached
+    Check {
+        /// Check the config and secrets only, without connecting anywhere (for ExecStartPre:
+        /// a database outage must not keep the daemon from starting and waiting it out)
+        #[arg(long)]
+        offline: bool,
+    },
     /// Show recent submissions, newest first
     History {
         /// How many rows

@@ -1,26 +1,36 @@
 //! What each subcommand does, and what it prints. The exit code is decided here for the
-//! outcomes a command expects (a provider error, a failed pair); any `Err` is a config,
-//! database or usage problem, which `main` turns into exit 2.
+//! outcomes a command expects (a provider error, a failed pair); any `Err` is a config, usage
+//! or database problem, which `main` turns into [`EXIT_CONFIG`] or, when the database could not
+//! be reached, [`EXIT_UNREACHABLE`].
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use comfy_table::{presets, Table};
 
 use crate::cli::{Cli, Command};
 use crate::config::{self, Settings};
-use crate::cycle::{self, Plan, Verdict};
+use crate::cycle::{self, Preview, Verdict};
 use crate::domain::{AppId, Mcc};
 use crate::outcomes::{self, HistoryFilter, State, Trigger};
 use crate::provider::{self, Class, ProviderClient, Record};
-use crate::{daemon, db, source};
+use crate::{daemon, db, shutdown, source};
 
 /// Exit code for a provider error or a pair that failed or was invalid.
 pub const EXIT_FAILED: u8 = 1;
+/// Exit code for a config or usage error: a person must change something.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code when the database could not be reached: retrying later may work.
+pub const EXIT_UNREACHABLE: u8 = 3;
 
-/// How long `run --once` waits for a cycle that is already running.
-const ONCE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// The exit code for an error that ended a command.
+pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
+    ExitCode::from(if db::is_unreachable(e) {
+        EXIT_UNREACHABLE
+    } else {
+        EXIT_CONFIG
+    })
+}
 
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = config::resolve_path(cli.config.as_deref());
@@ -47,7 +57,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => record(&settings, &order_id, app_id.as_deref(), json).await,
         Command::Migrate => migrate(&settings).await,
-        Command::Check => check(&settings).await,
+        Command::Check { offline } => check(&settings, offline).await,
         Command::History {
             limit,
             app_id,
@@ -85,12 +95,12 @@ fn opt(v: &Option<String>) -> String {
 
 async fn dry_run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&settings.database).await?;
-    let plan = cycle::prepare(&pool, settings, cycle::now_tick()).await?;
+    let plan = cycle::preview(&pool, settings, cycle::now_tick()).await?;
     print_plan(&plan);
     let invalid = plan
         .pairs
         .iter()
-        .any(|p| matches!(p.verdict, Verdict::Invalid(_)));
+        .any(|(_, verdict)| matches!(verdict, Verdict::Invalid(_)));
     Ok(if invalid {
         ExitCode::from(EXIT_FAILED)
     } else {
@@ -98,7 +108,7 @@ async fn dry_run(settings: &Settings) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_plan(plan: &Plan) {
+fn print_plan(plan: &Preview) {
     println!(
         "dry run for window [{}, {}); nothing is sent or written",
         plan.window.0.to_rfc3339(),
@@ -113,18 +123,20 @@ fn print_plan(plan: &Plan) {
         "callbackTime",
         "action",
     ]);
-    for p in &plan.pairs {
-        let action = match &p.verdict {
+    for (row, verdict) in &plan.pairs {
+        let action = match verdict {
             Verdict::Send(_) => "send".to_owned(),
             Verdict::Skip(why) => format!("skip: {why}"),
             Verdict::Invalid(why) => format!("invalid: {why}"),
         };
         t.add_row(vec![
-            opt(&p.row.app_id),
-            opt(&p.row.mcc),
-            opt(&p.row.backfill_number),
-            opt(&p.row.cardinal_number),
-            p.rate.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+            opt(&row.app_id),
+            opt(&row.mcc),
+            opt(&row.backfill_number),
+            opt(&row.cardinal_number),
+            verdict
+                .rate()
+                .map_or_else(|| "-".to_owned(), |r| r.to_string()),
             plan.callback_time.clone(),
             action,
         ]);
@@ -135,32 +147,15 @@ fn print_plan(plan: &Plan) {
 async fn run_once(settings: Settings) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&settings.database).await?;
     db::migrate(&pool).await?;
-    let ctx = cycle::Context {
-        client: ProviderClient::new(&settings.provider)?,
-        pool,
-        settings: Arc::new(settings),
-        instance: daemon::instance_name(),
-    };
-    let shutdown = daemon::shutdown_on_signal();
-    // Under the cycle lock, so that a daemon's recovery never sends this run's pending rows too.
-    let token = shutdown.clone();
-    let locked = daemon::locked(&ctx, ONCE_LOCK_WAIT, &token, |ctx| async move {
-        let tick = cycle::now_tick();
-        Ok((
-            tick,
-            cycle::run(&ctx, tick, Trigger::Once, &shutdown).await?,
-        ))
-    })
-    .await?;
-    let Some((tick, Some(report))) = locked else {
-        anyhow::bail!(
-            "no run: another cycle (the daemon's or another run --once) held the lock for {}s, or a signal came first",
-            ONCE_LOCK_WAIT.as_secs()
-        );
-    };
+    let ctx = cycle::Context::new(settings, pool, daemon::instance_name())?;
+    let stop = shutdown::on_signal();
+    let tick = cycle::now_tick();
+    let report = cycle::run(&ctx, tick, Trigger::Once, &stop)
+        .await?
+        .context("an ad-hoc run is never claimed by another instance")?;
     let t = &report.tally;
     println!(
-        "run {} at {}: {} pairs, {} succeeded, {} failed, {} skipped, {} invalid, {} left pending",
+        "run {} at {}: {} pairs, {} succeeded, {} failed, {} skipped, {} invalid, {} superseded, {} left pending",
         report.run_id,
         tick.to_rfc3339(),
         t.pairs,
@@ -168,8 +163,15 @@ async fn run_once(settings: Settings) -> anyhow::Result<ExitCode> {
         t.failed,
         t.skipped,
         t.invalid,
+        t.superseded,
         t.pending
     );
+    if t.pending > 0 {
+        eprintln!(
+            "interrupted: {} pairs stay pending; a running daemon (or the next run) sends them before their deadline",
+            t.pending
+        );
+    }
     let filter = HistoryFilter {
         limit: t.pairs.max(1),
         ..HistoryFilter::default()
@@ -202,7 +204,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn check(settings: &Settings) -> anyhow::Result<ExitCode> {
+async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
     println!("config {}: valid", settings.path.display());
     settings.provider.secret()?;
     ProviderClient::new(&settings.provider)?;
@@ -210,6 +212,12 @@ async fn check(settings: &Settings) -> anyhow::Result<ExitCode> {
         "provider {} with api key {}: secret set",
         settings.provider.base_url, settings.provider.api_key
     );
+    if offline {
+        // What ExecStartPre runs: a bad config never starts, but a database outage cannot stop
+        // the start (the daemon waits it out).
+        println!("database and source not checked (--offline)");
+        return Ok(ExitCode::SUCCESS);
+    }
     let options = db::connect_options(&settings.database)?;
     let pool = db::connect(&settings.database).await?;
     println!("database {}: connected", db::describe(&options));
@@ -275,7 +283,7 @@ fn print_history(rows: Vec<outcomes::HistoryRow>) {
             r.mcc,
             opt(&r.backfill_number),
             opt(&r.cardinal_number),
-            opt(&r.rate),
+            r.rate.map_or_else(|| "-".to_owned(), |r| r.to_string()),
             r.state,
             r.attempts.to_string(),
             opt(&r.provider_status),

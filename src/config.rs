@@ -41,6 +41,7 @@ struct RawProvider {
     max_in_flight: Option<usize>,
     max_attempts: Option<u32>,
     retry_backoff: Option<String>,
+    retry_deadline: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +49,8 @@ struct RawProvider {
 struct RawDatabase {
     url: Option<SecretString>,
     max_connections: Option<u32>,
+    statement_timeout: Option<String>,
+    keep: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,9 +90,13 @@ pub struct ProviderSettings {
     /// ask for it through [`ProviderSettings::secret`], so `history` or `migrate` work without.
     pub api_secret: Option<SecretString>,
     pub request_timeout: Duration,
+    /// Requests in flight at once, per instance.
     pub max_in_flight: usize,
-    pub max_attempts: u32,
+    /// A cap on attempts per submission; `None` retries until the deadline.
+    pub max_attempts: Option<u32>,
     pub retry_backoff: Duration,
+    /// How long after its tick a submission may still be sent; `None`: until the next tick.
+    pub retry_deadline: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +104,10 @@ pub struct DatabaseSettings {
     /// A secret because it may carry a password.
     pub url: Option<SecretString>,
     pub max_connections: u32,
+    /// Set on every connection, so that no statement (and so no cycle) can hang unseen.
+    pub statement_timeout: Duration,
+    /// How long runs and submissions are kept before they are deleted.
+    pub keep: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -214,9 +225,19 @@ pub fn from_toml(
         api_secret,
         request_timeout: duration(p.request_timeout, "10s", "provider.request_timeout")?,
         max_in_flight: positive(p.max_in_flight.unwrap_or(8), "provider.max_in_flight")?,
-        max_attempts: positive(p.max_attempts.unwrap_or(5), "provider.max_attempts")?,
+        max_attempts: p
+            .max_attempts
+            .map(|n| positive(n, "provider.max_attempts"))
+            .transpose()?,
         retry_backoff: duration(p.retry_backoff, "500ms", "provider.retry_backoff")?,
+        retry_deadline: p
+            .retry_deadline
+            .map(|d| duration(Some(d), "", "provider.retry_deadline"))
+            .transpose()?,
     };
+    if provider.retry_deadline.is_some_and(|d| d.is_zero()) {
+        bail!("provider.retry_deadline must be longer than 0s");
+    }
 
     let d = raw.database;
     let database = DatabaseSettings {
@@ -230,7 +251,15 @@ pub fn from_toml(
             },
         },
         max_connections: positive(d.max_connections.unwrap_or(5), "database.max_connections")?,
+        statement_timeout: duration(d.statement_timeout, "60s", "database.statement_timeout")?,
+        keep: duration(d.keep, "90days", "database.keep")?,
     };
+    if database.statement_timeout < Duration::from_secs(1) {
+        bail!("database.statement_timeout must be at least 1s");
+    }
+    if database.keep < Duration::from_secs(86_400) {
+        bail!("database.keep must be at least 1 day");
+    }
 
     let s = raw.source;
     let window = duration(s.window, "24h", "source.window")?;
@@ -384,7 +413,10 @@ mod tests {
         assert_eq!(s.provider.base_url, "https://api.itniotech.com/otp");
         assert_eq!(s.provider.request_timeout, Duration::from_secs(10));
         assert_eq!(s.provider.max_in_flight, 8);
-        assert_eq!(s.provider.max_attempts, 5);
+        assert_eq!(s.provider.max_attempts, None);
+        assert_eq!(s.provider.retry_deadline, None);
+        assert_eq!(s.database.keep, Duration::from_secs(90 * 86_400));
+        assert_eq!(s.database.statement_timeout, Duration::from_secs(60));
         assert_eq!(s.source.window, Duration::from_secs(24 * 3600));
         assert_eq!(s.source.min_cardinal, 1);
         assert!(s.source.apps.is_empty());

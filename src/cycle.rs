@@ -1,31 +1,29 @@
-//! One reporting cycle for one tick: read the window's counts, judge each pair (send, skip or
-//! invalid), record them all as pending in one transaction that also claims the tick, submit
-//! with bounded concurrency and retries, record the outcomes in batches. Also the recovery of
-//! submissions a crash or shutdown left pending. Timing (when to run) belongs to `daemon`.
+//! One tick's planning: claim the tick, stream the window's counts from the source, judge each
+//! pair (send, skip or invalid) and enqueue every pair into `report_submissions`, all in the
+//! transaction that claims the tick, so that a tick is either wholly queued or not claimed.
+//! Sending the queue belongs to `sender`; when to plan belongs to `daemon`.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, SubsecRound, Utc};
 use chrono_tz::Tz;
-use futures::StreamExt;
-use rand::Rng;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::domain::{AppId, Mcc};
-use crate::outcomes::{self, NewSubmission, State, SubmissionOutcome, Tally, Trigger};
-use crate::provider::{BackfillRequest, Class, ProviderClient};
+use crate::outcomes::{self, RunSummary, State, Trigger};
+use crate::provider::{BackfillRequest, ProviderClient};
+use crate::queue::{self, NewSubmission, TickRows};
 use crate::rate::{Rate, RateError};
-use crate::source::{self, SourceRow};
+use crate::sender::{self, Scope};
+use crate::source::{Cursor, SourceRow};
 
-/// Outcomes are written once this many have accumulated, or after [`FLUSH_EVERY`].
-const FLUSH_BATCH: usize = 64;
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
-/// The longest wait between two attempts, whatever the backoff doubling reaches.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Source rows judged and inserted per statement while planning: memory stays flat whatever
+/// the number of pairs, and each insert stays short.
+pub const BATCH: usize = 1000;
 
 /// What a cycle needs: the database, the provider and the settings in force.
 #[derive(Clone, Debug)]
@@ -37,6 +35,18 @@ pub struct Context {
     pub instance: String,
 }
 
+impl Context {
+    /// The one way to build a context: the provider client from the settings, over `pool`.
+    pub fn new(settings: Settings, pool: PgPool, instance: String) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: ProviderClient::new(&settings.provider)?,
+            pool,
+            settings: Arc::new(settings),
+            instance,
+        })
+    }
+}
+
 /// What was decided for one (app, MCC) pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -45,35 +55,12 @@ pub enum Verdict {
     Invalid(String),
 }
 
-#[derive(Debug, Clone)]
-pub struct PlannedPair {
-    pub row: SourceRow,
-    pub rate: Option<Rate>,
-    pub verdict: Verdict,
-}
-
-/// A cycle's inputs and decisions, before anything is written or sent.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub tick: DateTime<Utc>,
-    pub window: (DateTime<Utc>, DateTime<Utc>),
-    pub callback_time: String,
-    pub pairs: Vec<PlannedPair>,
-}
-
-/// What a cycle did, for the summary line and the exit code.
-#[derive(Debug, Clone)]
-pub struct CycleReport {
-    pub run_id: i64,
-    pub tick: DateTime<Utc>,
-    pub tally: Tally,
-    pub duration: Duration,
-}
-
-impl CycleReport {
-    /// Exit 0 only when every pair succeeded or was skipped.
-    pub fn all_good(&self) -> bool {
-        self.tally.failed == 0 && self.tally.invalid == 0 && self.tally.pending == 0
+impl Verdict {
+    pub fn rate(&self) -> Option<Rate> {
+        match self {
+            Self::Send(req) => Some(req.backfill_now),
+            _ => None,
+        }
     }
 }
 
@@ -100,57 +87,41 @@ pub fn now_tick() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(0)
 }
 
-/// A source column for a log field: its text, or "(null)".
-fn shown(v: &Option<String>) -> &str {
-    v.as_deref().unwrap_or("(null)")
-}
-
-/// Judges every row. Pure, so that the rules are tested without a database.
-pub fn plan(rows: Vec<SourceRow>, settings: &Settings, tick: DateTime<Utc>) -> Plan {
-    let callback_time = callback_time(tick, settings.schedule.timezone);
-    let mut seen = std::collections::HashSet::new();
-    let pairs = rows
-        .into_iter()
-        .filter(|r| {
-            r.app_id
-                .as_deref()
-                .is_none_or(|a| settings.source.allows(a))
-        })
-        .filter_map(|row| {
-            // A custom query may return a pair twice; the unique key would drop the second.
-            let key = (row.app_id.clone(), row.mcc.clone());
-            if !seen.insert(key) {
-                tracing::warn!(
-                    app_id = shown(&row.app_id),
-                    mcc = shown(&row.mcc),
-                    "source returned the pair twice; using the first row"
-                );
-                return None;
-            }
-            let (rate, verdict) = judge(&row, settings.source.min_cardinal, &callback_time);
-            Some(PlannedPair { row, rate, verdict })
-        })
-        .collect();
-    Plan {
-        tick,
-        window: window(tick, settings.source.window),
-        callback_time,
-        pairs,
+/// Until when a submission of this tick may be sent: the next tick of the schedule, whose fresh
+/// rate supersedes it, or sooner with `provider.retry_deadline`. Counted from when the tick is
+/// planned, so that a tick claimed late (after a database outage) still gets its retries; the
+/// daemon plans only the latest due tick, whose next tick is the next one after now anyway.
+pub fn deadline(settings: &Settings, tick: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    let schedule = &settings.schedule;
+    let from = tick.max(now);
+    let next = schedule
+        .cron
+        .next_after(from, schedule.timezone)
+        .unwrap_or(from + chrono::Duration::days(366));
+    match settings.provider.retry_deadline {
+        Some(limit) => {
+            next.min(from + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX))
+        }
+        None => next,
     }
 }
 
-fn judge(row: &SourceRow, min_cardinal: u64, callback_time: &str) -> (Option<Rate>, Verdict) {
-    let invalid = |why: String| (None, Verdict::Invalid(why));
-    let app_id = match row.app_id.as_deref().map(AppId::parse) {
-        None => return invalid("app_id is null".into()),
-        Some(Err(e)) => return invalid(e),
-        Some(Ok(a)) => a,
-    };
-    let mcc = match row.mcc.as_deref().map(Mcc::parse) {
-        None => return invalid("mcc is null".into()),
-        Some(Err(e)) => return invalid(e),
-        Some(Ok(m)) => m,
-    };
+/// A source column for a log field: its text, or "(null)".
+pub fn shown(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("(null)")
+}
+
+/// Judges one row. Pure, so that the rules are tested without a database.
+pub fn judge(row: &SourceRow, min_cardinal: u64, callback_time: &str) -> Verdict {
+    match judged(row, min_cardinal, callback_time) {
+        Ok(verdict) => verdict,
+        Err(why) => Verdict::Invalid(why),
+    }
+}
+
+fn judged(row: &SourceRow, min_cardinal: u64, callback_time: &str) -> Result<Verdict, String> {
+    let app_id = AppId::parse(row.app_id.as_deref().ok_or("app_id is null")?)?;
+    let mcc = Mcc::parse(row.mcc.as_deref().ok_or("mcc is null")?)?;
     let count = |name: &str, v: &Option<String>| -> Result<u64, String> {
         let text = v.as_deref().ok_or_else(|| format!("{name} is null"))?;
         if text.starts_with('-') {
@@ -159,338 +130,213 @@ fn judge(row: &SourceRow, min_cardinal: u64, callback_time: &str) -> (Option<Rat
         text.parse::<u64>()
             .map_err(|_| format!("{name} is not a whole number that fits 64 bits ({text})"))
     };
-    let backfilled = match count("backfill_number", &row.backfill_number) {
-        Ok(v) => v,
-        Err(e) => return invalid(e),
-    };
-    let sent = match count("cardinal_number", &row.cardinal_number) {
-        Ok(v) => v,
-        Err(e) => return invalid(e),
-    };
-    match Rate::from_counts(backfilled, sent) {
-        Err(e @ RateError::MoreBackfilledThanSent { .. }) => invalid(e.to_string()),
-        Err(RateError::NoneSent) => (None, Verdict::Skip("no codes sent in the window".into())),
-        Ok(_) if sent < min_cardinal => (
-            None,
-            Verdict::Skip(format!(
+    let backfilled = count("backfill_number", &row.backfill_number)?;
+    let sent = count("cardinal_number", &row.cardinal_number)?;
+    Ok(
+        match BackfillRequest::from_counts(app_id, mcc, backfilled, sent, callback_time.to_owned())
+        {
+            Err(e @ RateError::MoreBackfilledThanSent { .. }) => return Err(e.to_string()),
+            Err(RateError::NoneSent) => Verdict::Skip("no codes sent in the window".into()),
+            Ok(_) if sent < min_cardinal => Verdict::Skip(format!(
                 "only {sent} codes sent, fewer than source.min_cardinal ({min_cardinal})"
             )),
-        ),
-        Ok(rate) => (
-            Some(rate),
-            Verdict::Send(BackfillRequest {
-                app_id: app_id.to_string(),
-                mcc: mcc.to_string(),
-                backfill_number: backfilled.to_string(),
-                backfill_cardinal_number: sent.to_string(),
-                backfill_now: rate.to_string(),
-                callback_time: callback_time.to_owned(),
-            }),
-        ),
+            Ok(req) => Verdict::Send(req),
+        },
+    )
+}
+
+/// The row to store for a judged pair.
+fn new_submission(row: SourceRow, verdict: Verdict) -> NewSubmission {
+    let rate = verdict.rate();
+    let (state, reason) = match verdict {
+        Verdict::Send(_) => (State::Pending, None),
+        Verdict::Skip(why) => {
+            tracing::debug!(
+                app_id = shown(&row.app_id),
+                mcc = shown(&row.mcc),
+                "skipped: {why}"
+            );
+            (State::Skipped, Some(why))
+        }
+        Verdict::Invalid(why) => {
+            tracing::warn!(
+                app_id = shown(&row.app_id),
+                mcc = shown(&row.mcc),
+                "invalid row, not sent: {why}"
+            );
+            (State::Invalid, Some(why))
+        }
+    };
+    NewSubmission {
+        app_id: row.app_id.unwrap_or_default(),
+        mcc: row.mcc.unwrap_or_default(),
+        backfill_number: row.backfill_number,
+        cardinal_number: row.cardinal_number,
+        rate,
+        state,
+        reason,
     }
 }
 
-/// Reads the source for the tick's window and judges the rows; writes nothing.
-pub async fn prepare(
-    pool: &PgPool,
-    settings: &Settings,
-    tick: DateTime<Utc>,
-) -> anyhow::Result<Plan> {
-    let (start, end) = window(tick, settings.source.window);
-    let rows = source::read(pool, &settings.source, start, end).await?;
-    Ok(plan(rows, settings, tick))
+/// A tick claimed and queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    pub run_id: i64,
+    /// Rows the source returned (after the allow-list).
+    pub pairs: u64,
+    /// Of those, queued as pending: to send.
+    pub pending: u64,
+    /// Rows the unique key refused: the pair was already recorded for this tick.
+    pub duplicates: u64,
 }
 
-/// Runs the cycle for `tick`. `Ok(None)` when another instance already claimed that scheduled
-/// tick, or shutdown came before it started. Shutdown stops new requests; those not sent stay
-/// pending for recovery.
+/// Claims `tick` and queues its pairs. `Ok(None)` when another instance already claimed that
+/// scheduled tick. Nothing is committed unless every row is queued: a database failure midway
+/// leaves the tick unclaimed, to be planned again.
 #[tracing::instrument(skip_all, fields(tick = %tick, trigger = trigger.as_str()))]
-pub async fn run(
+pub async fn plan(
     ctx: &Context,
     tick: DateTime<Utc>,
     trigger: Trigger,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Option<CycleReport>> {
-    if shutdown.is_cancelled() {
-        tracing::info!("shutting down: the cycle is not started");
-        return Ok(None);
-    }
-    let started = Instant::now();
-    let plan = prepare(&ctx.pool, &ctx.settings, tick).await?;
-    let rows: Vec<NewSubmission> = plan
-        .pairs
-        .iter()
-        .map(|p| {
-            let (state, reason) = match &p.verdict {
-                Verdict::Send(_) => (State::Pending, None),
-                Verdict::Skip(why) => (State::Skipped, Some(why.clone())),
-                Verdict::Invalid(why) => (State::Invalid, Some(why.clone())),
-            };
-            NewSubmission {
-                app_id: p.row.app_id.clone().unwrap_or_default(),
-                mcc: p.row.mcc.clone().unwrap_or_default(),
-                backfill_number: p.row.backfill_number.clone(),
-                cardinal_number: p.row.cardinal_number.clone(),
-                rate: p.rate.map(|r| r.to_string()),
-                callback_time: plan.callback_time.clone(),
-                state,
-                reason,
-            }
-        })
-        .collect();
+) -> anyhow::Result<Option<Planned>> {
+    let settings = &ctx.settings;
+    let window = window(tick, settings.source.window);
+    let callback_time = callback_time(tick, settings.schedule.timezone);
     let mut tx = ctx
         .pool
         .begin()
         .await
         .context("starting the claim transaction")?;
-    let Some(run_id) =
-        outcomes::claim_run(&mut tx, tick, trigger, plan.window, &ctx.instance).await?
+    let Some(run_id) = outcomes::claim_run(&mut tx, tick, trigger, window, &ctx.instance).await?
     else {
-        tracing::info!("tick already run by another instance; skipping it");
         return Ok(None);
     };
-    let inserted = outcomes::insert_submissions(&mut tx, run_id, tick, plan.window, &rows).await?;
-    tx.commit().await.context("committing the claim")?;
-    if inserted.len() < rows.len() {
-        tracing::warn!(
-            already = rows.len() - inserted.len(),
-            "some pairs were already recorded for this tick and are not sent again"
-        );
-    }
-    for (i, p) in plan.pairs.iter().enumerate() {
-        match &p.verdict {
-            Verdict::Skip(why) => {
-                tracing::info!(
-                    app_id = shown(&p.row.app_id),
-                    mcc = shown(&p.row.mcc),
-                    "skipped: {why}"
-                )
-            }
-            Verdict::Invalid(why) if inserted.iter().any(|(_, j)| *j == i) => {
-                tracing::warn!(
-                    app_id = shown(&p.row.app_id),
-                    mcc = shown(&p.row.mcc),
-                    "invalid row, not sent: {why}"
-                )
-            }
-            _ => {}
-        }
-    }
-    let to_send: Vec<(i64, BackfillRequest)> = inserted
-        .into_iter()
-        .filter_map(|(id, i)| match &plan.pairs[i].verdict {
-            Verdict::Send(req) => Some((id, req.clone())),
-            _ => None,
-        })
-        .collect();
-    send_all(ctx, to_send, shutdown).await?;
-    let tally = outcomes::finish_run(&ctx.pool, run_id).await?;
-    let report = CycleReport {
+    let rows = TickRows {
         run_id,
         tick,
-        tally,
-        duration: started.elapsed(),
+        window,
+        callback_time: &callback_time,
+        deadline: deadline(settings, tick, Utc::now()),
     };
-    log_summary(&report);
-    Ok(Some(report))
-}
-
-fn log_summary(r: &CycleReport) {
-    let t = &r.tally;
-    tracing::info!(
-        run_id = r.run_id,
-        pairs = t.pairs,
-        succeeded = t.succeeded,
-        failed = t.failed,
-        skipped = t.skipped,
-        invalid = t.invalid,
-        pending = t.pending,
-        duration_ms = r.duration.as_millis() as u64,
-        "cycle for {} done: {} pairs, {} succeeded, {} failed, {} skipped, {} invalid in {:.1}s",
-        r.tick,
-        t.pairs,
-        t.succeeded,
-        t.failed,
-        t.skipped,
-        t.invalid,
-        r.duration.as_secs_f64()
-    );
-}
-
-/// Sends submissions left pending by a crash or a shutdown: those still the latest of their
-/// pair are sent again unchanged (the provider keeps the last value it got, so at-least-once is
-/// safe); older ones are marked superseded. Returns how many were sent again.
-#[tracing::instrument(skip_all)]
-pub async fn recover(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<usize> {
-    let superseded = outcomes::supersede_stale(&ctx.pool).await?;
-    let pending = outcomes::pending(&ctx.pool).await?;
-    if superseded > 0 || !pending.is_empty() {
-        tracing::info!(
-            superseded,
-            resending = pending.len(),
-            "recovering submissions left pending by an interrupted cycle"
+    let mut cursor = Cursor::open(&mut tx, &settings.source, window.0, window.1).await?;
+    let mut planned = Planned {
+        run_id,
+        pairs: 0,
+        pending: 0,
+        duplicates: 0,
+    };
+    loop {
+        let batch = cursor.next(&mut tx, BATCH).await?;
+        if batch.is_empty() {
+            break;
+        }
+        let judged: Vec<NewSubmission> = batch
+            .into_iter()
+            .filter(|r| {
+                r.app_id
+                    .as_deref()
+                    .is_none_or(|a| settings.source.allows(a))
+            })
+            .map(|row| {
+                let verdict = judge(&row, settings.source.min_cardinal, &callback_time);
+                new_submission(row, verdict)
+            })
+            .collect();
+        let enqueued = queue::enqueue(&mut tx, rows, &judged).await?;
+        planned.pairs += judged.len() as u64;
+        planned.duplicates += judged.len() as u64 - enqueued.inserted;
+        planned.pending += enqueued.pending;
+    }
+    let superseded = queue::supersede_older(&mut tx, tick).await?;
+    queue::notify(&mut tx).await?;
+    tx.commit().await.context("committing the claim")?;
+    if planned.duplicates > 0 {
+        tracing::warn!(
+            duplicates = planned.duplicates,
+            "pairs already recorded for this tick (the source returned them twice, or a run --once took them) are not sent again"
         );
     }
-    let count = pending.len();
-    let items = pending
-        .into_iter()
-        .map(|p| {
-            let req = BackfillRequest {
-                app_id: p.app_id,
-                mcc: p.mcc,
-                backfill_number: p.backfill_number,
-                backfill_cardinal_number: p.cardinal_number,
-                backfill_now: trim_rate(&p.rate),
-                callback_time: p.callback_time,
-            };
-            (p.id, req)
-        })
-        .collect();
-    send_all(ctx, items, shutdown).await?;
-    for run_id in outcomes::unfinished_runs(&ctx.pool).await? {
-        outcomes::finish_run(&ctx.pool, run_id).await?;
+    if superseded > 0 {
+        tracing::info!(
+            superseded,
+            "older unsent submissions of these pairs were superseded by this tick"
+        );
     }
-    Ok(count)
+    tracing::info!(
+        run_id,
+        pairs = planned.pairs,
+        to_send = planned.pending,
+        "tick {tick} claimed: {} pairs queued",
+        planned.pairs
+    );
+    if planned.pending == 0 {
+        sender::close_run(&ctx.pool, run_id).await?;
+    }
+    Ok(Some(planned))
 }
 
-/// numeric(5,2) reads back as "12.50"; the provider is sent the form without trailing zeros.
-fn trim_rate(stored: &str) -> String {
-    if stored.contains('.') {
-        stored
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_owned()
-    } else {
-        stored.to_owned()
-    }
+/// A dry run's view of the window: every pair with its verdict; nothing is written.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    pub window: (DateTime<Utc>, DateTime<Utc>),
+    pub callback_time: String,
+    pub pairs: Vec<(SourceRow, Verdict)>,
 }
 
-/// Set once a rejection shows that every further request would fail the same way.
-type StopReason = Arc<Mutex<Option<String>>>;
-
-async fn send_all(
-    ctx: &Context,
-    items: Vec<(i64, BackfillRequest)>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let stop: StopReason = Arc::default();
-    let in_flight = ctx.settings.provider.max_in_flight;
-    let mut results = futures::stream::iter(items)
-        .map(|(id, req)| {
-            let stop = stop.clone();
-            async move { submit_one(ctx, id, &req, &stop, shutdown).await }
-        })
-        .buffer_unordered(in_flight);
-    let mut batch = Vec::with_capacity(FLUSH_BATCH);
-    let mut last_flush = Instant::now();
-    while let Some(outcome) = results.next().await {
-        batch.push(outcome);
-        if batch.len() >= FLUSH_BATCH || last_flush.elapsed() >= FLUSH_EVERY {
-            outcomes::record_outcomes(&ctx.pool, &batch).await?;
-            batch.clear();
-            last_flush = Instant::now();
+/// Reads the window as [`plan`] would and judges it, inside a transaction that is rolled back.
+pub async fn preview(
+    pool: &PgPool,
+    settings: &Settings,
+    tick: DateTime<Utc>,
+) -> anyhow::Result<Preview> {
+    let window = window(tick, settings.source.window);
+    let callback_time = callback_time(tick, settings.schedule.timezone);
+    let mut tx = pool.begin().await.context("starting a read transaction")?;
+    let mut cursor = Cursor::open(&mut tx, &settings.source, window.0, window.1).await?;
+    let mut seen = std::collections::HashSet::new();
+    let mut pairs = Vec::new();
+    loop {
+        let batch = cursor.next(&mut tx, BATCH).await?;
+        if batch.is_empty() {
+            break;
         }
-    }
-    outcomes::record_outcomes(&ctx.pool, &batch).await
-}
-
-async fn submit_one(
-    ctx: &Context,
-    id: i64,
-    req: &BackfillRequest,
-    stop: &StopReason,
-    shutdown: &CancellationToken,
-) -> SubmissionOutcome {
-    let provider = &ctx.settings.provider;
-    let started = Instant::now();
-    let mut out = SubmissionOutcome {
-        id,
-        state: State::Pending,
-        reason: None,
-        attempts: 0,
-        provider_status: None,
-        provider_reason: None,
-        http_status: None,
-        error: None,
-        first_attempt_at: None,
-        finished_at: None,
-        duration_ms: None,
-    };
-    let finish = |mut out: SubmissionOutcome, state: State| {
-        out.state = state;
-        if state != State::Pending {
-            out.finished_at = Some(Utc::now());
-        }
-        out.duration_ms = Some(started.elapsed().as_millis() as i64);
-        out
-    };
-    for attempt in 1..=provider.max_attempts {
-        if shutdown.is_cancelled() {
-            return finish(out, State::Pending);
-        }
-        if let Some(why) = stop.lock().expect("stop flag").clone() {
-            out.reason = Some(format!("not sent: {why}"));
-            return finish(out, State::Failed);
-        }
-        out.attempts = attempt as i32;
-        out.first_attempt_at.get_or_insert_with(Utc::now);
-        let ex = ctx.client.submit_backfill(req).await;
-        out.provider_status = ex.provider_status.clone();
-        out.provider_reason = ex.reason.clone();
-        out.http_status = ex.http_status.map(i32::from);
-        out.error = ex.error.clone();
-        match ex.class {
-            Class::Success => return finish(out, State::Succeeded),
-            Class::Rejected(rejection) => {
-                if rejection.stops_the_cycle() {
-                    let why = format!(
-                        "provider status {} ({}): {}",
-                        ex.provider_status.as_deref().unwrap_or("?"),
-                        ex.reason.as_deref().unwrap_or("no reason given"),
-                        rejection.advice()
-                    );
-                    let mut guard = stop.lock().expect("stop flag");
-                    if guard.is_none() {
-                        tracing::error!("stopping the cycle: {why}");
-                        *guard = Some(why);
-                    }
-                }
-                tracing::warn!(app_id = %req.app_id, mcc = %req.mcc, attempt, error = ex.error.as_deref(), "rejected by the provider");
-                return finish(out, State::Failed);
+        for row in batch {
+            if !row
+                .app_id
+                .as_deref()
+                .is_none_or(|a| settings.source.allows(a))
+                || !seen.insert((row.app_id.clone(), row.mcc.clone()))
+            {
+                continue;
             }
-            Class::Transient => {
-                if ex.provider_status.as_deref() == Some("-16") {
-                    tracing::warn!(
-                        local_clock = %Utc::now().to_rfc3339(),
-                        signed_timestamp = ex.timestamp,
-                        "provider says the timestamp expired (-16): check that this host's clock is synchronised (NTP)"
-                    );
-                }
-                tracing::warn!(app_id = %req.app_id, mcc = %req.mcc, attempt, max_attempts = provider.max_attempts, error = ex.error.as_deref(), "transient failure");
-                if attempt == provider.max_attempts {
-                    out.reason = Some(format!("gave up after {attempt} attempts"));
-                    return finish(out, State::Failed);
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(backoff(provider.retry_backoff, attempt)) => {}
-                    () = shutdown.cancelled() => return finish(out, State::Pending),
-                }
-            }
+            let verdict = judge(&row, settings.source.min_cardinal, &callback_time);
+            pairs.push((row, verdict));
         }
     }
-    finish(out, State::Failed)
+    tx.rollback().await.context("ending the read transaction")?;
+    Ok(Preview {
+        window,
+        callback_time,
+        pairs,
+    })
 }
 
-/// Exponential backoff with full jitter: a random wait in [base·2^(n−1)/2, base·2^(n−1)],
-/// capped, so that many pairs failing together do not retry in lockstep.
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let ceiling = base
-        .saturating_mul(1u32 << (attempt - 1).min(16))
-        .min(MAX_BACKOFF);
-    let half = ceiling / 2;
-    half + ceiling
-        .saturating_sub(half)
-        .mul_f64(rand::rng().random::<f64>())
+/// Plans `tick` and sends its pairs until the run is closed (every pair has its final state),
+/// working only that run's rows. `Ok(None)` when the scheduled tick was already claimed. After
+/// `shutdown`, in-flight requests finish and the rest stays pending, in the returned tally.
+pub async fn run(
+    ctx: &Context,
+    tick: DateTime<Utc>,
+    trigger: Trigger,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<RunSummary>> {
+    let Some(planned) = plan(ctx, tick, trigger).await? else {
+        return Ok(None);
+    };
+    if planned.pending > 0 {
+        sender::work(ctx.clone(), Scope::Run(planned.run_id), shutdown.clone()).await?;
+    }
+    Ok(Some(outcomes::summary(&ctx.pool, planned.run_id).await?))
 }
 
 #[cfg(test)]
@@ -508,26 +354,6 @@ mod tests {
             callback_time(tick, chrono_tz::UTC),
             "2023-01-31T16:00:00+00:00"
         );
-    }
-
-    #[test]
-    fn stored_rates_lose_their_trailing_zeros() {
-        assert_eq!(trim_rate("12.50"), "12.5");
-        assert_eq!(trim_rate("10.00"), "10");
-        assert_eq!(trim_rate("33.33"), "33.33");
-        assert_eq!(trim_rate("100"), "100");
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let base = Duration::from_millis(100);
-        for attempt in 1..=30 {
-            let d = backoff(base, attempt);
-            let ceiling = base
-                .saturating_mul(1 << (attempt - 1).min(16))
-                .min(MAX_BACKOFF);
-            assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?}");
-        }
     }
 
     fn row(app: &str, mcc: &str, b: &str, s: &str) -> SourceRow {
@@ -553,8 +379,7 @@ mod tests {
             (row("appA", "460", "1.5", "5"), "invalid", "whole number"),
         ];
         for (r, kind, needle) in cases {
-            let (_, verdict) = judge(&r, 3, "2023-02-01T00:00:00+08:00");
-            let (k, why) = match verdict {
+            let (k, why) = match judge(&r, 3, "2023-02-01T00:00:00+08:00") {
                 Verdict::Skip(w) => ("skip", w),
                 Verdict::Invalid(w) => ("invalid", w),
                 Verdict::Send(_) => ("send", String::new()),
@@ -562,5 +387,42 @@ mod tests {
             assert_eq!(k, kind, "{r:?}");
             assert!(why.contains(needle), "{r:?}: {why}");
         }
+    }
+
+    #[test]
+    fn a_sendable_row_becomes_the_request_with_its_exact_rate() {
+        let Verdict::Send(req) = judge(&row("appA", "460", "1", "8"), 1, "t") else {
+            panic!("sendable");
+        };
+        assert_eq!(req.backfill_now.to_string(), "12.5");
+        assert_eq!((req.backfill_number, req.backfill_cardinal_number), (1, 8));
+    }
+
+    #[test]
+    fn the_deadline_is_the_next_tick_or_the_configured_limit() {
+        let text = "[provider]\napi_key = \"bDqJFiq9\"\napi_secret = \"7bz1lzh9\"\n\
+                    [schedule]\ncron = \"0 0 * * *\"\n";
+        let settings =
+            crate::config::from_toml(text, std::path::Path::new("t.toml"), &|_| None).unwrap();
+        let tick = DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            deadline(&settings, tick, tick),
+            tick + chrono::Duration::days(1)
+        );
+        let late = tick + chrono::Duration::days(3) + chrono::Duration::hours(5);
+        assert_eq!(
+            deadline(&settings, tick, late),
+            tick + chrono::Duration::days(4),
+            "a tick planned late counts from now"
+        );
+        let text = text.replace("[schedule]", "retry_deadline = \"2h\"\n[schedule]");
+        let settings =
+            crate::config::from_toml(&text, std::path::Path::new("t.toml"), &|_| None).unwrap();
+        assert_eq!(
+            deadline(&settings, tick, tick),
+            tick + chrono::Duration::hours(2)
+        );
     }
 }

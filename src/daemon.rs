@@ -1,48 +1,46 @@
-//! The long-running service: a timer loop that fires cycles at the schedule's ticks, at most one
-//! at a time, with one catch-up cycle after downtime or a late wake-up, and recovery of what a
-//! crash left pending. Signals: SIGTERM/SIGINT drain and exit, SIGHUP reloads the config.
-//! Several instances may share a database: a PostgreSQL advisory lock lets one cycle run at a
-//! time, and the tick claim in `report_runs` keeps a tick to one instance.
+//! The long-running service. A timer loop plans each tick of the schedule (claim it, queue its
+//! pairs) while a sender works the queue; several instances on one database share both, with
+//! PostgreSQL as the only coordination: a tick is claimed once (`ON CONFLICT DO NOTHING`), and
+//! rows are leased. Nothing here exits on a database outage: start-up, planning and sending
+//! retry with backoff, and the latest due tick that is not yet claimed is retried on every wake
+//! until it is claimed or the next tick replaces it. Signals: SIGTERM/SIGINT drain and exit,
+//! SIGHUP reloads the config.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use sqlx::{Connection, PgConnection};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Settings};
-use crate::cycle::{self, Context};
+use crate::cycle::{self, Context, Planned};
 use crate::outcomes::{self, Trigger};
-use crate::provider::ProviderClient;
 use crate::schedule::{on_wake, Wake};
-use crate::{db, source};
+use crate::sender::{self, Scope};
+use crate::{db, queue, retention, shutdown, source};
 
 /// The longest the loop sleeps without looking at the wall clock. Tokio's timers run on the
 /// monotonic clock, which stops during suspend and ignores NTP steps; waking once a second to
 /// compare with the wall clock keeps ticks on time after either, for a negligible cost
-/// (`bench/idle.sh`: about 10 ms of CPU a minute).
+/// (`bench/idle.sh`).
 const CLOCK_CHECK: Duration = Duration::from_secs(1);
 
-/// The advisory lock key that serialises cycles across instances ("bfrp").
-const CYCLE_LOCK: i64 = 0x6266_7270;
+/// Retries of start-up back off up to this.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+/// Retries of a due tick's claim back off up to this.
+const DUE_RETRY: Duration = Duration::from_secs(5);
 
-/// How long a scheduled cycle waits for another instance's (or a `run --once`'s) cycle to
-/// finish before giving its tick up. After the wait the tick is usually found claimed.
-const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// A planning that runs longer than this is logged: every statement has a timeout, so it is
+/// slow, not stuck, but an operator should see it.
+const SLOW_PLANNING: Duration = Duration::from_secs(120);
 
-/// After this many cycles in a row end in an error (database down, source query broken), the
-/// watchdog is no longer fed, so that systemd restarts the service and the operator sees it.
-const MAX_FAILED_CYCLES: u32 = 3;
-
-/// Time allowed at shutdown beyond `request_timeout` for recording the last outcomes.
-const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How often open runs are checked and old rows pruned.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The wall clock, injectable so that tests can step it as suspend or NTP would.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
@@ -59,195 +57,425 @@ pub fn instance_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-/// A token cancelled on the first SIGTERM or SIGINT.
-pub fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot listen for SIGTERM/SIGINT");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests, then exiting"),
-            _ = int.recv() => tracing::info!("SIGINT: finishing in-flight requests, then exiting"),
-        }
-        t.cancel();
-    });
-    token
-}
-
 /// Installs the signal handlers and serves until SIGTERM or SIGINT.
 pub async fn run_until_signalled(path: PathBuf, settings: Settings) -> anyhow::Result<()> {
-    let shutdown = shutdown_on_signal();
-    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
-    let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            if reload_tx.send(()).is_err() {
-                break;
-            }
+    let stop = shutdown::on_signal();
+    let reload = shutdown::reload_on_hangup()?;
+    serve(path, settings, stop, reload, system_clock()).await
+}
+
+/// The latest due tick not yet claimed, and how trying to claim it has gone.
+#[derive(Debug, Clone)]
+struct Due {
+    tick: DateTime<Utc>,
+    failures: u32,
+    retry_at: Instant,
+    last_error: Option<String>,
+}
+
+impl Due {
+    fn new(tick: DateTime<Utc>) -> Self {
+        Self {
+            tick,
+            failures: 0,
+            retry_at: Instant::now(),
+            last_error: None,
         }
-    });
-    serve(path, settings, shutdown, reload_rx, system_clock()).await
+    }
 }
 
-async fn build_context(settings: Settings, pool: Option<sqlx::PgPool>) -> anyhow::Result<Context> {
-    let pool = match pool {
-        Some(p) => p,
-        None => db::connect(&settings.database).await?,
-    };
-    Ok(Context {
-        client: ProviderClient::new(&settings.provider)?,
-        pool,
-        settings: Arc::new(settings),
-        instance: instance_name(),
-    })
+/// A tick being planned in the background.
+struct Planning {
+    tick: DateTime<Utc>,
+    /// How many of the replaced ticks it records first.
+    recording: usize,
+    started: Instant,
+    warned: bool,
+    handle: JoinHandle<anyhow::Result<Option<Planned>>>,
 }
 
-/// A cycle (or the start-up recovery) running in the background.
-struct Task {
-    what: String,
-    handle: JoinHandle<()>,
+/// What start-up found once the database answered.
+struct Started {
+    catch_up: Option<DateTime<Utc>>,
 }
 
-/// The daemon: `shutdown` stops it, each message on `reload` re-reads the config at `path`,
+/// The daemon: `stop` stops it, each message on `reload` re-reads the config at `path`,
 /// `clock` is the wall clock ticks are compared with.
 pub async fn serve(
     path: PathBuf,
     settings: Settings,
-    shutdown: CancellationToken,
-    mut reload: mpsc::UnboundedReceiver<()>,
+    stop: CancellationToken,
+    reload: mpsc::UnboundedReceiver<()>,
     clock: Clock,
 ) -> anyhow::Result<()> {
-    let mut ctx = build_context(settings, None).await?;
-    for m in db::migrate(&ctx.pool).await? {
-        tracing::info!("applied migration {m}");
-    }
-    source::check_columns(&ctx.pool, &ctx.settings.source).await?;
-    let failures = Arc::new(AtomicU32::new(0));
-
+    let pool = db::connect_lazy(&settings.database)?;
+    let ctx = Context::new(settings, pool, instance_name())?;
+    let (ctx_tx, _) = watch::channel(ctx.clone());
     let now = clock();
-    let catch_up = missed_tick(&ctx, now).await?;
-    let mut planned = next_tick(&ctx, now);
-    tracing::info!(
-        instance = %ctx.instance,
-        "backfill-reporter {} started: schedule {:?} in {}, next tick {}",
-        env!("CARGO_PKG_VERSION"),
-        ctx.settings.schedule.cron.to_string(),
-        ctx.settings.schedule.timezone,
-        local(&ctx, planned)
-    );
-    // Recovery (and the catch-up, if a tick was missed while stopped) runs as the first task, so
-    // that signals and readiness are served meanwhile.
-    let mut running = Some(Task {
-        what: catch_up.map_or_else(|| "start-up recovery".to_owned(), |t| t.to_string()),
-        handle: spawn_cycle(ctx.clone(), catch_up, shutdown.clone(), failures.clone()),
-    });
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
-
-    loop {
-        let wait = CLOCK_CHECK.min((planned - clock()).to_std().unwrap_or_default());
-        tokio::select! {
-            // Shutdown first: when it and a tick are ready together, no new work starts.
-            biased;
-            () = shutdown.cancelled() => break,
-            _ = async { let _ = (&mut running.as_mut().expect("guarded").handle).await; }, if running.is_some() => {
-                running = None;
-            }
-            Some(()) = reload.recv() => {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                match reload_context(&ctx, &path).await {
-                    Ok(new_ctx) => {
-                        let (old, new) = (&ctx.settings.schedule, &new_ctx.settings.schedule);
-                        let schedule_changed = old.cron.to_string() != new.cron.to_string() || old.timezone != new.timezone;
-                        ctx = new_ctx;
-                        if schedule_changed {
-                            planned = next_tick(&ctx, clock());
-                        }
-                        tracing::info!(
-                            "config reloaded: schedule {:?} in {}, next tick {}",
-                            ctx.settings.schedule.cron.to_string(),
-                            ctx.settings.schedule.timezone,
-                            local(&ctx, planned)
-                        );
-                    }
-                    Err(e) => tracing::error!("config reload refused, keeping the old config: {e:#}"),
-                }
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-            }
-            _ = watchdog_tick.tick(), if watchdog.is_some() => {
-                let failed = failures.load(Ordering::Relaxed);
-                if failed < MAX_FAILED_CYCLES {
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-                } else {
-                    tracing::error!(failed, "cycles keep failing: not feeding the watchdog, so that systemd restarts the service");
-                }
-            }
-            () = tokio::time::sleep(wait) => {
-                let now = clock();
-                let (schedule, tz) = (&ctx.settings.schedule.cron, ctx.settings.schedule.timezone);
-                match on_wake(schedule, tz, planned, now) {
-                    Wake::TooEarly => {
-                        // The wall clock may have been stepped back: never wait past the real next tick.
-                        planned = planned.min(next_tick(&ctx, now));
-                    }
-                    Wake::Fire { tick, missed } => {
-                        if missed > 0 {
-                            tracing::warn!(missed, "woke late (suspend, clock step or overload): one catch-up cycle for the latest tick {tick}, not one per missed tick");
-                        }
-                        match &running {
-                            Some(task) if !task.handle.is_finished() => {
-                                tracing::warn!("tick {tick} skipped: the cycle for {} is still running", task.what);
-                            }
-                            _ => {
-                                running = Some(Task {
-                                    what: tick.to_string(),
-                                    handle: spawn_cycle(ctx.clone(), Some(tick), shutdown.clone(), failures.clone()),
-                                });
-                            }
-                        }
-                        planned = next_tick(&ctx, now.max(tick));
-                        tracing::debug!(next = %local(&ctx, planned), "next tick armed");
-                    }
-                }
-            }
-        }
-    }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    if let Some(mut task) = running {
-        let limit = ctx.settings.provider.request_timeout + DRAIN_GRACE;
-        tracing::info!(
-            "waiting up to {limit:?} for the cycle for {} to record its in-flight requests",
-            task.what
-        );
-        if tokio::time::timeout(limit, &mut task.handle).await.is_err() {
-            // Its pairs stay pending in the database: the next start sends them.
-            tracing::warn!("the cycle for {} did not finish in time; its unsent pairs stay pending for the next start", task.what);
-            task.handle.abort();
-        }
-    }
-    tracing::info!("stopped");
-    Ok(())
+    let mut daemon = Daemon {
+        planned: next_tick(&ctx, now),
+        ctx,
+        ctx_tx,
+        path,
+        clock,
+        due: None,
+        planning: None,
+        replaced: Vec::new(),
+        wake: Arc::new(Notify::new()),
+        workers: Vec::new(),
+        stop,
+    };
+    let result = daemon.serve(reload).await;
+    daemon.shut_down().await;
+    result
 }
 
-fn local(ctx: &Context, t: DateTime<Utc>) -> String {
-    t.with_timezone(&ctx.settings.schedule.timezone)
-        .to_rfc3339()
+struct Daemon {
+    path: PathBuf,
+    ctx: Context,
+    /// Hands a reloaded context to the sender.
+    ctx_tx: watch::Sender<Context>,
+    clock: Clock,
+    /// The next tick armed.
+    planned: DateTime<Utc>,
+    due: Option<Due>,
+    planning: Option<Planning>,
+    /// Due ticks that a later one replaced before they could be claimed, with why: recorded
+    /// in `report_runs` once the database answers.
+    replaced: Vec<(DateTime<Utc>, String)>,
+    /// Wakes the sender at once when this instance queued a tick.
+    wake: Arc<Notify>,
+    workers: Vec<JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Daemon {
+    async fn serve(&mut self, mut reload: mpsc::UnboundedReceiver<()>) -> anyhow::Result<()> {
+        tracing::info!(
+            instance = %self.ctx.instance,
+            "backfill-reporter {} started: schedule {:?} in {}, next tick {}",
+            env!("CARGO_PKG_VERSION"),
+            self.ctx.settings.schedule.cron.to_string(),
+            self.ctx.settings.schedule.timezone,
+            self.local(self.planned)
+        );
+        // Ready at once: a database that is down is waited out here, not by systemd's restarts.
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("connecting to the database"),
+        ]);
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut startup = Some(tokio::spawn(start_up(self.ctx.clone(), self.clock.clone())));
+        loop {
+            let wait =
+                CLOCK_CHECK.min((self.planned - (self.clock)()).to_std().unwrap_or_default());
+            tokio::select! {
+                // Shutdown first: when it and a tick are ready together, no new work starts.
+                biased;
+                () = self.stop.cancelled() => return Ok(()),
+                done = async { startup.as_mut().expect("guarded").await }, if startup.is_some() => {
+                    startup = None;
+                    let started = done.map_err(anyhow::Error::from).and_then(|r| r)?;
+                    self.on_started(started);
+                }
+                done = async { (&mut self.planning.as_mut().expect("guarded").handle).await }, if self.planning.is_some() => {
+                    let planning = self.planning.take().expect("guarded");
+                    let result = done.map_err(anyhow::Error::from).and_then(|r| r);
+                    if result.is_ok() {
+                        self.replaced.drain(..planning.recording);
+                    }
+                    self.on_planned(planning.tick, result);
+                }
+                Some(()) = reload.recv() => self.reload().await,
+                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                    // The loop is alive; every statement and request has a timeout, so no part
+                    // of the work can hang without a log line.
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+                () = tokio::time::sleep(wait) => {
+                    self.on_wake();
+                    if startup.is_none() {
+                        self.plan_due();
+                    }
+                    self.watch_planning();
+                }
+            }
+        }
+    }
+
+    fn on_started(&mut self, started: Started) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("running")]);
+        if let Some(tick) = started.catch_up {
+            if self.due.as_ref().is_none_or(|d| d.tick < tick) {
+                self.due = Some(Due::new(tick));
+            }
+        }
+        let ctx = self.ctx_tx.subscribe();
+        let (stop, wake) = (self.stop.clone(), self.wake.clone());
+        self.workers.push(tokio::spawn(async move {
+            if let Err(e) = sender::work_with(ctx, Scope::All, stop, wake).await {
+                tracing::error!("the sender stopped: {e:#}");
+            }
+        }));
+        self.workers.push(tokio::spawn(maintain(
+            self.ctx_tx.subscribe(),
+            self.stop.clone(),
+        )));
+        self.plan_due();
+    }
+
+    /// Compares the armed tick with the wall clock; a tick that fired becomes the due tick,
+    /// replacing one that could not be claimed yet.
+    fn on_wake(&mut self) {
+        let now = (self.clock)();
+        let (schedule, tz) = (
+            &self.ctx.settings.schedule.cron,
+            self.ctx.settings.schedule.timezone,
+        );
+        match on_wake(schedule, tz, self.planned, now) {
+            Wake::TooEarly => {
+                // The wall clock may have been stepped back: never wait past the real next tick.
+                self.planned = self.planned.min(next_tick(&self.ctx, now));
+            }
+            Wake::Fire { tick, missed } => {
+                if missed > 0 {
+                    tracing::warn!(missed, "woke late (suspend, clock step or overload): one catch-up cycle for the latest tick {tick}, not one per missed tick");
+                }
+                if let Some(old) = self.due.take().filter(|d| d.tick < tick) {
+                    let why = old
+                        .last_error
+                        .unwrap_or_else(|| "it was still waiting for the previous planning".into());
+                    tracing::warn!(
+                        "the tick {} was never claimed ({why}); the tick {tick} replaces it",
+                        old.tick
+                    );
+                    self.replaced.push((
+                        old.tick,
+                        format!("not run: {why}; replaced by the tick {tick}"),
+                    ));
+                }
+                self.due = Some(Due::new(tick));
+                self.planned = next_tick(&self.ctx, now.max(tick));
+                tracing::debug!(next = %self.local(self.planned), "next tick armed");
+            }
+        }
+    }
+
+    /// Starts planning the due tick unless a planning runs or its retry is not due yet.
+    fn plan_due(&mut self) {
+        if self.planning.is_some() {
+            return;
+        }
+        let Some(due) = self.due.as_ref().filter(|d| Instant::now() >= d.retry_at) else {
+            return;
+        };
+        let late = due.last_error.as_ref().map(|e| {
+            format!(
+                "claimed {}s after its tick, after {} failed attempts: {e}",
+                ((self.clock)() - due.tick).num_seconds(),
+                due.failures
+            )
+        });
+        let (ctx, tick) = (self.ctx.clone(), due.tick);
+        let replaced = self.replaced.clone();
+        let recording = replaced.len();
+        let wake = self.wake.clone();
+        let handle = tokio::spawn(plan_tick(ctx, tick, replaced, late, wake));
+        self.planning = Some(Planning {
+            tick,
+            recording,
+            started: Instant::now(),
+            warned: false,
+            handle,
+        });
+    }
+
+    fn on_planned(&mut self, tick: DateTime<Utc>, result: anyhow::Result<Option<Planned>>) {
+        let Some(due) = self.due.as_mut().filter(|d| d.tick == tick) else {
+            return;
+        };
+        match result {
+            Ok(Some(_)) => self.due = None,
+            Ok(None) => {
+                tracing::info!("tick {tick} already claimed by another instance; it sends its share of the pairs from the queue");
+                self.due = None;
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                due.failures += 1;
+                // Retried on (almost) every wake: the tick must be claimed as soon as the
+                // database answers, before the next tick replaces it.
+                let wait = sender::backoff(Duration::from_secs(1), due.failures).min(DUE_RETRY);
+                due.retry_at = Instant::now() + wait;
+                if due.last_error.as_deref() != Some(message.as_str()) {
+                    let unreachable = db::is_unreachable(&e);
+                    tracing::warn!(
+                        failures = due.failures,
+                        "cannot claim the tick {tick} yet ({}): retrying until it is claimed or the next tick replaces it: {message}",
+                        if unreachable { "database unreachable" } else { "error" }
+                    );
+                } else {
+                    tracing::debug!(
+                        failures = due.failures,
+                        "claiming the tick {tick} failed again: {message}"
+                    );
+                }
+                due.last_error = Some(message);
+            }
+        }
+    }
+
+    fn watch_planning(&mut self) {
+        if let Some(p) = self.planning.as_mut().filter(|p| !p.warned) {
+            if p.started.elapsed() >= SLOW_PLANNING {
+                p.warned = true;
+                tracing::warn!(
+                    "planning the tick {} has taken {}s so far (a slow source query or database)",
+                    p.tick,
+                    p.started.elapsed().as_secs()
+                );
+            }
+        }
+    }
+
+    /// Reads and validates the config again. The database connection and its pool size stay as
+    /// they are until a restart; everything else (schedule, window, apps, query, concurrency,
+    /// provider settings and credentials) takes effect at once.
+    async fn reload(&mut self) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        match reload_context(&self.ctx, &self.path).await {
+            Ok(new_ctx) => {
+                let (old, new) = (&self.ctx.settings.schedule, &new_ctx.settings.schedule);
+                let schedule_changed =
+                    old.cron.to_string() != new.cron.to_string() || old.timezone != new.timezone;
+                self.ctx = new_ctx;
+                let _ = self.ctx_tx.send(self.ctx.clone());
+                if schedule_changed {
+                    self.planned = next_tick(&self.ctx, (self.clock)());
+                }
+                tracing::info!(
+                    "config reloaded: schedule {:?} in {}, next tick {}",
+                    self.ctx.settings.schedule.cron.to_string(),
+                    self.ctx.settings.schedule.timezone,
+                    self.local(self.planned)
+                );
+            }
+            Err(e) => tracing::error!("config reload refused, keeping the old config: {e:#}"),
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+
+    async fn shut_down(&mut self) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        self.stop.cancel();
+        if let Some(p) = self.planning.take() {
+            // Rolled back with its transaction: the tick stays unclaimed for the next start.
+            p.handle.abort();
+        }
+        // The sender drains within sender::DRAIN_LIMIT, then records the last outcomes.
+        let limit = sender::DRAIN_LIMIT + Duration::from_secs(5);
+        for worker in self.workers.drain(..) {
+            if tokio::time::timeout(limit, worker).await.is_err() {
+                tracing::warn!(
+                    "a task did not stop in time; what it held stays pending for the next owner"
+                );
+            }
+        }
+        tracing::info!("stopped");
+    }
+
+    fn local(&self, t: DateTime<Utc>) -> String {
+        t.with_timezone(&self.ctx.settings.schedule.timezone)
+            .to_rfc3339()
+    }
+}
+
+/// Records the ticks that were replaced before they could run, then plans `tick`, noting why
+/// it was late.
+async fn plan_tick(
+    ctx: Context,
+    tick: DateTime<Utc>,
+    replaced: Vec<(DateTime<Utc>, String)>,
+    late: Option<String>,
+    wake: Arc<Notify>,
+) -> anyhow::Result<Option<Planned>> {
+    for (old, note) in replaced {
+        let window = cycle::window(old, ctx.settings.source.window);
+        outcomes::record_missed(&ctx.pool, old, window, &ctx.instance, &note).await?;
+    }
+    let planned = cycle::plan(&ctx, tick, Trigger::Schedule).await?;
+    if let (Some(p), Some(note)) = (planned, late) {
+        tracing::info!("{note}");
+        outcomes::set_note(&ctx.pool, p.run_id, &note).await?;
+    }
+    wake.notify_one();
+    Ok(planned)
 }
 
 /// The first tick after `after`. `Schedule::parse` refused patterns that never match, so the
 /// fallback (a year away, logged) is only there so that the loop cannot end on it.
 fn next_tick(ctx: &Context, after: DateTime<Utc>) -> DateTime<Utc> {
     let schedule = &ctx.settings.schedule;
-    schedule.cron.next_after(after, schedule.timezone).unwrap_or_else(|| {
-        tracing::error!(cron = %schedule.cron, "the schedule has no next tick; checking again in a year");
-        after + chrono::Duration::days(365)
+    schedule
+        .cron
+        .next_after(after, schedule.timezone)
+        .unwrap_or_else(|| {
+            tracing::error!(cron = %schedule.cron, "the schedule has no next tick; checking again in a year");
+            after + chrono::Duration::days(365)
+        })
+}
+
+/// Migrations, the source's columns, deadlines for rows an older release left pending, and the
+/// tick missed while stopped. Retries while the database is unreachable; any other error (a
+/// source query that does not prepare) is a config error that stops the daemon.
+async fn start_up(ctx: Context, clock: Clock) -> anyhow::Result<Started> {
+    let mut failures = 0u32;
+    let mut last = String::new();
+    loop {
+        match try_start_up(&ctx, &clock).await {
+            Ok(started) => {
+                if failures > 0 {
+                    tracing::info!("database reachable after {failures} failed attempts");
+                }
+                return Ok(started);
+            }
+            Err(e) if db::is_unreachable(&e) => {
+                failures += 1;
+                let message = format!("{e:#}");
+                if message != last {
+                    tracing::warn!("database unreachable, retrying with backoff: {message}");
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(
+                        "waiting for the database",
+                    )]);
+                    last = message;
+                }
+                tokio::time::sleep(
+                    sender::backoff(Duration::from_secs(1), failures).min(MAX_RETRY),
+                )
+                .await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn try_start_up(ctx: &Context, clock: &Clock) -> anyhow::Result<Started> {
+    for m in db::migrate(&ctx.pool).await? {
+        tracing::info!("applied migration {m}");
+    }
+    source::check_columns(&ctx.pool, &ctx.settings.source).await?;
+    let now = clock();
+    let filled = queue::fill_deadlines(&ctx.pool, next_tick(ctx, now)).await?;
+    if filled > 0 {
+        tracing::info!(
+            filled,
+            "submissions left pending by an earlier release are queued again, until the next tick"
+        );
+    }
+    Ok(Started {
+        catch_up: missed_tick(ctx, now).await?,
     })
 }
 
@@ -265,9 +493,35 @@ async fn missed_tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<Option
     })
 }
 
-/// Reads and validates the config again. The database connection and its pool size stay as
-/// they are until a restart; everything else (schedule, window, apps, query, concurrency,
-/// provider settings) takes effect at the next cycle.
+/// Closes runs whose last rows another instance finished, and prunes old rows hourly.
+async fn maintain(ctx: watch::Receiver<Context>, stop: CancellationToken) {
+    let mut last_prune: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(MAINTENANCE_EVERY) => {}
+        }
+        let ctx = ctx.borrow().clone();
+        let result = async {
+            for run_id in outcomes::open_runs(&ctx.pool).await? {
+                sender::close_run(&ctx.pool, run_id).await?;
+            }
+            if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                last_prune = Some(Instant::now());
+                let cutoff = retention::cutoff(Utc::now(), ctx.settings.database.keep);
+                retention::prune(&ctx.pool, cutoff).await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!("maintenance failed, trying again in a minute: {e:#}");
+        }
+    }
+}
+
+/// Reads and validates the config again (credentials included) and builds a new context over
+/// the same pool.
 async fn reload_context(ctx: &Context, path: &std::path::Path) -> anyhow::Result<Context> {
     use secrecy::ExposeSecret;
     let mut new = config::load(path)?;
@@ -279,84 +533,12 @@ async fn reload_context(ctx: &Context, path: &std::path::Path) -> anyhow::Result
     if url(old_db) != url(&new.database) || old_db.max_connections != new.database.max_connections {
         tracing::warn!("database.url and database.max_connections take effect at the next restart");
     }
-    source::check_columns(&ctx.pool, &new.source).await?;
-    new.database = old_db.clone();
-    build_context(new, Some(ctx.pool.clone())).await
-}
-
-/// Recovers what earlier cycles left pending, then runs the cycle for `tick` if there is one,
-/// under the cycle lock.
-fn spawn_cycle(
-    ctx: Context,
-    tick: Option<DateTime<Utc>>,
-    shutdown: CancellationToken,
-    failures: Arc<AtomicU32>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let what = tick.map_or_else(
-            || "start-up recovery".to_owned(),
-            |t| format!("the cycle for {t}"),
-        );
-        let token = shutdown.clone();
-        let result = locked(&ctx, LOCK_WAIT, &token, |ctx| async move {
-            cycle::recover(&ctx, &shutdown).await?;
-            match tick {
-                Some(tick) => cycle::run(&ctx, tick, Trigger::Schedule, &shutdown)
-                    .await
-                    .map(|_| ()),
-                None => Ok(()),
-            }
-        })
-        .await;
-        match result {
-            Ok(Some(())) => {
-                failures.store(0, Ordering::Relaxed);
-            }
-            Ok(None) => {
-                tracing::info!("{what} skipped here: another instance is running a cycle");
-            }
-            Err(e) => {
-                let failed = failures.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::error!(failed_in_a_row = failed, "{what} failed: {e:#}");
-            }
+    if let Err(e) = source::check_columns(&ctx.pool, &new.source).await {
+        if !db::is_unreachable(&e) {
+            return Err(e);
         }
-    })
-}
-
-/// Runs `work` while holding the cycle advisory lock, waiting up to `wait` for it. The lock is
-/// held on a dedicated connection, so that a crashed holder's lock goes with its session.
-/// `Ok(None)` when another holder kept it for the whole wait, or shutdown came first.
-pub async fn locked<F, Fut, T>(
-    ctx: &Context,
-    wait: Duration,
-    shutdown: &CancellationToken,
-    work: F,
-) -> anyhow::Result<Option<T>>
-where
-    F: FnOnce(Context) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let options = ctx.pool.connect_options();
-    let mut conn = PgConnection::connect_with(&options)
-        .await
-        .context("opening the lock connection")?;
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(CYCLE_LOCK)
-            .fetch_one(&mut conn)
-            .await
-            .context("taking the cycle lock")?;
-        if got {
-            break;
-        }
-        if tokio::time::Instant::now() >= deadline || shutdown.is_cancelled() {
-            return Ok(None);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tracing::warn!("the source query could not be checked now (database unreachable); it is checked before every cycle");
     }
-    let result = work(ctx.clone()).await;
-    // Closing the session releases the lock, also when this close cannot be sent.
-    let _ = conn.close().await;
-    result.map(Some)
+    new.database = old_db.clone();
+    Context::new(new, ctx.pool.clone(), ctx.instance.clone())
 }

@@ -24,8 +24,15 @@ pub fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectO
     let options = PgConnectOptions::from_str(url.expose_secret()).map_err(|_| {
         anyhow::anyhow!("database.url is not a valid PostgreSQL URL (postgres://user@host/db)")
     })?;
+    let timeout = format!("{}ms", settings.statement_timeout.as_millis());
     Ok(options
         .application_name("backfill-reporter")
+        // Bounds every statement and every transaction left idle, so that no query, lock wait
+        // or forgotten transaction can stall a cycle (or hold a lock) unseen.
+        .options([
+            ("statement_timeout", timeout.as_str()),
+            ("idle_in_transaction_session_timeout", timeout.as_str()),
+        ])
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)))
 }
@@ -41,17 +48,52 @@ pub fn describe(options: &PgConnectOptions) -> String {
     )
 }
 
+/// The database could not be reached (refused, timed out, shut down): not a config error, so
+/// commands exit with their own code for it, and the daemon waits it out.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(String);
+
+/// Whether an error, anywhere in its chain, means the server could not be reached or the
+/// connection was lost, as opposed to a statement the server refused.
+pub fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<Unreachable>()
+            || c.downcast_ref::<sqlx::Error>().is_some_and(|e| match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // 08: connection exception; 57P01-57P03: server shutting down or starting.
+                sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+                    c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")
+                }),
+                _ => false,
+            })
+    })
+}
+
+fn pool_options(settings: &DatabaseSettings) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+}
+
 /// A pool for the configured database; fails fast when the server does not answer.
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let options = connect_options(settings)?;
     let target = describe(&options);
-    PgPoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+    pool_options(settings)
         .connect_with(options)
         .await
         // sqlx's Display already includes its source; chaining it would print the cause twice.
-        .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL at {target}: {e}"))
+        .map_err(|e| Unreachable(format!("connecting to PostgreSQL at {target}: {e}")).into())
+}
+
+/// A pool that connects on first use: the daemon starts (and waits out an outage) without one.
+pub fn connect_lazy(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    Ok(pool_options(settings).connect_lazy_with(connect_options(settings)?))
 }
 
 /// Applies pending migrations; returns the descriptions of those it applied.

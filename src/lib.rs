@@ -14,6 +14,7 @@
 //! unique key on (app, MCC, tick) keeps a tick from being submitted twice, and a PostgreSQL
 //! advisory lock lets several instances share one database with one cycle at a time.
 
+pub mod breaker;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -23,7 +24,11 @@ pub mod db;
 pub mod domain;
 pub mod outcomes;
 pub mod provider;
+pub mod queue;
 pub mod rate;
+pub mod retention;
 pub mod schedule;
+pub mod sender;
+pub mod shutdown;
 pub mod source;
 pub mod telemetry;

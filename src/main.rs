@@ -1,5 +1,6 @@
 //! Entry point: parse the command line, start logging, run the command, turn the result into
-//! an exit code (2 for a config, database or usage error, printed as one line).
+//! an exit code (2 for a config or usage error, 3 for an unreachable database, printed as one
+//! line).
 
 use std::process::ExitCode;
 
@@ -21,7 +22,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            commands::exit_code_for(&e)
         }
     }
 }

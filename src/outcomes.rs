@@ -1,10 +1,13 @@
-//! The record of what happened: `report_runs` and `report_submissions`. Claims a tick exactly
-//! once (`INSERT … ON CONFLICT DO NOTHING`), writes submissions as pending before their request,
-//! records outcomes in batches, and answers `history`. It decides nothing about what to send.
+//! The record of what happened: `report_runs`, and `report_submissions` as history. Claims a
+//! tick exactly once (`INSERT … ON CONFLICT DO NOTHING`), closes a run when its last submission
+//! has its final state, and answers `history`. The queue side of `report_submissions` (claims,
+//! leases, outcome writes) is `queue`'s; neither decides what to send.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::rate::Rate;
 
 /// How a cycle was started; stored in `report_runs.trigger`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,53 +62,9 @@ impl State {
     }
 }
 
-/// A submission row as first written.
-#[derive(Debug, Clone)]
-pub struct NewSubmission {
-    pub app_id: String,
-    pub mcc: String,
-    pub backfill_number: Option<String>,
-    pub cardinal_number: Option<String>,
-    pub rate: Option<String>,
-    pub callback_time: String,
-    pub state: State,
-    pub reason: Option<String>,
-}
-
-/// The outcome of sending one submission, written back in a batch.
-#[derive(Debug, Clone)]
-pub struct SubmissionOutcome {
-    pub id: i64,
-    /// Succeeded or Failed; Pending when shutdown interrupted it (recovery sends it again).
-    pub state: State,
-    pub reason: Option<String>,
-    /// Attempts made this time; added to those already recorded.
-    pub attempts: i32,
-    pub provider_status: Option<String>,
-    pub provider_reason: Option<String>,
-    pub http_status: Option<i32>,
-    pub error: Option<String>,
-    pub first_attempt_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub duration_ms: Option<i64>,
-}
-
-/// A pending submission found at start-up, with what is needed to send it again unchanged.
-#[derive(Debug, Clone)]
-pub struct PendingSubmission {
-    pub id: i64,
-    pub run_id: i64,
-    pub app_id: String,
-    pub mcc: String,
-    pub backfill_number: String,
-    pub cardinal_number: String,
-    pub rate: String,
-    pub callback_time: String,
-}
-
 /// Inserts the run; `None` when a scheduled tick was already claimed by another instance.
 pub async fn claim_run(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     tick: DateTime<Utc>,
     trigger: Trigger,
     window: (DateTime<Utc>, DateTime<Utc>),
@@ -121,125 +80,9 @@ pub async fn claim_run(
     .bind(window.0)
     .bind(window.1)
     .bind(instance)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(conn)
     .await
     .context("claiming the tick in report_runs")
-}
-
-/// Inserts every submission of a run in one statement. Returns `(id, index into rows)` for the
-/// rows inserted: a pair already recorded for this tick is left out, never sent twice.
-pub async fn insert_submissions(
-    tx: &mut Transaction<'_, Postgres>,
-    run_id: i64,
-    tick: DateTime<Utc>,
-    window: (DateTime<Utc>, DateTime<Utc>),
-    rows: &[NewSubmission],
-) -> anyhow::Result<Vec<(i64, usize)>> {
-    let col = |f: fn(&NewSubmission) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
-    let index: Vec<i32> = (0..rows.len() as i32).collect();
-    let inserted = sqlx::query(
-        "INSERT INTO report_submissions (run_id, scheduled_for, window_start, window_end, \
-             app_id, mcc, backfill_number, cardinal_number, rate, callback_time, state, reason, \
-             finished_at) \
-         SELECT $1, $2, $3, $4, u.app_id, u.mcc, u.backfill::numeric, u.cardinal::numeric, \
-             u.rate::numeric, u.callback_time, u.state, u.reason, \
-             CASE WHEN u.state = 'pending' THEN NULL ELSE now() END \
-         FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
-             $11::text[], $12::text[], $13::int[]) \
-             AS u(app_id, mcc, backfill, cardinal, rate, callback_time, state, reason, idx) \
-         ORDER BY u.idx \
-         ON CONFLICT (app_id, mcc, scheduled_for) DO NOTHING \
-         RETURNING id, app_id, mcc",
-    )
-    .bind(run_id)
-    .bind(tick)
-    .bind(window.0)
-    .bind(window.1)
-    .bind(rows.iter().map(|r| r.app_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.mcc.clone()).collect::<Vec<_>>())
-    .bind(col(|r| r.backfill_number.clone().filter(|v| is_numeric(v))))
-    .bind(col(|r| r.cardinal_number.clone().filter(|v| is_numeric(v))))
-    .bind(col(|r| r.rate.clone()))
-    .bind(
-        rows.iter()
-            .map(|r| r.callback_time.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|r| r.state.as_str().to_owned())
-            .collect::<Vec<_>>(),
-    )
-    .bind(col(|r| r.reason.clone()))
-    .bind(index)
-    .fetch_all(&mut **tx)
-    .await
-    .context("recording submissions as pending")?;
-    Ok(inserted
-        .iter()
-        .filter_map(|r| {
-            let (id, app, mcc): (i64, String, String) = (r.get(0), r.get(1), r.get(2));
-            rows.iter()
-                .position(|n| n.app_id == app && n.mcc == mcc)
-                .map(|i| (id, i))
-        })
-        .collect())
-}
-
-/// Whether PostgreSQL's numeric accepts the text: an invalid row keeps its numbers only if so.
-fn is_numeric(v: &str) -> bool {
-    let v = v.trim().strip_prefix('-').unwrap_or(v.trim());
-    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
-    !int.is_empty()
-        && int.bytes().all(|b| b.is_ascii_digit())
-        && frac.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// Writes a batch of outcomes in one statement. Attempts add up, so that a submission sent again
-/// by recovery keeps the count of every try.
-pub async fn record_outcomes(pool: &PgPool, outcomes: &[SubmissionOutcome]) -> anyhow::Result<()> {
-    if outcomes.is_empty() {
-        return Ok(());
-    }
-    let v =
-        |f: fn(&SubmissionOutcome) -> Option<String>| outcomes.iter().map(f).collect::<Vec<_>>();
-    sqlx::query(
-        "UPDATE report_submissions s SET state = u.state, reason = COALESCE(u.reason, s.reason), \
-             attempts = s.attempts + u.attempts, provider_status = u.provider_status, \
-             provider_reason = u.provider_reason, http_status = u.http_status, error = u.error, \
-             first_attempt_at = COALESCE(s.first_attempt_at, u.first_attempt_at), \
-             finished_at = u.finished_at, duration_ms = u.duration_ms \
-         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], \
-             $7::int[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::bigint[]) \
-             AS u(id, state, reason, attempts, provider_status, provider_reason, http_status, \
-             error, first_attempt_at, finished_at, duration_ms) \
-         WHERE s.id = u.id",
-    )
-    .bind(outcomes.iter().map(|o| o.id).collect::<Vec<_>>())
-    .bind(
-        outcomes
-            .iter()
-            .map(|o| o.state.as_str().to_owned())
-            .collect::<Vec<_>>(),
-    )
-    .bind(v(|o| o.reason.clone()))
-    .bind(outcomes.iter().map(|o| o.attempts).collect::<Vec<_>>())
-    .bind(v(|o| o.provider_status.clone()))
-    .bind(v(|o| o.provider_reason.clone()))
-    .bind(outcomes.iter().map(|o| o.http_status).collect::<Vec<_>>())
-    .bind(v(|o| o.error.clone()))
-    .bind(
-        outcomes
-            .iter()
-            .map(|o| o.first_attempt_at)
-            .collect::<Vec<_>>(),
-    )
-    .bind(outcomes.iter().map(|o| o.finished_at).collect::<Vec<_>>())
-    .bind(outcomes.iter().map(|o| o.duration_ms).collect::<Vec<_>>())
-    .execute(pool)
-    .await
-    .context("recording submission outcomes")?;
-    Ok(())
 }
 
 /// A run's tallies, as stored.
@@ -254,86 +97,166 @@ pub struct Tally {
     pub pending: i64,
 }
 
-/// Counts the run's submissions into `report_runs`; marks it finished unless some are still
-/// pending (an interrupted run stays open for recovery).
-pub async fn finish_run(pool: &PgPool, run_id: i64) -> anyhow::Result<Tally> {
-    let row = sqlx::query(
-        "WITH c AS (SELECT count(*) AS pairs, \
+/// What a run did, for the summary line and `run --once`.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub run_id: i64,
+    pub tick: DateTime<Utc>,
+    pub tally: Tally,
+    /// Requests made for the run's pairs, retries included.
+    pub attempts: i64,
+    /// From the claim until the run closed (or until now, while it is open).
+    pub duration: std::time::Duration,
+    /// Why pairs failed, most frequent first: (cause, pairs).
+    pub failures: Vec<(String, i64)>,
+}
+
+impl RunSummary {
+    /// Exit 0 only when every pair succeeded, was skipped or was superseded by a newer tick.
+    pub fn all_good(&self) -> bool {
+        self.tally.failed == 0 && self.tally.invalid == 0 && self.tally.pending == 0
+    }
+}
+
+/// Closes the run when none of its rows is pending any more: counts its submissions into
+/// `report_runs` and sets `finished_at`. False when rows are still pending, or when another
+/// instance closed it first: exactly one closer logs the summary.
+pub async fn close_if_done(pool: &PgPool, run_id: i64) -> anyhow::Result<bool> {
+    let closed = sqlx::query(
+        "WITH open AS (SELECT id FROM report_runs WHERE id = $1 AND finished_at IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM report_submissions \
+                     WHERE run_id = $1 AND state = 'pending')), \
+         c AS (SELECT count(*) AS pairs, \
              count(*) FILTER (WHERE state = 'succeeded') AS succeeded, \
              count(*) FILTER (WHERE state = 'failed') AS failed, \
              count(*) FILTER (WHERE state = 'skipped') AS skipped, \
              count(*) FILTER (WHERE state = 'invalid') AS invalid, \
-             count(*) FILTER (WHERE state = 'superseded') AS superseded, \
-             count(*) FILTER (WHERE state = 'pending') AS pending \
-           FROM report_submissions WHERE run_id = $1) \
+             count(*) FILTER (WHERE state = 'superseded') AS superseded \
+           FROM report_submissions WHERE run_id = $1 AND EXISTS (SELECT 1 FROM open)) \
          UPDATE report_runs r SET pairs = c.pairs, succeeded = c.succeeded, failed = c.failed, \
              skipped = c.skipped, invalid = c.invalid, superseded = c.superseded, \
-             finished_at = CASE WHEN c.pending = 0 THEN now() END \
-         FROM c WHERE r.id = $1 \
-         RETURNING c.pairs, c.succeeded, c.failed, c.skipped, c.invalid, c.superseded, c.pending",
+             finished_at = now() \
+         FROM c, open WHERE r.id = open.id AND r.finished_at IS NULL",
+    )
+    .bind(run_id)
+    .execute(pool)
+    .await
+    .context("closing the run in report_runs")?;
+    Ok(closed.rows_affected() == 1)
+}
+
+/// The run's tallies counted from its submissions (pending included), its attempts, and its
+/// failures by cause.
+pub async fn summary(pool: &PgPool, run_id: i64) -> anyhow::Result<RunSummary> {
+    let row = sqlx::query(
+        "SELECT r.scheduled_for, count(s.id), \
+             count(*) FILTER (WHERE s.state = 'succeeded'), \
+             count(*) FILTER (WHERE s.state = 'failed'), \
+             count(*) FILTER (WHERE s.state = 'skipped'), \
+             count(*) FILTER (WHERE s.state = 'invalid'), \
+             count(*) FILTER (WHERE s.state = 'superseded'), \
+             count(*) FILTER (WHERE s.state = 'pending'), \
+             COALESCE(sum(s.attempts), 0)::bigint, \
+             (extract(epoch FROM COALESCE(r.finished_at, now()) - r.started_at) * 1000)::bigint \
+         FROM report_runs r LEFT JOIN report_submissions s ON s.run_id = r.id \
+         WHERE r.id = $1 GROUP BY r.id",
     )
     .bind(run_id)
     .fetch_one(pool)
     .await
-    .context("closing the run in report_runs")?;
-    Ok(Tally {
-        pairs: row.get(0),
-        succeeded: row.get(1),
-        failed: row.get(2),
-        skipped: row.get(3),
-        invalid: row.get(4),
-        superseded: row.get(5),
-        pending: row.get(6),
+    .context("reading the run's tallies")?;
+    let tally = Tally {
+        pairs: row.get(1),
+        succeeded: row.get(2),
+        failed: row.get(3),
+        skipped: row.get(4),
+        invalid: row.get(5),
+        superseded: row.get(6),
+        pending: row.get(7),
+    };
+    let failures = if tally.failed > 0 {
+        failure_causes(pool, run_id).await?
+    } else {
+        Vec::new()
+    };
+    Ok(RunSummary {
+        run_id,
+        tick: row.get(0),
+        tally,
+        attempts: row.get(8),
+        duration: std::time::Duration::from_millis(row.get::<i64, _>(9).max(0) as u64),
+        failures,
     })
 }
 
-/// Marks pending submissions that a newer tick of the same pair has replaced as superseded;
-/// the provider keeps only the latest value, so sending an old one would overwrite a newer.
-pub async fn supersede_stale(pool: &PgPool) -> anyhow::Result<u64> {
-    let done = sqlx::query(
-        "UPDATE report_submissions s SET state = 'superseded', finished_at = now(), \
-             reason = 'interrupted; a newer tick of this pair replaced it' \
-         WHERE s.state = 'pending' AND EXISTS (SELECT 1 FROM report_submissions n \
-             WHERE n.app_id = s.app_id AND n.mcc = s.mcc AND n.scheduled_for > s.scheduled_for \
-               AND n.state IN ('pending', 'succeeded', 'failed'))",
+/// The run's failed pairs grouped by cause: the provider's status, else the HTTP status, else
+/// the local error, else (never sent) the reason.
+async fn failure_causes(pool: &PgPool, run_id: i64) -> anyhow::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        "SELECT CASE WHEN attempts = 0 THEN COALESCE(reason, 'not sent') \
+                 ELSE COALESCE('status ' || provider_status, 'HTTP ' || http_status, error, reason) \
+             END AS cause, count(*) \
+         FROM report_submissions WHERE run_id = $1 AND state = 'failed' \
+         GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5",
     )
-    .execute(pool)
-    .await
-    .context("superseding stale pending submissions")?;
-    Ok(done.rows_affected())
-}
-
-/// Pending submissions left by an interrupted cycle, oldest first.
-pub async fn pending(pool: &PgPool) -> anyhow::Result<Vec<PendingSubmission>> {
-    let rows = sqlx::query(
-        "SELECT id, run_id, app_id, mcc, backfill_number::text, cardinal_number::text, \
-             rate::text, callback_time FROM report_submissions \
-         WHERE state = 'pending' ORDER BY scheduled_for, id",
-    )
+    .bind(run_id)
     .fetch_all(pool)
     .await
-    .context("reading pending submissions")?;
-    Ok(rows
-        .iter()
-        .map(|r| PendingSubmission {
-            id: r.get(0),
-            run_id: r.get(1),
-            app_id: r.get(2),
-            mcc: r.get(3),
-            backfill_number: r.get::<Option<String>, _>(4).unwrap_or_default(),
-            cardinal_number: r.get::<Option<String>, _>(5).unwrap_or_default(),
-            rate: r.get::<Option<String>, _>(6).unwrap_or_default(),
-            callback_time: r.get(7),
-        })
-        .collect())
+    .context("grouping the run's failures by cause")
 }
 
-/// Runs left open by a crash or a shutdown.
-pub async fn unfinished_runs(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
+/// Runs still open; those with nothing pending are closed by the next [`close_if_done`].
+pub async fn open_runs(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
     sqlx::query_scalar("SELECT id FROM report_runs WHERE finished_at IS NULL ORDER BY id")
         .fetch_all(pool)
         .await
-        .context("reading unfinished runs")
+        .context("reading open runs")
+}
+
+/// Whether the run is closed (every submission has its final state).
+pub async fn is_closed(pool: &PgPool, run_id: i64) -> anyhow::Result<bool> {
+    sqlx::query_scalar("SELECT finished_at IS NOT NULL FROM report_runs WHERE id = $1")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+        .context("reading the run's state")
+}
+
+/// Writes why a run was claimed late, for operators reading `report_runs`.
+pub async fn set_note(pool: &PgPool, run_id: i64, note: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE report_runs SET note = $2 WHERE id = $1")
+        .bind(run_id)
+        .bind(note)
+        .execute(pool)
+        .await
+        .context("noting why the run was late")?;
+    Ok(())
+}
+
+/// Records a scheduled tick that was never run (replaced by a later one while the database
+/// could not be reached) as a closed run with no pairs and the reason, so that the gap shows.
+pub async fn record_missed(
+    pool: &PgPool,
+    tick: DateTime<Utc>,
+    window: (DateTime<Utc>, DateTime<Utc>),
+    instance: &str,
+    note: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, \
+             finished_at, note) \
+         VALUES ($1, 'schedule', $2, $3, $4, now(), $5) \
+         ON CONFLICT (scheduled_for) WHERE trigger = 'schedule' DO NOTHING",
+    )
+    .bind(tick)
+    .bind(window.0)
+    .bind(window.1)
+    .bind(instance)
+    .bind(note)
+    .execute(pool)
+    .await
+    .context("recording a tick that was not run")?;
+    Ok(())
 }
 
 /// The latest scheduled tick any instance claimed.
@@ -361,7 +284,7 @@ pub struct HistoryRow {
     pub mcc: String,
     pub backfill_number: Option<String>,
     pub cardinal_number: Option<String>,
-    pub rate: Option<String>,
+    pub rate: Option<Rate>,
     pub state: String,
     pub attempts: i32,
     pub provider_status: Option<String>,
@@ -373,7 +296,7 @@ pub struct HistoryRow {
 pub async fn history(pool: &PgPool, filter: &HistoryFilter) -> anyhow::Result<Vec<HistoryRow>> {
     let rows = sqlx::query(
         "SELECT scheduled_for, app_id, mcc, backfill_number::text, cardinal_number::text, \
-             rate::text, state, attempts, provider_status, http_status, \
+             (rate * 100)::int, state, attempts, provider_status, http_status, \
              COALESCE(reason, provider_reason, error) \
          FROM report_submissions \
          WHERE ($1::text IS NULL OR app_id = $1) AND ($2::text IS NULL OR mcc = $2) \
@@ -395,7 +318,9 @@ pub async fn history(pool: &PgPool, filter: &HistoryFilter) -> anyhow::Result<Ve
             mcc: r.get(2),
             backfill_number: r.get(3),
             cardinal_number: r.get(4),
-            rate: r.get(5),
+            rate: r
+                .get::<Option<i32>, _>(5)
+                .and_then(|h| Rate::from_hundredths(u16::try_from(h).ok()?)),
             state: r.get(6),
             attempts: r.get(7),
             provider_status: r.get(8),

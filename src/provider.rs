@@ -11,6 +11,8 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::config::ProviderSettings;
+use crate::domain::{AppId, Mcc};
+use crate::rate::{Rate, RateError};
 
 /// The exact content type of the docs' examples; some gateways compare it as a string.
 pub const CONTENT_TYPE: &str = "application/json;charset=UTF-8";
@@ -24,17 +26,50 @@ pub fn sign(api_key: &str, api_secret: &SecretString, timestamp: i64) -> String 
     hex::encode(md5.finalize())
 }
 
-/// The body of `POST {base}/backfillRate`. Every field is a JSON string, as the docs' field
-/// table and both code samples send them (one example shows `mcc` as a number; the table wins).
+/// The body of `POST {base}/backfillRate`: one submission, from the judge to the wire in one
+/// shape. Every field is a JSON string, as the docs' field table and both code samples send
+/// them (one example shows `mcc` as a number; the table wins); each is written through its
+/// `Display`, so the rate goes out exactly as [`Rate`] renders it ("12.5", never "12.50").
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BackfillRequest {
-    pub app_id: String,
-    pub mcc: String,
-    pub backfill_number: String,
-    pub backfill_cardinal_number: String,
-    pub backfill_now: String,
+    #[serde(serialize_with = "as_text")]
+    pub app_id: AppId,
+    #[serde(serialize_with = "as_text")]
+    pub mcc: Mcc,
+    #[serde(serialize_with = "as_text")]
+    pub backfill_number: u64,
+    #[serde(serialize_with = "as_text")]
+    pub backfill_cardinal_number: u64,
+    #[serde(serialize_with = "as_text")]
+    pub backfill_now: Rate,
     pub callback_time: String,
+}
+
+impl BackfillRequest {
+    /// The only constructor: the rate is computed from the counts, so a request whose rate
+    /// disagrees with its numbers cannot exist. Used by the judge and when a queued row is read
+    /// back for sending.
+    pub fn from_counts(
+        app_id: AppId,
+        mcc: Mcc,
+        backfilled: u64,
+        sent: u64,
+        callback_time: String,
+    ) -> Result<Self, RateError> {
+        Ok(Self {
+            backfill_now: Rate::from_counts(backfilled, sent)?,
+            app_id,
+            mcc,
+            backfill_number: backfilled,
+            backfill_cardinal_number: sent,
+            callback_time,
+        })
+    }
+}
+
+fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,6 +139,44 @@ pub struct Exchange<T> {
     pub body: Option<String>,
     /// The Timestamp that was signed, so a -16 can be logged next to the local clock.
     pub timestamp: i64,
+    /// The provider's `Retry-After` on a 429 or 503, capped at [`MAX_RETRY_AFTER`].
+    pub retry_after: Option<Duration>,
+}
+
+/// The longest `Retry-After` honoured: a larger one (or a date far ahead) is a misconfigured
+/// gateway, not a reason to stop reporting for longer.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+impl<T> Exchange<T> {
+    /// Whether the failure says the provider is unreachable or overloaded (no connection, a
+    /// timeout, HTTP 5xx or 429) rather than something about this request: the circuit
+    /// breaker counts these.
+    pub fn is_outage(&self) -> bool {
+        self.class == Class::Transient
+            && match self.http_status {
+                None => self.provider_status.is_none(),
+                Some(h) => h == 429 || (500..=599).contains(&h),
+            }
+    }
+}
+
+/// `Retry-After` in delta-seconds or as an HTTP date, capped.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default()
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// A signing HTTP client for both calls, over one pooled keep-alive connection set.
@@ -172,6 +245,7 @@ impl ProviderClient {
             data: None,
             body: None,
             timestamp,
+            retry_after: None,
         };
         let payload = match serde_json::to_vec(body) {
             Ok(p) => p,
@@ -203,6 +277,9 @@ impl ProviderClient {
         };
         let http = response.status();
         exchange.http_status = Some(http.as_u16());
+        if matches!(http.as_u16(), 429 | 503) {
+            exchange.retry_after = retry_after(response.headers());
+        }
         let text = match response.text().await {
             Ok(t) => t,
             Err(e) => {
@@ -555,14 +632,14 @@ mod tests {
 
     #[test]
     fn the_backfill_body_sends_every_field_as_a_string_under_the_docs_names() {
-        let body = BackfillRequest {
-            app_id: "mRELxtHc".into(),
-            mcc: "460".into(),
-            backfill_number: "100".into(),
-            backfill_cardinal_number: "1000".into(),
-            backfill_now: "10".into(),
-            callback_time: "2023-01-29T09:59:58+08:00".into(),
-        };
+        let body = BackfillRequest::from_counts(
+            AppId::parse("mRELxtHc").unwrap(),
+            Mcc::parse("460").unwrap(),
+            100,
+            1000,
+            "2023-01-29T09:59:58+08:00".into(),
+        )
+        .unwrap();
         assert_eq!(
             serde_json::to_value(&body).unwrap(),
             serde_json::json!({
@@ -571,6 +648,24 @@ mod tests {
                 "callbackTime": "2023-01-29T09:59:58+08:00"
             })
         );
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates_and_is_capped() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "30".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(30)));
+        h.insert(reqwest::header::RETRY_AFTER, "86400".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        h.insert(reqwest::header::RETRY_AFTER, soon.parse().unwrap());
+        let wait = retry_after(&h).unwrap();
+        assert!(
+            wait > Duration::from_secs(110) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
+        h.insert(reqwest::header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
     }
 
     #[test]

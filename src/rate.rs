@@ -42,6 +42,11 @@ impl Rate {
     pub fn hundredths(self) -> u16 {
         self.0
     }
+
+    /// A rate read back from storage (`numeric(5,2)` × 100); `None` above 100 %.
+    pub fn from_hundredths(hundredths: u16) -> Option<Self> {
+        (hundredths <= 10_000).then_some(Self(hundredths))
+    }
 }
 
 /// The form the provider takes in `backfillNow`: no trailing zeros, no trailing point

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
-use sqlx::{Column, Executor, PgPool, Row, TypeInfo};
+use sqlx::{Column, Executor, PgConnection, PgPool, Row, TypeInfo};
 
 use crate::config::SourceSettings;
 
@@ -49,12 +49,24 @@ fn query_of(settings: &SourceSettings) -> &str {
 /// Checks, without running it, that the query returns the four columns with usable types.
 /// Errors name the column and the type found.
 pub async fn check_columns(pool: &PgPool, settings: &SourceSettings) -> anyhow::Result<()> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("connecting to check the source")?;
+    check_columns_on(&mut conn, settings).await
+}
+
+/// [`check_columns`] on a connection (inside the claim transaction, for one).
+pub async fn check_columns_on(
+    conn: &mut PgConnection,
+    settings: &SourceSettings,
+) -> anyhow::Result<()> {
     let key = if settings.query.is_some() {
         "source.query"
     } else {
         "default source (otp_counts)"
     };
-    let describe = pool
+    let describe = conn
         .describe(query_of(settings))
         .await
         .with_context(|| format!("{key} does not prepare"))?;
@@ -82,37 +94,71 @@ pub async fn check_columns(pool: &PgPool, settings: &SourceSettings) -> anyhow::
     Ok(())
 }
 
-/// The rows for the window `[start, end)`.
-#[tracing::instrument(skip_all, fields(%start, %end), err)]
-pub async fn read(
-    pool: &PgPool,
-    settings: &SourceSettings,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> anyhow::Result<Vec<SourceRow>> {
-    check_columns(pool, settings).await?;
-    // Cast in an outer query so that every accepted type arrives as text, unrounded.
-    let sql = format!(
-        // The query on lines of its own: a trailing `--` comment must not swallow the rest.
-        "SELECT app_id::text, mcc::text, backfill_number::text, cardinal_number::text \
-         FROM (\n{}\n) AS source",
-        query_of(settings)
-    );
-    let rows = sqlx::query(&sql)
-        .bind(start)
-        .bind(end)
-        .fetch_all(pool)
-        .await
-        .context("reading counts from the source")?;
-    rows.iter()
-        .map(|r| {
-            Ok(SourceRow {
-                app_id: r.try_get(0)?,
-                mcc: r.try_get(1)?,
-                backfill_number: r.try_get(2)?,
-                cardinal_number: r.try_get(3)?,
+/// The window's rows, fetched in batches from a server-side cursor inside the caller's
+/// transaction, so that memory does not grow with the number of pairs however large the window.
+pub struct Cursor {
+    exhausted: bool,
+}
+
+/// The cursor's name; one per transaction.
+const CURSOR: &str = "backfill_source";
+
+impl Cursor {
+    /// Checks the query's columns, then opens the cursor over `[start, end)`. `conn` must be
+    /// inside a transaction, which the cursor lives and dies with.
+    #[tracing::instrument(skip_all, fields(%start, %end), err)]
+    pub async fn open(
+        conn: &mut PgConnection,
+        settings: &SourceSettings,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> anyhow::Result<Self> {
+        check_columns_on(conn, settings).await?;
+        // Cast in an outer query so that every accepted type arrives as text, unrounded. The
+        // query sits on lines of its own: a trailing `--` comment must not swallow the rest.
+        let sql = format!(
+            "DECLARE {CURSOR} NO SCROLL CURSOR FOR \
+             SELECT app_id::text, mcc::text, backfill_number::text, cardinal_number::text \
+             FROM (\n{}\n) AS source",
+            query_of(settings)
+        );
+        sqlx::query(&sql)
+            .bind(start)
+            .bind(end)
+            .persistent(false)
+            .execute(&mut *conn)
+            .await
+            .context("reading counts from the source")?;
+        Ok(Self { exhausted: false })
+    }
+
+    /// The next `n` rows; empty once the window is read.
+    pub async fn next(
+        &mut self,
+        conn: &mut PgConnection,
+        n: usize,
+    ) -> anyhow::Result<Vec<SourceRow>> {
+        if self.exhausted {
+            return Ok(Vec::new());
+        }
+        // Not kept as a prepared statement: the cursor it names lives only as long as the
+        // transaction.
+        let rows = sqlx::query(&format!("FETCH {n} FROM {CURSOR}"))
+            .persistent(false)
+            .fetch_all(&mut *conn)
+            .await
+            .context("reading counts from the source")?;
+        self.exhausted = rows.len() < n;
+        rows.iter()
+            .map(|r| {
+                Ok(SourceRow {
+                    app_id: r.try_get(0)?,
+                    mcc: r.try_get(1)?,
+                    backfill_number: r.try_get(2)?,
+                    cardinal_number: r.try_get(3)?,
+                })
             })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .context("decoding source rows")
+            .collect::<Result<_, sqlx::Error>>()
+            .context("decoding source rows")
+    }
 }

@@ -1,0 +1,910 @@
+//! Sending: every instance works the queue in `report_submissions`. Three tasks share the work:
+//!
+//! - the dispatcher claims pages of due rows under a lease and keeps at most `max_in_flight`
+//!   requests going, gated by the circuit breaker;
+//! - the writer records outcomes by group commit: as soon as one write finishes, the next takes
+//!   every outcome that completed meanwhile, so a `kill -9` loses at most about `max_in_flight`
+//!   answers (whose pairs are then sent again);
+//! - the renewer extends the lease of every row still held, so that only a dead or cut-off
+//!   instance's rows pass to another instance.
+//!
+//! An instance starts a request only while its lease will outlast the request's timeout: one
+//! that cannot renew (its database is gone) stops sending before another can take its rows, so
+//! a lost session never causes a second send. Planning belongs to `cycle`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use rand::Rng;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::{Breaker, Gate};
+use crate::config::ProviderSettings;
+use crate::cycle::Context;
+use crate::outcomes::{self, State};
+use crate::provider::{BackfillRequest, Class};
+use crate::queue::{self, Claimed, Outcome};
+
+/// The longest wait between two attempts of a pair, whatever the backoff doubling reaches.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How often an idle dispatcher looks for due rows (retries that came due, rows whose owner
+/// died), besides being woken by `NOTIFY` when a tick is queued.
+const POLL: Duration = Duration::from_secs(2);
+/// Lease beyond the request timeout: a dead instance's rows are taken this long after its last
+/// renewal plus one request timeout.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
+/// How often held leases are renewed: well inside the margin, so that one slow renewal does
+/// not pause sending.
+const RENEW_EVERY: Duration = Duration::from_secs(3);
+/// At shutdown, in-flight requests get at most this long: the unit's `TimeoutStopSec=` (30 s)
+/// must cover it and the last write. Rows still in flight then pass to the next owner when
+/// their lease expires.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(20);
+
+/// Which rows an instance works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every due row: the daemon.
+    All,
+    /// Only this run's rows, until it is closed: `run --once`.
+    Run(i64),
+}
+
+/// The lease a row is claimed with: long enough for one request and a missed renewal.
+pub fn lease(provider: &ProviderSettings) -> Duration {
+    provider.request_timeout + LEASE_MARGIN
+}
+
+/// Exponential backoff with jitter: a random wait in [base·2^(n−1)/2, base·2^(n−1)], capped, so
+/// that many pairs failing together do not retry in lockstep.
+pub fn backoff(base: Duration, attempt: u32) -> Duration {
+    let ceiling = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
+    let half = ceiling / 2;
+    half + ceiling
+        .saturating_sub(half)
+        .mul_f64(rand::rng().random::<f64>())
+}
+
+/// Closes the run if nothing of it is pending, and logs its summary; the one instance that
+/// closes it logs it.
+pub async fn close_run(pool: &PgPool, run_id: i64) -> anyhow::Result<bool> {
+    if !outcomes::close_if_done(pool, run_id).await? {
+        return Ok(false);
+    }
+    let s = outcomes::summary(pool, run_id).await?;
+    let t = &s.tally;
+    tracing::info!(
+        run_id,
+        pairs = t.pairs,
+        succeeded = t.succeeded,
+        failed = t.failed,
+        skipped = t.skipped,
+        invalid = t.invalid,
+        superseded = t.superseded,
+        attempts = s.attempts,
+        duration_ms = s.duration.as_millis() as u64,
+        "cycle for {} done: {} pairs, {} succeeded, {} failed, {} skipped, {} invalid, {} superseded in {:.1}s ({} requests)",
+        s.tick,
+        t.pairs,
+        t.succeeded,
+        t.failed,
+        t.skipped,
+        t.invalid,
+        t.superseded,
+        s.duration.as_secs_f64(),
+        s.attempts
+    );
+    if !s.failures.is_empty() {
+        let causes: Vec<String> = s
+            .failures
+            .iter()
+            .map(|(cause, n)| format!("{n} × {cause}"))
+            .collect();
+        tracing::warn!(
+            run_id,
+            "cycle for {}: failed by cause: {}",
+            s.tick,
+            causes.join("; ")
+        );
+    }
+    Ok(true)
+}
+
+/// Rows this instance holds a lease on, and since when, for the renewer and the dispatcher.
+#[derive(Debug, Default)]
+struct Held {
+    rows: HashMap<i64, Instant>,
+    /// When the last successful renewal was sent: every row held then is leased until this
+    /// instant plus the lease.
+    renewed: Option<Instant>,
+}
+
+type SharedHeld = Arc<Mutex<Held>>;
+
+fn lock_held(h: &SharedHeld) -> std::sync::MutexGuard<'_, Held> {
+    h.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Held {
+    /// The instant until which this instance's lease on `id` surely lasts.
+    fn valid_until(&self, id: i64, lease: Duration) -> Option<Instant> {
+        let claimed = *self.rows.get(&id)?;
+        Some(self.renewed.map_or(claimed, |r| r.max(claimed)) + lease)
+    }
+}
+
+/// Messages to the writer.
+enum ToWriter {
+    /// With, for an attempt, the acknowledgement sent once the outcome is recorded.
+    Outcome(Outcome, Option<oneshot::Sender<()>>),
+    /// Fail what nobody holds of this run: the provider refused the account or the host.
+    FailRun { run_id: i64, reason: String },
+    /// End the pending rows whose deadline passed and that nobody holds.
+    Expire { run: Option<i64> },
+}
+
+/// One finished request, reported back to the dispatcher.
+struct Attempted {
+    /// An outage failure (connection, timeout, 5xx/429) and its cause; any other result means
+    /// the provider is reachable.
+    outage: Option<(String, Option<Duration>)>,
+    /// A rejection about the account or host (-1, -2): stop the run, with this reason.
+    stop: Option<(i64, String)>,
+    /// A -16: the signed timestamp and the local clock, for one warning.
+    clock: Option<i64>,
+    was_probe: bool,
+}
+
+/// Works the queue until `shutdown` (or, for [`Scope::Run`], until the run is closed). Database
+/// and provider failures are waited out; this returns an error only for a bug.
+pub async fn work(ctx: Context, scope: Scope, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (_tx, rx) = tokio::sync::watch::channel(ctx);
+    work_with(rx, scope, shutdown, Arc::new(Notify::new())).await
+}
+
+/// [`work`] with a context that a reload can replace, and a wake-up for new rows.
+pub async fn work_with(
+    ctx: tokio::sync::watch::Receiver<Context>,
+    scope: Scope,
+    shutdown: CancellationToken,
+    wake: Arc<Notify>,
+) -> anyhow::Result<()> {
+    let first = ctx.borrow().clone();
+    // Unique per process start: a restarted instance (same host, perhaps the same pid in a
+    // container) must not mistake its predecessor's leases for its own.
+    let owner = format!("{}:{:08x}", first.instance, rand::rng().random::<u32>());
+    let held: SharedHeld = Arc::default();
+    let closed = Arc::new(Notify::new());
+    let background = CancellationToken::new();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_outcomes(
+        first.pool.clone(),
+        owner.clone(),
+        out_rx,
+        held.clone(),
+        closed.clone(),
+    ));
+    let renewer = tokio::spawn(renew_leases(
+        first.pool.clone(),
+        owner.clone(),
+        lease(&first.settings.provider),
+        held.clone(),
+        background.clone(),
+    ));
+    if scope == Scope::All {
+        tokio::spawn(listen(first.pool.clone(), wake.clone(), background.clone()));
+    }
+    let mut dispatcher = Dispatcher {
+        breaker: Breaker::new(
+            first
+                .settings
+                .provider
+                .retry_backoff
+                .max(Duration::from_secs(1)),
+        ),
+        ctx: first,
+        ctx_rx: ctx,
+        owner,
+        scope,
+        ready: VecDeque::new(),
+        in_flight: JoinSet::new(),
+        out: out_tx,
+        held,
+        claim: None,
+        idle_until: None,
+        db_failures: 0,
+        clock_warned: false,
+        stopped_runs: HashSet::new(),
+        last_expiry: Instant::now(),
+    };
+    dispatcher.run(shutdown, wake, closed).await;
+    drop(dispatcher);
+    // The writer ends once every outcome sent to it is recorded.
+    let _ = writer.await;
+    background.cancel();
+    let _ = renewer.await;
+    Ok(())
+}
+
+struct Dispatcher {
+    ctx: Context,
+    ctx_rx: tokio::sync::watch::Receiver<Context>,
+    owner: String,
+    scope: Scope,
+    /// Claimed, not yet started.
+    ready: VecDeque<Claimed>,
+    in_flight: JoinSet<Attempted>,
+    breaker: Breaker,
+    out: mpsc::UnboundedSender<ToWriter>,
+    held: SharedHeld,
+    claim: Option<tokio::task::JoinHandle<anyhow::Result<Claim>>>,
+    /// No claim before then (the last one found nothing, or the database failed).
+    idle_until: Option<Instant>,
+    db_failures: u32,
+    clock_warned: bool,
+    /// Runs failed for good after a -1/-2 seen by this instance.
+    stopped_runs: HashSet<i64>,
+    /// While the breaker is open nothing is claimed, so overdue rows are expired in SQL.
+    last_expiry: Instant,
+}
+
+impl Dispatcher {
+    fn page(&self) -> usize {
+        (self.ctx.settings.provider.max_in_flight * 2).clamp(16, 1024)
+    }
+
+    fn run_filter(&self) -> Option<i64> {
+        match self.scope {
+            Scope::All => None,
+            Scope::Run(id) => Some(id),
+        }
+    }
+
+    fn emit(&self, outcome: Outcome) {
+        let _ = self.out.send(ToWriter::Outcome(outcome, None));
+    }
+
+    /// Hands every claimed, unstarted row back to the queue.
+    fn release_ready(&mut self) {
+        for row in std::mem::take(&mut self.ready) {
+            self.emit(Outcome::released(row.id, row.run_id));
+        }
+    }
+
+    async fn run(&mut self, shutdown: CancellationToken, wake: Arc<Notify>, closed: Arc<Notify>) {
+        let mut draining: Option<Instant> = None;
+        loop {
+            if self.ctx_rx.has_changed().unwrap_or(false) {
+                self.ctx = self.ctx_rx.borrow_and_update().clone();
+            }
+            if draining.is_none() {
+                self.start_requests();
+                self.start_claim();
+                self.expire_while_open();
+            } else if self.in_flight.is_empty() {
+                break;
+            }
+            if self.run_is_closed().await {
+                break;
+            }
+            let timer = self.next_timer(draining);
+            tokio::select! {
+                () = shutdown.cancelled(), if draining.is_none() => {
+                    draining = Some(Instant::now() + DRAIN_LIMIT);
+                    self.release_ready();
+                    if let Some(claim) = self.claim.take() {
+                        self.take_claim(claim.await);
+                        self.release_ready();
+                    }
+                    if !self.in_flight.is_empty() {
+                        tracing::info!(in_flight = self.in_flight.len(), "waiting for requests in flight");
+                    }
+                }
+                Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    match done {
+                        Ok(a) => self.on_attempted(a),
+                        Err(e) => {
+                            tracing::error!("a request task failed: {e}");
+                            self.breaker.outage(Instant::now(), "a request task failed", None);
+                        }
+                    }
+                }
+                result = async { self.claim.as_mut().expect("guarded").await }, if self.claim.is_some() => {
+                    self.claim = None;
+                    self.take_claim(result);
+                }
+                () = wake.notified() => self.idle_until = None,
+                () = closed.notified() => {}
+                () = tokio::time::sleep_until(timer) => {
+                    if draining.is_some_and(|d| Instant::now() >= d) {
+                        tracing::warn!(in_flight = self.in_flight.len(), "requests still in flight at the drain limit: their pairs pass to the next owner when the lease expires");
+                        self.in_flight.abort_all();
+                        break;
+                    }
+                }
+            }
+        }
+        self.release_ready();
+    }
+
+    /// For `run --once`: whether its run has been closed (by this instance or another).
+    async fn run_is_closed(&self) -> bool {
+        let Scope::Run(run) = self.scope else {
+            return false;
+        };
+        if !(self.ready.is_empty() && self.in_flight.is_empty() && self.claim.is_none()) {
+            return false;
+        }
+        // Closing is idempotent and cheap; it also covers a run whose last rows another
+        // instance finished, or that had nothing to send.
+        close_run(&self.ctx.pool, run).await.is_ok()
+            && outcomes::is_closed(&self.ctx.pool, run)
+                .await
+                .unwrap_or(false)
+    }
+
+    fn next_timer(&self, draining: Option<Instant>) -> Instant {
+        let now = Instant::now();
+        let mut at = now + POLL;
+        if let Some(d) = draining {
+            at = at.min(d);
+        }
+        if let Some(t) = self.idle_until {
+            at = at.min(t.max(now));
+        }
+        if let Gate::WaitUntil(t) = self.breaker.gate(now) {
+            at = at.min(t);
+        }
+        at
+    }
+
+    /// Starts requests for ready rows while the breaker, the bound and the leases allow.
+    fn start_requests(&mut self) {
+        let max = self.ctx.settings.provider.max_in_flight;
+        let lease = lease(&self.ctx.settings.provider);
+        let needed = self.ctx.settings.provider.request_timeout + Duration::from_secs(2);
+        while self.in_flight.len() < max {
+            let now = Instant::now();
+            let probe = match self.breaker.gate(now) {
+                Gate::Send => false,
+                Gate::Probe => true,
+                Gate::WaitUntil(_) | Gate::AwaitProbe => return,
+            };
+            let Some(row) = self.ready.pop_front() else {
+                return;
+            };
+            let valid = lock_held(&self.held).valid_until(row.id, lease);
+            match valid {
+                Some(until) if until >= now + needed => {}
+                Some(until) if until > now => {
+                    // Renewals are failing: wait for one, or for the lease to lapse.
+                    self.ready.push_front(row);
+                    return;
+                }
+                _ => {
+                    // The lease lapsed: the row may be another instance's now. Forget it.
+                    lock_held(&self.held).rows.remove(&row.id);
+                    continue;
+                }
+            }
+            if let Some(outcome) = self.unsendable(&row) {
+                self.emit(outcome);
+                continue;
+            }
+            let request = row.request.clone().expect("unsendable() checked it");
+            if probe {
+                self.breaker.probe_started();
+            }
+            let (ctx, out) = (self.ctx.clone(), self.out.clone());
+            self.in_flight
+                .spawn(async move { attempt(ctx, row, request, probe, out).await });
+        }
+    }
+
+    /// The outcome of a row that must not be sent: its run was stopped, it no longer makes a
+    /// request, or its deadline passed while it waited.
+    fn unsendable(&self, row: &Claimed) -> Option<Outcome> {
+        if self.stopped_runs.contains(&row.run_id) {
+            let why =
+                "not sent: the provider refused the account or this host earlier in the cycle";
+            return Some(Outcome::unsent(
+                row.id,
+                row.run_id,
+                State::Failed,
+                why.into(),
+            ));
+        }
+        if row.replaced {
+            let why = queue::REPLACED.to_owned();
+            return Some(Outcome::unsent(row.id, row.run_id, State::Superseded, why));
+        }
+        if let Err(why) = &row.request {
+            return Some(Outcome::unsent(
+                row.id,
+                row.run_id,
+                State::Invalid,
+                why.clone(),
+            ));
+        }
+        let deadline = row.deadline.filter(|d| *d <= Utc::now())?;
+        let tries = match row.attempts {
+            0 => String::new(),
+            n => format!(" after {n} attempts"),
+        };
+        let why = format!("deadline {} passed{tries}", deadline.to_rfc3339());
+        Some(Outcome::unsent(row.id, row.run_id, State::Failed, why))
+    }
+
+    /// Claims more rows when the page runs low, in the background.
+    fn start_claim(&mut self) {
+        let now = Instant::now();
+        if self.claim.is_some() || self.idle_until.is_some_and(|t| now < t) {
+            return;
+        }
+        let limit = match self.breaker.gate(now) {
+            Gate::Send => {
+                let have = self.ready.len() + self.in_flight.len();
+                let page = self.page();
+                if have > page / 2 {
+                    return;
+                }
+                page - have
+            }
+            // One row for the probe.
+            Gate::Probe if self.ready.is_empty() => 1,
+            _ => return,
+        };
+        let (pool, owner) = (self.ctx.pool.clone(), self.owner.clone());
+        let (lease, run) = (lease(&self.ctx.settings.provider), self.run_filter());
+        let held = self.held.clone();
+        self.claim = Some(tokio::spawn(async move {
+            let at = Instant::now();
+            let rows = queue::claim(&pool, &owner, limit, lease, run).await?;
+            if rows.is_empty() {
+                let due = queue::next_due(&pool, run).await?;
+                return Ok(Claim::Idle(
+                    due.map(|d| (d - Utc::now()).to_std().unwrap_or_default()),
+                ));
+            }
+            let mut h = lock_held(&held);
+            for r in &rows {
+                h.rows.insert(r.id, at);
+            }
+            Ok(Claim::Rows(rows))
+        }));
+    }
+
+    fn take_claim(&mut self, result: Result<anyhow::Result<Claim>, tokio::task::JoinError>) {
+        let now = Instant::now();
+        match result.map_err(anyhow::Error::from).and_then(|r| r) {
+            Ok(claim) => {
+                if self.db_failures > 0 {
+                    tracing::info!("database reachable again: sending resumes");
+                }
+                self.db_failures = 0;
+                match claim {
+                    Claim::Rows(rows) => {
+                        self.idle_until = None;
+                        self.ready.extend(rows);
+                    }
+                    Claim::Idle(wait) => {
+                        self.idle_until = Some(now + wait.map_or(POLL, |w| w.min(POLL)));
+                    }
+                }
+            }
+            Err(e) => {
+                self.db_failures += 1;
+                if self.db_failures == 1 {
+                    tracing::warn!("cannot claim submissions, retrying with backoff: {e:#}");
+                } else {
+                    tracing::debug!(failures = self.db_failures, "claim failed again: {e:#}");
+                }
+                let wait = backoff(Duration::from_secs(1), self.db_failures);
+                self.idle_until = Some(now + wait.max(Duration::from_millis(500)));
+            }
+        }
+        // A page that arrived after the breaker opened goes back, but for the probe's row.
+        if !self.breaker.is_closed() && self.ready.len() > 1 {
+            let keep = self.ready.pop_front();
+            self.release_ready();
+            self.ready.extend(keep);
+        }
+    }
+
+    /// While the breaker is open nothing is claimed here, so rows whose deadline passes are
+    /// ended in SQL, and their runs can close (a `run --once` ends at the deadline).
+    fn expire_while_open(&mut self) {
+        if self.breaker.is_closed() || self.last_expiry.elapsed() < POLL * 5 {
+            return;
+        }
+        self.last_expiry = Instant::now();
+        let _ = self.out.send(ToWriter::Expire {
+            run: self.run_filter(),
+        });
+    }
+
+    fn on_attempted(&mut self, a: Attempted) {
+        let now = Instant::now();
+        if let Some((cause, retry_after)) = &a.outage {
+            if self.breaker.outage(now, cause, *retry_after) {
+                let wait = self
+                    .breaker
+                    .next_probe()
+                    .map(|t| t.saturating_duration_since(now));
+                tracing::warn!(
+                    "provider unreachable ({cause}): pausing sends; one probe request in {:.0}s, then on a doubling delay; pending pairs wait",
+                    wait.unwrap_or_default().as_secs_f64()
+                );
+                self.release_ready();
+            } else if a.was_probe {
+                tracing::debug!("probe failed ({cause}); the next one waits longer");
+            }
+        } else if let Some((open_for, cause)) = self.breaker.answered(now) {
+            tracing::info!(
+                "provider answers again after {:.0}s ({cause}): sending resumes",
+                open_for.as_secs_f64()
+            );
+        }
+        match a.clock {
+            Some(ts) if !self.clock_warned => {
+                self.clock_warned = true;
+                tracing::warn!(
+                    local_clock = %Utc::now().to_rfc3339(),
+                    signed_timestamp = ts,
+                    "provider says the timestamp expired (-16): check that this host's clock is synchronised (NTP)"
+                );
+            }
+            Some(_) => {}
+            None => self.clock_warned = false,
+        }
+        if let Some((run_id, why)) = a.stop {
+            if self.stopped_runs.insert(run_id) {
+                tracing::error!("stopping the cycle: {why}");
+                let reason = format!("not sent: {why}");
+                let ready = std::mem::take(&mut self.ready);
+                for row in ready {
+                    if row.run_id == run_id {
+                        self.emit(Outcome::unsent(
+                            row.id,
+                            row.run_id,
+                            State::Failed,
+                            reason.clone(),
+                        ));
+                    } else {
+                        self.ready.push_back(row);
+                    }
+                }
+                let _ = self.out.send(ToWriter::FailRun { run_id, reason });
+            }
+        }
+    }
+}
+
+/// What a claim brought back.
+enum Claim {
+    Rows(Vec<Claimed>),
+    /// Nothing due now; the next row is due after this wait (or unknown).
+    Idle(Option<Duration>),
+}
+
+/// Wakes the dispatcher on every `NOTIFY` (a tick was queued, by any instance). Reconnects
+/// after a failure; meanwhile the dispatcher's poll finds new rows a little later.
+async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        let connected = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(queue::CHANNEL).await?;
+            loop {
+                listener.recv().await?;
+                wake.notify_one();
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = connected => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
+}
+
+/// Sends one row once and turns the answer into its outcome: done, or due again after a
+/// backoff, or failed when the deadline or `max_attempts` comes first.
+async fn attempt(
+    ctx: Context,
+    row: Claimed,
+    request: BackfillRequest,
+    was_probe: bool,
+    out: mpsc::UnboundedSender<ToWriter>,
+) -> Attempted {
+    let provider = &ctx.settings.provider;
+    let started = Utc::now();
+    let ex = ctx.client.submit_backfill(&request).await;
+    let attempts = u32::try_from(row.attempts).unwrap_or(0) + 1;
+    let cause = ex.error.clone().unwrap_or_else(|| "no error".into());
+    let mut outcome = Outcome {
+        id: row.id,
+        run_id: row.run_id,
+        state: State::Failed,
+        supersedable: false,
+        reason: None,
+        attempt_at: Some(started),
+        provider_status: ex.provider_status.clone(),
+        provider_reason: ex.reason.clone(),
+        http_status: ex.http_status.map(i32::from),
+        error: ex.error.clone(),
+        next_attempt_at: None,
+        done_at: Some(Utc::now()),
+    };
+    let mut result = Attempted {
+        outage: ex.is_outage().then(|| (cause.clone(), ex.retry_after)),
+        stop: None,
+        clock: (ex.provider_status.as_deref() == Some("-16")).then_some(ex.timestamp),
+        was_probe,
+    };
+    let pair = (request.app_id.as_str(), request.mcc.as_str());
+    match ex.class {
+        Class::Success => outcome.state = State::Succeeded,
+        Class::Rejected(rejection) => {
+            tracing::debug!(app_id = pair.0, mcc = pair.1, attempts, "rejected: {cause}");
+            if rejection.stops_the_cycle() {
+                result.stop = Some((
+                    row.run_id,
+                    format!(
+                        "provider status {} ({}): {}",
+                        ex.provider_status.as_deref().unwrap_or("?"),
+                        ex.reason.as_deref().unwrap_or("no reason given"),
+                        rejection.advice()
+                    ),
+                ));
+            }
+        }
+        Class::Transient => {
+            tracing::debug!(
+                app_id = pair.0,
+                mcc = pair.1,
+                attempts,
+                "transient failure: {cause}"
+            );
+            let wait =
+                backoff(provider.retry_backoff, attempts).max(ex.retry_after.unwrap_or_default());
+            let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+            if provider.max_attempts.is_some_and(|max| attempts >= max) {
+                outcome.reason = Some(format!("gave up after {attempts} attempts: {cause}"));
+            } else if let Some(deadline) = row.deadline.filter(|d| next >= *d) {
+                outcome.supersedable = true;
+                outcome.reason = Some(format!(
+                    "deadline {} passed after {attempts} attempts: {cause}",
+                    deadline.to_rfc3339()
+                ));
+            } else {
+                outcome.state = State::Pending;
+                outcome.supersedable = true;
+                outcome.next_attempt_at = Some(next);
+                outcome.done_at = None;
+            }
+        }
+    }
+    // The request's slot is held until its outcome is recorded: requests sent but not yet
+    // recorded (those a kill -9 would send again) never exceed max_in_flight, and while the
+    // database cannot record, no new request starts.
+    let (ack, recorded) = oneshot::channel();
+    let _ = out.send(ToWriter::Outcome(outcome, Some(ack)));
+    let _ = recorded.await;
+    result
+}
+
+/// The group commit: one write at a time, each taking every outcome that arrived meanwhile.
+/// A write that fails (database down) is retried with backoff until it succeeds: the rows stay
+/// leased to this instance meanwhile, and the lease guard keeps a late write harmless.
+async fn write_outcomes(
+    pool: PgPool,
+    owner: String,
+    mut rx: mpsc::UnboundedReceiver<ToWriter>,
+    held: SharedHeld,
+    closed: Arc<Notify>,
+) {
+    let mut batch = Vec::new();
+    let mut acks = Vec::new();
+    let mut fail_runs = Vec::new();
+    let mut expire = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
+            match msg {
+                ToWriter::Outcome(o, ack) => {
+                    batch.push(o);
+                    acks.extend(ack);
+                }
+                ToWriter::FailRun { run_id, reason } => fail_runs.push((run_id, reason)),
+                ToWriter::Expire { run } => expire.push(run),
+            }
+            if batch.len() >= 10_000 {
+                break;
+            }
+        }
+        let written = retry_db("recording outcomes", || {
+            queue::record(&pool, &owner, &batch)
+        })
+        .await;
+        {
+            let mut h = lock_held(&held);
+            for o in &batch {
+                h.rows.remove(&o.id);
+            }
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+        let lost = batch.len() - written.len();
+        if lost > 0 {
+            tracing::warn!(
+                lost,
+                "outcomes not recorded: the lease on those rows had passed to another instance"
+            );
+        }
+        log_failures(&batch, &written);
+        for (run_id, reason) in &fail_runs {
+            retry_db("failing the rest of the run", || {
+                queue::fail_unsent(&pool, *run_id, reason)
+            })
+            .await;
+        }
+        let mut runs: Vec<i64> = written
+            .iter()
+            .filter(|w| w.state != State::Pending)
+            .map(|w| w.run_id)
+            .collect();
+        for (run_id, _) in &fail_runs {
+            runs.push(*run_id);
+        }
+        for run in expire.drain(..) {
+            runs.extend(retry_db("ending overdue submissions", || queue::expire(&pool, run)).await);
+        }
+        runs.sort_unstable();
+        runs.dedup();
+        for run_id in runs {
+            if retry_db("closing the run", || close_run(&pool, run_id)).await {
+                closed.notify_one();
+            }
+        }
+        batch.clear();
+        fail_runs.clear();
+    }
+}
+
+fn log_failures(batch: &[Outcome], written: &[queue::Written]) {
+    let by_id: HashMap<i64, &Outcome> = batch.iter().map(|o| (o.id, o)).collect();
+    for w in written.iter().filter(|w| w.state == State::Failed) {
+        if let Some(o) = by_id.get(&w.id) {
+            let why = o
+                .reason
+                .as_deref()
+                .or(o.error.as_deref())
+                .unwrap_or("failed");
+            tracing::warn!(id = w.id, run_id = w.run_id, "submission failed: {why}");
+        }
+    }
+}
+
+/// Runs a database step until it succeeds, with backoff: the daemon waits an outage out.
+async fn retry_db<T, F, Fut>(what: &str, mut step: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut failures = 0;
+    loop {
+        match step().await {
+            Ok(v) => {
+                if failures > 0 {
+                    tracing::info!(
+                        "{what}: database reachable again after {failures} failed attempts"
+                    );
+                }
+                return v;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!("{what} failed, retrying with backoff: {e:#}");
+                }
+                tokio::time::sleep(
+                    backoff(Duration::from_millis(200), failures).max(Duration::from_millis(100)),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// Extends the leases of held rows every few seconds until stopped.
+async fn renew_leases(
+    pool: PgPool,
+    owner: String,
+    lease: Duration,
+    held: SharedHeld,
+    stop: CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(RENEW_EVERY) => {}
+        }
+        let ids: Vec<i64> = lock_held(&held).rows.keys().copied().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let at = Instant::now();
+        match queue::renew(&pool, &owner, &ids, lease).await {
+            Ok(_) => {
+                lock_held(&held).renewed = Some(at);
+                if failing {
+                    tracing::info!("leases renewed again");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(
+                        "cannot renew leases: no new request starts until it can: {e:#}"
+                    );
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
+/// Counts for `run --once` after an interrupted run, or for metrics.
+pub async fn pending(pool: &PgPool) -> anyhow::Result<i64> {
+    queue::pending_count(pool)
+        .await
+        .context("counting the queue")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(100);
+        for attempt in 1..=30 {
+            let d = backoff(base, attempt);
+            let ceiling = base
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(MAX_BACKOFF);
+            assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn a_lease_lasts_from_the_later_of_claim_and_renewal() {
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(25);
+        let mut h = Held::default();
+        h.rows.insert(1, t0);
+        assert_eq!(h.valid_until(1, lease), Some(t0 + lease));
+        h.renewed = Some(t0 + Duration::from_secs(5));
+        assert_eq!(h.valid_until(1, lease), Some(t0 + Duration::from_secs(30)));
+        h.rows.insert(2, t0 + Duration::from_secs(9));
+        assert_eq!(h.valid_until(2, lease), Some(t0 + Duration::from_secs(34)));
+        assert_eq!(h.valid_until(3, lease), None);
+    }
+}
