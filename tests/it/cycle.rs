@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use backfill_reporter::cycle;
-use backfill_reporter::outcomes::Trigger;
+use backfill_reporter::outcomes::{RunSummary, Trigger};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
@@ -24,7 +24,7 @@ async fn seed_before_tick(app: &TestApp, app_id: &str, backfilled: i64) {
     app.seed(app_id, 460, bucket, 10, backfilled).await;
 }
 
-async fn run_cycle(app: &TestApp) -> cycle::CycleReport {
+async fn run_cycle(app: &TestApp) -> RunSummary {
     cycle::run(
         &app.ctx(),
         tick(),
@@ -320,7 +320,7 @@ async fn a_transient_failure_that_persists_gives_up_after_max_attempts(pool: PgP
     let app = TestApp::with(
         pool,
         TestConfig {
-            max_attempts: 3,
+            max_attempts: Some(3),
             ..TestConfig::default()
         },
     )
@@ -466,9 +466,9 @@ async fn the_allow_list_limits_the_apps_reported(pool: PgPool) {
 #[sqlx::test]
 async fn pending_rows_left_by_a_crash_are_sent_again_and_stale_ones_superseded(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let ctx = app.ctx();
     let old = tick() - chrono::Duration::minutes(10);
-    // What a crash after the claim leaves behind: runs and pending rows, nothing sent.
+    // What a crash leaves behind: runs and pending rows, nothing sent, the older one still
+    // under the dead instance's (now expired) lease when the newer tick was planned.
     for (t, rate) in [(old, "40"), (tick(), "50")] {
         let run_id: i64 = sqlx::query_scalar(
             "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance) \
@@ -480,8 +480,11 @@ async fn pending_rows_left_by_a_crash_are_sent_again_and_stale_ones_superseded(p
         .unwrap();
         sqlx::query(
             "INSERT INTO report_submissions (run_id, app_id, mcc, scheduled_for, window_start, \
-             window_end, backfill_number, cardinal_number, rate, callback_time, state) \
-             VALUES ($1, 'crashApp', '460', $2, $2 - interval '1 day', $2, 5, 10, $3::numeric, $4, 'pending')",
+             window_end, backfill_number, cardinal_number, rate, callback_time, state, \
+             next_attempt_at, deadline, lease_owner, lease_expires_at) \
+             VALUES ($1, 'crashApp', '460', $2, $2 - interval '1 day', $2, ($3::numeric / 10)::int, 10, \
+                 $3::numeric, $4, 'pending', $2, now() + interval '1 hour', 'dead:1:0', \
+                 now() - interval '1 second')",
         )
         .bind(run_id)
         .bind(t)
@@ -492,14 +495,12 @@ async fn pending_rows_left_by_a_crash_are_sent_again_and_stale_ones_superseded(p
         .unwrap();
     }
 
-    let resent = cycle::recover(&ctx, &CancellationToken::new())
-        .await
-        .unwrap();
+    app.drain_queue().await;
 
-    assert_eq!(resent, 1);
     let bodies = app.provider.backfill_bodies();
-    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies.len(), 1, "the stale row is never sent");
     assert_eq!(bodies[0]["backfillNow"], "50");
+    assert_eq!(bodies[0]["backfillNumber"], "5");
     assert_eq!(bodies[0]["callbackTime"], TICK);
     let states: Vec<String> =
         sqlx::query_scalar("SELECT state FROM report_submissions ORDER BY scheduled_for")
@@ -510,7 +511,8 @@ async fn pending_rows_left_by_a_crash_are_sent_again_and_stale_ones_superseded(p
     assert_eq!(
         app.count("SELECT count(*) FROM report_runs WHERE finished_at IS NULL")
             .await,
-        0
+        0,
+        "both runs are closed"
     );
 }
 
@@ -580,7 +582,7 @@ async fn run_once_submits_every_pair_and_prints_the_history(pool: PgPool) {
         "{history}"
     );
     assert!(
-        history.contains("succeeded") && history.contains("12.50"),
+        history.contains("succeeded") && history.contains("| 12.5 "),
         "{history}"
     );
 }

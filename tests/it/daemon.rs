@@ -1,79 +1,16 @@
-//! The long-running service, as a real process: schedule, signals, crash recovery, two
-//! instances on one database, reload.
+//! The long-running service, as a real process: schedule, signals, a slow provider, downtime
+//! and clock jumps, reload. The failure drills are in `drills`.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backfill_reporter::daemon::{serve, Clock};
-use sqlx::{Connection, PgConnection, PgPool};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Child;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::fake_provider::Scripted;
-use crate::helpers::{eventually, TestApp, TestConfig};
-
-/// A daemon process with its stderr collected line by line.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(app: &TestApp) -> Self {
-        let mut child = app
-            .command(&["run"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the daemon starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    async fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("still running").to_string();
-        let status = tokio::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(status.success());
-    }
-
-    async fn wait_log(&self, needle: &str, limit: Duration) {
-        eventually(limit, &format!("log line {needle:?}"), || async {
-            self.log().contains(needle)
-        })
-        .await;
-    }
-
-    /// SIGTERM, then the exit code (within 20 s).
-    async fn stop(mut self) -> (i32, String) {
-        self.signal("TERM").await;
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .expect("the daemon exits within 20 s of SIGTERM")
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await; // let the log reader drain
-        (status.code().unwrap_or(-1), self.log())
-    }
-}
+use crate::helpers::{eventually, Daemon, TestApp, TestConfig};
 
 fn every_two_seconds() -> TestConfig {
     TestConfig {
@@ -126,11 +63,10 @@ async fn a_six_field_schedule_runs_a_cycle_every_two_seconds_and_sigterm_exits_0
     assert!(ticks.iter().all(|t| t.timestamp() % 2 == 0));
     let bodies = app.provider.backfill_bodies();
     assert!(bodies.len() >= 2);
-    let mut times: Vec<&str> = bodies
+    let times: std::collections::HashSet<&str> = bodies
         .iter()
         .map(|b| b["callbackTime"].as_str().unwrap())
         .collect();
-    times.dedup();
     assert_eq!(times.len(), bodies.len(), "one submission per tick");
     assert!(times.iter().all(|t| t.ends_with("+08:00")), "{times:?}");
     assert!(
@@ -156,105 +92,24 @@ async fn sigterm_waits_for_a_slow_submission_and_records_it(pool: PgPool) {
         app.provider.received().iter().any(|r| r.answered_http == 0)
     })
     .await;
+    let signalled = std::time::SystemTime::now();
     let (code, log) = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     let received = app.provider.received();
-    assert_eq!(received.len(), 1, "no new work after SIGTERM");
-    assert_eq!(received[0].answered_http, 200);
-    let rows = app.submissions().await;
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].2, "succeeded", "{log}");
-    assert_eq!(finished_runs(&app).await, 1);
-}
-
-#[sqlx::test]
-async fn a_kill_9_in_the_middle_of_a_cycle_loses_nothing_after_a_restart(pool: PgPool) {
-    let app = TestApp::with(
-        pool,
-        TestConfig {
-            max_in_flight: 1,
-            request_timeout: "60s".into(),
-            ..every_two_seconds()
-        },
-    )
-    .await;
-    seed_recent(&app, &["killApp1", "killApp2", "killApp3"]).await;
-    // Whichever pair goes first hangs long enough to be killed in the middle.
-    app.provider
-        .script_all(vec![Scripted::Delay(Duration::from_secs(30))]);
-
-    let mut daemon = Daemon::start(&app);
-    eventually(
-        Duration::from_secs(10),
-        "the first request in flight",
-        || async { !app.provider.received().is_empty() },
-    )
-    .await;
-    daemon.child.kill().await.unwrap(); // SIGKILL
-    let tick: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("SELECT min(scheduled_for) FROM report_runs")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(
-        app.count("SELECT count(*) FROM report_submissions WHERE state = 'pending'")
-            .await,
-        3,
-        "all three pairs were recorded as pending before the first request"
-    );
-
-    let daemon = Daemon::start(&app);
-    eventually(Duration::from_secs(15), "the killed tick completed", || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM report_submissions WHERE scheduled_for = $1 AND state = 'succeeded'",
-        )
-        .bind(tick)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
-            == 3
-    })
-    .await;
-    let (code, log) = daemon.stop().await;
-
-    assert_eq!(code, 0, "{log}");
-    assert!(log.contains("recovering submissions left pending"), "{log}");
-    assert_eq!(app.count("SELECT count(*) FROM report_runs WHERE scheduled_for = (SELECT min(scheduled_for) FROM report_runs) AND finished_at IS NOT NULL").await, 1);
-}
-
-#[sqlx::test]
-async fn two_instances_on_one_database_submit_each_tick_once(pool: PgPool) {
-    let app = TestApp::with(pool, every_two_seconds()).await;
-    seed_recent(&app, &["haApp001", "haApp002"]).await;
-
-    let a = Daemon::start(&app);
-    let b = Daemon::start(&app);
-    eventually(
-        Duration::from_secs(20),
-        "three scheduled cycles",
-        || async { finished_runs(&app).await >= 3 },
-    )
-    .await;
-    let (code_a, log_a) = a.stop().await;
-    let (code_b, log_b) = b.stop().await;
-
-    assert_eq!((code_a, code_b), (0, 0));
-    let mut seen = std::collections::HashMap::new();
-    for body in app.provider.backfill_bodies() {
-        let key = (body["appId"].to_string(), body["callbackTime"].to_string());
-        *seen.entry(key).or_insert(0) += 1;
-    }
-    assert!(seen.len() >= 6);
     assert!(
-        seen.values().all(|n| *n == 1),
-        "a tick was submitted twice: {seen:?}"
+        received.iter().all(|r| r.at <= signalled),
+        "no new request after SIGTERM"
     );
-    let skipped = |log: &str| log.contains("another instance");
-    assert!(
-        skipped(&log_a) || skipped(&log_b),
-        "one instance logs that it skipped\nA:\n{log_a}\nB:\n{log_b}"
-    );
+    assert_eq!(received[0].answered_http, 200, "the slow one was answered");
+    let slow: (String, i32) = sqlx::query_as(
+        "SELECT state, attempts FROM report_submissions ORDER BY scheduled_for LIMIT 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(slow, ("succeeded".into(), 1), "{log}");
+    assert!(log.contains("waiting for requests in flight"), "{log}");
 }
 
 #[sqlx::test]
@@ -312,37 +167,43 @@ async fn sighup_with_a_broken_config_keeps_the_old_schedule_running(pool: PgPool
 }
 
 #[sqlx::test]
-async fn a_tick_that_comes_while_a_cycle_runs_is_skipped_and_logged(pool: PgPool) {
-    let app = TestApp::with(pool, every_two_seconds()).await;
+async fn a_slow_provider_does_not_hold_back_the_next_tick(pool: PgPool) {
+    let config = TestConfig {
+        request_timeout: "20s".into(),
+        ..every_two_seconds()
+    };
+    let app = TestApp::with(pool, config).await;
     seed_recent(&app, &["busyApp1"]).await;
     app.provider
         .script("busyApp1", vec![Scripted::Delay(Duration::from_secs(5))]);
 
     let daemon = Daemon::start(&app);
-    daemon
-        .wait_log("skipped: the cycle for", Duration::from_secs(15))
-        .await;
+    // While the first tick's request hangs, a later tick is planned and sent.
     eventually(
-        Duration::from_secs(10),
-        "the slow cycle finished",
-        || async { finished_runs(&app).await >= 1 },
+        Duration::from_secs(15),
+        "a later tick sent meanwhile",
+        || async {
+            let received = app.provider.received();
+            received.first().is_some_and(|r| r.answered_http == 0)
+                && received
+                    .iter()
+                    .skip(1)
+                    .any(|r| r.answered_status.as_deref() == Some("0"))
+        },
     )
+    .await;
+    eventually(Duration::from_secs(10), "the slow request recorded", || async {
+        app.count("SELECT count(*) FROM report_submissions WHERE attempts = 1 AND state = 'succeeded' AND duration_ms >= 5000").await == 1
+    })
     .await;
     let (code, log) = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
-    // Runs never overlap: each starts after the previous one finished.
-    let runs: Vec<(
-        chrono::DateTime<chrono::Utc>,
-        Option<chrono::DateTime<chrono::Utc>>,
-    )> = sqlx::query_as("SELECT started_at, finished_at FROM report_runs ORDER BY started_at")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
-    for pair in runs.windows(2) {
+    let mut seen = std::collections::HashSet::new();
+    for body in app.provider.backfill_bodies() {
         assert!(
-            pair[1].0 >= pair[0].1.expect("finished"),
-            "overlapping runs: {runs:?}"
+            seen.insert(body["callbackTime"].to_string()),
+            "a tick was sent twice: {body}"
         );
     }
 }
@@ -466,36 +327,4 @@ async fn after_a_wall_clock_jump_the_next_tick_fires_on_time_and_a_long_jump_run
         .unwrap()
         .unwrap()
         .unwrap();
-}
-
-#[sqlx::test]
-async fn run_once_waits_for_a_cycle_that_holds_the_lock(pool: PgPool) {
-    let app = TestApp::new(pool).await;
-    seed_recent(&app, &["lockApp1"]).await;
-    let mut holder = PgConnection::connect(&app.db_url).await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock(x'62667270'::bigint)")
-        .execute(&mut holder)
-        .await
-        .unwrap();
-
-    let once = tokio::spawn(app.command(&["run", "--once"]).output());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        app.provider.received().is_empty(),
-        "nothing is sent while another cycle holds the lock"
-    );
-    holder.close().await.unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(30), once)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(app.provider.backfill_bodies().len(), 1);
 }

@@ -194,6 +194,8 @@ enum Answer {
     },
     Http(u16, &'static str),
     Html,
+    /// Headers, then the connection is cut: the client never gets a whole answer.
+    Dropped,
 }
 
 impl Answer {
@@ -214,6 +216,12 @@ struct Config {
 #[derive(Default)]
 struct Inner {
     max_skew: i64,
+    /// Added to every request before it is answered: a provider far away.
+    latency: Duration,
+    /// The share of requests (0–1) that fail transiently, in turn as -18, HTTP 503 and a
+    /// connection dropped mid-answer; see [`FakeProvider::fail_randomly`].
+    failure_rate: f64,
+    failures: u64,
     received: Vec<Received>,
     script_all: VecDeque<Scripted>,
     /// Keyed by appId (backfillRate) or orderId (record); one namespace for both.
@@ -326,6 +334,17 @@ impl FakeProvider {
             .lock()
             .records
             .insert(order_id.to_string(), data);
+    }
+
+    /// Every request waits this long before it is answered.
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.lock().latency = latency;
+    }
+
+    /// Makes that share of requests fail transiently, as a flaky provider does: in turn a
+    /// `-18` (system error), an HTTP 503, and a connection dropped in the middle of the answer.
+    pub fn fail_randomly(&self, rate: f64) {
+        self.shared.lock().failure_rate = rate;
     }
 
     /// Sets the allowed |now − Timestamp| in seconds (default 300).
@@ -449,6 +468,24 @@ async fn decide(
         }
     }
 
+    let (latency, fail) = {
+        let mut inner = shared.lock();
+        let fail = inner.failure_rate > 0.0 && rand::random::<f64>() < inner.failure_rate;
+        if fail {
+            inner.failures += 1;
+        }
+        (inner.latency, fail.then_some(inner.failures % 3))
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match fail {
+        Some(0) => return Answer::provider("-18", "system busy (injected)"),
+        Some(1) => return Answer::Http(503, "injected outage"),
+        Some(_) => return Answer::Dropped,
+        None => {}
+    }
+
     // 3. Headers, then 4. body.
     if let Err((status, reason)) = check_headers(shared, headers) {
         return Answer::provider(status, reason);
@@ -496,6 +533,12 @@ fn finish(shared: &Shared, idx: usize, answer: Answer) -> Response {
             let sc = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let resp = (sc, format!("{} {text}\n", sc.as_u16())).into_response();
             (sc.as_u16(), None, resp)
+        }
+        Answer::Dropped => {
+            let cut = futures::stream::once(async {
+                Err::<axum::body::Bytes, _>(std::io::Error::other("connection dropped (injected)"))
+            });
+            (200, None, Response::new(Body::from_stream(cut)))
         }
         Answer::Html => {
             let mut resp = Response::new(Body::from(

@@ -5,15 +5,17 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backfill_reporter::config::{self, Settings};
 use backfill_reporter::cycle::Context;
-use backfill_reporter::provider::ProviderClient;
+use backfill_reporter::sender::{self, Scope};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 use crate::fake_provider::FakeProvider;
 
@@ -30,9 +32,12 @@ pub struct TestConfig {
     pub min_cardinal: u64,
     pub apps: Vec<String>,
     pub max_in_flight: usize,
-    pub max_attempts: u32,
+    pub max_attempts: Option<u32>,
     pub request_timeout: String,
     pub retry_backoff: String,
+    pub retry_deadline: Option<String>,
+    /// Instead of the fake provider's own address (a proxy in front of it, say).
+    pub base_url: Option<String>,
 }
 
 impl Default for TestConfig {
@@ -45,9 +50,11 @@ impl Default for TestConfig {
             min_cardinal: 1,
             apps: Vec::new(),
             max_in_flight: 4,
-            max_attempts: 5,
+            max_attempts: None,
             request_timeout: "5s".into(),
             retry_backoff: "10ms".into(),
+            retry_deadline: None,
+            base_url: None,
         }
     }
 }
@@ -80,10 +87,16 @@ impl TestApp {
     }
 
     pub async fn with(pool: PgPool, config: TestConfig) -> Self {
+        let url = url_of(&pool);
+        Self::on(pool, url, config).await
+    }
+
+    /// On a database of another server (a drill's own), reached at `db_url`.
+    pub async fn on(pool: PgPool, db_url: String, config: TestConfig) -> Self {
         let provider = FakeProvider::start(API_KEY, API_SECRET).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let app = Self {
-            db_url: url_of(&pool),
+            db_url,
             pool,
             provider,
             config_path: dir.path().join("config.toml"),
@@ -106,17 +119,23 @@ impl TestApp {
             .as_ref()
             .map(|q| format!("query = {q:?}\n"))
             .unwrap_or_default();
+        let mut retries = String::new();
+        if let Some(n) = c.max_attempts {
+            retries.push_str(&format!("max_attempts = {n}\n"));
+        }
+        if let Some(d) = &c.retry_deadline {
+            retries.push_str(&format!("retry_deadline = {d:?}\n"));
+        }
         let text = format!(
             "[provider]\nbase_url = {base:?}\napi_key = {API_KEY:?}\napi_secret_file = {secret:?}\n\
-             request_timeout = {rt:?}\nmax_in_flight = {mif}\nmax_attempts = {ma}\nretry_backoff = {rb:?}\n\
+             request_timeout = {rt:?}\nmax_in_flight = {mif}\n{retries}retry_backoff = {rb:?}\n\
              [database]\nurl = {db:?}\n\
              [source]\nwindow = {w:?}\nmin_cardinal = {mc}\napps = {apps:?}\n{query}\
              [schedule]\ncron = {cron:?}\ntimezone = {tz:?}\n",
-            base = self.provider.base_url,
+            base = c.base_url.as_ref().unwrap_or(&self.provider.base_url),
             secret = self.dir.path().join("api_secret").display().to_string(),
             rt = c.request_timeout,
             mif = c.max_in_flight,
-            ma = c.max_attempts,
             rb = c.retry_backoff,
             db = self.db_url,
             w = c.window,
@@ -136,13 +155,21 @@ impl TestApp {
     }
 
     pub fn ctx(&self) -> Context {
-        let settings = self.settings();
-        Context {
-            client: ProviderClient::new(&settings.provider).unwrap(),
-            pool: self.pool.clone(),
-            settings: Arc::new(settings),
-            instance: "test:1".into(),
-        }
+        Context::new(self.settings(), self.pool.clone(), "test:1".into()).unwrap()
+    }
+
+    /// Runs a sender over the whole queue, as a daemon would, until nothing is pending.
+    pub async fn drain_queue(&self) {
+        let stop = CancellationToken::new();
+        let sender = tokio::spawn(sender::work(self.ctx(), Scope::All, stop.clone()));
+        eventually(Duration::from_secs(30), "the queue drained", || async {
+            self.count("SELECT count(*) FROM report_submissions WHERE state = 'pending'")
+                .await
+                == 0
+        })
+        .await;
+        stop.cancel();
+        sender.await.unwrap().unwrap();
     }
 
     pub async fn seed(
@@ -214,6 +241,81 @@ impl TestApp {
 
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+/// A daemon process (`run`) with its stderr collected line by line.
+pub struct Daemon {
+    pub child: tokio::process::Child,
+    log: Arc<Mutex<String>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Daemon {
+    pub fn start(app: &TestApp) -> Self {
+        let mut child = app
+            .command(&["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the daemon starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Self { child, log, reader }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub async fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub async fn wait_log(&self, needle: &str, limit: Duration) {
+        eventually(limit, &format!("log line {needle:?}"), || async {
+            self.log().contains(needle)
+        })
+        .await;
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// SIGKILL, and the log up to then.
+    pub async fn kill(mut self) -> String {
+        self.child.kill().await.unwrap();
+        let _ = self.reader.await;
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then the exit code (within 30 s) and the whole log.
+    pub async fn stop(mut self) -> (i32, String) {
+        self.signal("TERM").await;
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the daemon exits within 30 s of SIGTERM")
+            .unwrap();
+        // The reader ends when the process's stderr closes: the log is complete.
+        let _ = self.reader.await;
+        let log = self.log.lock().unwrap().clone();
+        (status.code().unwrap_or(-1), log)
     }
 }
 

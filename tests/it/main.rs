@@ -1,6 +1,7 @@
 //! One integration-test binary: helpers (a `TestApp` with a fresh database and the fake
 //! provider), then one module per behaviour.
 
+mod chaos;
 mod fake_provider;
 mod helpers;
 
@@ -8,4 +9,5 @@ mod cli;
 mod cron_choice;
 mod cycle;
 mod daemon;
+mod drills;
 mod provider_client;

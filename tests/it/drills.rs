@@ -1,0 +1,504 @@
+//! Failure drills on the queue, with the real binary where a process must die: a kill -9 in
+//! the middle of a cycle, every database session cut, a flaky provider, the database stopped
+//! for two minutes, the provider unreachable for half a minute, two instances sharing the work,
+//! an upgrade from the previous release with rows still pending, and retention.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use sqlx::PgPool;
+
+use crate::chaos::{PgServer, Proxy};
+use crate::helpers::{eventually, Daemon, TestApp, TestConfig};
+
+/// A yearly schedule whose latest tick (1 January, 00:00 UTC) was missed: the daemon runs it
+/// as its catch-up at start, and its deadline (the next 1 January) is far away. The source
+/// holds `pairs` pairs in the hour before that tick.
+async fn catch_up_app(pool: PgPool, config: TestConfig, pairs: i32) -> (TestApp, DateTime<Utc>) {
+    let config = TestConfig {
+        cron: "0 0 1 1 *".into(),
+        timezone: "UTC".into(),
+        ..config
+    };
+    let app = TestApp::with(pool, config).await;
+    let tick = Utc
+        .with_ymd_and_hms(Utc::now().year(), 1, 1, 0, 0, 0)
+        .unwrap();
+    prepare_catch_up(&app, tick, pairs).await;
+    (app, tick)
+}
+
+async fn prepare_catch_up(app: &TestApp, tick: DateTime<Utc>, pairs: i32) {
+    sqlx::query(
+        "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, \
+             finished_at) \
+         VALUES ($1 - interval '1 year', 'schedule', $1 - interval '1 year 1 day', \
+             $1 - interval '1 year', 'old:1', $1 - interval '1 year')",
+    )
+    .bind(tick)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    seed_pairs(app, tick - chrono::Duration::minutes(30), pairs).await;
+}
+
+/// `n` pairs (40 apps × MCCs from 200), 100 codes sent and 37 typed back, in one bucket.
+async fn seed_pairs(app: &TestApp, bucket: DateTime<Utc>, n: i32) {
+    sqlx::query(
+        "INSERT INTO otp_counts (app_id, mcc, bucket_start, sent, backfilled) \
+         SELECT 'drillApp' || (p % 40), 200 + p / 40, $1, 100, 37 FROM generate_series(0, $2 - 1) p",
+    )
+    .bind(bucket)
+    .bind(n)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+async fn count_state(app: &TestApp, state: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM report_submissions WHERE state = $1")
+        .bind(state)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// Successful submissions the provider received per pair.
+fn deliveries(app: &TestApp) -> HashMap<(String, String), usize> {
+    let mut seen = HashMap::new();
+    for body in app.provider.backfill_bodies() {
+        let key = (body["appId"].to_string(), body["mcc"].to_string());
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    seen
+}
+
+fn log_lines(log: &str, level: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(level))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[sqlx::test]
+async fn kill_9_in_the_middle_of_a_cycle_delivers_everything_with_at_most_max_in_flight_duplicates(
+    pool: PgPool,
+) {
+    let config = TestConfig {
+        max_in_flight: 8,
+        request_timeout: "2s".into(),
+        ..TestConfig::default()
+    };
+    let (app, tick) = catch_up_app(pool, config, 1000).await;
+    app.provider.set_latency(Duration::from_millis(40));
+
+    let daemon = Daemon::start(&app);
+    eventually(Duration::from_secs(30), "400 requests answered", || async {
+        app.provider.backfill_bodies().len() >= 400
+    })
+    .await;
+    daemon.kill().await;
+    let pending_after_kill = count_state(&app, "pending").await;
+    assert!(pending_after_kill > 0, "killed in the middle");
+
+    let daemon = Daemon::start(&app);
+    eventually(
+        Duration::from_secs(60),
+        "all 1000 pairs succeeded",
+        || async { count_state(&app, "succeeded").await == 1000 },
+    )
+    .await;
+    let (code, log) = daemon.stop().await;
+
+    assert_eq!(code, 0, "{log}");
+    let seen = deliveries(&app);
+    assert_eq!(seen.len(), 1000, "every pair delivered");
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    assert!(
+        duplicates <= 8,
+        "{duplicates} duplicates, more than max_in_flight (8)"
+    );
+    let runs: i64 = app
+        .count("SELECT count(*) FROM report_runs WHERE scheduled_for = (SELECT max(scheduled_for) FROM report_runs) AND finished_at IS NOT NULL AND succeeded = 1000")
+        .await;
+    assert_eq!(runs, 1, "the tick {tick} is closed with every pair");
+}
+
+#[sqlx::test]
+async fn every_database_session_cut_mid_cycle_leaves_the_daemon_running_and_nothing_pending(
+    pool: PgPool,
+) {
+    let config = TestConfig {
+        max_in_flight: 4,
+        request_timeout: "2s".into(),
+        ..TestConfig::default()
+    };
+    let (app, _) = catch_up_app(pool, config, 200).await;
+    app.provider.set_latency(Duration::from_millis(30));
+
+    let mut daemon = Daemon::start(&app);
+    eventually(Duration::from_secs(30), "50 requests answered", || async {
+        app.provider.backfill_bodies().len() >= 50
+    })
+    .await;
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'backfill-reporter'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(cut > 0, "the daemon's sessions were cut");
+
+    eventually(Duration::from_secs(60), "nothing pending", || async {
+        count_state(&app, "pending").await == 0
+    })
+    .await;
+    assert!(daemon.is_running(), "the daemon lives on");
+    let (code, log) = daemon.stop().await;
+
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(count_state(&app, "succeeded").await, 200, "{log}");
+    assert_eq!(deliveries(&app).len(), 200);
+    assert_eq!(
+        app.count("SELECT count(*) FROM report_runs WHERE finished_at IS NULL")
+            .await,
+        0,
+        "the run is closed"
+    );
+}
+
+#[sqlx::test]
+async fn thirty_percent_transient_failures_still_end_with_every_pair_succeeded(pool: PgPool) {
+    let app = TestApp::with(
+        pool,
+        TestConfig {
+            cron: "0 0 1 1 *".into(),
+            max_in_flight: 8,
+            retry_backoff: "20ms".into(),
+            ..TestConfig::default()
+        },
+    )
+    .await;
+    seed_pairs(&app, Utc::now() - chrono::Duration::minutes(30), 200).await;
+    app.provider.fail_randomly(0.3);
+
+    let (code, out, err) = app.run(&["run", "--once"]).await;
+
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("200 pairs, 200 succeeded, 0 failed"), "{out}");
+    assert_eq!(deliveries(&app).len(), 200);
+    let retried = app
+        .count("SELECT count(*) FROM report_submissions WHERE attempts > 1")
+        .await;
+    assert!(
+        retried > 20,
+        "the failures were real: {retried} pairs retried"
+    );
+}
+
+#[sqlx::test]
+async fn the_provider_unreachable_for_30_s_is_waited_out_with_a_handful_of_log_lines(pool: PgPool) {
+    let placeholder = TestApp::new(pool).await;
+    let proxy = Proxy::start(placeholder.provider.addr).await;
+    let config = TestConfig {
+        cron: "0 0 1 1 *".into(),
+        max_in_flight: 8,
+        request_timeout: "2s".into(),
+        base_url: Some(format!("http://{}/otp", proxy.addr)),
+        ..TestConfig::default()
+    };
+    placeholder.write_config(&config);
+    let app = placeholder;
+    seed_pairs(&app, Utc::now() - chrono::Duration::minutes(30), 300).await;
+    app.provider.set_latency(Duration::from_millis(20));
+
+    let run = tokio::spawn({
+        let cmd = app.command(&["run", "--once"]).output();
+        async move { cmd.await.unwrap() }
+    });
+    eventually(Duration::from_secs(20), "50 requests answered", || async {
+        app.provider.backfill_bodies().len() >= 50
+    })
+    .await;
+    proxy.down();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    proxy.up().await;
+    let out = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("run --once ends")
+        .unwrap();
+
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("300 pairs, 300 succeeded"), "{stdout}");
+    assert_eq!(deliveries(&app).len(), 300);
+    let retries = app
+        .count("SELECT sum(attempts) - count(*) FROM report_submissions")
+        .await;
+    assert!(
+        retries < 40,
+        "the provider was not hammered while down: {retries} retries"
+    );
+    let warnings = log_lines(&stderr, "WARN");
+    assert!(
+        warnings.len() <= 3 && warnings.iter().any(|l| l.contains("provider unreachable")),
+        "one warning for the outage: {warnings:#?}"
+    );
+    assert!(stderr.contains("provider answers again"), "{stderr}");
+    assert!(
+        stderr.lines().count() <= 10,
+        "a handful of lines:\n{stderr}"
+    );
+}
+
+#[sqlx::test]
+async fn two_instances_share_the_work_and_send_every_pair_exactly_once(pool: PgPool) {
+    let config = TestConfig {
+        max_in_flight: 4,
+        ..TestConfig::default()
+    };
+    let (app, _) = catch_up_app(pool, config, 400).await;
+    app.provider.set_latency(Duration::from_millis(20));
+
+    let a = Daemon::start(&app);
+    let b = Daemon::start(&app);
+    eventually(
+        Duration::from_secs(60),
+        "all 400 pairs succeeded",
+        || async { count_state(&app, "succeeded").await == 400 },
+    )
+    .await;
+    let (code_a, log_a) = a.stop().await;
+    let (code_b, log_b) = b.stop().await;
+
+    assert_eq!((code_a, code_b), (0, 0), "A:\n{log_a}\nB:\n{log_b}");
+    let seen = deliveries(&app);
+    assert_eq!(seen.len(), 400);
+    assert!(seen.values().all(|n| *n == 1), "a pair was sent twice");
+    let senders: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT attempted_by, count(*) FROM report_submissions GROUP BY 1 ORDER BY 2 DESC",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(senders.len(), 2, "both instances sent: {senders:?}");
+    assert!(senders.iter().all(|(_, n)| *n >= 40), "{senders:?}");
+}
+
+#[sqlx::test]
+async fn a_database_stopped_for_two_minutes_is_waited_out_and_its_tick_reported(_pool: PgPool) {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let admin = PgPool::connect(&server.url("postgres")).await.unwrap();
+    sqlx::query("CREATE DATABASE drill")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let url = server.url("drill");
+    let pool = PgPool::connect(&url).await.unwrap();
+    backfill_reporter::db::migrate(&pool).await.unwrap();
+    let app = TestApp::on(
+        pool,
+        url,
+        TestConfig {
+            cron: "*/20 * * * * *".into(),
+            request_timeout: "2s".into(),
+            ..TestConfig::default()
+        },
+    )
+    .await;
+    seed_pairs(&app, Utc::now() - chrono::Duration::minutes(30), 3).await;
+
+    let mut daemon = Daemon::start(&app);
+    daemon.wait_log("cycle for", Duration::from_secs(30)).await;
+    app.pool.close().await;
+    let stopped_at = Utc::now();
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(daemon.is_running(), "the daemon waits the outage out");
+    // Back 2 s after a tick (every 20 s), so that tick is claimed late before the next one.
+    let second = Utc::now().timestamp() % 20;
+    tokio::time::sleep(Duration::from_secs(((22 - second) % 20) as u64)).await;
+    server.start_again();
+    let restarted_at = Utc::now();
+    let pool = PgPool::connect(&app.db_url).await.unwrap();
+    // The last tick that fell in the outage is claimed late, and sent.
+    let outage_tick = || async {
+        sqlx::query_scalar::<_, DateTime<Utc>>(
+            "SELECT r.scheduled_for FROM report_runs r \
+             WHERE r.scheduled_for > $1 AND r.scheduled_for < $2 AND r.note LIKE 'claimed %' \
+               AND r.succeeded = 3",
+        )
+        .bind(stopped_at)
+        .bind(restarted_at)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "a tick of the outage reported",
+        || async { outage_tick().await.is_some() },
+    )
+    .await;
+    let late = outage_tick().await.unwrap();
+    let (code, log) = daemon.stop().await;
+
+    assert_eq!(code, 0, "{log}");
+    assert!(late > stopped_at, "{log}");
+    assert!(
+        log.contains("the tick") && log.contains("replaces it"),
+        "{log}"
+    );
+    let missed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM report_runs WHERE note LIKE 'not run:%' AND pairs = 0",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        missed >= 3,
+        "the replaced ticks are recorded: {missed}\n{log}"
+    );
+    pool.close().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn pending_rows_left_by_the_previous_release_are_completed_after_the_upgrade(pool: PgPool) {
+    // The database as the previous release left it: its one migration, and a run cut short.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/20261128000001_initial.sql"
+        ),
+        dir.path().join("20261128000001_initial.sql"),
+    )
+    .unwrap();
+    sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let app = TestApp::with(pool, TestConfig::default()).await;
+    let tick = Utc::now() - chrono::Duration::minutes(3);
+    let run_id: i64 = sqlx::query_scalar(
+        "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance) \
+         VALUES ($1, 'schedule', $1 - interval '1 day', $1, 'old-release:1') RETURNING id",
+    )
+    .bind(tick)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    for (app_id, b, s, rate) in [("upApp001", 1, 8, "12.50"), ("upApp002", 2, 3, "66.67")] {
+        sqlx::query(
+            "INSERT INTO report_submissions (run_id, app_id, mcc, scheduled_for, window_start, \
+             window_end, backfill_number, cardinal_number, rate, callback_time, state) \
+             VALUES ($1, $2, '460', $3, $3 - interval '1 day', $3, $4, $5, $6::numeric, \
+                 '2026-01-01T00:00:00+08:00', 'pending')",
+        )
+        .bind(run_id)
+        .bind(app_id)
+        .bind(tick)
+        .bind(b)
+        .bind(s)
+        .bind(rate)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+
+    let daemon = Daemon::start(&app);
+    eventually(Duration::from_secs(30), "the old rows sent", || async {
+        count_state(&app, "succeeded").await == 2
+    })
+    .await;
+    let (code, log) = daemon.stop().await;
+
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("applied migration 20261129000001"), "{log}");
+    let mut rates: Vec<String> = app
+        .provider
+        .backfill_bodies()
+        .iter()
+        .map(|b| {
+            format!(
+                "{} {}",
+                b["appId"].as_str().unwrap(),
+                b["backfillNow"].as_str().unwrap()
+            )
+        })
+        .collect();
+    rates.sort();
+    assert_eq!(rates, ["upApp001 12.5", "upApp002 66.67"]);
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM report_runs WHERE finished_at IS NOT NULL AND succeeded = 2"
+        )
+        .await,
+        1,
+        "the old run is closed"
+    );
+}
+
+#[sqlx::test]
+async fn retention_deletes_old_rows_in_batches_and_keeps_pending_and_recent_ones(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let now = Utc::now();
+    for (age_days, state, n) in [
+        (100, "succeeded", 12_000),
+        (100, "pending", 2),
+        (10, "succeeded", 5),
+    ] {
+        let at = now - chrono::Duration::days(age_days);
+        let run_id: i64 = sqlx::query_scalar(
+            "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, \
+                 finished_at) VALUES ($1, 'once', $1, $1, 't', $1) RETURNING id",
+        )
+        .bind(at)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO report_submissions (run_id, app_id, mcc, scheduled_for, window_start, \
+                 window_end, callback_time, state) \
+             SELECT $1, $3 || g, '460', $2, $2, $2, 'x', $3 FROM generate_series(1, $4) g",
+        )
+        .bind(run_id)
+        .bind(at)
+        .bind(state)
+        .bind(n)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+
+    let cutoff = backfill_reporter::retention::cutoff(now, Duration::from_secs(90 * 86_400));
+    let pruned = backfill_reporter::retention::prune(&app.pool, cutoff)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        pruned.submissions,
+        12_000,
+        "in batches of {}",
+        backfill_reporter::retention::BATCH
+    );
+    assert_eq!(
+        pruned.runs, 1,
+        "the emptied old run; the one holding pending rows stays"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM report_submissions").await,
+        7
+    );
+    assert_eq!(count_state(&app, "pending").await, 2);
+}
