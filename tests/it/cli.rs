@@ -195,3 +195,63 @@ async fn json_logs_are_one_object_per_line_with_the_cycle_summary(pool: PgPool) 
         "no colour codes when not on a terminal"
     );
 }
+
+#[sqlx::test]
+async fn record_json_prints_the_body_as_received_even_when_the_provider_refuses(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let refusal = serde_json::json!({"status": "-1", "reason": "auth", "trace": "a1b2"});
+    app.provider
+        .script_all(vec![Scripted::json(401, refusal.clone()), Scripted::Html]);
+
+    let (code, out, err) = app.run(&["record", "1234566", "--json"]).await;
+    let (html_code, html_out, _) = app.run(&["record", "1234566", "--json"]).await;
+
+    assert_eq!(code, 1, "{err}");
+    let printed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(printed, refusal);
+    assert!(err.contains("status -1, reason auth, HTTP 401"), "{err}");
+    assert_eq!(html_code, 1);
+    assert!(html_out.starts_with("<html>"), "{html_out}");
+}
+
+#[sqlx::test]
+async fn record_reads_a_leg_with_both_currency_keys_and_legs_sent_as_objects(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let mut data = docs_record_example()["data"].clone();
+    data["sms"][0]["settleCurrency"] = "USD".into(); // beside the example's "currency": "EUR"
+    data["call"] = data["call"][0].clone(); // one object where the table says JSONArray
+    data["newTopLevelField"] = serde_json::json!({"x": 1});
+    app.provider.put_record("1234566", data);
+
+    let (code, out, err) = app.run(&["record", "1234566"]).await;
+
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("settled 0.01368 USD"), "{out}");
+    assert!(out.contains("call #1"), "{out}");
+    assert!(
+        out.contains("failed (100005) (Temporarily Unavailable)"),
+        "{out}"
+    );
+}
+
+#[sqlx::test]
+async fn record_words_the_call_leg_no_more_precisely_than_the_page(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.provider
+        .put_record("1234566", docs_record_example()["data"].clone());
+
+    let (code, out, err) = app.run(&["record", "1234566"]).await;
+
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("cost     0 USD, rate 0.138 USD, regional supplier 661"),
+        "{out}"
+    );
+    assert!(
+        out.contains("duration call 0, charged 0 (unit not stated by the provider)"),
+        "{out}"
+    );
+    for claim in ["USD/min", "region 661", "0 s"] {
+        assert!(!out.contains(claim), "claims {claim:?}:\n{out}");
+    }
+}
