@@ -255,3 +255,113 @@ async fn record_words_the_call_leg_no_more_precisely_than_the_page(pool: PgPool)
         assert!(!out.contains(claim), "claims {claim:?}:\n{out}");
     }
 }
+
+/// The test config with `from` replaced by `to`, run through `check`: (exit code, stdout,
+/// stderr).
+async fn check_with(app: &TestApp, from: &str, to: &str) -> (i32, String, String) {
+    let text = std::fs::read_to_string(&app.config_path).unwrap();
+    assert!(text.contains(from), "{from:?} not in the test config");
+    std::fs::write(&app.config_path, text.replacen(from, to, 1)).unwrap();
+    let result = app.run(&["check"]).await;
+    std::fs::write(&app.config_path, text).unwrap();
+    result
+}
+
+#[sqlx::test]
+async fn check_refuses_cleartext_to_a_remote_provider_and_a_password_in_base_url(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.provider.base_url.clone();
+    for (url, why) in [
+        (
+            "http://api.itniotech.com/otp".to_owned(),
+            "loopback host only",
+        ),
+        (
+            base.replace("http://", "http://u:hunter2@"),
+            "user name or password",
+        ),
+        (
+            "https://u:hunter2@api.itniotech.com/otp".to_owned(),
+            "user name or password",
+        ),
+    ] {
+        let (code, out, err) = check_with(&app, &base, &url).await;
+
+        assert_eq!(code, 2, "{url}: {out}{err}");
+        assert!(
+            err.contains("provider.base_url") && err.contains(why),
+            "{err}"
+        );
+        assert!(!format!("{out}{err}").contains("hunter2"), "{out}{err}");
+    }
+    assert!(app.provider.received().is_empty());
+}
+
+#[sqlx::test]
+async fn each_out_of_range_setting_exits_2_naming_the_key_and_the_range(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    for (from, to, expected) in [
+        (
+            "request_timeout = \"5s\"",
+            "request_timeout = \"0s\"",
+            "provider.request_timeout = \"0s\" is out of range: allowed 1s to 5m",
+        ),
+        (
+            "request_timeout = \"5s\"",
+            "request_timeout = \"1h\"",
+            "provider.request_timeout = \"1h\" is out of range: allowed 1s to 5m",
+        ),
+        (
+            "max_in_flight = 4",
+            "max_in_flight = 5000",
+            "provider.max_in_flight = 5000 is out of range: allowed 1 to 1024",
+        ),
+        (
+            "max_attempts = 5",
+            "max_attempts = 0",
+            "provider.max_attempts = 0 is out of range: allowed 1 or more",
+        ),
+        (
+            "[database]\n",
+            "[database]\nmax_connections = 1\n",
+            "database.max_connections = 1 is out of range: allowed 2 to 100",
+        ),
+        (
+            "window = \"24h\"",
+            "window = \"400d\"",
+            "source.window = \"400d\" is out of range: allowed 1s to 366d",
+        ),
+    ] {
+        let (code, _, err) = check_with(&app, from, to).await;
+
+        assert_eq!(code, 2, "{to}: {err}");
+        assert!(err.contains(expected), "{to}: {err}");
+    }
+}
+
+#[sqlx::test]
+async fn a_secret_in_an_inline_table_or_under_a_quoted_key_is_not_echoed(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = &app.provider.base_url;
+    for (text, key) in [
+        (
+            format!("provider = {{ base_url = {base:?}, api_key = \"bDqJFiq9\", api_secret = 987654321 }}\n"),
+            "provider.api_secret",
+        ),
+        (
+            format!("[provider]\nbase_url = {base:?}\napi_key = \"bDqJFiq9\"\n[database]\n\"url\" = 987654321\n"),
+            "database.url",
+        ),
+    ] {
+        std::fs::write(&app.config_path, &text).unwrap();
+
+        let (code, out, err) = app.run(&["check"]).await;
+
+        assert_eq!(code, 2, "{err}");
+        assert!(!format!("{out}{err}").contains("987654321"), "{err}");
+        assert!(
+            err.contains(&format!("invalid value for {key} (not shown")),
+            "{err}"
+        );
+    }
+}
