@@ -1,6 +1,7 @@
 //! The PostgreSQL pool and the embedded migrations. Connection settings come from
 //! [`DatabaseSettings`]; the URL is a secret (it may carry a password) and is never echoed,
-//! not even when it does not parse.
+//! not even when it does not parse. A server that is not on this machine is reached over TLS
+//! with a verified certificate unless the URL says otherwise.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, PgPool};
 
 use crate::config::DatabaseSettings;
@@ -18,26 +19,89 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// Options for the configured database, with the application name set so that operators see
 /// the daemon in `pg_stat_activity`.
+///
+/// sqlx defaults to `sslmode=prefer`: it encrypts without checking the certificate and falls
+/// back to plaintext when the server (or a machine in the middle) declines, so the password
+/// and the counts could be read or changed on the way. For a host that is not local, the
+/// default here is `verify-full`; an `sslmode` written in the URL is the operator's choice and
+/// is kept, weaker or not. `database.ca_file` adds certificates to trust.
 pub fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {
     let url = settings.url()?;
     // sqlx's parse error may quote the URL; replace it rather than chain it.
-    let options = PgConnectOptions::from_str(url.expose_secret()).map_err(|_| {
+    let mut options = PgConnectOptions::from_str(url.expose_secret()).map_err(|_| {
         anyhow::anyhow!("database.url is not a valid PostgreSQL URL (postgres://user@host/db)")
     })?;
+    if tls_required_by_default(url.expose_secret(), &options) {
+        options = options.ssl_mode(PgSslMode::VerifyFull);
+    }
+    if let Some(ca) = &settings.ca_file {
+        options = options.ssl_root_cert(ca);
+    }
     Ok(options
         .application_name("backfill-reporter")
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)))
 }
 
-/// Where the options point, without the password, for messages.
+/// Whether [`connect_options`] raises the TLS mode to `verify-full`: the URL names no
+/// `sslmode` and the server is not on this machine.
+fn tls_required_by_default(url: &str, options: &PgConnectOptions) -> bool {
+    let explicit = reqwest::Url::parse(url)
+        .map(|u| {
+            u.query_pairs()
+                .any(|(k, _)| k == "sslmode" || k == "ssl-mode")
+        })
+        .unwrap_or(false);
+    !explicit && !is_local(options)
+}
+
+/// A Unix socket, `localhost` or a loopback address: traffic that never leaves the machine.
+pub fn is_local(options: &PgConnectOptions) -> bool {
+    if options.get_socket().is_some() {
+        return true;
+    }
+    let host = options.get_host();
+    host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| match ip {
+                std::net::IpAddr::V4(v4) => v4.is_loopback(),
+                std::net::IpAddr::V6(v6) => {
+                    v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+                }
+            })
+}
+
+/// What protects the connection, in words.
+fn tls_in_words(options: &PgConnectOptions) -> &'static str {
+    if options.get_socket().is_some() || options.get_host().starts_with('/') {
+        return "via a Unix socket";
+    }
+    match options.get_ssl_mode() {
+        PgSslMode::Disable => "without TLS (sslmode=disable)",
+        PgSslMode::Allow => "without TLS unless the server insists (sslmode=allow)",
+        PgSslMode::Prefer => "over TLS if offered, certificate not verified (sslmode=prefer)",
+        PgSslMode::Require => "over TLS, certificate not verified (sslmode=require)",
+        PgSslMode::VerifyCa => {
+            "over TLS, certificate verified but not its host name (sslmode=verify-ca)"
+        }
+        PgSslMode::VerifyFull => "over TLS with a verified certificate (sslmode=verify-full)",
+    }
+}
+
+/// Where the options point and how the link is protected, without the password, for
+/// messages.
 pub fn describe(options: &PgConnectOptions) -> String {
     format!(
-        "{}@{}:{}/{}",
+        "{}@{}:{}/{} {}",
         options.get_username(),
         options.get_host(),
         options.get_port(),
-        options.get_database().unwrap_or("(default)")
+        options.get_database().unwrap_or("(default)"),
+        tls_in_words(options)
     )
 }
 
@@ -45,6 +109,16 @@ pub fn describe(options: &PgConnectOptions) -> String {
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let options = connect_options(settings)?;
     let target = describe(&options);
+    if let Some(url) = &settings.url {
+        if tls_required_by_default(url.expose_secret(), &options) {
+            tracing::info!(
+                "database host {} is not local: requiring TLS with a verified certificate \
+                 (sslmode=verify-full); set database.ca_file for a private CA, or write another \
+                 sslmode in database.url to choose otherwise",
+                options.get_host()
+            );
+        }
+    }
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -80,4 +154,74 @@ async fn applied_versions(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
         .fetch_all(pool)
         .await
         .context("reading applied migrations")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    fn options(url: &str) -> PgConnectOptions {
+        connect_options(&DatabaseSettings {
+            url: Some(SecretString::from(url.to_owned())),
+            max_connections: 2,
+            ca_file: None,
+        })
+        .unwrap()
+    }
+
+    fn mode(url: &str) -> String {
+        format!("{:?}", options(url).get_ssl_mode())
+    }
+
+    #[test]
+    fn a_host_that_is_not_local_gets_verify_full_unless_the_url_says_otherwise() {
+        for url in [
+            "postgres://u:pw@db.example.com/x",
+            "postgres://u@10.0.0.5:5433/x",
+            "postgres://u@[2001:db8::1]/x",
+            "postgres://u@db.example.com/x?application_name=y",
+        ] {
+            assert_eq!(mode(url), "VerifyFull", "{url}");
+            assert!(describe(&options(url)).contains("sslmode=verify-full"));
+        }
+        for (url, expected) in [
+            ("postgres://u@db.example.com/x?sslmode=require", "Require"),
+            ("postgres://u@db.example.com/x?sslmode=disable", "Disable"),
+            (
+                "postgres://u@db.example.com/x?ssl-mode=verify-ca",
+                "VerifyCa",
+            ),
+            ("postgres://u@db.example.com/x?sslmode=prefer", "Prefer"),
+        ] {
+            assert_eq!(mode(url), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_local_server_keeps_the_default() {
+        for url in [
+            "postgres://u@localhost/x",
+            "postgres://u@127.0.0.1:5432/x",
+            "postgres://u@127.0.1.1/x",
+            "postgres://u@[::1]/x",
+            "postgres://u@[::ffff:127.0.0.1]/x",
+            "postgres:///x?host=/run/postgresql&user=u",
+            "postgres://u@%2Frun%2Fpostgresql/x",
+        ] {
+            assert!(is_local(&options(url)), "{url}");
+            assert_ne!(mode(url), "VerifyFull", "{url}");
+        }
+    }
+
+    #[test]
+    fn the_description_names_the_tls_mode_and_never_the_password() {
+        let d = describe(&options("postgres://u:hunter2@db.example.com:6432/x"));
+        assert_eq!(
+            d,
+            "u@db.example.com:6432/x over TLS with a verified certificate (sslmode=verify-full)"
+        );
+        let d = describe(&options("postgres:///x?host=/run/postgresql"));
+        assert!(d.ends_with("via a Unix socket"), "{d}");
+    }
 }

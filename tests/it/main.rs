@@ -8,4 +8,5 @@ mod cli;
 mod cron_choice;
 mod cycle;
 mod daemon;
+mod db_tls;
 mod provider_client;
