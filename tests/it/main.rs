@@ -9,4 +9,5 @@ mod cron_choice;
 mod cycle;
 mod daemon;
 mod db_tls;
+mod migrations;
 mod provider_client;
