@@ -10,4 +10,6 @@ mod cycle;
 mod daemon;
 mod db_tls;
 mod migrations;
+mod process;
 mod provider_client;
+mod unit_file;
