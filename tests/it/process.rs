@@ -1,13 +1,15 @@
 //! The process as the kernel sees it: not dumpable (no core dump, no ptrace by its own UID, so
-//! no secret read out of its memory).
+//! no secret read out of its memory), and named by uname(2) even where /proc/sys is hidden.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use sqlx::PgPool;
+
 use crate::fake_provider::{FakeProvider, Scripted};
-use crate::helpers::{eventually, API_KEY, API_SECRET};
+use crate::helpers::{eventually, TestApp, API_KEY, API_SECRET};
 
 const BIN: &str = env!("CARGO_BIN_EXE_backfill-reporter");
 
@@ -78,5 +80,68 @@ async fn the_process_makes_itself_non_dumpable_at_start() {
     assert_eq!(
         owner, 0,
         "/proc/{pid} belongs to uid {owner} (the process's own {run_as}): it is dumpable"
+    );
+}
+
+#[sqlx::test]
+async fn the_instance_name_comes_from_uname_where_proc_sys_is_hidden(pool: PgPool) {
+    // The unit's ProcSubset=pid hides /proc/sys; a private mount namespace with a tmpfs over
+    // it does the same here (root only).
+    let can_hide = tokio::process::Command::new("unshare")
+        .args(["--mount", "sh", "-c", "mount -t tmpfs none /proc/sys"])
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success());
+    if !can_hide {
+        eprintln!(
+            "\n*** SKIPPED the_instance_name_comes_from_uname_where_proc_sys_is_hidden: \
+             unshare --mount needs root ***\n"
+        );
+        return;
+    }
+    let app = TestApp::new(pool).await;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut cmd = tokio::process::Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "sh",
+        "-c",
+        "mount -t tmpfs none /proc/sys && test ! -e /proc/sys/kernel/hostname && exec \"$@\"",
+        "sh",
+        BIN,
+        "--config",
+    ])
+    .arg(&app.config_path)
+    .args(["run", "--once"]);
+    for var in [
+        "DATABASE_URL",
+        "BACKFILL_REPORTER_API_KEY",
+        "BACKFILL_REPORTER_API_SECRET",
+        "BACKFILL_REPORTER_CONFIG",
+        "CREDENTIALS_DIRECTORY",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+    ] {
+        cmd.env_remove(var);
+    }
+
+    let out = cmd.output().await.unwrap();
+
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let instance: String = sqlx::query_scalar("SELECT instance FROM report_runs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        instance.starts_with(&format!("{hostname}:")),
+        "{instance} is not {hostname}:PID"
     );
 }
