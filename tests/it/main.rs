@@ -12,4 +12,5 @@ mod db_tls;
 mod migrations;
 mod process;
 mod provider_client;
+mod reload;
 mod unit_file;
