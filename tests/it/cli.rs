@@ -365,3 +365,45 @@ async fn a_secret_in_an_inline_table_or_under_a_quoted_key_is_not_echoed(pool: P
         );
     }
 }
+
+#[sqlx::test]
+async fn a_reason_with_a_newline_cannot_forge_a_log_line_and_is_stored_capped(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.seed(
+        "forgApp1",
+        460,
+        chrono::Utc::now() - chrono::Duration::minutes(5),
+        10,
+        4,
+    )
+    .await;
+    let reason = format!(
+        "bad\nFORGED 2026-01-01T00:00:00Z INFO backfill_reporter: all good\r\n{}",
+        "z".repeat(5_000)
+    );
+    app.provider.script(
+        "forgApp1",
+        vec![Scripted::json(
+            200,
+            serde_json::json!({"status": "-22", "reason": reason}),
+        )],
+    );
+
+    let (code, _, err) = app.run(&["run", "--once"]).await;
+
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.lines().all(|l| !l.starts_with("FORGED")),
+        "a forged line reached the log:\n{err}"
+    );
+    let (stored, error): (String, String) = sqlx::query_as(
+        "SELECT provider_reason, error FROM report_submissions WHERE app_id = 'forgApp1'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(stored.starts_with("bad\\nFORGED"), "{stored}");
+    assert!(stored.chars().count() <= 501, "{}", stored.chars().count());
+    assert!(!stored.chars().any(char::is_control));
+    assert!(!error.chars().any(char::is_control), "{error}");
+}
