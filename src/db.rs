@@ -30,6 +30,7 @@ const INDEX_LOCK: i64 = 0x6266_7269;
 /// is kept, weaker or not. `database.ca_file` adds certificates to trust.
 pub fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {
     let url = settings.url()?;
+    refuse_unknown_parameters(url.expose_secret())?;
     // sqlx's parse error may quote the URL; replace it rather than chain it.
     let mut options = PgConnectOptions::from_str(url.expose_secret()).map_err(|_| {
         anyhow::anyhow!("database.url is not a valid PostgreSQL URL (postgres://user@host/db)")
@@ -44,6 +45,45 @@ pub fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectO
         .application_name("backfill-reporter")
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)))
+}
+
+/// The URL parameters sqlx reads. It logs any other with its value at WARN, and that value may
+/// be a password under a misspelt name (`pasword=`): such a URL is refused, naming the key.
+const URL_PARAMETERS: [&str; 18] = [
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+fn refuse_unknown_parameters(url: &str) -> anyhow::Result<()> {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return Ok(()); // refused by the parse that follows, without echo
+    };
+    for (key, _) in url.query_pairs() {
+        if !URL_PARAMETERS.contains(&&*key) && !key.starts_with("options[") {
+            anyhow::bail!(
+                "database.url has an unknown parameter {:?} (its value is not shown); known: {}",
+                crate::provider::clean(&key, 64),
+                URL_PARAMETERS.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Whether [`connect_options`] raises the TLS mode to `verify-full`: the URL names no
@@ -293,6 +333,21 @@ mod tests {
             assert!(is_local(&options(url)), "{url}");
             assert_ne!(mode(url), "VerifyFull", "{url}");
         }
+    }
+
+    #[test]
+    fn an_unknown_url_parameter_is_refused_without_its_value() {
+        let settings = DatabaseSettings {
+            url: Some(SecretString::from(
+                "postgres://u@db.example.com/x?pasword=hunter2".to_owned(),
+            )),
+            max_connections: 2,
+            ca_file: None,
+        };
+        let err = format!("{:#}", connect_options(&settings).unwrap_err());
+        assert!(err.contains("unknown parameter \"pasword\""), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        options("postgres://u@db.example.com/x?password=pw&options[search_path]=a&sslmode=require");
     }
 
     #[test]
