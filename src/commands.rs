@@ -309,6 +309,17 @@ async fn record(
     }
     let client = ProviderClient::new(&settings.provider)?;
     let ex = client.lookup_record(order_id, app_id).await;
+    if json {
+        // As received, before anything can fail on it: the operator debugging a delivery must
+        // see what came back even when it is an error or not what the page documents.
+        if let Some(body) = &ex.body {
+            if body.ends_with('\n') {
+                print!("{body}");
+            } else {
+                println!("{body}");
+            }
+        }
+    }
     if ex.class != Class::Success {
         eprintln!(
             "provider error: status {}, reason {}{}",
@@ -323,20 +334,25 @@ async fn record(
         }
         return Ok(ExitCode::from(EXIT_FAILED));
     }
-    if json {
-        println!("{}", ex.body.as_deref().unwrap_or("{}"));
-    } else {
+    if !json {
         print!("{}", render_record(&ex.data.unwrap_or_default()));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The human summary of a record: the verification, then every leg.
+/// The human summary of a record: the verification, then every leg. It claims no more than the
+/// provider's page: where the page names no unit or currency, neither does the summary. Every
+/// text from the provider is [`provider::clean`]ed, so that it cannot drive the terminal.
 pub fn render_record(r: &Record) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let v = r.verifications.clone().unwrap_or_default();
-    let o = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".to_owned());
+    let o = |s: &Option<String>| {
+        s.as_deref().map_or_else(
+            || "-".to_owned(),
+            |s| provider::clean(s, provider::MAX_REASON_CHARS),
+        )
+    };
     let n = |i: Option<i64>| i.map_or_else(|| "-".to_owned(), |i| i.to_string());
     let _ = writeln!(
         out,
@@ -382,7 +398,7 @@ pub fn render_record(r: &Record) -> String {
             "  network  mcc {} mnc {}, sender {:?}",
             n(s.mcc),
             n(s.mnc),
-            s.sender.clone().unwrap_or_default()
+            provider::clean(s.sender.as_deref().unwrap_or_default(), 64)
         );
         let _ = writeln!(
             out,
@@ -409,9 +425,11 @@ pub fn render_record(r: &Record) -> String {
             o(&c.answer_time),
             o(&c.hangup_time)
         );
+        // The page gives the durations no unit, the rate no time base, and `code` is the
+        // "regional supplier" (地区供应商), not a region.
         let _ = writeln!(
             out,
-            "  duration {} s, charged {} s, billing {}, display number {}",
+            "  duration call {}, charged {} (unit not stated by the provider), billing {}, display number {}",
             n(c.call_duration),
             n(c.charged_duration),
             o(&c.bill_period),
@@ -419,7 +437,7 @@ pub fn render_record(r: &Record) -> String {
         );
         let _ = writeln!(
             out,
-            "  cost     {} USD at {} USD/min (region {}); {}",
+            "  cost     {} USD, rate {} USD, regional supplier {}; {}",
             o(&c.cost),
             o(&c.rate),
             o(&c.code),

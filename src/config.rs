@@ -3,6 +3,8 @@
 //! that cannot be wrong later (a parsed schedule, a time zone, an allow-list of [`AppId`]s).
 //! This module reads files and the environment only; it opens no connection.
 
+use std::fmt::Display;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -51,6 +53,7 @@ struct RawDatabase {
     max_connections: Option<u32>,
     statement_timeout: Option<String>,
     keep: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +111,9 @@ pub struct DatabaseSettings {
     pub statement_timeout: Duration,
     /// How long runs and submissions are kept before they are deleted.
     pub keep: Duration,
+    /// PEM certificates to trust for the server's TLS certificate, besides the public roots
+    /// (a cloud provider's CA, or a private one); `sslrootcert` in the URL does the same.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -161,9 +167,7 @@ pub fn load(path: &Path) -> anyhow::Result<Settings> {
         .with_context(|| format!("reading config file {}", path.display()))?;
     let mut settings = from_toml(&text, path, &|name| std::env::var(name).ok())
         .with_context(|| format!("config file {}", path.display()))?;
-    if let Some(warning) = permission_warning(path, &text) {
-        settings.warnings.push(warning);
-    }
+    settings.warnings.extend(permission_warning(path, &text));
     Ok(settings)
 }
 
@@ -203,12 +207,7 @@ pub fn from_toml(
     } else if let Some(path) = credential("api_secret") {
         Some(read_secret_file(&path).context("systemd credential api_secret")?)
     } else if let Some(file) = &p.api_secret_file {
-        if let Some(mode) = loose_mode(file) {
-            warnings.push(format!(
-                "provider.api_secret_file {} is readable by group or others (mode {mode:o}): run chmod 600 on it",
-                file.display()
-            ));
-        }
+        warnings.extend(secret_file_warning(file));
         Some(read_secret_file(file).context("provider.api_secret_file")?)
     } else {
         p.api_secret
@@ -223,21 +222,26 @@ pub fn from_toml(
         base_url,
         api_key,
         api_secret,
-        request_timeout: duration(p.request_timeout, "10s", "provider.request_timeout")?,
-        max_in_flight: positive(p.max_in_flight.unwrap_or(8), "provider.max_in_flight")?,
-        max_attempts: p
-            .max_attempts
-            .map(|n| positive(n, "provider.max_attempts"))
-            .transpose()?,
+        request_timeout: bounded_duration(
+            "provider.request_timeout",
+            duration(p.request_timeout, "10s", "provider.request_timeout")?,
+            REQUEST_TIMEOUT,
+        )?,
+        max_in_flight: bounded(
+            "provider.max_in_flight",
+            p.max_in_flight.unwrap_or(8),
+            MAX_IN_FLIGHT,
+        )?,
+        max_attempts: at_least("provider.max_attempts", p.max_attempts, 1)?,
         retry_backoff: duration(p.retry_backoff, "500ms", "provider.retry_backoff")?,
         retry_deadline: p
             .retry_deadline
-            .map(|d| duration(Some(d), "", "provider.retry_deadline"))
+            .map(|d| {
+                let d = duration(Some(d), "", "provider.retry_deadline")?;
+                bounded_duration("provider.retry_deadline", d, RETRY_DEADLINE)
+            })
             .transpose()?,
     };
-    if provider.retry_deadline.is_some_and(|d| d.is_zero()) {
-        bail!("provider.retry_deadline must be longer than 0s");
-    }
 
     let d = raw.database;
     let database = DatabaseSettings {
@@ -250,22 +254,33 @@ pub fn from_toml(
                 None => d.url,
             },
         },
-        max_connections: positive(d.max_connections.unwrap_or(5), "database.max_connections")?,
-        statement_timeout: duration(d.statement_timeout, "60s", "database.statement_timeout")?,
-        keep: duration(d.keep, "90days", "database.keep")?,
+        max_connections: bounded(
+            "database.max_connections",
+            d.max_connections.unwrap_or(5),
+            MAX_CONNECTIONS,
+        )?,
+        statement_timeout: bounded_duration(
+            "database.statement_timeout",
+            duration(d.statement_timeout, "60s", "database.statement_timeout")?,
+            STATEMENT_TIMEOUT,
+        )?,
+        keep: bounded_duration(
+            "database.keep",
+            duration(d.keep, "90days", "database.keep")?,
+            KEEP,
+        )?,
+        ca_file: d
+            .ca_file
+            .map(|f| readable_file("database.ca_file", f))
+            .transpose()?,
     };
-    if database.statement_timeout < Duration::from_secs(1) {
-        bail!("database.statement_timeout must be at least 1s");
-    }
-    if database.keep < Duration::from_secs(86_400) {
-        bail!("database.keep must be at least 1 day");
-    }
 
     let s = raw.source;
-    let window = duration(s.window, "24h", "source.window")?;
-    if window.is_zero() {
-        bail!("source.window must be longer than 0s");
-    }
+    let window = bounded_duration(
+        "source.window",
+        duration(s.window, "24h", "source.window")?,
+        WINDOW,
+    )?;
     let query = s.query.filter(|q| !q.trim().is_empty());
     if let Some(q) = &query {
         if !q.contains("$1") || !q.contains("$2") {
@@ -305,44 +320,259 @@ pub fn from_toml(
     })
 }
 
-/// A TOML error as one line with its line number. toml's own Display quotes the offending line
-/// and its messages quote values, which may be a secret (`api_secret = 1234` is a type error
-/// that would print 1234): neither is shown for a line that sets a secret.
+/// A TOML error as one line: its line, the key it is about, and toml's message, which
+/// never shows the line itself. toml's messages quote the value that failed to deserialize
+/// (`api_secret = 1234` is a type error that would print 1234), so when the failing value
+/// sits under a secret key, in any layout (section, inline table, dotted or quoted key), the
+/// message is replaced; as a second guard, so is a message that contains a secret's text.
 fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
-    let Some(span) = e.span() else {
-        return anyhow::anyhow!("{}", e.message());
+    let message = e.message().trim_end().replace('\n', " ");
+    let Some(values) = value_spans(text) else {
+        // Not even valid TOML: a syntax error, whose message names what was expected, never
+        // the text found.
+        return match e.span() {
+            Some(span) => {
+                let (line, column) = position(text, span.start);
+                anyhow::anyhow!("line {line}, column {column}: {message}")
+            }
+            None => anyhow::anyhow!("{message}"),
+        };
     };
-    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
-    let line = text.lines().nth(line_no - 1).unwrap_or_default();
-    let key = line.split('=').next().unwrap_or_default().trim();
-    if SECRET_KEYS
+    let quotes_a_secret = values
         .iter()
-        .any(|k| key == *k || key.ends_with(&format!(".{k}")))
-    {
-        anyhow::anyhow!("line {line_no}: invalid value for {key} (not shown: it may hold a secret)")
-    } else {
-        anyhow::anyhow!(
-            "line {line_no}: {}",
-            e.message().trim_end().replace('\n', " ")
-        )
+        .filter(|v| v.secret)
+        .filter_map(|v| text.get(v.span.clone()))
+        .map(|secret| secret.trim_matches(['"', '\'']).trim())
+        .any(|secret| secret.len() >= 3 && message.contains(secret));
+    let Some(span) = e.span() else {
+        return if quotes_a_secret {
+            anyhow::anyhow!("invalid value (not shown: it may hold a secret)")
+        } else {
+            anyhow::anyhow!("{message}")
+        };
+    };
+    let (line, _) = position(text, span.start);
+    // The innermost value the error points into names the key.
+    let at = values
+        .iter()
+        .filter(|v| v.span.start <= span.start && span.start < v.span.end.max(v.span.start + 1))
+        .min_by_key(|v| v.span.len());
+    match at {
+        Some(v) if v.secret || quotes_a_secret => anyhow::anyhow!(
+            "line {line}: invalid value for {} (not shown: it may hold a secret)",
+            v.path
+        ),
+        None if quotes_a_secret => {
+            anyhow::anyhow!("line {line}: invalid value (not shown: it may hold a secret)")
+        }
+        Some(v) => anyhow::anyhow!("line {line}: {}: {message}", v.path),
+        None => anyhow::anyhow!("line {line}: {message}"),
     }
 }
 
-/// Keys whose values are never echoed in an error.
-const SECRET_KEYS: [&str; 2] = ["api_secret", "url"];
+/// A value of the config file: its dotted key, where it is, and whether it sits under a key
+/// that holds a secret.
+struct SpannedValue {
+    path: String,
+    span: Range<usize>,
+    secret: bool,
+}
 
+/// Whether values under this key are never echoed: the API secret, the database URL (it may
+/// carry a password), and anything named like a secret.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key == "url" || key.contains("secret") || key.contains("password")
+}
+
+/// Every value in the document with its span, nested ones included; `None` when the text is
+/// not valid TOML.
+fn value_spans(text: &str) -> Option<Vec<SpannedValue>> {
+    fn join(path: &str, key: &str) -> String {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    }
+    fn item(i: &toml_edit::Item, path: &str, secret: bool, out: &mut Vec<SpannedValue>) {
+        match i {
+            toml_edit::Item::None => {}
+            toml_edit::Item::Value(v) => value(v, path, secret, out),
+            toml_edit::Item::Table(t) => table(t, path, secret, out),
+            toml_edit::Item::ArrayOfTables(a) => {
+                for t in a.iter() {
+                    table(t, path, secret, out);
+                }
+            }
+        }
+    }
+    fn table(t: &toml_edit::Table, path: &str, secret: bool, out: &mut Vec<SpannedValue>) {
+        for (k, i) in t.iter() {
+            item(i, &join(path, k), secret || is_secret_key(k), out);
+        }
+    }
+    fn value(v: &toml_edit::Value, path: &str, secret: bool, out: &mut Vec<SpannedValue>) {
+        if let Some(span) = v.span() {
+            out.push(SpannedValue {
+                path: path.to_owned(),
+                span,
+                secret,
+            });
+        }
+        match v {
+            toml_edit::Value::InlineTable(t) => {
+                for (k, v) in t.iter() {
+                    value(v, &join(path, k), secret || is_secret_key(k), out);
+                }
+            }
+            toml_edit::Value::Array(a) => {
+                for v in a.iter() {
+                    value(v, path, secret, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut out = Vec::new();
+    table(doc.as_table(), "", false, &mut out);
+    Some(out)
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// `provider.base_url`: https, or http to this machine only. The signing headers in cleartext
+/// let anyone on the path replay requests and brute-force a short secret offline. The URL is
+/// never echoed: it may carry a password, which is refused too (the API is authenticated by
+/// its headers, and `check` prints the URL).
 fn validate_base_url(raw: &str) -> anyhow::Result<String> {
     let trimmed = raw.trim().trim_end_matches('/');
-    let url = reqwest::Url::parse(trimmed).context("not a URL")?;
-    match url.scheme() {
-        "https" | "http" => {}
-        other => bail!("{raw:?}: scheme {other:?} is not http or https"),
+    let url = reqwest::Url::parse(trimmed).map_err(|e| anyhow::anyhow!("not a URL: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        bail!(
+            "must not carry a user name or password (user:password@): the API is \
+             authenticated by provider.api_key and the signature"
+        );
     }
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-        // Not echoed: it may carry credentials.
-        bail!("must not carry a query, fragment or credentials");
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => bail!(
+            "http:// is allowed for a loopback host only (127.0.0.1, ::1, localhost): the \
+             signing headers would cross the network in cleartext; use https://"
+        ),
+        other => bail!("scheme {other:?} is not https"),
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!("must not carry a query or fragment");
     }
     Ok(trimmed.to_owned())
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+// The allowed ranges, one per bounded setting, checked by `bounded`, `bounded_duration` and
+// `at_least`, which name the key and the range when a value falls outside.
+
+/// Below a second no answer can arrive; above five minutes a hung provider holds a cycle (and
+/// the shutdown drain) longer than an operator would wait.
+const REQUEST_TIMEOUT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
+/// More requests in flight than this is a flood, not a report.
+const MAX_IN_FLIGHT: (usize, usize) = (1, 1024);
+/// A cycle writes outcomes while it reads; PostgreSQL's default `max_connections` is 100, so
+/// more could never all be served.
+const MAX_CONNECTIONS: (u32, u32) = (2, 100);
+/// A leap year: a longer window is a typo (`3660d`), and its query would scan everything.
+const WINDOW: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(366 * 86_400));
+/// A retry deadline under a second cannot fit one request; over a year is a typo.
+const RETRY_DEADLINE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(366 * 86_400));
+/// Long enough for the slowest source query, short enough that a stuck one is seen.
+const STATEMENT_TIMEOUT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+/// Runs and submissions are kept at least a day (`history` and `status` read them), at most
+/// ten years.
+const KEEP: (Duration, Duration) = (
+    Duration::from_secs(86_400),
+    Duration::from_secs(3650 * 86_400),
+);
+
+fn bounded<T: PartialOrd + Display + Copy>(
+    key: &str,
+    value: T,
+    (min, max): (T, T),
+) -> anyhow::Result<T> {
+    if value < min || value > max {
+        bail!("{key} = {value} is out of range: allowed {min} to {max}");
+    }
+    Ok(value)
+}
+
+fn bounded_duration(
+    key: &str,
+    value: Duration,
+    (min, max): (Duration, Duration),
+) -> anyhow::Result<Duration> {
+    if value < min || value > max {
+        bail!(
+            "{key} = \"{}\" is out of range: allowed {} to {}",
+            short(value),
+            short(min),
+            short(max)
+        );
+    }
+    Ok(value)
+}
+
+/// A duration in the largest whole unit that fits (`366d`, `5m`), as a config file writes it.
+fn short(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 || secs == 0 {
+        return humantime::format_duration(d).to_string();
+    }
+    match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// A setting with a floor only, where absent is allowed (`provider.max_attempts`).
+fn at_least<T: PartialOrd + Display + Copy>(
+    key: &str,
+    value: Option<T>,
+    min: T,
+) -> anyhow::Result<Option<T>> {
+    match value {
+        Some(v) if v < min => bail!("{key} = {v} is out of range: allowed {min} or more"),
+        _ => Ok(value),
+    }
+}
+
+/// A file the daemon will read later, opened now so that `check` names it rather than a TLS
+/// handshake failing with a vaguer error.
+fn readable_file(key: &str, path: PathBuf) -> anyhow::Result<PathBuf> {
+    std::fs::File::open(&path).with_context(|| format!("{key} {}", path.display()))?;
+    Ok(path)
 }
 
 fn duration(raw: Option<String>, default: &str, key: &str) -> anyhow::Result<Duration> {
@@ -350,14 +580,6 @@ fn duration(raw: Option<String>, default: &str, key: &str) -> anyhow::Result<Dur
     humantime::parse_duration(&text).map_err(|e| {
         anyhow::anyhow!("{key} {text:?} is not a duration such as \"10s\" or \"24h\": {e}")
     })
-}
-
-fn positive<T: PartialOrd + Default + std::fmt::Display>(v: T, key: &str) -> anyhow::Result<T> {
-    if v > T::default() {
-        Ok(v)
-    } else {
-        bail!("{key} must be at least 1, not {v}")
-    }
 }
 
 fn read_secret_file(path: &Path) -> anyhow::Result<SecretString> {
@@ -369,32 +591,112 @@ fn read_secret_file(path: &Path) -> anyhow::Result<SecretString> {
     ))
 }
 
-/// The file's permission bits when group or others may read or write it.
-fn loose_mode(path: &Path) -> Option<u32> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    (mode & 0o077 != 0).then_some(mode)
+/// Who besides the owner may read or write a file, from its mode.
+struct Exposure {
+    mode: u32,
+    readable_by: Option<&'static str>,
+    writable_by: Option<&'static str>,
 }
 
-/// A warning when the file holds a secret (an inline API secret, or a database URL with a
-/// password) and group or others may read it.
-fn permission_warning(path: &Path, text: &str) -> Option<String> {
-    let mode = loose_mode(path)?;
-    let raw: RawConfig = toml::from_str(text).ok()?;
+fn exposure(path: &Path) -> Option<Exposure> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    let who = |group: u32, others: u32| match (mode & group != 0, mode & others != 0) {
+        (true, true) => Some("group and others"),
+        (true, false) => Some("group"),
+        (false, true) => Some("others"),
+        (false, false) => None,
+    };
+    let e = Exposure {
+        mode,
+        readable_by: who(0o040, 0o004),
+        writable_by: who(0o020, 0o002),
+    };
+    (e.readable_by.is_some() || e.writable_by.is_some()).then_some(e)
+}
+
+/// The shipped unit runs as a DynamicUser, a UID that owns nothing: it can read a root-owned
+/// file only when others may read it, so a readable secret file is the unit working, not a
+/// mode to tighten. The advice is to hand the secret over as a credential, which only the
+/// service can read.
+fn secret_file_warning(path: &Path) -> Vec<String> {
+    let Some(e) = exposure(path) else {
+        return Vec::new();
+    };
+    let mut warnings = Vec::new();
+    if let Some(who) = e.readable_by {
+        warnings.push(format!(
+            "provider.api_secret_file {} is readable by {who} (mode {:04o}): hand the secret \
+             over as a systemd credential instead (LoadCredential=api_secret:{} in the unit, \
+             as shipped) and remove provider.api_secret_file",
+            path.display(),
+            e.mode,
+            path.display()
+        ));
+    }
+    if let Some(who) = e.writable_by {
+        warnings.push(format!(
+            "provider.api_secret_file {} is writable by {who} (mode {:04o}): whoever can write \
+             it can replace the secret; make it writable by its owner only (chmod go-w)",
+            path.display(),
+            e.mode
+        ));
+    }
+    warnings
+}
+
+/// Warnings about who may read or write the config file: a secret in it that group or others
+/// can read (an inline API secret, or a database password in the URL, as `user:pw@` or
+/// `?password=`), and a file others can write (they could point provider.base_url at their
+/// own host and collect signed requests).
+fn permission_warning(path: &Path, text: &str) -> Vec<String> {
+    let Some(e) = exposure(path) else {
+        return Vec::new();
+    };
+    let mut warnings = Vec::new();
+    if let Some(who) = e.writable_by {
+        warnings.push(format!(
+            "config file {} is writable by {who} (mode {:04o}): whoever can write it can send \
+             the signed requests elsewhere; make it writable by its owner only (chmod go-w)",
+            path.display(),
+            e.mode
+        ));
+    }
+    let Some(who) = e.readable_by else {
+        return warnings;
+    };
+    let Ok(raw) = toml::from_str::<RawConfig>(text) else {
+        return warnings;
+    };
+    let mut secrets = Vec::new();
+    if raw.provider.api_secret.is_some() {
+        secrets.push("the API secret (provider.api_secret)");
+    }
     let db_password = raw
         .database
         .url
         .as_ref()
         .and_then(|u| reqwest::Url::parse(u.expose_secret()).ok())
-        .is_some_and(|u| u.password().is_some());
-    (raw.provider.api_secret.is_some() || db_password).then(|| {
-        format!(
-            "config file {} holds a secret and is readable by group or others (mode {:o}): \
-             run chmod 600 on it, or move the secret to provider.api_secret_file or a systemd credential",
+        .is_some_and(|u| {
+            u.password().is_some()
+                || u.query_pairs()
+                    .any(|(k, v)| k == "password" && !v.is_empty())
+        });
+    if db_password {
+        secrets.push("a database password (database.url)");
+    }
+    if !secrets.is_empty() {
+        warnings.push(format!(
+            "config file {} holds {} and is readable by {who} (mode {:04o}): the shipped \
+             unit's DynamicUser must be able to read this file, so move the secret out of it \
+             into a systemd credential (LoadCredential=api_secret:… or \
+             LoadCredential=database_url:…, see the unit) rather than changing the mode",
             path.display(),
-            mode
-        )
-    })
+            secrets.join(" and "),
+            e.mode
+        ));
+    }
+    warnings
 }
 
 #[cfg(test)]
@@ -496,18 +798,62 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_secret_is_never_echoed_in_the_error() {
+    fn a_malformed_secret_is_never_echoed_in_the_error_whatever_the_layout() {
+        let secrets = ["hunter2SECRET", "12345678", "hunter2", "123456"];
         for text in [
-            "[provider]\napi_key = \"k1234\"\napi_secret = 7bz1lzh9SECRET\n",
+            // A section, a bare value, a number.
+            "[provider]\napi_key = \"k1234\"\napi_secret = hunter2SECRET\n",
             "[provider]\napi_key = \"k1234\"\napi_secret = 12345678\n",
+            // An inline table, on one line and spread over several.
+            "provider = { api_key = \"k1234\", api_secret = 12345678 }\n",
+            "provider = { api_key = \"k1234\",\n  api_secret = 12345678 }\n",
+            // Quoted and dotted keys.
+            "[provider]\n\"api_secret\" = 12345678\n",
+            "[provider]\n'api_secret' = 12345678\n",
+            "provider.api_secret = 12345678\n",
+            "provider . \"api_secret\" = 12345678\n",
+            "[\"provider\"]\napi_secret = 12345678\n",
+            // Multi-line strings, in an array, and an unterminated one.
+            "[provider]\napi_secret = [\"\"\"\nhunter2SECRET\n\"\"\"]\n",
+            "[provider]\napi_secret = '''\nhunter2SECRET\n",
+            "[provider]\napi_secret = [\n  \"hunter2SECRET\",\n]\n",
+            // A table where a string belongs.
+            "[provider.api_secret]\nvalue = 12345678\n",
+            // The database URL in every layout.
             "[database]\nurl = postgres://u:hunter2@db/x\n",
             "[database]\nurl = 123456\n",
+            "database = { url = 123456 }\n",
+            "database.url = 123456\n",
+            "[database]\n\"url\" = 123456\n",
+            "[database]\nurl = [\"postgres://u:hunter2@db/x\"]\n",
         ] {
             let err = format!("{:#}", parse(text).unwrap_err());
-            for secret in ["7bz1lzh9SECRET", "12345678", "hunter2", "123456"] {
-                assert!(!err.contains(secret), "{err}");
+            for secret in secrets {
+                assert!(!err.contains(secret), "{text:?} leaked {secret}: {err}");
             }
-            assert!(err.contains("line "), "{err}");
+            assert!(err.contains("line "), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_error_beside_a_secret_names_its_own_key_and_shows_no_secret() {
+        for (text, key) in [
+            (
+                "provider = { api_key = \"k1234\", api_secret = \"hunter2SECRET\", max_in_flight = \"many\" }\n",
+                "provider.max_in_flight",
+            ),
+            (
+                "[provider]\napi_key = \"k1234\"\napi_secret = \"\"\"\nhunter2SECRET\"\"\"\nmax_in_flight = -1\n",
+                "provider.max_in_flight",
+            ),
+            (
+                "[database]\nurl = 'postgres://u:hunter2@db/x'\nmax_connections = \"lots\"\n",
+                "database.max_connections",
+            ),
+        ] {
+            let err = format!("{:#}", parse(&format!("[provider]\napi_key = \"k1234\"\n{text}")).or_else(|_| parse(text)).unwrap_err());
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains(key), "{key}: {err}");
         }
     }
 
@@ -529,32 +875,232 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_world_readable_file_with_a_secret_gets_a_warning() {
+    fn file_with_mode(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.toml");
-        std::fs::write(&path, MINIMAL).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(permission_warning(&path, MINIMAL)
-            .unwrap()
-            .contains("chmod 600"));
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(permission_warning(&path, MINIMAL).is_none());
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
 
-        let secret = dir.path().join("api_secret");
-        std::fs::write(&secret, "s3cret").unwrap();
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    #[test]
+    fn the_permission_warning_says_who_may_read_or_write_and_advises_a_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_secret = |mode| file_with_mode(dir.path(), "c.toml", MINIMAL, mode);
+
+        let readable = permission_warning(&with_secret(0o644), MINIMAL);
+        assert_eq!(readable.len(), 1, "{readable:?}");
+        assert!(readable[0].contains("the API secret (provider.api_secret)"));
+        assert!(readable[0].contains("readable by group and others (mode 0644)"));
+        assert!(readable[0].contains("LoadCredential="), "{readable:?}");
+        assert!(
+            !readable[0].contains("chmod"),
+            "DynamicUser needs it readable"
+        );
+
+        let group_writable = permission_warning(&with_secret(0o620), MINIMAL);
+        assert_eq!(group_writable.len(), 1, "{group_writable:?}");
+        assert!(group_writable[0].contains("writable by group (mode 0620)"));
+        assert!(
+            !group_writable[0].contains("readable"),
+            "{group_writable:?}"
+        );
+
+        let others_read = permission_warning(&with_secret(0o604), MINIMAL);
+        assert!(others_read[0].contains("readable by others (mode 0604)"));
+        assert!(permission_warning(&with_secret(0o600), MINIMAL).is_empty());
+        assert!(
+            permission_warning(&with_secret(0o711), MINIMAL).is_empty(),
+            "x bits"
+        );
+    }
+
+    #[test]
+    fn the_permission_warning_finds_a_database_password_in_either_place() {
+        let dir = tempfile::tempdir().unwrap();
+        for (url, secret) in [
+            ("postgres://u:hunter2@db/x", true),
+            (
+                "postgres://u@db/x?password=hunter2&sslmode=verify-full",
+                true,
+            ),
+            ("postgres://u@db/x?sslmode=verify-full", false),
+            ("postgres:///x?host=/run/postgresql", false),
+        ] {
+            let text = format!("[provider]\napi_key = \"k1234\"\n[database]\nurl = {url:?}\n");
+            let path = file_with_mode(dir.path(), "c.toml", &text, 0o644);
+            let warnings = permission_warning(&path, &text);
+            assert_eq!(
+                warnings
+                    .iter()
+                    .any(|w| w.contains("a database password (database.url)")),
+                secret,
+                "{url}: {warnings:?}"
+            );
+            assert!(
+                warnings.iter().all(|w| !w.contains("hunter2")),
+                "{warnings:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_readable_secret_file_gets_the_credential_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = file_with_mode(dir.path(), "api_secret", "s3cret", 0o644);
         let text = format!(
             "[provider]\napi_key = \"bDqJFiq9\"\napi_secret_file = \"{}\"\n",
             secret.display()
         );
         let warnings = parse(&text).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("provider.api_secret_file"));
+        assert!(warnings[0].contains("readable by group and others"));
+        assert!(warnings[0].contains("LoadCredential=api_secret:"));
+
+        file_with_mode(dir.path(), "api_secret", "s3cret", 0o602);
+        let warnings = parse(&text).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("provider.api_secret_file")),
+            warnings[0].contains("writable by others (mode 0602)"),
             "{warnings:?}"
         );
+
+        file_with_mode(dir.path(), "api_secret", "s3cret", 0o600);
+        assert!(parse(&text).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn every_bounded_setting_refuses_values_outside_its_range_naming_key_and_range() {
+        for (extra, key, range) in [
+            (
+                "request_timeout = \"0s\"\n",
+                "provider.request_timeout",
+                "allowed 1s to 5m",
+            ),
+            (
+                "request_timeout = \"500ms\"\n",
+                "provider.request_timeout",
+                "allowed 1s to 5m",
+            ),
+            (
+                "request_timeout = \"301s\"\n",
+                "provider.request_timeout",
+                "allowed 1s to 5m",
+            ),
+            (
+                "max_in_flight = 0\n",
+                "provider.max_in_flight",
+                "allowed 1 to 1024",
+            ),
+            (
+                "max_in_flight = 1025\n",
+                "provider.max_in_flight",
+                "allowed 1 to 1024",
+            ),
+            (
+                "max_attempts = 0\n",
+                "provider.max_attempts",
+                "allowed 1 or more",
+            ),
+            (
+                "[database]\nmax_connections = 1\n",
+                "database.max_connections",
+                "allowed 2 to 100",
+            ),
+            (
+                "[database]\nmax_connections = 0\n",
+                "database.max_connections",
+                "allowed 2 to 100",
+            ),
+            (
+                "[database]\nmax_connections = 101\n",
+                "database.max_connections",
+                "allowed 2 to 100",
+            ),
+            (
+                "[source]\nwindow = \"0s\"\n",
+                "source.window",
+                "allowed 1s to 366d",
+            ),
+            (
+                "[source]\nwindow = \"367d\"\n",
+                "source.window",
+                "allowed 1s to 366d",
+            ),
+        ] {
+            let err = format!("{:#}", parse(&format!("{MINIMAL}{extra}")).unwrap_err());
+            assert!(err.contains(key) && err.contains(range), "{extra}: {err}");
+        }
+        for extra in [
+            "request_timeout = \"1s\"\nmax_in_flight = 1\nmax_attempts = 1\n",
+            "request_timeout = \"5m\"\nmax_in_flight = 1024\nmax_attempts = 1000\n",
+            "[database]\nmax_connections = 2\n[source]\nwindow = \"366d\"\n",
+            "[database]\nmax_connections = 100\n[source]\nwindow = \"1s\"\n",
+        ] {
+            parse(&format!("{MINIMAL}{extra}")).unwrap();
+        }
+    }
+
+    #[test]
+    fn http_is_for_loopback_only_and_a_base_url_never_carries_credentials() {
+        for ok in [
+            "https://api.example.com/otp",
+            "http://127.0.0.1:8080/otp",
+            "http://127.9.9.9/otp",
+            "http://[::1]:8080/otp",
+            "http://localhost/otp",
+        ] {
+            let s = parse(&format!("{MINIMAL}base_url = {ok:?}\n")).unwrap();
+            assert_eq!(s.provider.base_url, ok);
+        }
+        for (bad, why) in [
+            ("http://api.example.com/otp", "loopback host only"),
+            ("http://10.0.0.5/otp", "loopback host only"),
+            ("http://[::ffff:10.0.0.5]/otp", "loopback host only"),
+            (
+                "https://user:hunter2@api.example.com/otp",
+                "user name or password",
+            ),
+            (
+                "https://:hunter2@api.example.com/otp",
+                "user name or password",
+            ),
+            (
+                "ftp://user:hunter2@api.example.com/otp",
+                "user name or password",
+            ),
+            ("ftp://api.example.com/otp", "not https"),
+        ] {
+            let err = format!(
+                "{:#}",
+                parse(&format!("{MINIMAL}base_url = {bad:?}\n")).unwrap_err()
+            );
+            assert!(
+                err.contains("provider.base_url") && err.contains(why),
+                "{bad}: {err}"
+            );
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_ca_file_must_exist() {
+        let err = parse(&format!(
+            "{MINIMAL}[database]\nca_file = \"/no/such/ca.pem\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("database.ca_file /no/such/ca.pem"),
+            "{err:#}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let ca = file_with_mode(dir.path(), "ca.pem", "", 0o644);
+        let s = parse(&format!(
+            "{MINIMAL}[database]\nca_file = {:?}\n",
+            ca.display().to_string()
+        ))
+        .unwrap();
+        assert_eq!(s.database.ca_file, Some(ca));
     }
 }

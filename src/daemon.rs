@@ -51,9 +51,18 @@ pub fn system_clock() -> Clock {
 
 /// `host:pid`, to tell instances apart in `report_runs.instance` and the logs.
 pub fn instance_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".to_owned());
+    // uname(2)'s nodename is what gethostname(2) returns; unlike /proc/sys/kernel/hostname it
+    // needs no /proc, which the unit hides (ProcSubset=pid).
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .trim()
+        .to_owned();
+    let host = if host.is_empty() {
+        "unknown-host".to_owned()
+    } else {
+        host
+    };
     format!("{host}:{}", std::process::id())
 }
 

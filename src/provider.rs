@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use md5::{Digest, Md5};
 use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -124,6 +125,8 @@ impl Rejection {
 }
 
 /// One exchange with the provider, whatever happened: what the operator and the database need.
+/// Every text in it that came from the provider (status, reason, `Location`) is [`clean`]ed:
+/// it goes to the log and the database as one bounded line.
 #[derive(Debug, Clone)]
 pub struct Exchange<T> {
     pub class: Class,
@@ -135,49 +138,58 @@ pub struct Exchange<T> {
     /// explained; `None` on success.
     pub error: Option<String>,
     pub data: Option<T>,
-    /// The raw response body, for `record --json`.
+    /// The raw response body, for `record --json`; `None` when none was read (no answer, a
+    /// redirect, or a body over [`MAX_BODY_BYTES`]).
     pub body: Option<String>,
     /// The Timestamp that was signed, so a -16 can be logged next to the local clock.
     pub timestamp: i64,
-    /// The provider's `Retry-After` on a 429 or 503, capped at [`MAX_RETRY_AFTER`].
+    /// The `Retry-After` of a 429 or 503, in either of its forms, at most [`MAX_RETRY_AFTER`]:
+    /// how long the provider asked us to stay away.
     pub retry_after: Option<Duration>,
+    /// How the request failed before any HTTP answer was complete, if it did.
+    pub transport: Option<Transport>,
 }
 
-/// The longest `Retry-After` honoured: a larger one (or a date far ahead) is a misconfigured
-/// gateway, not a reason to stop reporting for longer.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+/// Why no complete HTTP answer came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// No connection: refused, unreachable, DNS or TLS handshake failure.
+    Connect,
+    /// `provider.request_timeout` passed.
+    Timeout,
+    /// The connection broke after it was made (closed or reset mid-answer).
+    Broken,
+    /// The request could not be built or sent for a local reason.
+    Local,
+}
 
 impl<T> Exchange<T> {
-    /// Whether the failure says the provider is unreachable or overloaded (no connection, a
-    /// timeout, HTTP 5xx or 429) rather than something about this request: the circuit
-    /// breaker counts these.
+    /// Whether this failure says the provider (or the way to it) is down, rather than that it
+    /// refused this request: no connection, a timeout, a broken connection, HTTP 5xx or 429.
+    /// A circuit breaker counts these; a rejection or a -16 says the provider is up.
     pub fn is_outage(&self) -> bool {
-        self.class == Class::Transient
-            && match self.http_status {
-                None => self.provider_status.is_none(),
-                Some(h) => h == 429 || (500..=599).contains(&h),
-            }
+        matches!(
+            self.transport,
+            Some(Transport::Connect | Transport::Timeout | Transport::Broken)
+        ) || matches!(self.http_status, Some(429 | 500..=599))
     }
 }
 
-/// `Retry-After` in delta-seconds or as an HTTP date, capped.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    let wait = match value.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => {
-            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-                .to_std()
-                .unwrap_or_default()
-        }
-    };
-    Some(wait.min(MAX_RETRY_AFTER))
-}
+/// The most of a provider body that is read. The two endpoints answer a few hundred bytes (a
+/// record with several legs stays under 8 KiB); a gateway page or a broken stream can be
+/// endless, and must cost neither memory nor time.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The longest `Retry-After` honoured: a larger value (or a date far ahead) is a
+/// misconfigured gateway, and waiting longer than the schedule's period helps nobody.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// The most characters kept of the provider's `reason` (and of a `Location`).
+pub const MAX_REASON_CHARS: usize = 500;
+/// The most characters kept of the provider's `status`: documented ones are 1 to 3.
+const MAX_STATUS_CHARS: usize = 32;
+/// The most characters kept of an error text, which may quote provider data.
+const MAX_ERROR_CHARS: usize = 1000;
 
 /// A signing HTTP client for both calls, over one pooled keep-alive connection set.
 #[derive(Clone)]
@@ -205,7 +217,15 @@ impl ProviderClient {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_keepalive(Duration::from_secs(60))
             .user_agent(concat!("backfill-reporter/", env!("CARGO_PKG_VERSION")))
+            // Config allows http:// for a loopback host only.
             .https_only(!settings.base_url.starts_with("http://"))
+            // A redirect would carry Api-Key, Timestamp and Sign to wherever it points (reqwest
+            // strips only the standard credential headers), and a 302 turns the POST into a
+            // bodiless GET whose `"status":"0"` would read as success: a 3xx is an answer.
+            .redirect(reqwest::redirect::Policy::none())
+            // The pages spell the headers `Sign`, `Timestamp`, `Api-Key`; gateways in front of
+            // the provider may compare names with case. (HTTP/2 names are lowercase by rule.)
+            .http1_title_case_headers()
             .build()
             .context("building the HTTP client")?;
         Ok(Self {
@@ -229,11 +249,7 @@ impl ProviderClient {
         self.post("/verification/orderId/record", &body).await
     }
 
-    async fn post<B: Serialize, T: for<'de> Deserialize<'de>>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Exchange<T> {
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Exchange<T> {
         // Signed afresh for every attempt: the provider refuses stale timestamps (-16).
         let timestamp = chrono::Utc::now().timestamp();
         let mut exchange = Exchange {
@@ -246,6 +262,7 @@ impl ProviderClient {
             body: None,
             timestamp,
             retry_after: None,
+            transport: None,
         };
         let payload = match serde_json::to_vec(body) {
             Ok(p) => p,
@@ -271,55 +288,189 @@ impl ProviderClient {
         let response = match response {
             Ok(r) => r,
             Err(e) => {
+                exchange.transport = Some(transport_kind(&e));
                 exchange.error = Some(describe_transport_error(&e));
                 return exchange;
             }
         };
-        let http = response.status();
-        exchange.http_status = Some(http.as_u16());
-        if matches!(http.as_u16(), 429 | 503) {
-            exchange.retry_after = retry_after(response.headers());
-        }
-        let text = match response.text().await {
-            Ok(t) => t,
-            Err(e) => {
-                exchange.error = Some(describe_transport_error(&e));
-                return exchange;
-            }
+        let http = response.status().as_u16();
+        exchange.http_status = Some(http);
+        let header = |name: reqwest::header::HeaderName| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         };
-        let parsed = serde_json::from_str::<Envelope<T>>(&text);
-        exchange.body = Some(text);
-        if let Ok(envelope) = &parsed {
-            exchange.provider_status = Some(envelope.status.clone());
-            exchange.reason = envelope.reason.clone();
+        if matches!(http, 429 | 503) {
+            exchange.retry_after = header(reqwest::header::RETRY_AFTER)
+                .and_then(|v| parse_retry_after(&v, chrono::Utc::now()));
         }
-        match (http.as_u16(), parsed) {
-            (408 | 429, _) | (500..=599, _) => {
-                exchange.error = Some(format!("HTTP {http}"));
-            }
-            (400..=499, _) => {
-                exchange.class = Class::Rejected(Rejection::Other);
-                exchange.error = Some(format!("HTTP {http}"));
-            }
-            (_, Err(e)) => {
+        if (300..=399).contains(&http) {
+            let location = header(reqwest::header::LOCATION).map_or_else(
+                || "nowhere (no Location)".to_owned(),
+                |l| clean(&l, MAX_REASON_CHARS),
+            );
+            exchange.class = Class::Rejected(Rejection::Other);
+            exchange.error = Some(format!(
+                "HTTP {http} redirect to {location} not followed: the signed request goes to \
+                 provider.base_url only; check that it is the provider's API address"
+            ));
+            return exchange;
+        }
+        let bytes = match read_limited(response, MAX_BODY_BYTES).await {
+            Ok(b) => b,
+            Err(ReadError::TooLarge) => {
                 exchange.error = Some(format!(
-                    "HTTP {http} with a body that is not the documented JSON: {e}"
+                    "HTTP {http} with a body over {} KiB: not read further",
+                    MAX_BODY_BYTES / 1024
                 ));
+                return exchange;
             }
-            (_, Ok(envelope)) => {
-                exchange.class = classify(&envelope.status);
-                if exchange.class != Class::Success {
-                    exchange.error = Some(format!(
-                        "provider status {}: {}",
-                        envelope.status,
-                        envelope.reason.as_deref().unwrap_or("(no reason given)")
-                    ));
-                }
-                exchange.data = envelope.data;
+            Err(ReadError::Transport(e)) => {
+                exchange.transport = Some(transport_kind(&e));
+                exchange.error = Some(describe_transport_error(&e));
+                return exchange;
+            }
+        };
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let parsed = serde_json::from_str::<Envelope>(&text);
+        exchange.body = Some(text);
+        let envelope = match parsed {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                let (class, what) = http_class(http);
+                exchange.class = class;
+                exchange.error = Some(clean(
+                    &format!("HTTP {http}{what} with a body that is not the documented JSON: {e}"),
+                    MAX_ERROR_CHARS,
+                ));
+                return exchange;
+            }
+        };
+        let status = clean(envelope.status.trim(), MAX_STATUS_CHARS);
+        let reason = envelope.reason.map(|r| clean(&r, MAX_REASON_CHARS));
+        exchange.provider_status = Some(status.clone());
+        exchange.reason = reason.clone();
+        let success_http = (200..=299).contains(&http);
+        if !success_http && classify(&status) == Class::Success {
+            // A "0" on an error page contradicts itself: believe the HTTP status.
+            let (class, what) = http_class(http);
+            exchange.class = class;
+            exchange.error = Some(format!("HTTP {http}{what} with provider status 0"));
+            return exchange;
+        }
+        // The provider's own status says more than the HTTP code a gateway put on it: a -1 on
+        // HTTP 401 still stops the cycle, a -22 on HTTP 400 is still about the parameters.
+        exchange.class = classify(&status);
+        if exchange.class != Class::Success {
+            let on = if success_http {
+                String::new()
+            } else {
+                format!(" (HTTP {http})")
+            };
+            exchange.error = Some(format!(
+                "provider status {status}{on}: {}",
+                reason.as_deref().unwrap_or("(no reason given)")
+            ));
+            return exchange;
+        }
+        match envelope.data.map(serde_json::from_value::<T>).transpose() {
+            Ok(data) => exchange.data = data,
+            Err(e) => {
+                exchange.class = Class::Transient;
+                exchange.error = Some(clean(
+                    &format!(
+                        "provider status 0 with a data field that is not the documented shape: {e}"
+                    ),
+                    MAX_ERROR_CHARS,
+                ));
             }
         }
         exchange
     }
+}
+
+/// The class of an HTTP status when the body does not say more, with a word on what it means.
+fn http_class(http: u16) -> (Class, &'static str) {
+    match http {
+        408 | 429 => (Class::Transient, " (try again later)"),
+        500..=599 => (Class::Transient, " (provider or gateway error)"),
+        400..=499 => (Class::Rejected(Rejection::Other), " (refused)"),
+        _ => (Class::Transient, ""),
+    }
+}
+
+enum ReadError {
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+/// Reads at most `limit` bytes of the body; a declared or actual length over it is an error
+/// and the connection is dropped rather than drained.
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ReadError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(ReadError::Transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(ReadError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Provider text made fit for one log line and one database field: control characters (and
+/// the Unicode line and bidi controls) escaped, so that a `\n` in a reason cannot start a
+/// forged log line, and at most `max` characters, so that a reason cannot fill the log.
+pub fn clean(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    let mut used = 0;
+    for c in text.chars() {
+        let escaped = c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        let piece: String = if escaped {
+            c.escape_default().collect()
+        } else {
+            c.to_string()
+        };
+        let len = piece.chars().count();
+        if used + len > max {
+            out.push('…');
+            break;
+        }
+        out.push_str(&piece);
+        used += len;
+    }
+    out
+}
+
+/// `Retry-After` as delta-seconds or an HTTP-date (IMF-fixdate, RFC 850 or asctime), as a
+/// wait from `now`, at most [`MAX_RETRY_AFTER`]. A date in the past is no wait.
+pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // All digits: only an overflow fails to parse, and that is "very long".
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    let naive = |format: &str| {
+        chrono::NaiveDateTime::parse_from_str(value, format)
+            .ok()
+            .map(|t| t.and_utc())
+    };
+    let at = chrono::DateTime::parse_from_rfc2822(value)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .or_else(|| naive("%A, %d-%b-%y %H:%M:%S GMT"))
+        .or_else(|| naive("%a %b %e %H:%M:%S %Y"))?;
+    Some(
+        (at - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 /// The signature as a header value that HTTP/2 never indexes and `Debug` never shows.
@@ -343,17 +494,26 @@ pub fn classify(status: &str) -> Class {
     }
 }
 
+fn transport_kind(e: &reqwest::Error) -> Transport {
+    if e.is_timeout() {
+        Transport::Timeout
+    } else if e.is_connect() {
+        Transport::Connect
+    } else if e.is_builder() {
+        Transport::Local
+    } else {
+        Transport::Broken
+    }
+}
+
 fn describe_transport_error(e: &reqwest::Error) -> String {
     // reqwest's Display names the URL but not the cause; the source chain has it. Neither holds
     // headers, so the signature cannot leak here.
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else if e.is_body() || e.is_decode() {
-        "reading the response failed"
-    } else {
-        "request failed"
+    let kind = match transport_kind(e) {
+        Transport::Timeout => "timed out",
+        Transport::Connect => "could not connect",
+        _ if e.is_body() || e.is_decode() => "reading the response failed",
+        _ => "request failed",
     };
     let mut text = kind.to_owned();
     let mut source = std::error::Error::source(e);
@@ -362,26 +522,27 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
         text.push_str(&s.to_string());
         source = s.source();
     }
-    text
+    clean(&text, MAX_ERROR_CHARS)
 }
 
 /// The response envelope. `status` is a JSON string in the docs; a number is accepted too.
+/// `data` is kept as JSON and read into its type only on success, so that a `data` of an
+/// unexpected shape on an error answer cannot hide the provider's status.
 #[derive(Debug, Deserialize)]
-struct Envelope<T> {
+struct Envelope {
     #[serde(deserialize_with = "lenient::string")]
     status: String,
     #[serde(default, deserialize_with = "lenient::opt_string")]
     reason: Option<String>,
-    #[serde(default = "none")]
-    data: Option<T>,
+    #[serde(default)]
+    data: Option<serde_json::Value>,
 }
 
-fn none<T>() -> Option<T> {
-    None
-}
-
-/// The `data` of a record lookup. The page's table and its example disagree in places, so every
-/// field is optional and lenient: numbers may arrive as strings and strings as numbers.
+/// The `data` of a record lookup. The page's table and its example disagree in places, and a
+/// debugging command must show what it can of any answer, so every field is optional and
+/// lenient: numbers may arrive as strings and strings as numbers, a value of another shape is
+/// read as absent, unknown fields are ignored, and a leg list may come as one object (the
+/// page's prose says "returns this object", its table says JSONArray).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Record {
@@ -389,6 +550,7 @@ pub struct Record {
     pub order_id: Option<String>,
     #[serde(deserialize_with = "lenient::opt_int")]
     pub flow_id: Option<i64>,
+    #[serde(deserialize_with = "lenient::one")]
     pub verifications: Option<Verification>,
     #[serde(deserialize_with = "lenient::list")]
     pub sms: Vec<SmsLeg>,
@@ -414,18 +576,44 @@ pub struct Verification {
 }
 
 /// Settlement fields shared by every leg. The table calls the currency `settleCurrency`; the
-/// example sends `currency`: both are read.
+/// example sends `currency`. Both are read, and a leg that carries both is no error:
+/// `settleCurrency` wins, as the table is the reference.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", from = "RawSettlement")]
 pub struct Settlement {
-    #[serde(deserialize_with = "lenient::opt_string")]
     pub settle_pay: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
     pub settle_price: Option<String>,
-    #[serde(alias = "currency", deserialize_with = "lenient::opt_string")]
     pub settle_currency: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
     pub quote_exchange: Option<String>,
+}
+
+/// [`Settlement`] as it arrives, with the two spellings of the currency kept apart (a serde
+/// alias would make a leg with both a "duplicate field" error).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RawSettlement {
+    #[serde(deserialize_with = "lenient::opt_string")]
+    settle_pay: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    settle_price: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    settle_currency: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    currency: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    quote_exchange: Option<String>,
+}
+
+impl From<RawSettlement> for Settlement {
+    fn from(raw: RawSettlement) -> Self {
+        let present = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+        Self {
+            settle_pay: raw.settle_pay,
+            settle_price: raw.settle_price,
+            settle_currency: present(raw.settle_currency).or(present(raw.currency)),
+            quote_exchange: raw.quote_exchange,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -534,7 +722,8 @@ pub fn leg_status_in_words(status: Option<i64>, pending_word: &str) -> String {
     }
 }
 
-/// Deserializers that accept the forms the provider's page shows for the same field.
+/// Deserializers that accept the forms the provider's page shows for the same field, and read
+/// any other form as absent rather than failing the whole answer.
 mod lenient {
     use super::*;
 
@@ -545,25 +734,31 @@ mod lenient {
         Int(i64),
         Float(f64),
         Bool(bool),
+        /// An object or an array where a scalar belongs.
+        Other(IgnoredAny),
     }
 
     impl Scalar {
-        fn into_text(self) -> String {
+        fn into_text(self) -> Option<String> {
             match self {
-                Self::Text(s) => s,
-                Self::Int(i) => i.to_string(),
-                Self::Float(f) => f.to_string(),
-                Self::Bool(b) => b.to_string(),
+                Self::Text(s) => Some(s),
+                Self::Int(i) => Some(i.to_string()),
+                Self::Float(f) => Some(f.to_string()),
+                Self::Bool(b) => Some(b.to_string()),
+                Self::Other(_) => None,
             }
         }
     }
 
+    /// A required scalar (the envelope's `status`).
     pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-        Scalar::deserialize(d).map(Scalar::into_text)
+        Scalar::deserialize(d)?
+            .into_text()
+            .ok_or_else(|| serde::de::Error::custom("expected a string or a number"))
     }
 
     pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-        Ok(Option::<Scalar>::deserialize(d)?.map(Scalar::into_text))
+        Ok(Option::<Scalar>::deserialize(d)?.and_then(Scalar::into_text))
     }
 
     pub fn opt_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
@@ -575,8 +770,27 @@ mod lenient {
         })
     }
 
-    pub fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-        Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+    /// A list of objects: an array (elements that are not objects are dropped), one object, or
+    /// nothing.
+    pub fn list<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Vec<T>, D::Error> {
+        let items = match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Array(items) => items,
+            one @ serde_json::Value::Object(_) => vec![one],
+            _ => Vec::new(),
+        };
+        Ok(items
+            .into_iter()
+            .filter(serde_json::Value::is_object)
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect())
+    }
+
+    /// One object: an object, or the first object of an array.
+    pub fn one<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        let mut items: Vec<T> = list(d)?;
+        Ok((!items.is_empty()).then(|| items.swap_remove(0)))
     }
 }
 
@@ -651,27 +865,127 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_reads_seconds_and_dates_and_is_capped() {
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert(reqwest::header::RETRY_AFTER, "30".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(30)));
-        h.insert(reqwest::header::RETRY_AFTER, "86400".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
-        let soon = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
-        h.insert(reqwest::header::RETRY_AFTER, soon.parse().unwrap());
-        let wait = retry_after(&h).unwrap();
-        assert!(
-            wait > Duration::from_secs(110) && wait <= Duration::from_secs(120),
-            "{wait:?}"
-        );
-        h.insert(reqwest::header::RETRY_AFTER, "soon".parse().unwrap());
-        assert_eq!(retry_after(&h), None);
+    fn the_envelope_accepts_a_numeric_status_and_a_null_data() {
+        let e: Envelope = serde_json::from_str(r#"{"status":0,"data":null}"#).unwrap();
+        assert_eq!(e.status, "0");
+        assert!(e.data.is_none());
+    }
+
+    fn exchange(transport: Option<Transport>, http: Option<u16>) -> Exchange<IgnoredAny> {
+        Exchange {
+            class: Class::Transient,
+            provider_status: None,
+            reason: None,
+            http_status: http,
+            error: None,
+            data: None,
+            body: None,
+            timestamp: 0,
+            retry_after: None,
+            transport,
+        }
     }
 
     #[test]
-    fn the_envelope_accepts_a_numeric_status_and_a_null_data() {
-        let e: Envelope<Record> = serde_json::from_str(r#"{"status":0,"data":null}"#).unwrap();
-        assert_eq!(e.status, "0");
-        assert!(e.data.is_none());
+    fn outages_are_no_connection_a_timeout_a_broken_link_5xx_and_429() {
+        for t in [Transport::Connect, Transport::Timeout, Transport::Broken] {
+            assert!(exchange(Some(t), None).is_outage(), "{t:?}");
+        }
+        assert!(!exchange(Some(Transport::Local), None).is_outage());
+        for http in [429, 500, 502, 503, 504, 599] {
+            assert!(exchange(None, Some(http)).is_outage(), "{http}");
+        }
+        for http in [200, 302, 400, 401, 403, 404, 408] {
+            assert!(!exchange(None, Some(http)).is_outage(), "{http}");
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_all_three_http_date_forms_capped_at_ten_minutes() {
+        let now = chrono::DateTime::parse_from_rfc3339("1994-11-06T08:49:07Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(parse_retry_after("120", now), secs(120));
+        assert_eq!(parse_retry_after(" 0 ", now), secs(0));
+        assert_eq!(parse_retry_after("86400", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        // RFC 9110's three examples of one instant, 30 s after `now`.
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            secs(30)
+        );
+        assert_eq!(
+            parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now),
+            secs(30)
+        );
+        assert_eq!(parse_retry_after("Sun Nov  6 08:49:37 1994", now), secs(30));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            secs(0)
+        );
+        assert_eq!(
+            parse_retry_after("Mon, 07 Nov 1994 08:49:37 GMT", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        for bad in ["", "soon", "-5", "1.5", "Sun, 06 Nov 1994"] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn clean_escapes_line_breaks_and_controls_and_caps_the_length() {
+        assert_eq!(clean("ip not allowed", 500), "ip not allowed");
+        assert_eq!(
+            clean("bad\n2026-01-01T00:00:00Z  INFO forged\r\u{1b}[31m", 500),
+            "bad\\n2026-01-01T00:00:00Z  INFO forged\\r\\u{1b}[31m"
+        );
+        assert_eq!(clean("a\u{2028}b\u{202e}c", 500), "a\\u{2028}b\\u{202e}c");
+        assert_eq!(clean("参数异常", 500), "参数异常");
+        let long = clean(&"x".repeat(10_000), 500);
+        assert_eq!(long.chars().count(), 501);
+        assert!(long.ends_with('…'));
+        // An escape is never cut in half.
+        assert_eq!(clean("ab\n", 3), "ab…");
+    }
+
+    #[test]
+    fn a_leg_with_both_currency_keys_prefers_settle_currency() {
+        let leg: SmsLeg =
+            serde_json::from_str(r#"{"settleCurrency":"USD","currency":"EUR","settlePay":"1"}"#)
+                .unwrap();
+        assert_eq!(leg.settlement.settle_currency.as_deref(), Some("USD"));
+        let leg: SmsLeg = serde_json::from_str(r#"{"currency":"EUR"}"#).unwrap();
+        assert_eq!(leg.settlement.settle_currency.as_deref(), Some("EUR"));
+        let leg: SmsLeg =
+            serde_json::from_str(r#"{"settleCurrency":"","currency":"EUR"}"#).unwrap();
+        assert_eq!(leg.settlement.settle_currency.as_deref(), Some("EUR"));
+    }
+
+    #[test]
+    fn a_record_of_any_shape_parses_to_what_can_be_read() {
+        let r: Record = serde_json::from_value(serde_json::json!({
+            "orderId": {"unexpected": "object"},
+            "flowId": "not a number",
+            "verifications": [{"matched": 0, "channel": "sms"}],
+            "sms": {"status": 0, "mcc": [460], "sender": null, "newField": true},
+            "call": [{"rate": "0.1"}, "garbage", 7],
+            "sna": "none",
+            "somethingNew": [1, 2, 3]
+        }))
+        .unwrap();
+        assert_eq!(r.order_id, None);
+        assert_eq!(r.flow_id, None);
+        assert_eq!(r.verifications.unwrap().channel.as_deref(), Some("sms"));
+        assert_eq!(r.sms.len(), 1);
+        assert_eq!((r.sms[0].status, r.sms[0].mcc), (Some(0), None));
+        assert_eq!(r.call.len(), 1);
+        assert_eq!(r.call[0].rate.as_deref(), Some("0.1"));
+        assert!(r.sna.is_empty());
+        let empty: Record = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, Record::default());
     }
 }

@@ -195,3 +195,215 @@ async fn json_logs_are_one_object_per_line_with_the_cycle_summary(pool: PgPool) 
         "no colour codes when not on a terminal"
     );
 }
+
+#[sqlx::test]
+async fn record_json_prints_the_body_as_received_even_when_the_provider_refuses(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let refusal = serde_json::json!({"status": "-1", "reason": "auth", "trace": "a1b2"});
+    app.provider
+        .script_all(vec![Scripted::json(401, refusal.clone()), Scripted::Html]);
+
+    let (code, out, err) = app.run(&["record", "1234566", "--json"]).await;
+    let (html_code, html_out, _) = app.run(&["record", "1234566", "--json"]).await;
+
+    assert_eq!(code, 1, "{err}");
+    let printed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(printed, refusal);
+    assert!(err.contains("status -1, reason auth, HTTP 401"), "{err}");
+    assert_eq!(html_code, 1);
+    assert!(html_out.starts_with("<html>"), "{html_out}");
+}
+
+#[sqlx::test]
+async fn record_reads_a_leg_with_both_currency_keys_and_legs_sent_as_objects(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let mut data = docs_record_example()["data"].clone();
+    data["sms"][0]["settleCurrency"] = "USD".into(); // beside the example's "currency": "EUR"
+    data["call"] = data["call"][0].clone(); // one object where the table says JSONArray
+    data["newTopLevelField"] = serde_json::json!({"x": 1});
+    app.provider.put_record("1234566", data);
+
+    let (code, out, err) = app.run(&["record", "1234566"]).await;
+
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("settled 0.01368 USD"), "{out}");
+    assert!(out.contains("call #1"), "{out}");
+    assert!(
+        out.contains("failed (100005) (Temporarily Unavailable)"),
+        "{out}"
+    );
+}
+
+#[sqlx::test]
+async fn record_words_the_call_leg_no_more_precisely_than_the_page(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.provider
+        .put_record("1234566", docs_record_example()["data"].clone());
+
+    let (code, out, err) = app.run(&["record", "1234566"]).await;
+
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("cost     0 USD, rate 0.138 USD, regional supplier 661"),
+        "{out}"
+    );
+    assert!(
+        out.contains("duration call 0, charged 0 (unit not stated by the provider)"),
+        "{out}"
+    );
+    for claim in ["USD/min", "region 661", "0 s"] {
+        assert!(!out.contains(claim), "claims {claim:?}:\n{out}");
+    }
+}
+
+/// The test config with `from` replaced by `to`, run through `check`: (exit code, stdout,
+/// stderr).
+async fn check_with(app: &TestApp, from: &str, to: &str) -> (i32, String, String) {
+    let text = std::fs::read_to_string(&app.config_path).unwrap();
+    assert!(text.contains(from), "{from:?} not in the test config");
+    std::fs::write(&app.config_path, text.replacen(from, to, 1)).unwrap();
+    let result = app.run(&["check"]).await;
+    std::fs::write(&app.config_path, text).unwrap();
+    result
+}
+
+#[sqlx::test]
+async fn check_refuses_cleartext_to_a_remote_provider_and_a_password_in_base_url(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.provider.base_url.clone();
+    for (url, why) in [
+        (
+            "http://api.itniotech.com/otp".to_owned(),
+            "loopback host only",
+        ),
+        (
+            base.replace("http://", "http://u:hunter2@"),
+            "user name or password",
+        ),
+        (
+            "https://u:hunter2@api.itniotech.com/otp".to_owned(),
+            "user name or password",
+        ),
+    ] {
+        let (code, out, err) = check_with(&app, &base, &url).await;
+
+        assert_eq!(code, 2, "{url}: {out}{err}");
+        assert!(
+            err.contains("provider.base_url") && err.contains(why),
+            "{err}"
+        );
+        assert!(!format!("{out}{err}").contains("hunter2"), "{out}{err}");
+    }
+    assert!(app.provider.received().is_empty());
+}
+
+#[sqlx::test]
+async fn each_out_of_range_setting_exits_2_naming_the_key_and_the_range(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    for (from, to, expected) in [
+        (
+            "request_timeout = \"5s\"",
+            "request_timeout = \"0s\"",
+            "provider.request_timeout = \"0s\" is out of range: allowed 1s to 5m",
+        ),
+        (
+            "request_timeout = \"5s\"",
+            "request_timeout = \"1h\"",
+            "provider.request_timeout = \"1h\" is out of range: allowed 1s to 5m",
+        ),
+        (
+            "max_in_flight = 4",
+            "max_in_flight = 5000",
+            "provider.max_in_flight = 5000 is out of range: allowed 1 to 1024",
+        ),
+        (
+            "max_in_flight = 4",
+            "max_in_flight = 4\nmax_attempts = 0",
+            "provider.max_attempts = 0 is out of range: allowed 1 or more",
+        ),
+        (
+            "[database]\n",
+            "[database]\nmax_connections = 1\n",
+            "database.max_connections = 1 is out of range: allowed 2 to 100",
+        ),
+        (
+            "window = \"24h\"",
+            "window = \"400d\"",
+            "source.window = \"400d\" is out of range: allowed 1s to 366d",
+        ),
+    ] {
+        let (code, _, err) = check_with(&app, from, to).await;
+
+        assert_eq!(code, 2, "{to}: {err}");
+        assert!(err.contains(expected), "{to}: {err}");
+    }
+}
+
+#[sqlx::test]
+async fn a_secret_in_an_inline_table_or_under_a_quoted_key_is_not_echoed(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = &app.provider.base_url;
+    for (text, key) in [
+        (
+            format!("provider = {{ base_url = {base:?}, api_key = \"bDqJFiq9\", api_secret = 987654321 }}\n"),
+            "provider.api_secret",
+        ),
+        (
+            format!("[provider]\nbase_url = {base:?}\napi_key = \"bDqJFiq9\"\n[database]\n\"url\" = 987654321\n"),
+            "database.url",
+        ),
+    ] {
+        std::fs::write(&app.config_path, &text).unwrap();
+
+        let (code, out, err) = app.run(&["check"]).await;
+
+        assert_eq!(code, 2, "{err}");
+        assert!(!format!("{out}{err}").contains("987654321"), "{err}");
+        assert!(
+            err.contains(&format!("invalid value for {key} (not shown")),
+            "{err}"
+        );
+    }
+}
+
+#[sqlx::test]
+async fn a_reason_with_a_newline_cannot_forge_a_log_line_and_is_stored_capped(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.seed(
+        "forgApp1",
+        460,
+        chrono::Utc::now() - chrono::Duration::minutes(5),
+        10,
+        4,
+    )
+    .await;
+    let reason = format!(
+        "bad\nFORGED 2026-01-01T00:00:00Z INFO backfill_reporter: all good\r\n{}",
+        "z".repeat(5_000)
+    );
+    app.provider.script(
+        "forgApp1",
+        vec![Scripted::json(
+            200,
+            serde_json::json!({"status": "-22", "reason": reason}),
+        )],
+    );
+
+    let (code, _, err) = app.run(&["run", "--once"]).await;
+
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.lines().all(|l| !l.starts_with("FORGED")),
+        "a forged line reached the log:\n{err}"
+    );
+    let (stored, error): (String, String) = sqlx::query_as(
+        "SELECT provider_reason, error FROM report_submissions WHERE app_id = 'forgApp1'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(stored.starts_with("bad\\nFORGED"), "{stored}");
+    assert!(stored.chars().count() <= 501, "{}", stored.chars().count());
+    assert!(!stored.chars().any(char::is_control));
+    assert!(!error.chars().any(char::is_control), "{error}");
+}

@@ -9,10 +9,14 @@
 //!
 //! 1. route: `POST {base}/backfillRate` or `POST {base}/verification/orderId/record`, base
 //!    path `/otp`; anything else is HTTP 404 (still recorded);
-//! 2. scripted answers ([`FakeProvider::script_all`] first, then [`FakeProvider::script`]);
-//! 3. headers: `Content-Type` (`-22`), `Api-Key` (`-1`), `Timestamp` parseable (`-1`),
-//!    `Sign` (`-1`), `Timestamp` within the allowed skew (`-16`);
-//! 4. body: a JSON object with exactly the documented fields, each well-formed (`-22`);
+//! 2. headers: `Content-Type` (`-22`), `Api-Key` (`-1`), `Timestamp` parseable (`-1`),
+//!    `Sign` (`-1`), `Timestamp` within the allowed skew (`-16`); each of the four must also
+//!    be *spelled* as the pages spell it on the wire (a gateway may compare case), which the
+//!    fake can check because it records the raw bytes of every connection;
+//! 3. body: a JSON object with exactly the documented fields, each well-formed (`-22`);
+//! 4. scripted answers ([`FakeProvider::script_all`] first, then [`FakeProvider::script`]):
+//!    only a request that passed every check gets one, so a test that scripts an answer still
+//!    proves that the client sent a valid, correctly signed request;
 //! 5. success: `{"status":"0","reason":"success"}` (plus `data` for the record endpoint).
 //!
 //! Like the real API, every provider-level answer is HTTP 200 with a JSON body whose `status`
@@ -24,11 +28,14 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::serve::{IncomingStream, Listener};
 use axum::Router;
+use futures::StreamExt;
 use md5::{Digest, Md5};
 use serde_json::{json, Map, Value};
 
@@ -149,6 +156,8 @@ pub struct Received {
     pub path: String,
     /// Request headers, lowercase names; repeated headers are joined with `", "`.
     pub headers: BTreeMap<String, String>,
+    /// Header names exactly as they came over the wire, in order (`"Sign"`, not `"sign"`).
+    pub raw_header_names: Vec<String>,
     /// Body parsed as JSON, `Value::Null` if it was not valid JSON.
     pub body: Value,
     /// Body as text (lossy UTF-8).
@@ -176,6 +185,26 @@ pub enum Scripted {
     Delay(Duration),
     /// Never answer (sleeps an hour): for client timeout tests.
     Hang,
+    /// Answer exactly this: HTTP status, extra headers and body (a documented JSON body on an
+    /// HTTP error, a redirect with its `Location`, a 429 with `Retry-After`, a huge reason).
+    Reply {
+        http: u16,
+        headers: Vec<(&'static str, String)>,
+        body: String,
+    },
+    /// HTTP 200 whose chunked body never ends: the client must stop reading by itself.
+    Endless,
+}
+
+impl Scripted {
+    /// HTTP `http` with a JSON body (the documented envelope, or anything else).
+    pub fn json(http: u16, body: Value) -> Scripted {
+        Scripted::Reply {
+            http,
+            headers: vec![("content-type", "application/json;charset=UTF-8".to_string())],
+            body: body.to_string(),
+        }
+    }
 }
 
 /// Which documented endpoint a request hit.
@@ -196,6 +225,12 @@ enum Answer {
     Html,
     /// Headers, then the connection is cut: the client never gets a whole answer.
     Dropped,
+    Reply {
+        http: u16,
+        headers: Vec<(&'static str, String)>,
+        body: String,
+    },
+    Endless,
 }
 
 impl Answer {
@@ -210,11 +245,12 @@ impl Answer {
 
 struct Config {
     api_key: String,
-    api_secret: String,
 }
 
 #[derive(Default)]
 struct Inner {
+    /// Changeable, to stand for a secret rotated in the provider's console.
+    api_secret: String,
     max_skew: i64,
     /// Added to every request before it is answered: a provider far away.
     latency: Duration,
@@ -265,9 +301,9 @@ impl FakeProvider {
         let shared = Arc::new(Shared {
             cfg: Config {
                 api_key: api_key.to_string(),
-                api_secret: api_secret.to_string(),
             },
             inner: Mutex::new(Inner {
+                api_secret: api_secret.to_string(),
                 max_skew: DEFAULT_MAX_SKEW_SECS,
                 ..Inner::default()
             }),
@@ -277,9 +313,12 @@ impl FakeProvider {
             .expect("fake provider: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("fake provider: local_addr");
         // A single fallback handler sees every request, so even unknown routes are recorded.
-        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let app = Router::new()
+            .fallback(handle)
+            .with_state(shared.clone())
+            .into_make_service_with_connect_info::<Wire>();
         let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            if let Err(e) = axum::serve(TapListener(listener), app).await {
                 eprintln!("fake provider: server error: {e}");
             }
         });
@@ -356,9 +395,15 @@ impl FakeProvider {
     pub fn sign_for(&self, timestamp: &str) -> String {
         sign(
             &self.shared.cfg.api_key,
-            &self.shared.cfg.api_secret,
+            &self.shared.lock().api_secret,
             timestamp,
         )
+    }
+
+    /// Changes the secret the fake checks `Sign` against, as a rotation in the provider's
+    /// console would: requests signed with the old one get `-1` from now on.
+    pub fn set_secret(&self, api_secret: &str) {
+        self.shared.lock().api_secret = api_secret.to_string();
     }
 
     /// Correct headers for a request made now, as `(name, value)` pairs: handy for tests that
@@ -384,12 +429,17 @@ impl FakeProvider {
 // only surface as a dropped connection in the client test, hiding the real bug.
 // ---------------------------------------------------------------------------------------------
 
-async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(wire): ConnectInfo<Wire>,
+    req: Request,
+) -> Response {
     let at = SystemTime::now();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let headers = header_map(&parts.headers);
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await;
+    let raw_header_names = wire.take_request(bytes.as_ref().ok().map(Bytes::len));
     let (raw_body, parsed) = match &bytes {
         Ok(b) => (
             String::from_utf8_lossy(b).into_owned(),
@@ -404,6 +454,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         inner.received.push(Received {
             path: path.clone(),
             headers,
+            raw_header_names: raw_header_names.clone(),
             body: parsed.clone(),
             raw_body,
             answered_http: 0,
@@ -418,6 +469,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         &parts.method,
         &path,
         &parts.headers,
+        &raw_header_names,
         bytes.is_ok(),
         &parsed,
     )
@@ -430,6 +482,7 @@ async fn decide(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
+    raw_header_names: &[String],
     body_read: bool,
     body: &Value,
 ) -> Answer {
@@ -443,31 +496,23 @@ async fn decide(
         return Answer::Http(413, "request body too large");
     }
 
-    // 2. Scripts.
-    let key_field = match endpoint {
-        Endpoint::Backfill => "appId",
-        Endpoint::Record => "orderId",
-    };
-    let key = body.get(key_field).and_then(Value::as_str);
-    let scripted = {
-        let mut inner = shared.lock();
-        match inner.script_all.pop_front() {
-            Some(s) => Some(s),
-            None => key.and_then(|k| inner.scripts.get_mut(k).and_then(VecDeque::pop_front)),
-        }
-    };
-    match scripted {
-        None => {}
-        Some(Scripted::Status(s, r)) => return Answer::provider(s, r),
-        Some(Scripted::Http(code)) => return Answer::Http(code, "scripted error"),
-        Some(Scripted::Html) => return Answer::Html,
-        Some(Scripted::Delay(d)) => tokio::time::sleep(d).await,
-        Some(Scripted::Hang) => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            return Answer::Http(504, "hung for an hour");
-        }
+    // 2. Headers, then 3. body.
+    if let Err((status, reason)) = check_headers(shared, headers, raw_header_names) {
+        return Answer::provider(status, reason);
     }
+    let Some(obj) = body.as_object() else {
+        return Answer::provider("-22", "body: not a JSON object");
+    };
+    let validated = match endpoint {
+        Endpoint::Backfill => validate_backfill(obj).map(|()| None),
+        Endpoint::Record => validate_record(obj).map(Some),
+    };
+    let order_id = match validated {
+        Ok(order_id) => order_id,
+        Err(reason) => return Answer::provider("-22", reason),
+    };
 
+    // Latency and injected failures, for valid requests only.
     let (latency, fail) = {
         let mut inner = shared.lock();
         let fail = inner.failure_rate > 0.0 && rand::random::<f64>() < inner.failure_rate;
@@ -486,32 +531,57 @@ async fn decide(
         None => {}
     }
 
-    // 3. Headers, then 4. body.
-    if let Err((status, reason)) = check_headers(shared, headers) {
-        return Answer::provider(status, reason);
-    }
-    let Some(obj) = body.as_object() else {
-        return Answer::provider("-22", "body: not a JSON object");
+    // 4. Scripts, for valid requests only.
+    let key_field = match endpoint {
+        Endpoint::Backfill => "appId",
+        Endpoint::Record => "orderId",
     };
-    match endpoint {
-        Endpoint::Backfill => match validate_backfill(obj) {
-            Ok(()) => Answer::provider("0", "success"),
-            Err(reason) => Answer::provider("-22", reason),
+    let key = body.get(key_field).and_then(Value::as_str);
+    let scripted = {
+        let mut inner = shared.lock();
+        match inner.script_all.pop_front() {
+            Some(s) => Some(s),
+            None => key.and_then(|k| inner.scripts.get_mut(k).and_then(VecDeque::pop_front)),
+        }
+    };
+    match scripted {
+        None => {}
+        Some(Scripted::Status(s, r)) => return Answer::provider(s, r),
+        Some(Scripted::Http(code)) => return Answer::Http(code, "scripted error"),
+        Some(Scripted::Html) => return Answer::Html,
+        Some(Scripted::Reply {
+            http,
+            headers,
+            body,
+        }) => {
+            return Answer::Reply {
+                http,
+                headers,
+                body,
+            }
+        }
+        Some(Scripted::Endless) => return Answer::Endless,
+        Some(Scripted::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Scripted::Hang) => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Answer::Http(504, "hung for an hour");
+        }
+    }
+
+    // 5. The answer.
+    let Some(order_id) = order_id else {
+        return Answer::provider("0", "success");
+    };
+    match shared.lock().records.get(order_id) {
+        Some(data) => Answer::Provider {
+            status: "0".to_string(),
+            reason: "success".to_string(),
+            data: Some(data.clone()),
         },
-        Endpoint::Record => match validate_record(obj) {
-            Err(reason) => Answer::provider("-22", reason),
-            Ok(order_id) => match shared.lock().records.get(order_id) {
-                Some(data) => Answer::Provider {
-                    status: "0".to_string(),
-                    reason: "success".to_string(),
-                    data: Some(data.clone()),
-                },
-                // The docs don't say what an unknown orderId yields (error status, or "0"
-                // with empty/absent data). We answer a parameter error so that a client
-                // treating "0" as "record exists" is never silently fed nothing.
-                None => Answer::provider("-22", "orderId not found"),
-            },
-        },
+        // The docs don't say what an unknown orderId yields (error status, or "0"
+        // with empty/absent data). We answer a parameter error so that a client
+        // treating "0" as "record exists" is never silently fed nothing.
+        None => Answer::provider("-22", "orderId not found"),
     }
 }
 
@@ -550,6 +620,35 @@ fn finish(shared: &Shared, idx: usize, answer: Answer) -> Response {
             );
             (200, None, resp)
         }
+        Answer::Reply {
+            http,
+            headers,
+            body,
+        } => {
+            let status = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("status").and_then(Value::as_str).map(str::to_string));
+            let mut resp = Response::new(Body::from(body));
+            *resp.status_mut() =
+                StatusCode::from_u16(http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            for (name, value) in headers {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    resp.headers_mut().append(name, value);
+                }
+            }
+            (http, status, resp)
+        }
+        Answer::Endless => {
+            // Starts like the documented envelope, then a reason that never ends.
+            let start = futures::stream::once(async {
+                Ok::<_, std::convert::Infallible>(Bytes::from_static(
+                    br#"{"status":"0","reason":""#,
+                ))
+            });
+            let rest = futures::stream::repeat_with(|| Ok(Bytes::from(vec![b'x'; 16 * 1024])));
+            let resp = Response::new(Body::from_stream(start.chain(rest)));
+            (200, Some("0".to_string()), resp)
+        }
     };
     if let Some(r) = shared.lock().received.get_mut(idx) {
         r.answered_http = http;
@@ -578,7 +677,30 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Header checks in the order the brief fixes: Content-Type, Api-Key, Timestamp syntax
 /// (unparseable means the Sign cannot be verified, hence "-1"), Sign, then Timestamp skew.
-fn check_headers(shared: &Shared, headers: &HeaderMap) -> Result<(), (&'static str, String)> {
+fn check_headers(
+    shared: &Shared,
+    headers: &HeaderMap,
+    raw_header_names: &[String],
+) -> Result<(), (&'static str, String)> {
+    // As the pages spell them; a lowercase `sign` may pass the provider itself but not a
+    // gateway that compares names with case.
+    for (spelled, status) in [
+        ("Content-Type", "-22"),
+        ("Api-Key", "-1"),
+        ("Timestamp", "-1"),
+        ("Sign", "-1"),
+    ] {
+        if let Some(sent) = raw_header_names
+            .iter()
+            .find(|n| n.eq_ignore_ascii_case(spelled) && n.as_str() != spelled)
+        {
+            return Err((
+                status,
+                format!("{spelled}: header name sent as {sent:?}, the docs spell it {spelled}"),
+            ));
+        }
+    }
+
     // Content-Type: both examples send exactly `application/json;charset=UTF-8`. reqwest's
     // `.json()` sets bare `application/json`, which we reject so the client must set it.
     let ct = header_str(headers, "content-type");
@@ -618,7 +740,7 @@ fn check_headers(shared: &Shared, headers: &HeaderMap) -> Result<(), (&'static s
         ));
     };
 
-    let expected = sign(&shared.cfg.api_key, &shared.cfg.api_secret, ts_str);
+    let expected = sign(&shared.cfg.api_key, &shared.lock().api_secret, ts_str);
     match header_str(headers, "sign") {
         None => return Err(("-1", "Sign: missing".to_string())),
         // NOTES.md: compared case-insensitively.
@@ -833,4 +955,134 @@ fn callback_time_ok(s: &str) -> bool {
         _ => false,
     };
     date_time && offset && chrono::DateTime::parse_from_rfc3339(s).is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The wire tap: every connection's raw bytes, so that header names are seen as sent (hyper
+// lowercases them before the handler runs).
+// ---------------------------------------------------------------------------------------------
+
+/// The bytes one connection has received and not yet matched to a request.
+#[derive(Clone, Default)]
+struct Wire(Arc<Mutex<Vec<u8>>>);
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wire")
+    }
+}
+
+impl Wire {
+    /// The header names of the request at the head of the buffer, which is then dropped with
+    /// its body (`body_len` bytes; `None` when the body was not read, which drops everything).
+    /// Requests on one connection come one after another (HTTP/1.1, no pipelining).
+    fn take_request(&self, body_len: Option<usize>) -> Vec<String> {
+        let mut bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            bytes.clear();
+            return Vec::new();
+        };
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        let names: Vec<String> = head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|line| line.split_once(':').map(|(n, _)| n.to_string()))
+            .collect();
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        match body_len {
+            Some(len) if !chunked => {
+                let taken = (end + 4 + len).min(bytes.len());
+                bytes.drain(..taken);
+            }
+            _ => bytes.clear(),
+        }
+        names
+    }
+}
+
+impl Connected<IncomingStream<'_, TapListener>> for Wire {
+    fn connect_info(stream: IncomingStream<'_, TapListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+struct TapListener(tokio::net::TcpListener);
+
+impl Listener for TapListener {
+    type Io = TapStream;
+    type Addr = Wire;
+
+    async fn accept(&mut self) -> (TapStream, Wire) {
+        loop {
+            match self.0.accept().await {
+                Ok((stream, _)) => {
+                    let wire = Wire::default();
+                    return (
+                        TapStream {
+                            stream,
+                            wire: wire.clone(),
+                        },
+                        wire,
+                    );
+                }
+                // EMFILE and the like: wait instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Wire> {
+        Ok(Wire::default())
+    }
+}
+
+/// A TCP stream that copies what it reads into its [`Wire`].
+struct TapStream {
+    stream: tokio::net::TcpStream,
+    wire: Wire,
+}
+
+impl tokio::io::AsyncRead for TapStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &poll {
+            self.wire
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(&buf.filled()[before..]);
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for TapStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }

@@ -103,7 +103,10 @@ async fn bad_parameters_get_a_minus_22_naming_the_field() {
     // The client's types cannot build these bodies, so they are sent raw, correctly signed:
     // this proves the stand-in checks every field as the docs say.
     let fake = FakeProvider::start(API_KEY, API_SECRET).await;
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .http1_title_case_headers()
+        .build()
+        .unwrap();
     for (field, bad) in [
         ("appId", "abc"),
         ("backfillNow", "100.01"),
@@ -240,6 +243,7 @@ async fn a_refused_connection_is_transient() {
     let ex = client.submit_backfill(&body()).await;
     assert_eq!(ex.class, Class::Transient);
     assert_eq!(ex.http_status, None);
+    assert!(ex.is_outage());
     assert!(ex.error.unwrap().contains("could not connect"));
 }
 
@@ -325,4 +329,251 @@ async fn numbers_as_strings_and_an_sna_leg_are_accepted() {
     );
     assert_eq!(sna.settlement.settle_pay.as_deref(), Some("0.5"));
     assert_eq!(sna.settlement.settle_currency.as_deref(), Some("USD"));
+}
+
+#[tokio::test]
+async fn the_headers_go_out_spelled_as_the_pages_spell_them() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+
+    let ex = client_for(&fake).await.submit_backfill(&body()).await;
+
+    assert_eq!(ex.class, Class::Success, "{ex:?}");
+    let names = &fake.received()[0].raw_header_names;
+    for spelled in ["Content-Type", "Sign", "Timestamp", "Api-Key"] {
+        assert!(
+            names.iter().any(|n| n == spelled),
+            "{spelled} not on the wire as spelled: {names:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_fake_refuses_a_header_name_spelled_otherwise_even_when_the_signature_is_right() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    let ts = fake_provider::now_unix().to_string();
+    let body = r#"{"orderId":"1234566"}"#;
+    let request = format!(
+        "POST /otp/verification/orderId/record HTTP/1.1\r\nHost: {}\r\n\
+         Content-Type: application/json;charset=UTF-8\r\nsign: {}\r\nTimestamp: {ts}\r\n\
+         Api-Key: {API_KEY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        fake.addr,
+        fake.sign_for(&ts),
+        body.len()
+    );
+    let mut tcp = tokio::net::TcpStream::connect(fake.addr).await.unwrap();
+
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+
+    assert!(answer.contains(r#""status":"-1""#), "{answer}");
+    assert!(answer.contains("header name sent as"), "{answer}");
+    assert_eq!(fake.received()[0].raw_header_names[2], "sign");
+}
+
+#[tokio::test]
+async fn a_documented_json_body_on_an_http_error_is_classed_by_its_status() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    let client = client_for(&fake).await;
+    let envelope =
+        |status: &str, reason: &str| serde_json::json!({"status": status, "reason": reason});
+    let cases = [
+        (
+            401,
+            envelope("-1", "auth"),
+            Class::Rejected(Rejection::Authentication),
+        ),
+        (
+            403,
+            envelope("-2", "ip"),
+            Class::Rejected(Rejection::IpRestricted),
+        ),
+        (
+            400,
+            envelope("-22", "param"),
+            Class::Rejected(Rejection::Parameters),
+        ),
+        (503, envelope("-18", "busy"), Class::Transient),
+        // A "0" on an error page contradicts itself: the HTTP status decides.
+        (500, envelope("0", "success"), Class::Transient),
+        (
+            404,
+            envelope("0", "success"),
+            Class::Rejected(Rejection::Other),
+        ),
+    ];
+    for (http, body, class) in cases {
+        fake.script_all(vec![Scripted::json(http, body.clone())]);
+
+        let ex = client.submit_backfill(&self::body()).await;
+
+        assert_eq!(ex.class, class, "HTTP {http} {body}: {ex:?}");
+        assert_eq!(ex.http_status, Some(http));
+        assert_eq!(
+            ex.provider_status.as_deref(),
+            body["status"].as_str(),
+            "{body}"
+        );
+        assert!(ex.error.unwrap().contains(&http.to_string()));
+    }
+    let got = fake.received();
+    assert_eq!(got.len(), 6);
+    assert!(
+        got.iter().all(|r| r.answered_http >= 400),
+        "scripted answers only"
+    );
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_its_location_is_in_the_reason() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    let elsewhere = FakeProvider::start(API_KEY, API_SECRET).await;
+    let client = client_for(&fake).await;
+    for http in [301, 302, 303, 307, 308] {
+        let location = format!("{}/backfillRate", elsewhere.base_url);
+        fake.script_all(vec![Scripted::Reply {
+            http,
+            headers: vec![("location", location.clone())],
+            body: String::new(),
+        }]);
+
+        let ex = client.submit_backfill(&body()).await;
+
+        assert_eq!(
+            ex.class,
+            Class::Rejected(Rejection::Other),
+            "{http}: {ex:?}"
+        );
+        assert_eq!(ex.http_status, Some(http));
+        let error = ex.error.unwrap();
+        assert!(error.contains(&location), "{error}");
+        assert!(error.contains("not followed"), "{error}");
+    }
+    assert_eq!(fake.received().len(), 5);
+    assert!(
+        elsewhere.received().is_empty(),
+        "the signed request went on to the Location: {:?}",
+        elsewhere.received()[0].headers
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_64_kib_is_an_error_and_is_not_read_to_its_end() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    let client = client_for(&fake).await;
+    let big = serde_json::json!({"status": "0", "reason": "x".repeat(100 * 1024)});
+    // Declared too long (Content-Length), then endless (chunked): the second would time out,
+    // or fill the memory, if the client read on.
+    for script in [Scripted::json(200, big), Scripted::Endless] {
+        fake.script_all(vec![script.clone()]);
+
+        let ex = client.submit_backfill(&body()).await;
+
+        assert_eq!(ex.class, Class::Transient, "{script:?}: {ex:?}");
+        assert_eq!(ex.http_status, Some(200));
+        assert_eq!(ex.body, None);
+        let error = ex.error.unwrap();
+        assert!(error.contains("over 64 KiB"), "{script:?}: {error}");
+    }
+    // Just under the limit is read.
+    let fits = serde_json::json!({"status": "-22", "reason": "y".repeat(60 * 1024)});
+    fake.script_all(vec![Scripted::json(200, fits)]);
+    let ex = client.submit_backfill(&body()).await;
+    assert_eq!(ex.class, Class::Rejected(Rejection::Parameters));
+}
+
+#[tokio::test]
+async fn the_providers_reason_is_escaped_and_capped() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    let reason = format!(
+        "bad\n2026-01-01T00:00:00.000000Z  INFO backfill_reporter: forged line\r\u{1b}[2J{}",
+        "z".repeat(20_000)
+    );
+    fake.script_all(vec![Scripted::json(
+        200,
+        serde_json::json!({"status": "-22\nforged", "reason": reason}),
+    )]);
+
+    let ex = client_for(&fake).await.submit_backfill(&body()).await;
+
+    let kept = ex.reason.unwrap();
+    assert!(kept.starts_with("bad\\n2026-01-01"), "{kept}");
+    assert!(!kept.chars().any(char::is_control), "{kept}");
+    assert!(kept.chars().count() <= 501, "{}", kept.chars().count());
+    assert_eq!(ex.provider_status.as_deref(), Some("-22\\nforged"));
+    let error = ex.error.unwrap();
+    assert!(!error.chars().any(char::is_control), "{error}");
+}
+
+#[tokio::test]
+async fn a_429_or_503_keeps_its_retry_after_and_counts_as_an_outage() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    let client = client_for(&fake).await;
+    let in_90s = (chrono::Utc::now() + chrono::Duration::seconds(90))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    fake.script_all(vec![
+        Scripted::Reply {
+            http: 429,
+            headers: vec![("retry-after", "7".into())],
+            body: "slow down".into(),
+        },
+        Scripted::Reply {
+            http: 503,
+            headers: vec![("retry-after", in_90s)],
+            body: String::new(),
+        },
+        Scripted::Reply {
+            http: 503,
+            headers: vec![("retry-after", "86400".into())],
+            body: String::new(),
+        },
+        Scripted::Status("-22", "param"),
+    ]);
+
+    let first = client.submit_backfill(&body()).await;
+    let second = client.submit_backfill(&body()).await;
+    let third = client.submit_backfill(&body()).await;
+    let rejected = client.submit_backfill(&body()).await;
+
+    assert_eq!(first.retry_after, Some(Duration::from_secs(7)));
+    let wait = second.retry_after.unwrap();
+    assert!(
+        (85..=90).contains(&wait.as_secs()),
+        "an HTTP-date 90 s ahead: {wait:?}"
+    );
+    assert_eq!(third.retry_after, Some(Duration::from_secs(600)));
+    assert!(first.is_outage() && second.is_outage() && third.is_outage());
+    assert_eq!(rejected.retry_after, None);
+    assert!(!rejected.is_outage());
+}
+
+#[tokio::test]
+async fn a_record_with_both_currency_keys_legs_as_objects_and_unknown_fields_parses() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    fake.put_record(
+        "o-2",
+        serde_json::json!({
+            "orderId": "o-2",
+            "verifications": {"matched": 1, "channel": "sms", "newThing": {"a": 1}},
+            "sms": {"status": -1, "settleCurrency": "USD", "currency": "EUR", "pay": "0.1",
+                    "mcc": "460", "carrier": "new field"},
+            "call": [{"code": "661", "rate": 0.138, "settleCurrency": null, "currency": "EUR",
+                      "callDuration": "12"}],
+            "extra": [1, 2]
+        }),
+    );
+
+    let ex = client_for(&fake).await.lookup_record("o-2", None).await;
+
+    assert_eq!(ex.class, Class::Success, "{ex:?}");
+    let r = ex.data.unwrap();
+    assert_eq!(r.verifications.unwrap().matched, Some(1));
+    assert_eq!(r.sms.len(), 1);
+    assert_eq!(r.sms[0].settlement.settle_currency.as_deref(), Some("USD"));
+    assert_eq!(r.sms[0].mcc, Some(460));
+    assert_eq!(r.call[0].settlement.settle_currency.as_deref(), Some("EUR"));
+    assert_eq!(r.call[0].rate.as_deref(), Some("0.138"));
+    assert_eq!(r.call[0].call_duration, Some(12));
 }
