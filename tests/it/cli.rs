@@ -407,3 +407,37 @@ async fn a_reason_with_a_newline_cannot_forge_a_log_line_and_is_stored_capped(po
     assert!(!stored.chars().any(char::is_control));
     assert!(!error.chars().any(char::is_control), "{error}");
 }
+
+#[sqlx::test]
+async fn an_unreachable_database_exits_3_a_config_error_2_and_check_offline_needs_no_database(
+    pool: PgPool,
+) {
+    let app = TestApp::new(pool).await;
+    let text = std::fs::read_to_string(&app.config_path).unwrap();
+    // Nothing listens on port 1.
+    let closed = text.replace(&app.db_url, "postgres://backfill_test@127.0.0.1:1/nothing");
+    std::fs::write(&app.config_path, &closed).unwrap();
+
+    for args in [
+        &["check"][..],
+        &["run", "--once"],
+        &["history"],
+        &["migrate"],
+    ] {
+        let (code, _, err) = app.run(args).await;
+        assert_eq!(code, 3, "{args:?}: {err}");
+        assert!(err.contains("connecting to PostgreSQL at"), "{err}");
+    }
+    let (code, out, err) = app.run(&["check", "--offline"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("--offline"), "{out}");
+
+    std::fs::write(
+        &app.config_path,
+        closed.replace("[schedule]", "[schedule]\nbogus = 1"),
+    )
+    .unwrap();
+    let (code, _, err) = app.run(&["check", "--offline"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bogus"), "{err}");
+}

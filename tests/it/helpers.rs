@@ -253,8 +253,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(app: &TestApp) -> Self {
-        let mut child = app
-            .command(&["run"])
+        Self::start_with(app, &[])
+    }
+
+    /// With extra environment variables (`CREDENTIALS_DIRECTORY`, say).
+    pub fn start_with(app: &TestApp, env: &[(&str, &std::path::Path)]) -> Self {
+        let mut command = app.command(&["run"]);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -87,3 +87,87 @@ async fn sighup_picks_up_a_rotated_api_secret_credential(pool: PgPool) {
     child.start_kill().unwrap();
     let _ = child.wait().await;
 }
+
+#[sqlx::test]
+async fn sighup_moves_new_connections_to_a_rotated_database_credential(_pool: PgPool) {
+    let Some(server) = crate::chaos::PgServer::start() else {
+        return;
+    };
+    let admin = PgPool::connect(&server.url("postgres")).await.unwrap();
+    for sql in [
+        "CREATE ROLE rot_old LOGIN SUPERUSER",
+        "CREATE ROLE rot_new LOGIN SUPERUSER",
+        "CREATE DATABASE rot",
+    ] {
+        sqlx::query(sql).execute(&admin).await.unwrap();
+    }
+    let as_role = |role: &str| server.url("rot").replace("postgres@", &format!("{role}@"));
+    let pool = PgPool::connect(&server.url("rot")).await.unwrap();
+    backfill_reporter::db::migrate(&pool).await.unwrap();
+    let app = TestApp::on(
+        pool,
+        as_role("rot_old"),
+        TestConfig {
+            cron: "*/2 * * * * *".into(),
+            ..TestConfig::default()
+        },
+    )
+    .await;
+    app.seed(
+        "rotaDb01",
+        460,
+        chrono::Utc::now() - chrono::Duration::minutes(5),
+        10,
+        4,
+    )
+    .await;
+    let credentials = tempfile::tempdir().unwrap();
+    let credential = credentials.path().join("database_url");
+    std::fs::write(&credential, format!("{}\n", as_role("rot_old"))).unwrap();
+    let daemon =
+        crate::helpers::Daemon::start_with(&app, &[("CREDENTIALS_DIRECTORY", credentials.path())]);
+    daemon.wait_log("cycle for", Duration::from_secs(15)).await;
+
+    std::fs::write(&credential, format!("{}\n", as_role("rot_new"))).unwrap();
+    daemon.signal("HUP").await;
+    daemon
+        .wait_log("database settings reloaded", Duration::from_secs(10))
+        .await;
+    // The old credential is revoked and its sessions cut: the daemon carries on as the new one.
+    sqlx::query("ALTER ROLE rot_old NOLOGIN")
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'rot_old'")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let revoked = chrono::Utc::now();
+    eventually(
+        Duration::from_secs(20),
+        "a cycle after the rotation",
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM report_runs WHERE started_at > $1 AND succeeded = 1",
+            )
+            .bind(revoked)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+                >= 2
+        },
+    )
+    .await;
+    let roles: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT usename::text FROM pg_stat_activity \
+         WHERE datname = 'rot' AND application_name = 'backfill-reporter'",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    let (code, log) = daemon.stop().await;
+
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(roles, ["rot_new"], "{log}");
+    admin.close().await;
+}

@@ -34,6 +34,25 @@ fn the_unit_allows_no_core_dump_and_its_watchdog_sends_no_core_dumping_signal() 
 }
 
 #[test]
+fn a_database_outage_cannot_fail_the_unit_and_the_stop_timeout_covers_the_drain() {
+    let pre = values("ExecStartPre");
+    assert!(
+        pre.iter()
+            .all(|c| !c.contains(" check") || c.contains("--offline")),
+        "ExecStartPre must not need the database: {pre:?}"
+    );
+    let stop: u64 = values("TimeoutStopSec")[0]
+        .trim_end_matches('s')
+        .parse()
+        .unwrap();
+    let drain = backfill_reporter::sender::DRAIN_LIMIT.as_secs() + 5;
+    assert!(
+        stop >= drain + 3,
+        "TimeoutStopSec={stop}s must cover the drain ({drain} s) and the exit"
+    );
+}
+
+#[test]
 fn the_unit_starts_after_the_clock_is_synchronised() {
     assert!(
         values("After")
