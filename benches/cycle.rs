@@ -8,88 +8,36 @@
 //! - window query: the default source query over a large `otp_counts`, with its plan, to show
 //!   that it reads only the window through the bucket_start index.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+mod support;
 
-use axum::http::HeaderMap;
-use axum::routing::post;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
 use backfill_reporter::config;
 use backfill_reporter::cycle::{self, Context};
 use backfill_reporter::outcomes::Trigger;
-use md5::{Digest, Md5};
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::PgPool;
+use support::{env_or, provider, BenchDb, KEY, SECRET};
 use tokio_util::sync::CancellationToken;
-
-const KEY: &str = "benchKey";
-const SECRET: &str = "benchSecret";
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn provider() -> (SocketAddr, Arc<AtomicU64>) {
-    let count = Arc::new(AtomicU64::new(0));
-    let c = count.clone();
-    let app = axum::Router::new().route(
-        "/otp/backfillRate",
-        post(move |headers: HeaderMap, body: String| {
-            let c = c.clone();
-            async move {
-                let ts = headers
-                    .get("timestamp")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                let want = hex::encode(Md5::digest(format!("{KEY}{SECRET}{ts}")));
-                let ok = headers.get("sign").and_then(|v| v.to_str().ok()) == Some(want.as_str())
-                    && serde_json::from_str::<serde_json::Value>(&body).is_ok();
-                c.fetch_add(1, Ordering::Relaxed);
-                if ok {
-                    r#"{"status":"0","reason":"success"}"#
-                } else {
-                    r#"{"status":"-1","reason":"bad sign"}"#
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, count)
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let master = std::env::var("DATABASE_URL")?;
     let pairs = env_or("BENCH_PAIRS", 2000);
     let rows = env_or("BENCH_ROWS", 2_000_000);
-    let db = format!("backfill_bench_{}", std::process::id());
-    let mut admin = PgConnection::connect(&master).await?;
-    admin
-        .execute(format!("CREATE DATABASE {db}").as_str())
-        .await?;
-    let mut url = reqwest::Url::parse(&master)?;
-    url.set_path(&format!("/{db}"));
-    let result = run(url.as_str(), pairs, rows).await;
-    admin
-        .execute(format!("DROP DATABASE {db} WITH (FORCE)").as_str())
-        .await?;
+    let db = BenchDb::create("cycle").await?;
+    let result = run(&db.url, pairs, rows).await;
+    db.drop_now().await?;
     result
 }
 
 async fn run(db_url: &str, pairs: usize, rows: usize) -> anyhow::Result<()> {
-    let (addr, received) = provider().await;
+    let (addr, received) = provider(Duration::ZERO).await;
     let text = format!(
         "[provider]\nbase_url = \"http://{addr}/otp\"\napi_key = \"{KEY}\"\napi_secret = \"{SECRET}\"\n\
          max_in_flight = 16\n[database]\nurl = \"{db_url}\"\nmax_connections = 8\n[schedule]\ntimezone = \"Asia/Shanghai\"\n"
     );
     let settings = config::from_toml(&text, std::path::Path::new("bench.toml"), &|_| None)?;
     let pool = PgPool::connect(db_url).await?;
-    backfill_reporter::db::migrate(&pool).await?;
     let ctx = Context::new(settings, pool.clone(), "bench:1".into())?;
     let tick = cycle::now_tick();
 

@@ -5,7 +5,8 @@
 -- lock: a row belongs to whoever holds an unexpired lease on it.
 
 ALTER TABLE report_submissions
-    -- when a pending row may be attempted next (backoff after a transient failure)
+    -- when a pending row may be claimed next: at once, after a backoff, or, while it is leased,
+    -- when the lease expires (so that rows being sent leave the head of the due index)
     ADD COLUMN next_attempt_at  timestamptz,
     -- after this instant a pending row is no longer sent: it becomes failed, or superseded when
     -- a newer tick of its pair exists. By default the next tick of the schedule.
@@ -23,9 +24,10 @@ UPDATE report_submissions SET next_attempt_at = created_at WHERE state = 'pendin
 -- The claim: due pending rows in order. Partial, so it holds only the queue, not the history.
 CREATE INDEX report_submissions_due
     ON report_submissions (next_attempt_at, id) WHERE state = 'pending';
--- "Is anything of this run still pending?", asked after each outcome write to close the run.
+-- The claim of `run --once`, which works only its own run, in claim order; and "is anything
+-- of this run still pending?", asked after each outcome write to close the run.
 CREATE INDEX report_submissions_pending_run
-    ON report_submissions (run_id) WHERE state = 'pending';
+    ON report_submissions (run_id, next_attempt_at, id) WHERE state = 'pending';
 -- "Which pending rows are older than the tick being planned?", to supersede them. Replaces the
 -- index of the old start-up recovery, which led with app_id and so could not answer that.
 CREATE INDEX report_submissions_pending_tick

@@ -23,6 +23,9 @@ pub const EXIT_CONFIG: u8 = 2;
 /// Exit code when the database could not be reached: retrying later may work.
 pub const EXIT_UNREACHABLE: u8 = 3;
 
+/// Rows of its own submissions that `run --once` prints.
+const ONCE_TABLE_ROWS: i64 = 50;
+
 /// The exit code for an error that ended a command.
 pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(if db::is_unreachable(e) {
@@ -76,6 +79,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 app_id,
                 mcc,
                 state,
+                run_id: None,
             };
             history(&settings, &filter).await
         }
@@ -172,16 +176,20 @@ async fn run_once(settings: Settings) -> anyhow::Result<ExitCode> {
             t.pending
         );
     }
+    // A screenful, problems first: a table of 240,000 rows helps nobody (and would take more
+    // memory than the run).
     let filter = HistoryFilter {
-        limit: t.pairs.max(1),
+        limit: ONCE_TABLE_ROWS,
+        run_id: Some(report.run_id),
         ..HistoryFilter::default()
     };
-    let rows = outcomes::history(&ctx.pool, &filter).await?;
-    print_history(
-        rows.into_iter()
-            .filter(|r| r.scheduled_for == tick)
-            .collect(),
-    );
+    print_history(outcomes::history(&ctx.pool, &filter).await?);
+    if t.pairs > ONCE_TABLE_ROWS {
+        println!(
+            "(the first {ONCE_TABLE_ROWS} of {} rows, failed and invalid first; `backfill-reporter history --limit {}` shows them all)",
+            t.pairs, t.pairs
+        );
+    }
     Ok(if report.all_good() {
         ExitCode::SUCCESS
     } else {

@@ -710,6 +710,45 @@ mod tests {
     const MINIMAL: &str = "[provider]\napi_key = \"bDqJFiq9\"\napi_secret = \"7bz1lzh9\"\n";
 
     #[test]
+    fn the_shipped_example_config_is_valid_and_states_the_defaults() {
+        let env =
+            |name: &str| (name == "BACKFILL_REPORTER_API_SECRET").then(|| "s3cret".to_owned());
+        let example = from_toml(
+            include_str!("../config.example.toml"),
+            Path::new("config.example.toml"),
+            &env,
+        )
+        .unwrap();
+        let defaults = parse(MINIMAL).unwrap();
+        assert_eq!(
+            example.provider.request_timeout,
+            defaults.provider.request_timeout
+        );
+        assert_eq!(
+            example.provider.max_in_flight,
+            defaults.provider.max_in_flight
+        );
+        assert_eq!(
+            example.provider.max_attempts,
+            defaults.provider.max_attempts
+        );
+        assert_eq!(
+            example.provider.retry_backoff,
+            defaults.provider.retry_backoff
+        );
+        assert_eq!(
+            example.database.max_connections,
+            defaults.database.max_connections
+        );
+        assert_eq!(
+            example.database.statement_timeout,
+            defaults.database.statement_timeout
+        );
+        assert_eq!(example.database.keep, defaults.database.keep);
+        assert_eq!(example.source.window, defaults.source.window);
+    }
+
+    #[test]
     fn defaults_fill_every_optional_key() {
         let s = parse(MINIMAL).unwrap();
         assert_eq!(s.provider.base_url, "https://api.itniotech.com/otp");

@@ -274,6 +274,8 @@ pub struct HistoryFilter {
     pub app_id: Option<String>,
     pub mcc: Option<String>,
     pub state: Option<State>,
+    /// Only this run's submissions, failed and invalid ones first (for `run --once`).
+    pub run_id: Option<i64>,
 }
 
 /// One line of `history`.
@@ -300,13 +302,15 @@ pub async fn history(pool: &PgPool, filter: &HistoryFilter) -> anyhow::Result<Ve
              COALESCE(reason, provider_reason, error) \
          FROM report_submissions \
          WHERE ($1::text IS NULL OR app_id = $1) AND ($2::text IS NULL OR mcc = $2) \
-           AND ($3::text IS NULL OR state = $3) \
-         ORDER BY scheduled_for DESC, id DESC LIMIT $4",
+           AND ($3::text IS NULL OR state = $3) AND ($5::bigint IS NULL OR run_id = $5) \
+         ORDER BY ($5::bigint IS NOT NULL AND state IN ('failed', 'invalid')) DESC, \
+             scheduled_for DESC, id DESC LIMIT $4",
     )
     .bind(&filter.app_id)
     .bind(&filter.mcc)
     .bind(filter.state.map(State::as_str))
     .bind(filter.limit)
+    .bind(filter.run_id)
     .fetch_all(pool)
     .await
     .context("reading report_submissions")?;

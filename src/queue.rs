@@ -166,40 +166,68 @@ pub struct Claimed {
     pub replaced: bool,
 }
 
+/// Where a claim resumes: the `(next_attempt_at, id)` of the last row the previous one took.
+/// Rows behind it were taken, or were locked by another claimer at the time; a claim that
+/// comes back short starts again from the head and finds those.
+pub type ClaimCursor = Option<(DateTime<Utc>, i64)>;
+
 /// Claims up to `limit` due rows for `owner`, leased for `lease`; with `run`, only that run's.
-/// Rows under another live lease, or locked by a concurrent claim, are skipped, never waited on.
+/// A claimed row's `next_attempt_at` moves to its lease expiry: it leaves the head of the due
+/// index (which would otherwise fill with rows being sent), and becomes due again by itself if
+/// its owner dies. Rows locked by a concurrent claim are skipped, never waited on.
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
     limit: usize,
     lease: Duration,
     run: Option<i64>,
-) -> anyhow::Result<Vec<Claimed>> {
-    let rows = sqlx::query(
+    after: ClaimCursor,
+) -> anyhow::Result<(Vec<Claimed>, ClaimCursor)> {
+    // Only the conditions that apply: a generic plan for `$3 IS NULL OR run_id = $3` sorts
+    // every pending row of the run on each claim.
+    let run_param = if run.is_some() { "AND run_id = $4" } else { "" };
+    let after_param = match (run.is_some(), after.is_some()) {
+        (_, false) => "",
+        (true, true) => "AND (next_attempt_at, id) > ($5, $6)",
+        (false, true) => "AND (next_attempt_at, id) > ($4, $5)",
+    };
+    let sql = format!(
         "WITH due AS ( \
-             SELECT id FROM report_submissions \
-             WHERE state = 'pending' AND next_attempt_at <= now() \
-               AND (lease_expires_at IS NULL OR lease_expires_at < now()) \
-               AND ($3::bigint IS NULL OR run_id = $3) \
+             SELECT id, next_attempt_at FROM report_submissions \
+             WHERE state = 'pending' AND next_attempt_at <= now() {run_param} {after_param} \
              ORDER BY next_attempt_at, id \
              LIMIT $2 \
              FOR UPDATE SKIP LOCKED) \
          UPDATE report_submissions s \
-         SET lease_owner = $1, lease_expires_at = now() + $4 * interval '1 millisecond' \
+         SET lease_owner = $1, lease_expires_at = now() + $3 * interval '1 millisecond', \
+             next_attempt_at = now() + $3 * interval '1 millisecond' \
          FROM due WHERE s.id = due.id \
          RETURNING s.id, s.run_id, s.app_id, s.mcc, s.backfill_number::text, \
              s.cardinal_number::text, s.callback_time, s.deadline, s.attempts, \
              EXISTS (SELECT 1 FROM report_submissions n WHERE n.app_id = s.app_id \
-                 AND n.mcc = s.mcc AND n.scheduled_for > s.scheduled_for)",
-    )
-    .bind(owner)
-    .bind(limit as i64)
-    .bind(run)
-    .bind(lease.as_millis() as i64)
-    .fetch_all(pool)
-    .await
-    .context("claiming due submissions")?;
-    Ok(rows
+                 AND n.mcc = s.mcc AND n.scheduled_for > s.scheduled_for), \
+             due.next_attempt_at",
+    );
+    let mut query = sqlx::query(&sql)
+        .bind(owner)
+        .bind(limit as i64)
+        .bind(lease.as_millis() as i64);
+    if let Some(run) = run {
+        query = query.bind(run);
+    }
+    if let Some((at, id)) = after {
+        query = query.bind(at).bind(id);
+    }
+    let rows = query
+        .fetch_all(pool)
+        .await
+        .context("claiming due submissions")?;
+    let cursor = rows
+        .iter()
+        .map(|r| (r.get::<DateTime<Utc>, _>(10), r.get::<i64, _>(0)))
+        .max()
+        .filter(|_| rows.len() == limit);
+    let claimed = rows
         .iter()
         .map(|r| Claimed {
             id: r.get(0),
@@ -215,7 +243,8 @@ pub async fn claim(
             attempts: r.get(8),
             replaced: r.get(9),
         })
-        .collect())
+        .collect();
+    Ok((claimed, cursor))
 }
 
 /// Rebuilds the request from a stored row through the same constructor the judge used.
@@ -248,9 +277,16 @@ pub async fn renew(
     ids: &[i64],
     lease: Duration,
 ) -> anyhow::Result<u64> {
+    // Rows the writer is finishing right now are locked: skip them rather than wait (or
+    // deadlock); they are leaving the lease anyway.
     let done = sqlx::query(
-        "UPDATE report_submissions SET lease_expires_at = now() + $3 * interval '1 millisecond' \
-         WHERE id = ANY($2) AND lease_owner = $1 AND state = 'pending'",
+        "WITH held AS (SELECT id FROM report_submissions \
+             WHERE id = ANY($2) AND lease_owner = $1 AND state = 'pending' \
+             ORDER BY id FOR UPDATE SKIP LOCKED) \
+         UPDATE report_submissions s \
+         SET lease_expires_at = now() + $3 * interval '1 millisecond', \
+             next_attempt_at = now() + $3 * interval '1 millisecond' \
+         FROM held WHERE s.id = held.id",
     )
     .bind(owner)
     .bind(ids)
@@ -279,7 +315,7 @@ pub struct Outcome {
     pub provider_reason: Option<String>,
     pub http_status: Option<i32>,
     pub error: Option<String>,
-    /// For a retry: when it is due again.
+    /// For a retry: when it is due again. A row handed back without one is due at once.
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// When the final answer came (terminal states).
     pub done_at: Option<DateTime<Utc>>,
@@ -337,24 +373,19 @@ pub async fn record(
     let v = |f: fn(&Outcome) -> Option<String>| outcomes.iter().map(f).collect::<Vec<_>>();
     let t = |f: fn(&Outcome) -> Option<DateTime<Utc>>| outcomes.iter().map(f).collect::<Vec<_>>();
     let rows = sqlx::query(
-        "WITH u AS ( \
-             SELECT * FROM unnest($2::bigint[], $3::text[], $4::bool[], $5::text[], \
-                 $6::timestamptz[], $7::text[], $8::text[], $9::int[], $10::text[], \
-                 $11::timestamptz[], $12::timestamptz[]) \
-             AS u(id, state, supersedable, reason, attempt_at, provider_status, \
-                 provider_reason, http_status, error, next_attempt_at, done_at)), \
-         v AS ( \
+        "WITH w AS MATERIALIZED ( \
              SELECT u.*, u.supersedable AND EXISTS ( \
                  SELECT 1 FROM report_submissions o JOIN report_submissions n \
                      ON n.app_id = o.app_id AND n.mcc = o.mcc \
                     AND n.scheduled_for > o.scheduled_for \
                  WHERE o.id = u.id) AS replaced \
-             FROM u), \
-         w AS ( \
-             SELECT v.*, CASE WHEN v.replaced THEN 'superseded' ELSE v.state END AS final \
-             FROM v) \
+             FROM unnest($2::bigint[], $3::text[], $4::bool[], $5::text[], \
+                 $6::timestamptz[], $7::text[], $8::text[], $9::int[], $10::text[], \
+                 $11::timestamptz[], $12::timestamptz[]) \
+             AS u(id, state, supersedable, reason, attempt_at, provider_status, \
+                 provider_reason, http_status, error, next_attempt_at, done_at)) \
          UPDATE report_submissions s SET \
-             state = w.final, \
+             state = CASE WHEN w.replaced THEN 'superseded' ELSE w.state END, \
              reason = CASE WHEN w.replaced THEN $13 ELSE COALESCE(w.reason, s.reason) END, \
              attempts = s.attempts + (w.attempt_at IS NOT NULL)::int, \
              provider_status = CASE WHEN w.attempt_at IS NULL THEN s.provider_status \
@@ -366,9 +397,10 @@ pub async fn record(
              error = CASE WHEN w.attempt_at IS NULL THEN s.error ELSE w.error END, \
              first_attempt_at = COALESCE(s.first_attempt_at, w.attempt_at), \
              attempted_by = CASE WHEN w.attempt_at IS NULL THEN s.attempted_by ELSE $1 END, \
-             next_attempt_at = COALESCE(w.next_attempt_at, s.next_attempt_at), \
-             finished_at = CASE WHEN w.final <> 'pending' THEN COALESCE(w.done_at, now()) END, \
-             duration_ms = CASE WHEN w.final <> 'pending' THEN (extract(epoch FROM \
+             next_attempt_at = COALESCE(w.next_attempt_at, now()), \
+             finished_at = CASE WHEN w.replaced OR w.state <> 'pending' \
+                 THEN COALESCE(w.done_at, now()) END, \
+             duration_ms = CASE WHEN w.replaced OR w.state <> 'pending' THEN (extract(epoch FROM \
                  COALESCE(w.done_at, now()) - COALESCE(s.first_attempt_at, w.attempt_at)) \
                  * 1000)::bigint END, \
              lease_owner = NULL, lease_expires_at = NULL \

@@ -29,37 +29,16 @@ pub fn cutoff(now: DateTime<Utc>, keep: Duration) -> DateTime<Utc> {
 #[tracing::instrument(skip_all, fields(%cutoff), err)]
 pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Pruned> {
     let mut pruned = Pruned::default();
-    loop {
-        let n = delete_batch(
-            pool,
-            "WITH doomed AS (SELECT id FROM report_submissions \
-                 WHERE scheduled_for < $1 AND state <> 'pending' \
-                 ORDER BY scheduled_for LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             DELETE FROM report_submissions s USING doomed WHERE s.id = doomed.id",
-            cutoff,
-        )
-        .await
-        .context("deleting old submissions")?;
-        pruned.submissions += n;
-        if n < BATCH as u64 {
-            break;
-        }
-    }
-    loop {
-        let n = delete_batch(
-            pool,
-            "WITH doomed AS (SELECT id FROM report_runs r \
-                 WHERE scheduled_for < $1 AND finished_at IS NOT NULL \
-                   AND NOT EXISTS (SELECT 1 FROM report_submissions s WHERE s.run_id = r.id) \
-                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             DELETE FROM report_runs r USING doomed WHERE r.id = doomed.id",
-            cutoff,
-        )
-        .await
-        .context("deleting old runs")?;
-        pruned.runs += n;
-        if n < BATCH as u64 {
-            break;
+    for table in [Table::Submissions, Table::Runs] {
+        loop {
+            let n = prune_batch(pool, table, cutoff).await?;
+            match table {
+                Table::Submissions => pruned.submissions += n,
+                Table::Runs => pruned.runs += n,
+            }
+            if n < BATCH as u64 {
+                break;
+            }
         }
     }
     if pruned != Pruned::default() {
@@ -72,11 +51,40 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Prune
     Ok(pruned)
 }
 
-async fn delete_batch(pool: &PgPool, sql: &str, cutoff: DateTime<Utc>) -> sqlx::Result<u64> {
-    Ok(sqlx::query(sql)
+/// What a batch deletes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Submissions,
+    /// Runs scheduled before the cutoff that no longer have submissions.
+    Runs,
+}
+
+/// One batch: at most [`BATCH`] rows, one short statement. Returns how many were deleted.
+pub async fn prune_batch(
+    pool: &PgPool,
+    table: Table,
+    cutoff: DateTime<Utc>,
+) -> anyhow::Result<u64> {
+    let sql = match table {
+        Table::Submissions => {
+            "WITH doomed AS (SELECT id FROM report_submissions \
+                 WHERE scheduled_for < $1 AND state <> 'pending' \
+                 ORDER BY scheduled_for LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             DELETE FROM report_submissions s USING doomed WHERE s.id = doomed.id"
+        }
+        Table::Runs => {
+            "WITH doomed AS (SELECT id FROM report_runs r \
+                 WHERE scheduled_for < $1 AND finished_at IS NOT NULL \
+                   AND NOT EXISTS (SELECT 1 FROM report_submissions s WHERE s.run_id = r.id) \
+                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             DELETE FROM report_runs r USING doomed WHERE r.id = doomed.id"
+        }
+    };
+    let done = sqlx::query(sql)
         .bind(cutoff)
         .bind(BATCH)
         .execute(pool)
-        .await?
-        .rows_affected())
+        .await
+        .with_context(|| format!("deleting old {table:?}"))?;
+    Ok(done.rows_affected())
 }

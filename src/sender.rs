@@ -221,6 +221,7 @@ pub async fn work_with(
         out: out_tx,
         held,
         claim: None,
+        cursor: None,
         idle_until: None,
         db_failures: 0,
         clock_warned: false,
@@ -248,6 +249,8 @@ struct Dispatcher {
     out: mpsc::UnboundedSender<ToWriter>,
     held: SharedHeld,
     claim: Option<tokio::task::JoinHandle<anyhow::Result<Claim>>>,
+    /// Where the next claim resumes (see [`queue::ClaimCursor`]).
+    cursor: queue::ClaimCursor,
     /// No claim before then (the last one found nothing, or the database failed).
     idle_until: Option<Instant>,
     db_failures: u32,
@@ -259,8 +262,10 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// Rows claimed at a time: several pages of requests, so that claims are few and run
+    /// while requests are in flight.
     fn page(&self) -> usize {
-        (self.ctx.settings.provider.max_in_flight * 2).clamp(16, 1024)
+        (self.ctx.settings.provider.max_in_flight * 4).clamp(64, 1024)
     }
 
     fn run_filter(&self) -> Option<i64> {
@@ -466,11 +471,20 @@ impl Dispatcher {
         };
         let (pool, owner) = (self.ctx.pool.clone(), self.owner.clone());
         let (lease, run) = (lease(&self.ctx.settings.provider), self.run_filter());
-        let held = self.held.clone();
+        let (held, after) = (self.held.clone(), self.cursor);
         self.claim = Some(tokio::spawn(async move {
             let at = Instant::now();
-            let rows = queue::claim(&pool, &owner, limit, lease, run).await?;
+            let (rows, cursor) = queue::claim(&pool, &owner, limit, lease, run, after).await?;
+            tracing::debug!(
+                rows = rows.len(),
+                ms = at.elapsed().as_secs_f64() * 1000.0,
+                "claimed"
+            );
             if rows.is_empty() {
+                if after.is_some() {
+                    // Nothing after the cursor: look again from the head.
+                    return Ok(Claim::Rows(rows, None));
+                }
                 let due = queue::next_due(&pool, run).await?;
                 return Ok(Claim::Idle(
                     due.map(|d| (d - Utc::now()).to_std().unwrap_or_default()),
@@ -480,7 +494,7 @@ impl Dispatcher {
             for r in &rows {
                 h.rows.insert(r.id, at);
             }
-            Ok(Claim::Rows(rows))
+            Ok(Claim::Rows(rows, cursor))
         }));
     }
 
@@ -493,8 +507,9 @@ impl Dispatcher {
                 }
                 self.db_failures = 0;
                 match claim {
-                    Claim::Rows(rows) => {
+                    Claim::Rows(rows, cursor) => {
                         self.idle_until = None;
+                        self.cursor = cursor;
                         self.ready.extend(rows);
                     }
                     Claim::Idle(wait) => {
@@ -503,6 +518,7 @@ impl Dispatcher {
                 }
             }
             Err(e) => {
+                self.cursor = None;
                 self.db_failures += 1;
                 if self.db_failures == 1 {
                     tracing::warn!("cannot claim submissions, retrying with backoff: {e:#}");
@@ -592,7 +608,8 @@ impl Dispatcher {
 
 /// What a claim brought back.
 enum Claim {
-    Rows(Vec<Claimed>),
+    /// Rows, and where the next claim resumes.
+    Rows(Vec<Claimed>, queue::ClaimCursor),
     /// Nothing due now; the next row is due after this wait (or unknown).
     Idle(Option<Duration>),
 }
@@ -718,36 +735,64 @@ async fn write_outcomes(
     held: SharedHeld,
     closed: Arc<Notify>,
 ) {
-    let mut batch = Vec::new();
-    let mut acks = Vec::new();
-    let mut fail_runs = Vec::new();
-    let mut expire = Vec::new();
+    // Closing runs (a count over the run) happens beside the writes, not between them.
+    let (close_tx, close_rx) = mpsc::unbounded_channel();
+    let closer = tokio::spawn(close_runs(pool.clone(), close_rx, closed));
     while let Some(first) = rx.recv().await {
+        // One write at a time, taking everything that completed meanwhile: no fixed window.
+        let mut group = Group::default();
         let mut next = Some(first);
         while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
-            match msg {
-                ToWriter::Outcome(o, ack) => {
-                    batch.push(o);
-                    acks.extend(ack);
-                }
-                ToWriter::FailRun { run_id, reason } => fail_runs.push((run_id, reason)),
-                ToWriter::Expire { run } => expire.push(run),
-            }
-            if batch.len() >= 10_000 {
+            group.add(msg);
+            if group.outcomes.len() >= 10_000 {
                 break;
             }
         }
-        let written = retry_db("recording outcomes", || {
-            queue::record(&pool, &owner, &batch)
-        })
-        .await;
+        group.write(&pool, &owner, &held, &close_tx).await;
+    }
+    drop(close_tx);
+    let _ = closer.await;
+}
+
+/// What one write takes.
+#[derive(Default)]
+struct Group {
+    outcomes: Vec<Outcome>,
+    acks: Vec<oneshot::Sender<()>>,
+    fail_runs: Vec<(i64, String)>,
+    expire: Vec<Option<i64>>,
+}
+
+impl Group {
+    fn add(&mut self, msg: ToWriter) {
+        match msg {
+            ToWriter::Outcome(o, ack) => {
+                self.outcomes.push(o);
+                self.acks.extend(ack);
+            }
+            ToWriter::FailRun { run_id, reason } => self.fail_runs.push((run_id, reason)),
+            ToWriter::Expire { run } => self.expire.push(run),
+        }
+    }
+
+    async fn write(
+        mut self,
+        pool: &PgPool,
+        owner: &str,
+        held: &SharedHeld,
+        close: &mpsc::UnboundedSender<i64>,
+    ) {
+        // In id order, as every statement that locks several rows does: no deadlock.
+        self.outcomes.sort_unstable_by_key(|o| o.id);
+        let batch = &self.outcomes;
+        let written = retry_db("recording outcomes", || queue::record(pool, owner, batch)).await;
         {
-            let mut h = lock_held(&held);
-            for o in &batch {
+            let mut h = lock_held(held);
+            for o in batch {
                 h.rows.remove(&o.id);
             }
         }
-        for ack in acks.drain(..) {
+        for ack in self.acks {
             let _ = ack.send(());
         }
         let lost = batch.len() - written.len();
@@ -757,33 +802,46 @@ async fn write_outcomes(
                 "outcomes not recorded: the lease on those rows had passed to another instance"
             );
         }
-        log_failures(&batch, &written);
-        for (run_id, reason) in &fail_runs {
-            retry_db("failing the rest of the run", || {
-                queue::fail_unsent(&pool, *run_id, reason)
-            })
-            .await;
-        }
+        log_failures(batch, &written);
         let mut runs: Vec<i64> = written
             .iter()
             .filter(|w| w.state != State::Pending)
             .map(|w| w.run_id)
             .collect();
-        for (run_id, _) in &fail_runs {
-            runs.push(*run_id);
+        for (run_id, reason) in self.fail_runs {
+            retry_db("failing the rest of the run", || {
+                queue::fail_unsent(pool, run_id, &reason)
+            })
+            .await;
+            runs.push(run_id);
         }
-        for run in expire.drain(..) {
-            runs.extend(retry_db("ending overdue submissions", || queue::expire(&pool, run)).await);
+        for run in self.expire {
+            runs.extend(retry_db("ending overdue submissions", || queue::expire(pool, run)).await);
         }
         runs.sort_unstable();
         runs.dedup();
         for run_id in runs {
+            let _ = close.send(run_id);
+        }
+    }
+}
+
+/// Closes each run handed over once nothing of it is pending; coalesces repeats, so that a
+/// busy run is checked once per round, not once per write.
+async fn close_runs(pool: PgPool, mut rx: mpsc::UnboundedReceiver<i64>, closed: Arc<Notify>) {
+    let mut runs = Vec::new();
+    while let Some(first) = rx.recv().await {
+        runs.push(first);
+        while let Ok(run) = rx.try_recv() {
+            runs.push(run);
+        }
+        runs.sort_unstable();
+        runs.dedup();
+        for run_id in runs.drain(..) {
             if retry_db("closing the run", || close_run(&pool, run_id)).await {
                 closed.notify_one();
             }
         }
-        batch.clear();
-        fail_runs.clear();
     }
 }
 

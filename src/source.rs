@@ -114,6 +114,11 @@ impl Cursor {
         end: DateTime<Utc>,
     ) -> anyhow::Result<Self> {
         check_columns_on(conn, settings).await?;
+        // The operator's query is planned for its window, not once for any window.
+        sqlx::query("SET LOCAL plan_cache_mode = auto")
+            .execute(&mut *conn)
+            .await
+            .context("preparing to read the source")?;
         // Cast in an outer query so that every accepted type arrives as text, unrounded. The
         // query sits on lines of its own: a trailing `--` comment must not swallow the rest.
         let sql = format!(

@@ -1,0 +1,209 @@
+//! What the benchmarks share: a database of their own, a stand-in provider that checks every
+//! signature (with a latency to set), seeded pairs, and the real binary run as a child process
+//! whose peak memory is read from /proc.
+
+#![allow(dead_code)] // each bench target uses part of it
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use axum::routing::post;
+use md5::{Digest, Md5};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+
+pub const KEY: &str = "benchKey";
+pub const SECRET: &str = "benchSecret";
+
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A database of the benchmark's own, dropped by [`BenchDb::drop_now`].
+pub struct BenchDb {
+    master: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl BenchDb {
+    pub async fn create(tag: &str) -> anyhow::Result<Self> {
+        let master = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+            "postgres://backfill_test:backfill_test@127.0.0.1:5432/backfill_test".into()
+        });
+        let name = format!("backfill_bench_{tag}_{}", std::process::id());
+        let mut admin = PgConnection::connect(&master).await?;
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await?;
+        let mut url = reqwest::Url::parse(&master)?;
+        url.set_path(&format!("/{name}"));
+        let db = Self {
+            master,
+            name,
+            url: url.to_string(),
+        };
+        let pool = db.pool().await?;
+        backfill_reporter::db::migrate(&pool).await?;
+        pool.close().await;
+        Ok(db)
+    }
+
+    pub async fn pool(&self) -> anyhow::Result<PgPool> {
+        Ok(PgPool::connect(&self.url).await?)
+    }
+
+    pub async fn drop_now(self) -> anyhow::Result<()> {
+        let mut admin = PgConnection::connect(&self.master).await?;
+        admin
+            .execute(format!("DROP DATABASE {} WITH (FORCE)", self.name).as_str())
+            .await?;
+        Ok(())
+    }
+}
+
+/// A loopback provider that checks every signature and answers success after `latency`;
+/// returns its address and a count of the requests it accepted.
+pub async fn provider(latency: Duration) -> (SocketAddr, Arc<AtomicU64>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    let app = axum::Router::new().route(
+        "/otp/backfillRate",
+        post(move |headers: HeaderMap, body: String| {
+            let c = c.clone();
+            async move {
+                if !latency.is_zero() {
+                    tokio::time::sleep(latency).await;
+                }
+                let ts = headers
+                    .get("timestamp")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let want = hex::encode(Md5::digest(format!("{KEY}{SECRET}{ts}")));
+                let ok = headers.get("sign").and_then(|v| v.to_str().ok()) == Some(want.as_str())
+                    && serde_json::from_str::<serde_json::Value>(&body).is_ok();
+                if ok {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    r#"{"status":"0","reason":"success"}"#
+                } else {
+                    r#"{"status":"-1","reason":"bad sign"}"#
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, count)
+}
+
+/// `n` pairs (apps × MCCs) with counts in the hour before `at`.
+pub async fn seed_pairs(
+    pool: &PgPool,
+    at: chrono::DateTime<chrono::Utc>,
+    n: usize,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO otp_counts (app_id, mcc, bucket_start, sent, backfilled) \
+         SELECT 'benchApp' || (p / 240), p % 240 + 200, $1 - interval '30 minutes', 100, 37 \
+         FROM generate_series(0, $2 - 1) p",
+    )
+    .bind(at)
+    .bind(n as i64)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Writes a config for the binary into `dir`; returns its path.
+pub fn write_config(
+    dir: &Path,
+    provider: SocketAddr,
+    db_url: &str,
+    max_in_flight: usize,
+    cron: &str,
+) -> PathBuf {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[provider]\nbase_url = \"http://{provider}/otp\"\napi_key = \"{KEY}\"\n\
+             api_secret_file = \"{}\"\nmax_in_flight = {max_in_flight}\n\
+             [database]\nurl = \"{db_url}\"\nmax_connections = 8\n\
+             [schedule]\ncron = \"{cron}\"\ntimezone = \"UTC\"\n",
+            secret.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The binary, with logging kept to warnings.
+pub fn binary(config: &Path, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_backfill-reporter"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs the command to its end; returns its wall time and peak resident memory (VmHWM, read
+/// from /proc every 20 ms until it exits).
+pub async fn run_measured(mut cmd: tokio::process::Command) -> anyhow::Result<(Duration, u64)> {
+    let started = Instant::now();
+    let mut child = cmd.spawn()?;
+    let status_path = format!("/proc/{}/status", child.id().expect("running"));
+    let mut peak_kb = 0;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path) {
+            if let Some(kb) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                if std::env::var_os("BENCH_TRACE_RSS").is_some() && kb > peak_kb + 2048 {
+                    eprintln!(
+                        "rss peak {kb} kB at {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                peak_kb = peak_kb.max(kb);
+            }
+        }
+        tokio::select! {
+            status = child.wait() => {
+                anyhow::ensure!(status?.success(), "the binary failed");
+                return Ok((started.elapsed(), peak_kb));
+            }
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
+/// The span of the latest run in the database: from its claim until it closed.
+pub async fn run_span(pool: &PgPool) -> anyhow::Result<(Duration, i64)> {
+    let (ms, succeeded): (f64, i32) = sqlx::query_as(
+        "SELECT extract(epoch FROM finished_at - started_at)::float8 * 1000, succeeded \
+         FROM report_runs WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((Duration::from_secs_f64(ms / 1000.0), i64::from(succeeded)))
+}
