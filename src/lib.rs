@@ -21,6 +21,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod db;
 pub mod domain;
+pub mod mcc;
 pub mod outcomes;
 pub mod provider;
 pub mod rate;
