@@ -251,6 +251,7 @@ pub async fn run(
     };
     let inserted = outcomes::insert_submissions(&mut tx, run_id, tick, plan.window, &rows).await?;
     tx.commit().await.context("committing the claim")?;
+    crate::alarm::evaluate_run(&ctx.pool, &ctx.settings, run_id).await;
     if inserted.len() < rows.len() {
         tracing::warn!(
             already = rows.len() - inserted.len(),

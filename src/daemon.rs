@@ -232,6 +232,7 @@ pub async fn serve(
             task.handle.abort();
         }
     }
+    crate::alarm::wait_for_notifications(DRAIN_GRACE).await;
     tracing::info!("stopped");
     Ok(())
 }

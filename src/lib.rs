@@ -14,6 +14,7 @@
 //! unique key on (app, MCC, tick) keeps a tick from being submitted twice, and a PostgreSQL
 //! advisory lock lets several instances share one database with one cycle at a time.
 
+pub mod alarm;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -27,4 +28,5 @@ pub mod provider;
 pub mod rate;
 pub mod schedule;
 pub mod source;
+pub mod status;
 pub mod telemetry;

@@ -4,8 +4,10 @@
 mod fake_provider;
 mod helpers;
 
+mod alarm;
 mod cli;
 mod cron_choice;
 mod cycle;
 mod daemon;
 mod provider_client;
+mod status;
