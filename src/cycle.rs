@@ -251,6 +251,7 @@ pub async fn run(
     };
     let inserted = outcomes::insert_submissions(&mut tx, run_id, tick, plan.window, &rows).await?;
     tx.commit().await.context("committing the claim")?;
+    crate::metrics::record_states(rows.iter().map(|r| r.state.as_str()));
     crate::alarm::evaluate_run(&ctx.pool, &ctx.settings, run_id).await;
     if inserted.len() < rows.len() {
         tracing::warn!(
@@ -385,6 +386,7 @@ async fn send_all(
     let mut batch = Vec::with_capacity(FLUSH_BATCH);
     let mut last_flush = Instant::now();
     while let Some(outcome) = results.next().await {
+        crate::metrics::record_outcome(outcome.state.as_str(), outcome.provider_status.as_deref());
         batch.push(outcome);
         if batch.len() >= FLUSH_BATCH || last_flush.elapsed() >= FLUSH_EVERY {
             outcomes::record_outcomes(&ctx.pool, &batch).await?;
@@ -435,7 +437,7 @@ async fn submit_one(
         }
         out.attempts = attempt as i32;
         out.first_attempt_at.get_or_insert_with(Utc::now);
-        let ex = ctx.client.submit_backfill(req).await;
+        let ex = crate::metrics::timed_request(ctx.client.submit_backfill(req)).await;
         out.provider_status = ex.provider_status.clone();
         out.provider_reason = ex.reason.clone();
         out.http_status = ex.http_status.map(i32::from);

@@ -128,6 +128,7 @@ pub async fn serve(
         tracing::info!("applied migration {m}");
     }
     source::check_columns(&ctx.pool, &ctx.settings.source).await?;
+    let _metrics = crate::metrics::serve(&ctx.settings.metrics, ctx.pool.clone()).await?;
     let failures = Arc::new(AtomicU32::new(0));
 
     let now = clock();
@@ -148,6 +149,7 @@ pub async fn serve(
         handle: spawn_cycle(ctx.clone(), catch_up, shutdown.clone(), failures.clone()),
     });
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    crate::metrics::health().set_armed(true);
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
 
@@ -220,6 +222,7 @@ pub async fn serve(
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    crate::metrics::health().set_armed(false);
     if let Some(mut task) = running {
         let limit = ctx.settings.provider.request_timeout + DRAIN_GRACE;
         tracing::info!(
@@ -302,13 +305,17 @@ fn spawn_cycle(
         let result = locked(&ctx, LOCK_WAIT, &token, |ctx| async move {
             cycle::recover(&ctx, &shutdown).await?;
             match tick {
-                Some(tick) => cycle::run(&ctx, tick, Trigger::Schedule, &shutdown)
-                    .await
-                    .map(|_| ()),
+                Some(tick) => crate::metrics::timed_cycle(
+                    Trigger::Schedule,
+                    cycle::run(&ctx, tick, Trigger::Schedule, &shutdown),
+                )
+                .await
+                .map(|_| ()),
                 None => Ok(()),
             }
         })
         .await;
+        crate::metrics::record_daemon_task(&result);
         match result {
             Ok(Some(())) => {
                 failures.store(0, Ordering::Relaxed);

@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod db;
 pub mod domain;
 pub mod mcc;
+pub mod metrics;
 pub mod outcomes;
 pub mod provider;
 pub mod rate;

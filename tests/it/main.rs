@@ -9,5 +9,6 @@ mod cli;
 mod cron_choice;
 mod cycle;
 mod daemon;
+mod metrics;
 mod provider_client;
 mod status;
