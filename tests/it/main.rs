@@ -9,6 +9,7 @@ mod cli;
 mod cron_choice;
 mod cycle;
 mod daemon;
+mod dist;
 mod metrics;
 mod provider_client;
 mod status;
