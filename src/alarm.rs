@@ -214,7 +214,7 @@ fn report(settings: &Settings, evaluation: &Evaluation) {
             p.baseline,
             p.since
                 .filter(|_| p.notified)
-                .map(|s| format!("; alarm firing since {}", s.to_rfc3339()))
+                .map(|s| format!("; alarm firing since {}", s.format("%Y-%m-%d %H:%M:%S UTC")))
                 .unwrap_or_default()
         );
     }

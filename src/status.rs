@@ -241,20 +241,24 @@ pub fn render_table(rows: &[StatusRow], alarm: &AlarmSettings, color: bool) -> S
         sent_form(&format!("{:.2}", alarm.drop_points))
     );
     for r in firing.iter().take(20) {
-        let line = format!(
-            "ALARM {} {} {}: {}% ({}/{}) vs baseline {}%{}",
+        let head = format!(
+            "ALARM {} {} {}: {}% vs baseline {}%",
             r.app_id,
             r.mcc,
             r.country,
             pct(r.rate),
+            pct(r.baseline),
+        );
+        let detail = format!(
+            "      {} of {} codes typed back{}",
             r.backfill_number.as_deref().unwrap_or("?"),
             r.cardinal_number.as_deref().unwrap_or("?"),
-            pct(r.baseline),
             r.alarm_since
-                .map(|s| format!(" since {}", s.format("%m-%d %H:%M UTC")))
+                .map(|s| format!("; firing since {}", s.format("%Y-%m-%d %H:%M UTC")))
                 .unwrap_or_default()
         );
-        let _ = writeln!(out, "{}", paint(fit(&line, 79), RED));
+        let _ = writeln!(out, "{}", paint(fit(&head, 79), RED));
+        let _ = writeln!(out, "{}", fit(&detail, 79));
     }
     if firing.len() > 20 {
         let _ = writeln!(
@@ -335,7 +339,8 @@ mod tests {
         );
         assert!(
             table.contains(&format!(
-                "ALARM {} 234 United Kingdom: 99.99% (3/40) vs ba…\n",
+                "ALARM {} 234 United Kingdom: 99.99% vs baseline …\n      3 of 40 codes typed \
+                 back\n",
                 "x".repeat(32)
             )),
             "{table}"

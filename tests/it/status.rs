@@ -62,12 +62,12 @@ async fn status_shows_each_pair_with_its_country_sparkline_and_the_collapse_flag
         "demoShop  510 Indonesia         60    60                    ▅▅▅▅▅ ok      ok"
     );
     assert!(out.contains("3 pairs, 1 alarm firing."), "{out}");
-    let detail = lines[6];
+    assert_eq!(lines[6], "ALARM demoShop 460 China: 10% vs baseline 80%");
     assert!(
-        detail.starts_with("ALARM demoShop 460 China: 10% (4/40) vs baseline 80% since "),
+        lines[7].starts_with("      4 of 40 codes typed back; firing since "),
         "{out}"
     );
-    assert!(detail.ends_with(" UTC"), "{detail}");
+    assert!(lines[7].ends_with(" UTC"), "{out}");
 }
 
 #[sqlx::test]
