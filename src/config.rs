@@ -278,7 +278,7 @@ pub fn from_toml(
         database,
         source,
         schedule: ScheduleSettings { cron, timezone },
-        alarm: alarm_settings(raw.alarm)?,
+        alarm: alarm_settings(raw.alarm, &credential)?,
         metrics: metrics_settings(raw.metrics)?,
         warnings,
     })
@@ -366,7 +366,8 @@ fn permission_warning(path: &Path, text: &str) -> Option<String> {
         .as_ref()
         .and_then(|u| reqwest::Url::parse(u.expose_secret()).ok())
         .is_some_and(|u| u.password().is_some());
-    (raw.provider.api_secret.is_some() || db_password).then(|| {
+    let webhook = raw.alarm.webhook_url.is_some();
+    (raw.provider.api_secret.is_some() || db_password || webhook).then(|| {
         format!(
             "config file {} holds a secret and is readable by group or others (mode {:o}): \
              run chmod 600 on it, or move the secret to provider.api_secret_file or a systemd credential",
@@ -431,7 +432,13 @@ pub struct MetricsSettings {
     pub listen: Option<std::net::SocketAddr>,
 }
 
-fn alarm_settings(raw: RawAlarm) -> anyhow::Result<AlarmSettings> {
+/// `credential` finds a systemd credential by name: the webhook URL may come as the credential
+/// `alarm_webhook_url` (it wins over the file), since under the unit the config file is
+/// world-readable.
+fn alarm_settings(
+    raw: RawAlarm,
+    credential: &dyn Fn(&str) -> Option<PathBuf>,
+) -> anyhow::Result<AlarmSettings> {
     let defaults = AlarmSettings::default();
     let drop_points = raw.drop_points.unwrap_or(defaults.drop_points);
     if !(drop_points > 0.0 && drop_points <= 100.0) {
@@ -441,7 +448,13 @@ fn alarm_settings(raw: RawAlarm) -> anyhow::Result<AlarmSettings> {
     if !(2..=1000).contains(&baseline_samples) {
         bail!("alarm.baseline_samples must be 2 to 1000, not {baseline_samples}");
     }
-    if let Some(url) = &raw.webhook_url {
+    let webhook_url = match credential("alarm_webhook_url") {
+        Some(path) => {
+            Some(read_secret_file(&path).context("systemd credential alarm_webhook_url")?)
+        }
+        None => raw.webhook_url,
+    };
+    if let Some(url) = &webhook_url {
         // Never echoed: the URL is the webhook's credential.
         let parsed = reqwest::Url::parse(url.expose_secret().trim())
             .map_err(|_| anyhow::anyhow!("alarm.webhook_url is not a URL"))?;
@@ -452,9 +465,7 @@ fn alarm_settings(raw: RawAlarm) -> anyhow::Result<AlarmSettings> {
     Ok(AlarmSettings {
         drop_points,
         baseline_samples,
-        webhook_url: raw
-            .webhook_url
-            .map(|u| SecretString::from(u.expose_secret().trim().to_owned())),
+        webhook_url: webhook_url.map(|u| SecretString::from(u.expose_secret().trim().to_owned())),
     })
 }
 
@@ -515,6 +526,24 @@ mod tests {
         assert!(
             !format!("{s:?}").contains("XXXX"),
             "the webhook URL is a secret"
+        );
+    }
+
+    #[test]
+    fn the_webhook_url_may_come_as_a_systemd_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("alarm_webhook_url"),
+            "https://hooks.example/T1/B1/FROMCRED\n",
+        )
+        .unwrap();
+        let cred = dir.path().to_str().unwrap().to_owned();
+        let env = move |n: &str| (n == "CREDENTIALS_DIRECTORY").then(|| cred.clone());
+        let text = format!("{MINIMAL}[alarm]\nwebhook_url = \"https://hooks.example/FROMFILE\"\n");
+        let s = from_toml(&text, Path::new("t.toml"), &env).unwrap();
+        assert_eq!(
+            s.alarm.webhook_url.unwrap().expose_secret(),
+            "https://hooks.example/T1/B1/FROMCRED"
         );
     }
 
