@@ -13,6 +13,10 @@
 //! request, so a crash leaves rows that the next start sends again ([`cycle::recover`]); the
 //! unique key on (app, MCC, tick) keeps a tick from being submitted twice, and a PostgreSQL
 //! advisory lock lets several instances share one database with one cycle at a time.
+//!
+//! Around the flow, for the operator: [`alarm`] judges each new rate against its pair's
+//! baseline (the route-health alarm, with a webhook), [`status`] shows every pair at a glance,
+//! [`metrics`] serves Prometheus metrics and a health check, [`mcc`] names the countries.
 
 pub mod alarm;
 pub mod cli;
