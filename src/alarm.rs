@@ -97,7 +97,7 @@ pub async fn evaluate_run(pool: &PgPool, settings: &Settings, run_id: i64) -> Ev
 /// deleted) each pair's alarm, and returns the pairs that dropped or recovered. The baseline
 /// lookup is one index probe per pair (`report_submissions_baseline`), with no round trip.
 /// (`closed` runs although nothing reads it: PostgreSQL runs every data-modifying WITH.)
-#[tracing::instrument(skip_all, fields(run_id), err)]
+#[tracing::instrument(skip_all, fields(run_id = run_id))]
 pub async fn judge_run(
     pool: &PgPool,
     settings: &Settings,

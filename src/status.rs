@@ -58,7 +58,7 @@ pub fn sent_form(stored: &str) -> String {
 
 /// Every pair's status, ordered by app and MCC; only `app_id`'s when given. Superseded rows
 /// (replaced before they were sent) are not "the latest outcome" of anything and are left out.
-#[tracing::instrument(skip_all, err)]
+#[tracing::instrument(skip_all)]
 pub async fn rows(pool: &PgPool, app_id: Option<&str>) -> anyhow::Result<Vec<StatusRow>> {
     let rows = sqlx::query(
         "WITH latest AS ( \
