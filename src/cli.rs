@@ -79,4 +79,14 @@ pub enum Command {
         #[arg(long)]
         state: Option<String>,
     },
+    /// Show every (app, MCC) pair: country, latest rate and outcome, baseline, the last 24
+    /// submitted rates as a sparkline, and whether its route-health alarm is firing
+    Status {
+        /// Only this application
+        #[arg(long, value_name = "ID")]
+        app_id: Option<String>,
+        /// Print a JSON array, one object per pair (`alarm` is true only while firing)
+        #[arg(long)]
+        json: bool,
+    },
 }

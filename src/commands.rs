@@ -83,6 +83,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             history(&settings, &filter).await
         }
+        Command::Status { app_id, json } => status(&settings, app_id.as_deref(), json).await,
     }
 }
 
@@ -157,6 +158,7 @@ async fn run_once(settings: Settings) -> anyhow::Result<ExitCode> {
     let report = cycle::run(&ctx, tick, Trigger::Once, &stop)
         .await?
         .context("an ad-hoc run is never claimed by another instance")?;
+    crate::alarm::wait_for_notifications(std::time::Duration::from_secs(10)).await;
     let t = &report.tally;
     println!(
         "run {} at {}: {} pairs, {} succeeded, {} failed, {} skipped, {} invalid, {} superseded, {} left pending",
@@ -344,6 +346,28 @@ async fn record(
     }
     if !json {
         print!("{}", render_record(&ex.data.unwrap_or_default()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(settings: &Settings, app_id: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    if let Some(app) = app_id {
+        AppId::parse(app).map_err(|e| anyhow::anyhow!("--app-id: {e}"))?;
+    }
+    let pool = db::connect(&settings.database).await?;
+    let rows = crate::status::rows(&pool, app_id).await?;
+    if json {
+        println!("{}", crate::status::render_json(&rows));
+    } else {
+        let color = crate::status::use_color(
+            std::io::stdout().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        );
+        print!(
+            "{}",
+            crate::status::render_table(&rows, &settings.alarm, color)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -30,6 +30,10 @@ struct RawConfig {
     source: RawSource,
     #[serde(default)]
     schedule: RawSchedule,
+    #[serde(default)]
+    alarm: RawAlarm,
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +84,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub source: SourceSettings,
     pub schedule: ScheduleSettings,
+    pub alarm: AlarmSettings,
+    pub metrics: MetricsSettings,
     /// Problems worth a warning that do not stop the daemon (a world-readable secret).
     pub warnings: Vec<String>,
 }
@@ -316,6 +322,8 @@ pub fn from_toml(
         database,
         source,
         schedule: ScheduleSettings { cron, timezone },
+        alarm: alarm_settings(raw.alarm, &credential)?,
+        metrics: metrics_settings(raw.metrics)?,
         warnings,
     })
 }
@@ -333,7 +341,23 @@ fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
         return match e.span() {
             Some(span) => {
                 let (line, column) = position(text, span.start);
-                anyhow::anyhow!("line {line}, column {column}: {message}")
+                // The key before `=` on that line, when there is one: never the value.
+                let key = text
+                    .lines()
+                    .nth(line - 1)
+                    .and_then(|l| l.split_once('='))
+                    .map(|(k, _)| k.trim())
+                    .filter(|k| {
+                        !k.is_empty()
+                            && k.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c))
+                    });
+                match key {
+                    Some(key) => {
+                        anyhow::anyhow!("line {line}, column {column} ({key}): {message}")
+                    }
+                    None => anyhow::anyhow!("line {line}, column {column}: {message}"),
+                }
             }
             None => anyhow::anyhow!("{message}"),
         };
@@ -382,7 +406,8 @@ struct SpannedValue {
 /// carry a password), and anything named like a secret.
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    key == "url" || key.contains("secret") || key.contains("password")
+    // A webhook URL carries its token in the path (Slack's do).
+    key == "url" || key == "webhook_url" || key.contains("secret") || key.contains("password")
 }
 
 /// Every value in the document with its span, nested ones included; `None` when the text is
@@ -685,18 +710,128 @@ fn permission_warning(path: &Path, text: &str) -> Vec<String> {
     if db_password {
         secrets.push("a database password (database.url)");
     }
+    if raw.alarm.webhook_url.is_some() {
+        secrets.push("a webhook URL (alarm.webhook_url)");
+    }
     if !secrets.is_empty() {
         warnings.push(format!(
             "config file {} holds {} and is readable by {who} (mode {:04o}): the shipped \
              unit's DynamicUser must be able to read this file, so move the secret out of it \
              into a systemd credential (LoadCredential=api_secret:… or \
-             LoadCredential=database_url:…, see the unit) rather than changing the mode",
+             LoadCredential=database_url:…, or alarm_webhook_url, see the unit) rather than changing the mode",
             path.display(),
             secrets.join(" and "),
             e.mode
         ));
     }
     warnings
+}
+
+// ---------------------------------------------------------------------------------------------
+// [alarm] and [metrics]: the operator-facing extras (route-health alarm, Prometheus endpoint).
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlarm {
+    drop_points: Option<f64>,
+    baseline_samples: Option<u32>,
+    webhook_url: Option<SecretString>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+/// The route-health alarm: a pair whose new rate is more than `drop_points` below the median of
+/// its last `baseline_samples` succeeded reports fires (see `alarm`).
+#[derive(Debug, Clone)]
+pub struct AlarmSettings {
+    /// Percentage points, in (0, 100].
+    pub drop_points: f64,
+    /// How many succeeded reports the baseline is the median of.
+    pub baseline_samples: u32,
+    /// Where alerts are POSTed. A secret: chat webhook URLs carry their token in the path.
+    pub webhook_url: Option<SecretString>,
+}
+
+impl AlarmSettings {
+    /// A baseline needs at least half the samples, so that a pair's first reports, or a pair
+    /// seen again after a long pause, are not judged against one or two numbers.
+    pub fn min_samples(&self) -> u32 {
+        self.baseline_samples.div_ceil(2)
+    }
+}
+
+impl Default for AlarmSettings {
+    fn default() -> Self {
+        Self {
+            drop_points: 20.0,
+            baseline_samples: 12,
+            webhook_url: None,
+        }
+    }
+}
+
+/// The opt-in HTTP endpoint for `/metrics` and `/healthz`.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSettings {
+    /// `None`: no endpoint.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `credential` finds a systemd credential by name: the webhook URL may come as the credential
+/// `alarm_webhook_url` (it wins over the file), since under the unit the config file is
+/// world-readable.
+fn alarm_settings(
+    raw: RawAlarm,
+    credential: &dyn Fn(&str) -> Option<PathBuf>,
+) -> anyhow::Result<AlarmSettings> {
+    let defaults = AlarmSettings::default();
+    let drop_points = raw.drop_points.unwrap_or(defaults.drop_points);
+    if !(drop_points > 0.0 && drop_points <= 100.0) {
+        bail!("alarm.drop_points must be more than 0 and at most 100 (percentage points), not {drop_points}");
+    }
+    let baseline_samples = raw.baseline_samples.unwrap_or(defaults.baseline_samples);
+    if !(2..=1000).contains(&baseline_samples) {
+        bail!("alarm.baseline_samples must be 2 to 1000, not {baseline_samples}");
+    }
+    let webhook_url = match credential("alarm_webhook_url") {
+        Some(path) => {
+            Some(read_secret_file(&path).context("systemd credential alarm_webhook_url")?)
+        }
+        None => raw.webhook_url,
+    };
+    if let Some(url) = &webhook_url {
+        // Never echoed: the URL is the webhook's credential.
+        let parsed = reqwest::Url::parse(url.expose_secret().trim())
+            .map_err(|_| anyhow::anyhow!("alarm.webhook_url is not a URL"))?;
+        if !matches!(parsed.scheme(), "https" | "http") {
+            bail!("alarm.webhook_url must be an http or https URL");
+        }
+    }
+    Ok(AlarmSettings {
+        drop_points,
+        baseline_samples,
+        webhook_url: webhook_url.map(|u| SecretString::from(u.expose_secret().trim().to_owned())),
+    })
+}
+
+fn metrics_settings(raw: RawMetrics) -> anyhow::Result<MetricsSettings> {
+    let listen = raw
+        .listen
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.trim().parse::<std::net::SocketAddr>().map_err(|_| {
+                anyhow::anyhow!(
+                    "metrics.listen {l:?} is not an address and port such as \"127.0.0.1:9464\""
+                )
+            })
+        })
+        .transpose()?;
+    Ok(MetricsSettings { listen })
 }
 
 #[cfg(test)]
@@ -762,6 +897,58 @@ mod tests {
         assert_eq!(s.source.min_cardinal, 1);
         assert!(s.source.apps.is_empty());
         assert_eq!(s.schedule.timezone, chrono_tz::UTC);
+        assert_eq!(s.alarm.drop_points, 20.0);
+        assert_eq!(s.alarm.baseline_samples, 12);
+        assert_eq!(s.alarm.min_samples(), 6);
+        assert!(s.alarm.webhook_url.is_none());
+        assert!(s.metrics.listen.is_none());
+    }
+
+    #[test]
+    fn alarm_and_metrics_sections_are_read() {
+        let s = parse(&format!(
+            "{MINIMAL}[alarm]\ndrop_points = 12.5\nbaseline_samples = 5\n\
+             webhook_url = \"https://hooks.example/T000/B000/XXXX\"\n\
+             [metrics]\nlisten = \"127.0.0.1:9464\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.alarm.drop_points, 12.5);
+        assert_eq!(s.alarm.min_samples(), 3);
+        assert_eq!(s.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(
+            !format!("{s:?}").contains("XXXX"),
+            "the webhook URL is a secret"
+        );
+    }
+
+    #[test]
+    fn the_webhook_url_may_come_as_a_systemd_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("alarm_webhook_url"),
+            "https://hooks.example/T1/B1/FROMCRED\n",
+        )
+        .unwrap();
+        let cred = dir.path().to_str().unwrap().to_owned();
+        let env = move |n: &str| (n == "CREDENTIALS_DIRECTORY").then(|| cred.clone());
+        let text = format!("{MINIMAL}[alarm]\nwebhook_url = \"https://hooks.example/FROMFILE\"\n");
+        let s = from_toml(&text, Path::new("t.toml"), &env).unwrap();
+        assert_eq!(
+            s.alarm.webhook_url.unwrap().expose_secret(),
+            "https://hooks.example/T1/B1/FROMCRED"
+        );
+    }
+
+    #[test]
+    fn a_malformed_webhook_url_is_never_echoed() {
+        for text in [
+            "[alarm]\nwebhook_url = hooks.example/T000/SECRETTOKEN\n",
+            "[alarm]\nwebhook_url = \"not a url SECRETTOKEN\"\n",
+        ] {
+            let err = format!("{:#}", parse(&format!("{MINIMAL}{text}")).unwrap_err());
+            assert!(!err.contains("SECRETTOKEN"), "{err}");
+            assert!(err.contains("webhook_url"), "{err}");
+        }
     }
 
     #[test]
@@ -908,6 +1095,14 @@ mod tests {
             ("[source]\nquery = \"SELECT 1\"\n", "source.query"),
             ("max_in_flight = 0\n", "provider.max_in_flight"),
             ("base_url = \"ftp://x\"\n", "provider.base_url"),
+            ("[alarm]\ndrop_points = 0\n", "alarm.drop_points"),
+            ("[alarm]\ndrop_points = 101\n", "alarm.drop_points"),
+            ("[alarm]\nbaseline_samples = 1\n", "alarm.baseline_samples"),
+            (
+                "[alarm]\nwebhook_url = \"ftp://hooks\"\n",
+                "alarm.webhook_url",
+            ),
+            ("[metrics]\nlisten = \"localhost\"\n", "metrics.listen"),
         ] {
             let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err();
             assert!(format!("{err:#}").contains(key), "{key}: {err:#}");

@@ -20,6 +20,7 @@ use crate::queue::{self, NewSubmission, TickRows};
 use crate::rate::{Rate, RateError};
 use crate::sender::{self, Scope};
 use crate::source::{Cursor, SourceRow};
+use crate::{alarm, metrics};
 
 /// Source rows judged and inserted per statement while planning: memory stays flat whatever
 /// the number of pairs, and each insert stays short.
@@ -188,6 +189,9 @@ pub struct Planned {
     pub pending: u64,
     /// Rows the unique key refused: the pair was already recorded for this tick.
     pub duplicates: u64,
+    /// Judged rows not to be sent.
+    pub skipped: u64,
+    pub invalid: u64,
 }
 
 /// Claims `tick` and queues its pairs. `Ok(None)` when another instance already claimed that
@@ -224,6 +228,8 @@ pub async fn plan(
         pairs: 0,
         pending: 0,
         duplicates: 0,
+        skipped: 0,
+        invalid: 0,
     };
     loop {
         let batch = cursor.next(&mut tx, BATCH).await?;
@@ -246,10 +252,24 @@ pub async fn plan(
         planned.pairs += judged.len() as u64;
         planned.duplicates += judged.len() as u64 - enqueued.inserted;
         planned.pending += enqueued.pending;
+        for row in &judged {
+            match row.state {
+                State::Skipped => planned.skipped += 1,
+                State::Invalid => planned.invalid += 1,
+                _ => {}
+            }
+        }
     }
     let superseded = queue::supersede_older(&mut tx, tick).await?;
+    let evaluation = alarm::judge_in(&mut tx, settings, run_id).await;
     queue::notify(&mut tx).await?;
     tx.commit().await.context("committing the claim")?;
+    alarm::announce(&ctx.pool, settings, &evaluation);
+    metrics::record_states(
+        std::iter::repeat_n("skipped", planned.skipped as usize)
+            .chain(std::iter::repeat_n("invalid", planned.invalid as usize))
+            .chain(std::iter::repeat_n("superseded", superseded as usize)),
+    );
     if planned.duplicates > 0 {
         tracing::warn!(
             duplicates = planned.duplicates,

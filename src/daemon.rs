@@ -21,7 +21,7 @@ use crate::cycle::{self, Context, Planned};
 use crate::outcomes::{self, Trigger};
 use crate::schedule::{on_wake, Wake};
 use crate::sender::{self, Scope};
-use crate::{db, queue, retention, shutdown, source};
+use crate::{alarm, db, metrics, queue, retention, shutdown, source};
 
 /// The longest the loop sleeps without looking at the wall clock. Tokio's timers run on the
 /// monotonic clock, which stops during suspend and ignores NTP steps; waking once a second to
@@ -37,6 +37,14 @@ const DUE_RETRY: Duration = Duration::from_secs(5);
 /// A planning that runs longer than this is logged: every statement has a timeout, so it is
 /// slow, not stuck, but an operator should see it.
 const SLOW_PLANNING: Duration = Duration::from_secs(120);
+
+/// At shutdown, after the drain: time to record the last outcomes, then to hand the last
+/// alerts to the webhook. The unit's `TimeoutStopSec=` must cover [`STOP_LIMIT`].
+const RECORD_LIMIT: Duration = Duration::from_secs(5);
+const WEBHOOK_LIMIT: Duration = Duration::from_secs(2);
+pub const STOP_LIMIT: Duration = Duration::from_secs(
+    sender::DRAIN_LIMIT.as_secs() + RECORD_LIMIT.as_secs() + WEBHOOK_LIMIT.as_secs(),
+);
 
 /// How often open runs are checked and old rows pruned.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
@@ -119,6 +127,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let pool = db::connect_lazy(&settings.database)?;
     let ctx = Context::new(settings, pool, instance_name())?;
+    // Before the database: /healthz says what is wrong while an outage is waited out.
+    let _metrics = metrics::serve(&ctx.settings.metrics, ctx.pool.clone()).await?;
     let (ctx_tx, _) = watch::channel(ctx.clone());
     let now = clock();
     let mut daemon = Daemon {
@@ -173,6 +183,7 @@ impl Daemon {
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status("connecting to the database"),
         ]);
+        metrics::health().set_armed(true);
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut watchdog_tick =
             tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
@@ -302,6 +313,7 @@ impl Daemon {
     }
 
     fn on_planned(&mut self, tick: DateTime<Utc>, result: anyhow::Result<Option<Planned>>) {
+        metrics::record_daemon_task(&result);
         let Some(due) = self.due.as_mut().filter(|d| d.tick == tick) else {
             return;
         };
@@ -378,13 +390,14 @@ impl Daemon {
 
     async fn shut_down(&mut self) {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        metrics::health().set_armed(false);
         self.stop.cancel();
         if let Some(p) = self.planning.take() {
             // Rolled back with its transaction: the tick stays unclaimed for the next start.
             p.handle.abort();
         }
         // The sender drains within sender::DRAIN_LIMIT, then records the last outcomes.
-        let limit = sender::DRAIN_LIMIT + Duration::from_secs(5);
+        let limit = sender::DRAIN_LIMIT + RECORD_LIMIT;
         for worker in self.workers.drain(..) {
             if tokio::time::timeout(limit, worker).await.is_err() {
                 tracing::warn!(
@@ -392,6 +405,7 @@ impl Daemon {
                 );
             }
         }
+        alarm::wait_for_notifications(WEBHOOK_LIMIT).await;
         tracing::info!("stopped");
     }
 

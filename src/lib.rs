@@ -5,15 +5,25 @@
 //! The data flow, one module per step:
 //!
 //! ```text
-//! config ─▶ daemon/schedule ─▶ source (counts) ─▶ rate ─▶ provider (signed POST) ─▶ outcomes
-//!                 └──────────── cycle: claim → read → judge → submit → record ───────┘
+//! config ─▶ daemon/schedule ─▶ cycle: claim the tick, stream the source, judge (rate), enqueue
+//!                                          │
+//!           report_submissions (the queue) ◀┘
+//!                  │
+//!           sender: claim due rows under a lease ─▶ provider (signed POST) ─▶ group commit
 //! ```
 //!
-//! A cycle claims its tick and writes every pair as pending in one transaction before any
-//! request, so a crash leaves rows that the next start sends again ([`cycle::recover`]); the
-//! unique key on (app, MCC, tick) keeps a tick from being submitted twice, and a PostgreSQL
-//! advisory lock lets several instances share one database with one cycle at a time.
+//! PostgreSQL is the only coordination between instances: a tick is claimed once (`ON CONFLICT
+//! DO NOTHING` on `report_runs`) and queued in the claiming transaction; every instance sends
+//! from the queue ([`queue`], [`sender`]), rows claimed with `FOR UPDATE SKIP LOCKED` under a
+//! lease that only a dead or cut-off instance loses. A transient failure stays pending until its
+//! deadline; [`breaker`] pauses an instance while the provider is unreachable; [`retention`]
+//! keeps the record bounded.
+//!
+//! Around the flow, for the operator: [`alarm`] judges each new rate against its pair's
+//! baseline (the route-health alarm, with a webhook), [`status`] shows every pair at a glance,
+//! [`metrics`] serves Prometheus metrics and a health check, [`mcc`] names the countries.
 
+pub mod alarm;
 pub mod breaker;
 pub mod cli;
 pub mod commands;
@@ -22,6 +32,8 @@ pub mod cycle;
 pub mod daemon;
 pub mod db;
 pub mod domain;
+pub mod mcc;
+pub mod metrics;
 pub mod outcomes;
 pub mod provider;
 pub mod queue;
@@ -31,4 +43,5 @@ pub mod schedule;
 pub mod sender;
 pub mod shutdown;
 pub mod source;
+pub mod status;
 pub mod telemetry;

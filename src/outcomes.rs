@@ -23,6 +23,12 @@ impl Trigger {
             Self::Once => "once",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Schedule, Self::Once]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
 }
 
 /// The state column's values.
@@ -102,6 +108,7 @@ pub struct Tally {
 pub struct RunSummary {
     pub run_id: i64,
     pub tick: DateTime<Utc>,
+    pub trigger: Trigger,
     pub tally: Tally,
     /// Requests made for the run's pairs, retries included.
     pub attempts: i64,
@@ -157,7 +164,8 @@ pub async fn summary(pool: &PgPool, run_id: i64) -> anyhow::Result<RunSummary> {
              count(*) FILTER (WHERE s.state = 'superseded'), \
              count(*) FILTER (WHERE s.state = 'pending'), \
              COALESCE(sum(s.attempts), 0)::bigint, \
-             (extract(epoch FROM COALESCE(r.finished_at, now()) - r.started_at) * 1000)::bigint \
+             (extract(epoch FROM COALESCE(r.finished_at, now()) - r.started_at) * 1000)::bigint, \
+             r.trigger \
          FROM report_runs r LEFT JOIN report_submissions s ON s.run_id = r.id \
          WHERE r.id = $1 GROUP BY r.id",
     )
@@ -182,6 +190,7 @@ pub async fn summary(pool: &PgPool, run_id: i64) -> anyhow::Result<RunSummary> {
     Ok(RunSummary {
         run_id,
         tick: row.get(0),
+        trigger: Trigger::parse(row.get(10)).unwrap_or(Trigger::Once),
         tally,
         attempts: row.get(8),
         duration: std::time::Duration::from_millis(row.get::<i64, _>(9).max(0) as u64),

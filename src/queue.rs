@@ -453,10 +453,10 @@ pub async fn fail_unsent(pool: &PgPool, run_id: i64, reason: &str) -> anyhow::Re
 }
 
 /// Ends the pending rows whose deadline passed and that nobody holds: superseded when a newer
-/// tick of the pair exists, failed otherwise. Returns the runs touched. Needed while nothing
+/// tick of the pair exists, failed otherwise. Returns each row's run and final state. Needed while nothing
 /// claims them (the provider is unreachable); otherwise the claim finds them first.
-pub async fn expire(pool: &PgPool, run: Option<i64>) -> anyhow::Result<Vec<i64>> {
-    sqlx::query_scalar(
+pub async fn expire(pool: &PgPool, run: Option<i64>) -> anyhow::Result<Vec<(i64, State)>> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
         "WITH x AS ( \
              SELECT s.id, EXISTS (SELECT 1 FROM report_submissions n \
                  WHERE n.app_id = s.app_id AND n.mcc = s.mcc \
@@ -474,14 +474,18 @@ pub async fn expire(pool: &PgPool, run: Option<i64>) -> anyhow::Result<Vec<i64>>
                      || COALESCE('status ' || s.provider_status, 'HTTP ' || s.http_status, \
                                  s.error, 'no answer') END, \
              finished_at = now(), lease_owner = NULL, lease_expires_at = NULL \
-         FROM x WHERE s.id = x.id RETURNING s.run_id) \
-         SELECT DISTINCT run_id FROM u",
+         FROM x WHERE s.id = x.id RETURNING s.run_id, s.state) \
+         SELECT run_id, state FROM u",
     )
     .bind(run)
     .bind(REPLACED)
     .fetch_all(pool)
     .await
-    .context("ending overdue submissions")
+    .context("ending overdue submissions")?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(run, state)| Some((run, State::parse(&state)?)))
+        .collect())
 }
 
 /// When the next pending row becomes due, if after now; rows due already but leased are

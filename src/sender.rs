@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::{Breaker, Gate};
 use crate::config::ProviderSettings;
 use crate::cycle::Context;
+use crate::metrics;
 use crate::outcomes::{self, State};
 use crate::provider::{BackfillRequest, Class};
 use crate::queue::{self, Claimed, Outcome};
@@ -82,6 +83,7 @@ pub async fn close_run(pool: &PgPool, run_id: i64) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let s = outcomes::summary(pool, run_id).await?;
+    metrics::record_run(&s);
     let t = &s.tally;
     tracing::info!(
         run_id,
@@ -650,7 +652,7 @@ async fn attempt(
 ) -> Attempted {
     let provider = &ctx.settings.provider;
     let started = Utc::now();
-    let ex = ctx.client.submit_backfill(&request).await;
+    let ex = metrics::timed_request(ctx.client.submit_backfill(&request)).await;
     let attempts = u32::try_from(row.attempts).unwrap_or(0) + 1;
     let cause = ex.error.clone().unwrap_or_else(|| "no error".into());
     let mut outcome = Outcome {
@@ -802,21 +804,24 @@ impl Group {
                 "outcomes not recorded: the lease on those rows had passed to another instance"
             );
         }
-        log_failures(batch, &written);
+        account(batch, &written);
         let mut runs: Vec<i64> = written
             .iter()
             .filter(|w| w.state != State::Pending)
             .map(|w| w.run_id)
             .collect();
         for (run_id, reason) in self.fail_runs {
-            retry_db("failing the rest of the run", || {
+            let failed = retry_db("failing the rest of the run", || {
                 queue::fail_unsent(pool, run_id, &reason)
             })
             .await;
+            metrics::record_states(std::iter::repeat_n("failed", failed as usize));
             runs.push(run_id);
         }
         for run in self.expire {
-            runs.extend(retry_db("ending overdue submissions", || queue::expire(pool, run)).await);
+            let ended = retry_db("ending overdue submissions", || queue::expire(pool, run)).await;
+            metrics::record_states(ended.iter().map(|(_, state)| state.as_str()));
+            runs.extend(ended.iter().map(|(run_id, _)| *run_id));
         }
         runs.sort_unstable();
         runs.dedup();
@@ -845,10 +850,15 @@ async fn close_runs(pool: PgPool, mut rx: mpsc::UnboundedReceiver<i64>, closed: 
     }
 }
 
-fn log_failures(batch: &[Outcome], written: &[queue::Written]) {
+/// Counts each final state in the metrics and logs each failure, once its write is done.
+fn account(batch: &[Outcome], written: &[queue::Written]) {
     let by_id: HashMap<i64, &Outcome> = batch.iter().map(|o| (o.id, o)).collect();
-    for w in written.iter().filter(|w| w.state == State::Failed) {
-        if let Some(o) = by_id.get(&w.id) {
+    for w in written.iter().filter(|w| w.state != State::Pending) {
+        let Some(o) = by_id.get(&w.id) else {
+            continue;
+        };
+        metrics::record_outcome(w.state.as_str(), o.provider_status.as_deref());
+        if w.state == State::Failed {
             let why = o
                 .reason
                 .as_deref()

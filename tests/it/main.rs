@@ -5,14 +5,18 @@ mod chaos;
 mod fake_provider;
 mod helpers;
 
+mod alarm;
 mod cli;
 mod cron_choice;
 mod cycle;
 mod daemon;
 mod db_tls;
+mod dist;
 mod drills;
+mod metrics;
 mod migrations;
 mod process;
 mod provider_client;
 mod reload;
+mod status;
 mod unit_file;

@@ -1,0 +1,109 @@
+//! The route-health check at scale, printed as figures: `alarm::judge_run` over one run of
+//! BENCH_ALARM_PAIRS pairs (default 240,000) with BENCH_ALARM_HISTORY earlier succeeded reports
+//! each (default 12), 1% of the pairs collapsing. One statement per run, however many pairs.
+//! Run with `cargo bench --bench alarm`; needs the database of `scripts/test-db` or
+//! DATABASE_URL. Creates and drops its own database.
+
+use std::time::Instant;
+
+use backfill_reporter::{alarm, config, db};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+
+fn env_or(name: &str, default: i64) -> i64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let master = std::env::var("DATABASE_URL")?;
+    let db_name = format!("backfill_bench_alarm_{}", std::process::id());
+    let mut admin = PgConnection::connect(&master).await?;
+    admin
+        .execute(format!("CREATE DATABASE {db_name}").as_str())
+        .await?;
+    let mut url = reqwest::Url::parse(&master)?;
+    url.set_path(&format!("/{db_name}"));
+    let result = run(url.as_str()).await;
+    admin
+        .execute(format!("DROP DATABASE {db_name} WITH (FORCE)").as_str())
+        .await?;
+    result
+}
+
+async fn run(url: &str) -> anyhow::Result<()> {
+    let pairs = env_or("BENCH_ALARM_PAIRS", 240_000);
+    let history = env_or("BENCH_ALARM_HISTORY", 12);
+    let pool = PgPool::connect(url).await?;
+    db::MIGRATOR.run(&pool).await?;
+    let settings = config::from_toml(
+        "[provider]\napi_key = \"benchKey\"\n[alarm]\nbaseline_samples = 12\n",
+        std::path::Path::new("bench.toml"),
+        &|_| None,
+    )?;
+
+    let started = Instant::now();
+    // One run row per history tick, then the pairs' succeeded reports at those ticks.
+    pool.execute(
+        format!(
+            "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, \
+                 finished_at) \
+             SELECT t, 'schedule', t - interval '1 hour', t, 'bench:1', t \
+             FROM generate_series(1, {history}) k, \
+                  LATERAL (SELECT timestamptz '2026-01-01' + k * interval '10 minutes' AS t) x; \
+             INSERT INTO report_submissions (run_id, app_id, mcc, scheduled_for, window_start, \
+                 window_end, backfill_number, cardinal_number, rate, callback_time, state) \
+             SELECT r.id, 'app' || (p / 1000), lpad((p % 1000)::text, 3, '0'), r.scheduled_for, \
+                 r.window_start, r.window_end, 80 + (p % 7), 100, 80 + (p % 7), 'x', 'succeeded' \
+             FROM report_runs r, generate_series(0, {pairs} - 1) p;"
+        )
+        .as_str(),
+    )
+    .await?;
+    // The run being judged: every pair pending, 1% of them down to 10%.
+    let run_id: i64 = sqlx::query_scalar(
+        "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance) \
+         VALUES (timestamptz '2026-01-02', 'schedule', timestamptz '2026-01-02' - interval '1 hour', \
+             timestamptz '2026-01-02', 'bench:1') RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await?;
+    pool.execute(
+        format!(
+            "INSERT INTO report_submissions (run_id, app_id, mcc, scheduled_for, window_start, \
+                 window_end, backfill_number, cardinal_number, rate, callback_time, state) \
+             SELECT {run_id}, 'app' || (p / 1000), lpad((p % 1000)::text, 3, '0'), \
+                 timestamptz '2026-01-02', timestamptz '2026-01-02' - interval '1 hour', \
+                 timestamptz '2026-01-02', CASE WHEN p % 100 = 0 THEN 10 ELSE 81 END, 100, \
+                 CASE WHEN p % 100 = 0 THEN 10 ELSE 81 END, 'x', 'pending' \
+             FROM generate_series(0, {pairs} - 1) p"
+        )
+        .as_str(),
+    )
+    .await?;
+    // As autovacuum would have by then: the visibility map makes the baseline lookups
+    // index-only.
+    pool.execute("VACUUM ANALYZE report_submissions").await?;
+    println!(
+        "setup: {pairs} pairs x {history} earlier reports + 1 run to judge in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let mut conn = pool.acquire().await?;
+    let evaluation = alarm::judge_run(&mut conn, &settings, run_id).await?;
+    let took = started.elapsed();
+    println!(
+        "judge_run: {} pairs judged, {} dropped ({} new) in {:.2}s = {:.0} pairs/s, one statement",
+        evaluation.judged,
+        evaluation.dropped.len(),
+        evaluation.started,
+        took.as_secs_f64(),
+        evaluation.judged as f64 / took.as_secs_f64()
+    );
+    let firing = alarm::firing_count(&pool).await?;
+    println!("route_alarms: {firing} firing");
+    Ok(())
+}

@@ -1,0 +1,494 @@
+//! Route-health alarm. The provider routes OTP traffic by the backfill rate, so a country whose
+//! rate collapses is usually a country whose delivery broke. Each new rate of a run is compared,
+//! in one set-based statement, with its pair's baseline (the median of its last succeeded
+//! reports); a drop of more than `[alarm] drop_points` is logged, recorded with the submission,
+//! and sent once per pair to `[alarm] webhook_url` until the pair recovers. Nothing here may
+//! delay or fail a report: errors are logged, the webhook is called from a background task.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, Row};
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::mcc;
+use crate::status::sent_form;
+
+/// At most this many pairs get their own log line per run; the rest are counted in one line,
+/// so that a provider-wide outage does not write a line per pair.
+const MAX_LOG_LINES: usize = 20;
+/// At most this many pairs are spelled out in a webhook's `text`; `alerts` lists them all.
+const MAX_TEXT_LINES: usize = 20;
+/// Webhook attempts, and the wait before the second (doubling).
+const WEBHOOK_ATTEMPTS: u32 = 3;
+const WEBHOOK_BACKOFF: Duration = Duration::from_secs(1);
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Notifications still being sent, so that `run --once` and shutdown can wait for them.
+static NOTIFICATIONS: LazyLock<TaskTracker> = LazyLock::new(TaskTracker::new);
+
+/// One pair whose alarm fired, continued or ended in this run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairAlarm {
+    pub app_id: String,
+    pub mcc: String,
+    pub country: String,
+    /// The rate of this run, in the form sent ("12.5").
+    pub rate: String,
+    /// The median it was compared with.
+    pub baseline: String,
+    pub backfill_number: Option<String>,
+    pub cardinal_number: Option<String>,
+    /// When the rate first fell (the start of the current alarm).
+    pub since: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub submission_id: i64,
+    /// Whether the webhook already took this alarm.
+    #[serde(skip)]
+    pub notified: bool,
+}
+
+impl PairAlarm {
+    /// Baseline minus rate, in percentage points.
+    pub fn drop_points(&self) -> f64 {
+        let n = |s: &str| s.parse::<f64>().unwrap_or(0.0);
+        n(&self.baseline) - n(&self.rate)
+    }
+}
+
+/// What one evaluation found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Evaluation {
+    /// Pairs compared with a baseline.
+    pub judged: u64,
+    /// Pairs that fell in this run, newly or again.
+    pub dropped: Vec<PairAlarm>,
+    /// Of those, the ones that were not firing before.
+    pub started: usize,
+    /// Pairs whose alarm ended in this run.
+    pub recovered: Vec<PairAlarm>,
+}
+
+/// Judges every rate of the run `run_id` against its pair's baseline and records the verdicts,
+/// inside the transaction that queues the run (before any sender can see, or lock, its rows).
+/// It never fails the cycle: an error is logged and rolled back to a savepoint, and the run is
+/// queued unjudged. [`announce`] the result once the transaction has committed.
+pub async fn judge_in(conn: &mut PgConnection, settings: &Settings, run_id: i64) -> Evaluation {
+    let judged = async {
+        sqlx::query("SAVEPOINT route_health")
+            .execute(&mut *conn)
+            .await?;
+        match judge_run(&mut *conn, settings, run_id).await {
+            Ok(evaluation) => {
+                sqlx::query("RELEASE SAVEPOINT route_health")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(evaluation)
+            }
+            Err(e) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT route_health")
+                    .execute(&mut *conn)
+                    .await?;
+                Err(e)
+            }
+        }
+    }
+    .await;
+    judged.unwrap_or_else(|e: anyhow::Error| {
+        tracing::warn!(run_id, "route-health check skipped: {e:#}");
+        Evaluation::default()
+    })
+}
+
+/// Logs the drops and recoveries of an evaluation and hands new alerts to the webhook, in the
+/// background; returns at once.
+pub fn announce(pool: &PgPool, settings: &Settings, evaluation: &Evaluation) {
+    report(settings, evaluation);
+    notify(pool, settings, evaluation);
+}
+
+/// The set-based step: one statement compares every judged pair of the run with the median of
+/// its last `baseline_samples` succeeded, not-alarmed reports of at least `min_cardinal` codes,
+/// stores baseline and verdict on the submission, opens (`route_alarms` row) or closes (row
+/// deleted) each pair's alarm, and returns the pairs that dropped or recovered. The baseline
+/// lookup is one index probe per pair (`report_submissions_baseline`), with no round trip.
+/// (`closed` runs although nothing reads it: PostgreSQL runs every data-modifying WITH.)
+#[tracing::instrument(skip_all, fields(run_id = run_id))]
+pub async fn judge_run(
+    conn: &mut PgConnection,
+    settings: &Settings,
+    run_id: i64,
+) -> anyhow::Result<Evaluation> {
+    let alarm = &settings.alarm;
+    let min_cardinal = i64::try_from(settings.source.min_cardinal).unwrap_or(i64::MAX);
+    let rows = sqlx::query(
+        "WITH cur AS ( \
+             SELECT id, app_id, mcc, scheduled_for FROM report_submissions \
+             WHERE run_id = $1 AND rate IS NOT NULL AND cardinal_number >= $2), \
+         base AS ( \
+             SELECT c.id, round(percentile_cont(0.5) WITHIN GROUP (ORDER BY h.rate)::numeric, 2) \
+                 AS median \
+             FROM cur c CROSS JOIN LATERAL ( \
+                 SELECT s.rate FROM report_submissions s \
+                 WHERE s.app_id = c.app_id AND s.mcc = c.mcc AND s.state = 'succeeded' \
+                   AND s.alarm IS NOT TRUE AND s.scheduled_for < c.scheduled_for \
+                   AND s.cardinal_number >= $2 \
+                 ORDER BY s.scheduled_for DESC LIMIT $3) h \
+             GROUP BY c.id HAVING count(*) >= $4), \
+         judged AS ( \
+             UPDATE report_submissions s SET baseline = b.median, \
+                 alarm = (b.median - s.rate) > $5::float8::numeric \
+             FROM base b WHERE s.id = b.id \
+             RETURNING s.id, s.app_id, s.mcc, s.rate, s.baseline, s.alarm, \
+                 s.backfill_number, s.cardinal_number), \
+         before AS ( \
+             SELECT a.app_id, a.mcc, a.since, a.notified_at FROM route_alarms a \
+             JOIN judged j ON j.app_id = a.app_id AND j.mcc = a.mcc), \
+         opened AS ( \
+             INSERT INTO route_alarms (app_id, mcc, submission_id, rate, baseline) \
+             SELECT app_id, mcc, id, rate, baseline FROM judged WHERE alarm \
+             ON CONFLICT (app_id, mcc) DO UPDATE SET submission_id = EXCLUDED.submission_id, \
+                 rate = EXCLUDED.rate, baseline = EXCLUDED.baseline, updated_at = now() \
+             RETURNING app_id, mcc, since, notified_at), \
+         closed AS ( \
+             DELETE FROM route_alarms a USING judged j \
+             WHERE a.app_id = j.app_id AND a.mcc = j.mcc AND NOT j.alarm \
+             RETURNING a.app_id) \
+         SELECT j.id, j.app_id, j.mcc, j.rate::text, j.baseline::text, j.alarm, \
+             j.backfill_number::text, j.cardinal_number::text, \
+             COALESCE(o.since, b.since), (b.app_id IS NOT NULL) AS was_firing, \
+             COALESCE(o.notified_at, b.notified_at) IS NOT NULL AS notified, \
+             (SELECT count(*) FROM judged) AS judged \
+         FROM judged j \
+         LEFT JOIN before b ON b.app_id = j.app_id AND b.mcc = j.mcc \
+         LEFT JOIN opened o ON o.app_id = j.app_id AND o.mcc = j.mcc \
+         WHERE j.alarm OR b.app_id IS NOT NULL \
+         UNION ALL \
+         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+             (SELECT count(*) FROM judged) \
+         ORDER BY 2 NULLS LAST, 3",
+    )
+    .bind(run_id)
+    .bind(min_cardinal)
+    .bind(i64::from(alarm.baseline_samples))
+    .bind(i64::from(alarm.min_samples()))
+    .bind(alarm.drop_points)
+    .fetch_all(conn)
+    .await
+    .context("comparing the run's rates with their baselines")?;
+    let mut evaluation = Evaluation::default();
+    for r in &rows {
+        evaluation.judged = u64::try_from(r.get::<i64, _>(11)).unwrap_or(0);
+        let Some(id) = r.get::<Option<i64>, _>(0) else {
+            continue;
+        };
+        let mcc: String = r.get(2);
+        let pair = PairAlarm {
+            app_id: r.get(1),
+            country: mcc::name(&mcc).to_owned(),
+            mcc,
+            rate: sent_form(&r.get::<String, _>(3)),
+            baseline: sent_form(&r.get::<String, _>(4)),
+            backfill_number: r.get(6),
+            cardinal_number: r.get(7),
+            since: r.get(8),
+            submission_id: id,
+            notified: r.get(10),
+        };
+        let (dropped, was_firing): (bool, bool) = (r.get(5), r.get(9));
+        if dropped {
+            if !was_firing {
+                evaluation.started += 1;
+            }
+            evaluation.dropped.push(pair);
+        } else {
+            evaluation.recovered.push(pair);
+        }
+    }
+    Ok(evaluation)
+}
+
+/// One WARN line per pair that fell (up to [`MAX_LOG_LINES`]), one INFO line per recovery.
+fn report(settings: &Settings, evaluation: &Evaluation) {
+    let samples = settings.alarm.baseline_samples;
+    for p in evaluation.dropped.iter().take(MAX_LOG_LINES) {
+        tracing::warn!(
+            app_id = %p.app_id,
+            mcc = %p.mcc,
+            country = %p.country,
+            rate = %p.rate,
+            baseline = %p.baseline,
+            "backfill rate for {} (mcc {}) of app {} fell to {}% ({} of {} codes typed back), \
+             {:.2} points below its baseline of {}% (median of up to {samples} earlier reports){}",
+            p.country,
+            p.mcc,
+            p.app_id,
+            p.rate,
+            p.backfill_number.as_deref().unwrap_or("?"),
+            p.cardinal_number.as_deref().unwrap_or("?"),
+            p.drop_points(),
+            p.baseline,
+            p.since
+                .filter(|_| p.notified)
+                .map(|s| format!("; alarm firing since {}", s.format("%Y-%m-%d %H:%M:%S UTC")))
+                .unwrap_or_default()
+        );
+    }
+    if evaluation.dropped.len() > MAX_LOG_LINES {
+        tracing::warn!(
+            "{} more pairs fell more than {} points below their baseline (see `status`)",
+            evaluation.dropped.len() - MAX_LOG_LINES,
+            settings.alarm.drop_points
+        );
+    }
+    for p in evaluation.recovered.iter().take(MAX_LOG_LINES) {
+        tracing::info!(
+            app_id = %p.app_id,
+            mcc = %p.mcc,
+            country = %p.country,
+            "backfill rate for {} (mcc {}) of app {} recovered: {}% against a baseline of {}%",
+            p.country,
+            p.mcc,
+            p.app_id,
+            p.rate,
+            p.baseline
+        );
+    }
+}
+
+/// The JSON a webhook receives: Slack's (and Mattermost's, Rocket.Chat's) `text`, and the same
+/// alerts as data for anything else.
+#[derive(Debug, Serialize)]
+struct Payload<'a> {
+    text: String,
+    status: &'static str,
+    drop_points: f64,
+    alerts: &'a [PairAlarm],
+}
+
+/// Hands the alerts not sent yet, and the recoveries of alerts that were sent, to a background
+/// task; returns at once.
+fn notify(pool: &PgPool, settings: &Settings, evaluation: &Evaluation) {
+    let Some(url) = settings.alarm.webhook_url.clone() else {
+        return;
+    };
+    let fresh: Vec<PairAlarm> = evaluation
+        .dropped
+        .iter()
+        .filter(|p| !p.notified)
+        .cloned()
+        .collect();
+    let recovered: Vec<PairAlarm> = evaluation
+        .recovered
+        .iter()
+        .filter(|p| p.notified)
+        .cloned()
+        .collect();
+    let drop_points = settings.alarm.drop_points;
+    let pool = pool.clone();
+    NOTIFICATIONS.spawn(async move {
+        if !fresh.is_empty() {
+            let text = alert_text(&fresh, drop_points);
+            let payload = Payload {
+                text,
+                status: "firing",
+                drop_points,
+                alerts: &fresh,
+            };
+            if post(&url, &payload).await {
+                mark_notified(&pool, &fresh).await;
+            }
+        }
+        if !recovered.is_empty() {
+            let payload = Payload {
+                text: recovery_text(&recovered),
+                status: "resolved",
+                drop_points,
+                alerts: &recovered,
+            };
+            post(&url, &payload).await;
+        }
+    });
+}
+
+/// The message people read: one line per pair, the worst first.
+pub fn alert_text(alerts: &[PairAlarm], drop_points: f64) -> String {
+    let mut sorted: Vec<&PairAlarm> = alerts.iter().collect();
+    sorted.sort_by(|a, b| b.drop_points().total_cmp(&a.drop_points()));
+    let mut text = format!(
+        ":rotating_light: backfill-reporter: the backfill rate fell more than {drop_points} points \
+         below its baseline for {} route{}",
+        alerts.len(),
+        if alerts.len() == 1 { "" } else { "s" }
+    );
+    for p in sorted.iter().take(MAX_TEXT_LINES) {
+        text.push_str(&format!(
+            "\n• {} (mcc {}), app {}: {}% ({} of {} codes typed back), baseline {}%",
+            p.country,
+            p.mcc,
+            p.app_id,
+            p.rate,
+            p.backfill_number.as_deref().unwrap_or("?"),
+            p.cardinal_number.as_deref().unwrap_or("?"),
+            p.baseline
+        ));
+    }
+    if sorted.len() > MAX_TEXT_LINES {
+        text.push_str(&format!(
+            "\n… and {} more (backfill-reporter status)",
+            sorted.len() - MAX_TEXT_LINES
+        ));
+    }
+    text
+}
+
+fn recovery_text(recovered: &[PairAlarm]) -> String {
+    let mut text = format!(
+        ":white_check_mark: backfill-reporter: {} route{} recovered",
+        recovered.len(),
+        if recovered.len() == 1 { "" } else { "s" }
+    );
+    for p in recovered.iter().take(MAX_TEXT_LINES) {
+        text.push_str(&format!(
+            "\n• {} (mcc {}), app {}: {}%, baseline {}%",
+            p.country, p.mcc, p.app_id, p.rate, p.baseline
+        ));
+    }
+    text
+}
+
+/// POSTs the payload, retrying a few times; `true` once a 2xx answer came. The URL is never
+/// logged: it is the webhook's credential.
+async fn post(url: &SecretString, payload: &Payload<'_>) -> bool {
+    let client = match reqwest::Client::builder()
+        .timeout(WEBHOOK_TIMEOUT)
+        .user_agent(concat!("backfill-reporter/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("alarm webhook: building the HTTP client: {e}");
+            return false;
+        }
+    };
+    let mut wait = WEBHOOK_BACKOFF;
+    for attempt in 1..=WEBHOOK_ATTEMPTS {
+        let outcome = client.post(url.expose_secret()).json(payload).send().await;
+        let problem = match outcome {
+            Ok(r) if r.status().is_success() => return true,
+            Ok(r) => format!("HTTP {}", r.status()),
+            // without_url: reqwest's Display names the URL, which holds the token.
+            Err(e) => e.without_url().to_string(),
+        };
+        tracing::warn!(
+            attempt,
+            "alarm webhook did not take the {} alert: {problem}",
+            payload.status
+        );
+        if attempt < WEBHOOK_ATTEMPTS {
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
+    }
+    false
+}
+
+/// Marks the alarms the webhook took, so that the next run does not send them again; an alarm
+/// that recovered (and maybe fell again) in between keeps its own state.
+async fn mark_notified(pool: &PgPool, alerts: &[PairAlarm]) {
+    let result = sqlx::query(
+        "UPDATE route_alarms a SET notified_at = now() \
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(app_id, mcc, since) \
+         WHERE a.app_id = u.app_id AND a.mcc = u.mcc AND a.since = u.since",
+    )
+    .bind(alerts.iter().map(|p| p.app_id.clone()).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|p| p.mcc.clone()).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|p| p.since).collect::<Vec<_>>())
+    .execute(pool)
+    .await;
+    if let Err(e) = result {
+        tracing::warn!("alarm webhook: recording the alert as sent: {e}; it may be sent again");
+    }
+}
+
+/// Waits up to `limit` for notifications still being sent (`run --once` and shutdown call it,
+/// since the process would otherwise end before the webhook is reached).
+pub async fn wait_for_notifications(limit: Duration) {
+    NOTIFICATIONS.close();
+    if tokio::time::timeout(limit, NOTIFICATIONS.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "alarm webhook still not answered after {limit:?}; the next run sends the alert again"
+        );
+    }
+    NOTIFICATIONS.reopen();
+}
+
+/// How many alarms are firing now (for the metrics gauge and `status`).
+pub async fn firing_count(pool: &PgPool) -> anyhow::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM route_alarms")
+        .fetch_one(pool)
+        .await
+        .context("counting firing alarms")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(app: &str, mcc: &str, rate: &str, baseline: &str) -> PairAlarm {
+        PairAlarm {
+            app_id: app.into(),
+            mcc: mcc.into(),
+            country: mcc::name(mcc).into(),
+            rate: rate.into(),
+            baseline: baseline.into(),
+            backfill_number: Some("3".into()),
+            cardinal_number: Some("40".into()),
+            since: None,
+            submission_id: 1,
+            notified: false,
+        }
+    }
+
+    #[test]
+    fn the_alert_text_names_country_numbers_and_baseline_worst_first() {
+        let text = alert_text(
+            &[
+                pair("demoShop", "460", "70", "80"),
+                pair("demoShop", "510", "7.5", "80.25"),
+            ],
+            20.0,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].contains("2 routes"), "{text}");
+        assert!(lines[1].starts_with("• Indonesia (mcc 510), app demoShop: 7.5% (3 of 40 codes typed back), baseline 80.25%"), "{text}");
+        assert!(lines[2].contains("China (mcc 460)"), "{text}");
+    }
+
+    #[test]
+    fn a_long_alert_lists_twenty_pairs_and_counts_the_rest() {
+        let many: Vec<PairAlarm> = (0..25)
+            .map(|i| pair(&format!("app{i:04}"), "460", "1", "90"))
+            .collect();
+        let text = alert_text(&many, 20.0);
+        assert_eq!(text.lines().count(), 1 + MAX_TEXT_LINES + 1);
+        assert!(
+            text.ends_with("… and 5 more (backfill-reporter status)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_drop_is_baseline_minus_rate() {
+        assert_eq!(pair("a", "460", "12.5", "80").drop_points(), 67.5);
+    }
+}

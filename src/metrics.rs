@@ -1,0 +1,446 @@
+//! What the daemon tells a monitoring system: Prometheus metrics (cycles, submissions, provider
+//! latency, pending rows, alarms firing, build info) and a health verdict, served on the opt-in
+//! `[metrics] listen` address as `/metrics` and `/healthz`. The cycle and the daemon report into
+//! process-wide handles with one-line calls; this module never decides anything about reports.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use sqlx::PgPool;
+
+use crate::config::MetricsSettings;
+use crate::outcomes::{RunSummary, Trigger};
+use crate::provider::{Class, Exchange};
+
+/// How long a scrape waits for the two counts it reads from the database.
+const SCRAPE_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CycleLabels {
+    trigger: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    trigger: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubmissionLabels {
+    state: &'static str,
+    provider_status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// The metrics of this process.
+struct Metrics {
+    registry: Registry,
+    cycles: Family<CycleLabels, Counter>,
+    cycle_duration: Family<TriggerLabels, Histogram>,
+    submissions: Family<SubmissionLabels, Counter>,
+    request_duration: Family<RequestLabels, Histogram>,
+    last_success: Gauge<f64, AtomicU64>,
+    pending: Gauge,
+    alarms_firing: Gauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut registry = Registry::with_prefix("backfill_reporter");
+    let cycles = Family::<CycleLabels, Counter>::default();
+    registry.register(
+        "cycles",
+        "Cycles by trigger (schedule, once) and result (ok, failed_pairs, skipped, error)",
+        cycles.clone(),
+    );
+    let cycle_duration = Family::<TriggerLabels, Histogram>::new_with_constructor(|| {
+        Histogram::new([
+            0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+        ])
+    });
+    registry.register(
+        "cycle_duration_seconds",
+        "Time from reading the source to recording the last outcome of a cycle",
+        cycle_duration.clone(),
+    );
+    let submissions = Family::<SubmissionLabels, Counter>::default();
+    registry.register(
+        "submissions",
+        "Submissions by final state and the provider's status (none: no provider answer)",
+        submissions.clone(),
+    );
+    let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+        Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ])
+    });
+    registry.register(
+        "provider_request_duration_seconds",
+        "Latency of each request to the provider, by outcome (success, rejected, transient)",
+        request_duration.clone(),
+    );
+    let last_success = Gauge::<f64, AtomicU64>::default();
+    registry.register(
+        "last_success_timestamp_seconds",
+        "Unix time at which the last cycle that reached the database finished (0: none yet)",
+        last_success.clone(),
+    );
+    let pending = Gauge::default();
+    registry.register(
+        "pending_submissions",
+        "Submissions waiting to be sent, counted in the database at scrape time",
+        pending.clone(),
+    );
+    let alarms_firing = Gauge::default();
+    registry.register(
+        "alarms_firing",
+        "Pairs (app, MCC) whose route-health alarm is firing, counted at scrape time",
+        alarms_firing.clone(),
+    );
+    registry.register(
+        "build",
+        "The running version",
+        Info::new(BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+        }),
+    );
+    Metrics {
+        registry,
+        cycles,
+        cycle_duration,
+        submissions,
+        request_duration,
+        last_success,
+        pending,
+        alarms_firing,
+    }
+});
+
+/// A cycle's result, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CycleResult {
+    /// Every pair succeeded or was skipped.
+    Ok,
+    /// The cycle ran, but some pair failed, was invalid or is still pending.
+    FailedPairs,
+    /// Not planned here: another instance claimed the tick (it still sends its share).
+    Skipped,
+    /// The cycle stopped on an error (database, source query).
+    Error,
+}
+
+impl CycleResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::FailedPairs => "failed_pairs",
+            Self::Skipped => "skipped",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Counts one cycle; `duration` is observed for cycles that ran.
+pub fn record_cycle(trigger: Trigger, result: CycleResult, duration: Option<Duration>) {
+    let m = &*METRICS;
+    m.cycles
+        .get_or_create(&CycleLabels {
+            trigger: trigger.as_str(),
+            result: result.as_str(),
+        })
+        .inc();
+    if let Some(d) = duration {
+        m.cycle_duration
+            .get_or_create(&TriggerLabels {
+                trigger: trigger.as_str(),
+            })
+            .observe(d.as_secs_f64());
+    }
+    if matches!(result, CycleResult::Ok | CycleResult::FailedPairs) {
+        m.last_success.set(unix_now());
+    }
+}
+
+/// Counts a closed run: ok when every pair succeeded, was skipped or superseded.
+pub fn record_run(summary: &RunSummary) {
+    let result = if summary.all_good() {
+        CycleResult::Ok
+    } else {
+        CycleResult::FailedPairs
+    };
+    record_cycle(summary.trigger, result, Some(summary.duration));
+}
+
+/// The daemon's view of one tick's claim: an error means the database was not reached (or the
+/// source query failed), which `/healthz` reports until a later claim succeeds; `Ok(None)` is a
+/// tick another instance claimed.
+pub fn record_daemon_task<T>(result: &anyhow::Result<Option<T>>) {
+    match result {
+        Ok(Some(_)) => HEALTH.database.store(true, Ordering::Relaxed),
+        Ok(None) => {
+            HEALTH.database.store(true, Ordering::Relaxed);
+            record_cycle(Trigger::Schedule, CycleResult::Skipped, None);
+        }
+        Err(_) => {
+            HEALTH.database.store(false, Ordering::Relaxed);
+            record_cycle(Trigger::Schedule, CycleResult::Error, None);
+        }
+    }
+}
+
+/// Counts a submission's final state. A pair left pending (shutdown came first) is counted when
+/// it is finished later; skipped and invalid pairs, decided before any request, have no status.
+pub fn record_outcome(state: &str, provider_status: Option<&str>) {
+    let Some(state) = final_state(state) else {
+        return;
+    };
+    METRICS
+        .submissions
+        .get_or_create(&SubmissionLabels {
+            state,
+            provider_status: status_label(provider_status),
+        })
+        .inc();
+}
+
+/// [`record_outcome`] for the states decided when a run's rows are written (skipped and
+/// invalid; pending rows are counted when they finish).
+pub fn record_states<'a>(states: impl IntoIterator<Item = &'a str>) {
+    states.into_iter().for_each(|s| record_outcome(s, None));
+}
+
+fn final_state(state: &str) -> Option<&'static str> {
+    Some(match state {
+        "succeeded" => "succeeded",
+        "failed" => "failed",
+        "skipped" => "skipped",
+        "invalid" => "invalid",
+        "superseded" => "superseded",
+        _ => return None,
+    })
+}
+
+/// The documented statuses keep their value; anything else is "other", so that a provider that
+/// invents statuses cannot grow the number of series without bound.
+fn status_label(status: Option<&str>) -> &'static str {
+    match status.map(str::trim) {
+        None => "none",
+        Some("0") => "0",
+        Some("-1") => "-1",
+        Some("-2") => "-2",
+        Some("-16") => "-16",
+        Some("-18") => "-18",
+        Some("-22") => "-22",
+        Some(_) => "other",
+    }
+}
+
+/// Wraps one provider request and observes its latency by outcome.
+pub async fn timed_request<T, F>(request: F) -> Exchange<T>
+where
+    F: Future<Output = Exchange<T>>,
+{
+    let started = Instant::now();
+    let exchange = request.await;
+    let outcome = match exchange.class {
+        Class::Success => "success",
+        Class::Rejected(_) => "rejected",
+        Class::Transient => "transient",
+    };
+    METRICS
+        .request_duration
+        .get_or_create(&RequestLabels { outcome })
+        .observe(started.elapsed().as_secs_f64());
+    exchange
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// What `/healthz` answers from: the daemon sets `armed` when its schedule is running and clears
+/// it at shutdown; each background task says whether it got through (every error a cycle can
+/// end on is the database's or the source query's: provider failures are outcomes, not errors).
+pub struct Health {
+    armed: AtomicBool,
+    database: AtomicBool,
+}
+
+static HEALTH: Health = Health {
+    armed: AtomicBool::new(false),
+    // The daemon arms only after connecting and migrating, so it starts out true.
+    database: AtomicBool::new(true),
+};
+
+/// The process's health state.
+pub fn health() -> &'static Health {
+    &HEALTH
+}
+
+impl Health {
+    pub fn set_armed(&self, armed: bool) {
+        self.armed.store(armed, Ordering::Relaxed);
+    }
+
+    /// `Ok` when healthy, else why not.
+    pub fn verdict(&self) -> Result<(), &'static str> {
+        match (
+            self.armed.load(Ordering::Relaxed),
+            self.database.load(Ordering::Relaxed),
+        ) {
+            (true, true) => Ok(()),
+            (false, _) => Err("the schedule is not armed (starting or stopping)"),
+            (true, false) => Err(
+                "the last cycle failed: database unreachable or source query broken (see the log)",
+            ),
+        }
+    }
+}
+
+/// The running endpoint; dropping it stops the server.
+pub struct MetricsServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the endpoint when `[metrics] listen` is set (`None` otherwise). A port that cannot
+/// be bound is an error: the operator asked for it, and a silent absence would look like an
+/// outage to the monitoring.
+pub async fn serve(
+    settings: &MetricsSettings,
+    pool: PgPool,
+) -> anyhow::Result<Option<MetricsServer>> {
+    let Some(listen) = settings.listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding metrics.listen {listen}"))?;
+    let addr = listener
+        .local_addr()
+        .context("reading the metrics address")?;
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(healthz))
+        .with_state(pool);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics endpoint stopped: {e}");
+        }
+    });
+    tracing::info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
+    Ok(Some(MetricsServer { addr, task }))
+}
+
+async fn scrape(State(pool): State<PgPool>) -> impl IntoResponse {
+    let counts = tokio::time::timeout(
+        SCRAPE_QUERY_TIMEOUT,
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT (SELECT count(*) FROM report_submissions WHERE state = 'pending'), \
+                    (SELECT count(*) FROM route_alarms)",
+        )
+        .fetch_one(&pool),
+    )
+    .await;
+    match counts {
+        Ok(Ok((pending, firing))) => {
+            METRICS.pending.set(pending);
+            METRICS.alarms_firing.set(firing);
+        }
+        // The gauges keep their last values; /healthz and the cycle metrics show the outage.
+        Ok(Err(e)) => tracing::debug!("metrics scrape: counting pending rows: {e}"),
+        Err(_) => tracing::debug!("metrics scrape: counting pending rows timed out"),
+    }
+    let mut body = String::new();
+    match prometheus_client::encoding::prometheus_text::encode(&mut body, &METRICS.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            )],
+            body,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "encoding the metrics failed\n".to_owned(),
+        ),
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    match HEALTH.verdict() {
+        Ok(()) => (
+            StatusCode::OK,
+            "ok: the schedule is armed and the last cycle reached the database\n",
+        ),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undocumented_statuses_share_one_label() {
+        assert_eq!(status_label(Some("-22")), "-22");
+        assert_eq!(status_label(None), "none");
+        assert_eq!(status_label(Some("-29")), "other");
+        assert_eq!(status_label(Some("anything")), "other");
+    }
+
+    #[test]
+    fn pending_is_not_a_final_state() {
+        assert_eq!(final_state("pending"), None);
+        assert_eq!(final_state("failed"), Some("failed"));
+    }
+
+    #[test]
+    fn health_needs_both_an_armed_schedule_and_the_database() {
+        let h = Health {
+            armed: AtomicBool::new(false),
+            database: AtomicBool::new(true),
+        };
+        assert!(h.verdict().unwrap_err().contains("not armed"));
+        h.set_armed(true);
+        assert!(h.verdict().is_ok());
+        h.database.store(false, Ordering::Relaxed);
+        assert!(h.verdict().unwrap_err().contains("database"));
+    }
+}

@@ -1,0 +1,394 @@
+//! `status`: the state of every (app, MCC) pair at a glance: country, latest rate and outcome,
+//! baseline, a sparkline of the last 24 submitted rates and the route-health alarm. Reads the
+//! report tables only (one query); the rendering is pure so that the 80-column layout, the
+//! colours and the JSON are tested without a database.
+
+use std::fmt::Write as _;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+use crate::config::AlarmSettings;
+use crate::mcc;
+
+/// How many submitted rates the sparkline shows.
+pub const SPARK_LEN: usize = 24;
+
+/// One pair, as `status --json` prints it. Rates are numbers in percent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusRow {
+    pub app_id: String,
+    pub mcc: String,
+    /// Short country name ("unknown" for a code not in the E.212 list).
+    pub country: String,
+    /// The name ITU publishes, when the code is in the list.
+    pub country_itu: Option<String>,
+    /// The tick of the latest submission.
+    pub tick: DateTime<Utc>,
+    pub rate: Option<f64>,
+    /// The latest submission's state: succeeded, failed, skipped, invalid or pending.
+    pub state: String,
+    pub provider_status: Option<String>,
+    /// Why it failed, was skipped or invalid.
+    pub detail: Option<String>,
+    pub backfill_number: Option<String>,
+    pub cardinal_number: Option<String>,
+    /// The latest baseline the pair was judged against.
+    pub baseline: Option<f64>,
+    /// Up to the last 24 submitted rates, oldest first.
+    pub rates: Vec<f64>,
+    /// true: the alarm is firing; false: judged and fine; null: never judged (no baseline yet).
+    pub alarm: Option<bool>,
+    pub alarm_since: Option<DateTime<Utc>>,
+}
+
+/// The stored numeric(5,2) text in the form the provider is sent ("12.50" → "12.5").
+pub fn sent_form(stored: &str) -> String {
+    if stored.contains('.') {
+        stored
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_owned()
+    } else {
+        stored.to_owned()
+    }
+}
+
+/// Every pair's status, ordered by app and MCC; only `app_id`'s when given. Superseded rows
+/// (replaced before they were sent) are not "the latest outcome" of anything and are left out.
+#[tracing::instrument(skip_all)]
+pub async fn rows(pool: &PgPool, app_id: Option<&str>) -> anyhow::Result<Vec<StatusRow>> {
+    let rows = sqlx::query(
+        "WITH latest AS ( \
+             SELECT DISTINCT ON (app_id, mcc) app_id, mcc, scheduled_for, rate, state, \
+                 provider_status, COALESCE(reason, provider_reason, error) AS detail, \
+                 backfill_number, cardinal_number \
+             FROM report_submissions \
+             WHERE ($1::text IS NULL OR app_id = $1) AND state <> 'superseded' \
+             ORDER BY app_id, mcc, scheduled_for DESC, id DESC) \
+         SELECT l.app_id, l.mcc, l.scheduled_for, l.rate::float8, l.state, l.provider_status, \
+             l.detail, l.backfill_number::text, l.cardinal_number::text, \
+             COALESCE(h.rates, '{}'), b.baseline::float8, (a.app_id IS NOT NULL) AS firing, \
+             a.since, b.baseline IS NOT NULL AS judged \
+         FROM latest l \
+         LEFT JOIN LATERAL ( \
+             SELECT array_agg(x.rate::float8 ORDER BY x.scheduled_for) AS rates FROM ( \
+                 SELECT s.rate, s.scheduled_for FROM report_submissions s \
+                 WHERE s.app_id = l.app_id AND s.mcc = l.mcc AND s.rate IS NOT NULL \
+                   AND s.state IN ('succeeded', 'failed', 'pending') \
+                 ORDER BY s.scheduled_for DESC LIMIT $2) x) h ON true \
+         LEFT JOIN LATERAL ( \
+             SELECT s.baseline FROM report_submissions s \
+             WHERE s.app_id = l.app_id AND s.mcc = l.mcc AND s.baseline IS NOT NULL \
+             ORDER BY s.scheduled_for DESC LIMIT 1) b ON true \
+         LEFT JOIN route_alarms a ON a.app_id = l.app_id AND a.mcc = l.mcc \
+         ORDER BY l.app_id, l.mcc",
+    )
+    .bind(app_id)
+    .bind(SPARK_LEN as i64)
+    .fetch_all(pool)
+    .await
+    .context("reading the pairs' status from report_submissions")?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let mcc: String = r.get(1);
+            let country = mcc::lookup(&mcc);
+            let (firing, judged): (bool, bool) = (r.get(11), r.get(13));
+            StatusRow {
+                app_id: r.get(0),
+                country: country.map_or("unknown", |c| c.name).to_owned(),
+                country_itu: country.map(|c| c.itu_name.to_owned()),
+                mcc,
+                tick: r.get(2),
+                rate: r.get(3),
+                state: r.get(4),
+                provider_status: r.get(5),
+                detail: r.get(6),
+                backfill_number: r.get(7),
+                cardinal_number: r.get(8),
+                rates: r.get(9),
+                baseline: r.get(10),
+                alarm: if firing {
+                    Some(true)
+                } else {
+                    judged.then_some(false)
+                },
+                alarm_since: r.get(12),
+            }
+        })
+        .collect())
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set to anything but "" (no-color.org).
+pub fn use_color(stdout_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stdout_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// A rate as a short number: "12.5", "100", "-".
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| sent_form(&format!("{v:.2}")))
+}
+
+/// One block per rate on an absolute 0–100 scale (▁ below 12.5, █ from 87.5), oldest first, so
+/// that a collapse shows as a step down at the right end whatever the pair's usual level.
+pub fn sparkline(rates: &[f64]) -> String {
+    const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    rates
+        .iter()
+        .map(|r| BLOCKS[((r / 12.5).floor().max(0.0) as usize).min(7)])
+        .collect()
+}
+
+/// Cuts `s` to `width` characters, marking a cut with "…".
+fn fit(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(width - 1).collect();
+        out.push('…');
+        out
+    }
+}
+
+fn pad(s: &str, width: usize) -> String {
+    let s = fit(s, width);
+    let n = s.chars().count();
+    format!("{s}{}", " ".repeat(width - n))
+}
+
+fn pad_left(s: &str, width: usize) -> String {
+    let s = fit(s, width);
+    let n = s.chars().count();
+    format!("{}{s}", " ".repeat(width - n))
+}
+
+/// The latest outcome in at most 7 characters.
+fn outcome(row: &StatusRow) -> &str {
+    match row.state.as_str() {
+        "succeeded" => "ok",
+        other => other,
+    }
+}
+
+const RED: &str = "\x1b[1;31m";
+const YELLOW: &str = "\x1b[33m";
+const GREEN: &str = "\x1b[32m";
+const RESET: &str = "\x1b[0m";
+
+/// The table: one line per pair, then a legend and one line per firing alarm with the numbers
+/// the columns leave out; every line is at most 79 characters wide.
+pub fn render_table(rows: &[StatusRow], alarm: &AlarmSettings, color: bool) -> String {
+    let paint = |text: String, code: &str| {
+        if color {
+            format!("{code}{text}{RESET}")
+        } else {
+            text
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} MCC {} {} {} {} {} ALARM",
+        pad("APP", 9),
+        pad("COUNTRY", 14),
+        pad_left("RATE", 5),
+        pad_left("BASE", 5),
+        pad("LAST 24 RATES (0-100)", SPARK_LEN),
+        pad("OUTCOME", 7),
+    );
+    for r in rows {
+        let spark = sparkline(&r.rates[r.rates.len().saturating_sub(SPARK_LEN)..]);
+        let outcome_cell = pad(outcome(r), 7);
+        let outcome_cell = match r.state.as_str() {
+            "succeeded" => paint(outcome_cell, GREEN),
+            "failed" | "invalid" => paint(outcome_cell, YELLOW),
+            _ => outcome_cell,
+        };
+        let alarm_cell = match r.alarm {
+            Some(true) => paint("ALARM".to_owned(), RED),
+            Some(false) => "ok".to_owned(),
+            None => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{} {} {} {} {} {} {} {}",
+            pad(&r.app_id, 9),
+            pad(&r.mcc, 3),
+            pad(&r.country, 14),
+            pad_left(&pct(r.rate), 5),
+            pad_left(&pct(r.baseline), 5),
+            pad_left(&spark, SPARK_LEN),
+            outcome_cell,
+            alarm_cell
+        );
+    }
+    let firing: Vec<&StatusRow> = rows.iter().filter(|r| r.alarm == Some(true)).collect();
+    let _ = writeln!(
+        out,
+        "{} pair{}, {} alarm{} firing. Rates in %; BASE is the median of up to {} earlier",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" },
+        firing.len(),
+        if firing.len() == 1 { "" } else { "s" },
+        alarm.baseline_samples
+    );
+    let _ = writeln!(
+        out,
+        "succeeded reports; ALARM: the rate fell more than {} points below it.",
+        sent_form(&format!("{:.2}", alarm.drop_points))
+    );
+    for r in firing.iter().take(20) {
+        let head = format!(
+            "ALARM {} {} {}: {}% vs baseline {}%",
+            r.app_id,
+            r.mcc,
+            r.country,
+            pct(r.rate),
+            pct(r.baseline),
+        );
+        let detail = format!(
+            "      {} of {} codes typed back{}",
+            r.backfill_number.as_deref().unwrap_or("?"),
+            r.cardinal_number.as_deref().unwrap_or("?"),
+            r.alarm_since
+                .map(|s| format!("; firing since {}", s.format("%Y-%m-%d %H:%M UTC")))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(out, "{}", paint(fit(&head, 79), RED));
+        let _ = writeln!(out, "{}", fit(&detail, 79));
+    }
+    if firing.len() > 20 {
+        let _ = writeln!(
+            out,
+            "… and {} more alarms (status --json lists them all)",
+            firing.len() - 20
+        );
+    }
+    out
+}
+
+/// The rows as one JSON array.
+pub fn render_json(rows: &[StatusRow]) -> String {
+    serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(app: &str, mcc: &str, rates: &[f64], alarm: Option<bool>) -> StatusRow {
+        let country = mcc::lookup(mcc);
+        StatusRow {
+            app_id: app.into(),
+            mcc: mcc.into(),
+            country: country.map_or("unknown", |c| c.name).into(),
+            country_itu: country.map(|c| c.itu_name.into()),
+            tick: DateTime::parse_from_rfc3339("2026-02-01T00:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            rate: rates.last().copied(),
+            state: "succeeded".into(),
+            provider_status: Some("0".into()),
+            detail: None,
+            backfill_number: Some("3".into()),
+            cardinal_number: Some("40".into()),
+            baseline: Some(80.25),
+            rates: rates.to_vec(),
+            alarm,
+            alarm_since: None,
+        }
+    }
+
+    #[test]
+    fn the_sparkline_maps_0_to_100_onto_eight_blocks() {
+        assert_eq!(
+            sparkline(&[0.0, 12.49, 12.5, 50.0, 87.49, 87.5, 100.0]),
+            "▁▁▂▅▇██"
+        );
+        assert_eq!(sparkline(&[]), "");
+    }
+
+    #[test]
+    fn every_line_fits_80_columns_even_with_long_names() {
+        let rows = vec![
+            row(&"x".repeat(32), "234", &[99.99; 24], Some(true)),
+            row("demoShop", "308", &[100.0; 30], Some(false)),
+            row("demoBank", "999", &[], None),
+        ];
+        let table = render_table(&rows, &AlarmSettings::default(), false);
+        for line in table.lines() {
+            assert!(
+                line.chars().count() <= 79,
+                "{} chars: {line:?}",
+                line.chars().count()
+            );
+        }
+        let first = table.lines().nth(1).unwrap();
+        assert!(
+            first.starts_with("xxxxxxxx… 234 United Kingdom 99.99 80.25 "),
+            "{first:?}"
+        );
+        assert!(first.ends_with(" ok      ALARM"), "{first:?}");
+        let second = table.lines().nth(2).unwrap();
+        assert!(
+            second.contains(&format!(" {} ok ", "█".repeat(24))),
+            "{second:?}"
+        );
+        assert!(
+            table.contains(&format!(
+                "ALARM {} 234 United Kingdom: 99.99% vs baseline …\n      3 of 40 codes typed \
+                 back\n",
+                "x".repeat(32)
+            )),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_color(true, None));
+        assert!(use_color(true, Some(OsStr::new(""))));
+        assert!(!use_color(true, Some(OsStr::new("1"))));
+        assert!(!use_color(false, None));
+        let rows = vec![row("demoShop", "460", &[80.0, 10.0], Some(true))];
+        let plain = render_table(&rows, &AlarmSettings::default(), false);
+        assert!(!plain.contains('\x1b'), "{plain:?}");
+        let coloured = render_table(&rows, &AlarmSettings::default(), true);
+        assert!(coloured.contains("\x1b[1;31mALARM\x1b[0m"), "{coloured:?}");
+    }
+
+    #[test]
+    fn json_has_an_alarm_field_on_every_row() {
+        let rows = vec![
+            row("demoShop", "460", &[80.0, 10.0], Some(true)),
+            row("demoShop", "510", &[80.0], Some(false)),
+            row("demoShop", "404", &[80.0], None),
+        ];
+        let v: serde_json::Value = serde_json::from_str(&render_json(&rows)).unwrap();
+        let alarms: Vec<&serde_json::Value> =
+            v.as_array().unwrap().iter().map(|r| &r["alarm"]).collect();
+        assert_eq!(
+            alarms,
+            [
+                &serde_json::json!(true),
+                &serde_json::json!(false),
+                &serde_json::Value::Null
+            ]
+        );
+        assert_eq!(v[0]["rates"], serde_json::json!([80.0, 10.0]));
+        assert_eq!(v[0]["country"], "China");
+    }
+
+    #[test]
+    fn stored_rates_print_in_the_form_sent() {
+        assert_eq!(sent_form("12.50"), "12.5");
+        assert_eq!(sent_form("100.00"), "100");
+        assert_eq!(pct(Some(33.33)), "33.33");
+        assert_eq!(pct(Some(7.0)), "7");
+        assert_eq!(pct(None), "-");
+    }
+}

@@ -1,0 +1,417 @@
+//! The route-health alarm: rates judged against their pair's baseline, the verdict recorded with
+//! the submission, one WARN line, one webhook POST per pair until it recovers, and a webhook
+//! that fails never holding up a report.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Router;
+use backfill_reporter::cycle;
+use backfill_reporter::outcomes::Trigger;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{eventually, utc, TestApp, TestConfig};
+
+/// The first tick; tick `n` is `n` hours later. Windows are one hour, so each tick reports the
+/// counts seeded just before it.
+const FIRST_TICK: &str = "2026-02-01T00:00:00+08:00";
+
+fn tick(n: i64) -> DateTime<Utc> {
+    utc(FIRST_TICK) + chrono::Duration::hours(n)
+}
+
+/// How a test webhook answers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Answer {
+    Ok,
+    Fail,
+    Hang,
+}
+
+/// A local HTTP server standing in for a chat webhook: records every JSON body it gets.
+pub struct Webhook {
+    pub url: String,
+    bodies: Arc<Mutex<Vec<Value>>>,
+    answer: Arc<Mutex<Answer>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Shared = (Arc<Mutex<Vec<Value>>>, Arc<Mutex<Answer>>);
+
+async fn receive(State((bodies, answer)): State<Shared>, body: String) -> StatusCode {
+    bodies
+        .lock()
+        .unwrap()
+        .push(serde_json::from_str(&body).unwrap_or(Value::Null));
+    let answer = *answer.lock().unwrap();
+    match answer {
+        Answer::Ok => StatusCode::OK,
+        Answer::Fail => StatusCode::INTERNAL_SERVER_ERROR,
+        Answer::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            StatusCode::OK
+        }
+    }
+}
+
+impl Webhook {
+    pub async fn start(answer: Answer) -> Self {
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let answer = Arc::new(Mutex::new(answer));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route(
+                "/hooks/T000/B000/secret-token",
+                axum::routing::post(receive),
+            )
+            .with_state((bodies.clone(), answer.clone()));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url: format!("http://{addr}/hooks/T000/B000/secret-token"),
+            bodies,
+            answer,
+            task,
+        }
+    }
+
+    pub fn bodies(&self) -> Vec<Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+
+    pub fn answer(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+}
+
+/// A TestApp with one-hour windows and the given `[alarm]` lines appended to its config.
+pub async fn app_with_alarm(pool: PgPool, alarm: &str) -> TestApp {
+    let app = TestApp::with(
+        pool,
+        TestConfig {
+            window: "1h".into(),
+            ..TestConfig::default()
+        },
+    )
+    .await;
+    append_config(&app, &format!("[alarm]\n{alarm}"));
+    app
+}
+
+pub fn append_config(app: &TestApp, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&app.config_path)
+        .unwrap();
+    writeln!(f, "{text}").unwrap();
+}
+
+/// Seeds `backfilled` of `sent` for each (app, mcc) in the window of tick `n`, then runs it.
+async fn run_tick(
+    app: &TestApp,
+    n: i64,
+    pairs: &[(&str, i32, i64, i64)],
+) -> backfill_reporter::outcomes::RunSummary {
+    for &(a, mcc, sent, backfilled) in pairs {
+        app.seed(
+            a,
+            mcc,
+            tick(n) - chrono::Duration::minutes(5),
+            sent,
+            backfilled,
+        )
+        .await;
+    }
+    cycle::run(
+        &app.ctx(),
+        tick(n),
+        Trigger::Schedule,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+    .expect("the tick was not claimed before")
+}
+
+/// (baseline, alarm) of the pair's submission at tick `n`, as text.
+async fn verdict(app: &TestApp, mcc: &str, n: i64) -> (Option<String>, Option<bool>) {
+    sqlx::query_as(
+        "SELECT baseline::text, alarm FROM report_submissions WHERE mcc = $1 AND scheduled_for = $2",
+    )
+    .bind(mcc)
+    .bind(tick(n))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+async fn firing(app: &TestApp) -> Vec<(String, String, String, String)> {
+    sqlx::query_as(
+        "SELECT app_id, mcc, rate::text, baseline::text FROM route_alarms ORDER BY app_id, mcc",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+const HEALTHY: [(&str, i32, i64, i64); 2] = [("demoShop", 460, 40, 32), ("demoShop", 510, 50, 30)];
+const COLLAPSED: [(&str, i32, i64, i64); 2] = [("demoShop", 460, 40, 4), ("demoShop", 510, 50, 30)];
+
+#[sqlx::test]
+async fn a_rate_far_below_the_median_of_its_recent_reports_fires_and_is_recorded(pool: PgPool) {
+    let app = app_with_alarm(pool, "baseline_samples = 4").await;
+    // 460: 80% four times; 510: 60%.
+    for n in 0..4 {
+        run_tick(&app, n, &HEALTHY).await;
+    }
+    assert_eq!(
+        verdict(&app, "460", 0).await,
+        (None, None),
+        "no baseline yet"
+    );
+    assert_eq!(
+        verdict(&app, "460", 2).await,
+        (Some("80.00".into()), Some(false)),
+        "two earlier reports are enough for a baseline of 4 samples"
+    );
+
+    let report = run_tick(&app, 4, &COLLAPSED).await;
+
+    assert!(report.all_good(), "the alarm does not change the report");
+    assert_eq!(
+        verdict(&app, "460", 4).await,
+        (Some("80.00".into()), Some(true))
+    );
+    assert_eq!(
+        verdict(&app, "510", 4).await,
+        (Some("60.00".into()), Some(false))
+    );
+    assert_eq!(
+        firing(&app).await,
+        vec![(
+            "demoShop".into(),
+            "460".into(),
+            "10.00".into(),
+            "80.00".into()
+        )]
+    );
+    let sent: Vec<String> = app
+        .provider
+        .backfill_bodies()
+        .iter()
+        .filter(|b| b["mcc"] == "460")
+        .map(|b| b["backfillNow"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        sent,
+        ["80", "80", "80", "80", "10"],
+        "the collapsed rate is still reported"
+    );
+}
+
+#[sqlx::test]
+async fn a_drop_of_exactly_drop_points_does_not_fire_and_a_dropped_rate_stays_out_of_the_baseline(
+    pool: PgPool,
+) {
+    let app = app_with_alarm(pool, "baseline_samples = 3\ndrop_points = 30").await;
+    for n in 0..3 {
+        run_tick(&app, n, &[("demoShop", 460, 40, 32)]).await; // 80%
+    }
+    run_tick(&app, 3, &[("demoShop", 460, 40, 20)]).await; // 50%: exactly 30 points
+    assert_eq!(verdict(&app, "460", 3).await.1, Some(false));
+
+    run_tick(&app, 4, &[("demoShop", 460, 40, 8)]).await; // 20%: fires
+    run_tick(&app, 5, &[("demoShop", 460, 40, 8)]).await;
+    run_tick(&app, 6, &[("demoShop", 460, 40, 8)]).await;
+
+    // The baseline of tick 6 is the median of 80, 50 and 80 (ticks 2, 3 and 1): the dropped
+    // reports of ticks 4 and 5 are left out, so a route that stays broken keeps firing.
+    assert_eq!(
+        verdict(&app, "460", 6).await,
+        (Some("80.00".into()), Some(true))
+    );
+}
+
+#[sqlx::test]
+async fn reports_of_fewer_than_min_cardinal_codes_are_not_baseline_samples(pool: PgPool) {
+    let app = app_with_alarm(pool, "baseline_samples = 2").await;
+    run_tick(&app, 0, &[("demoShop", 460, 10, 1)]).await; // 10% of 10 codes, sent
+                                                          // The operator raises source.min_cardinal: the 10-code report is no sample any more.
+    app.write_config(&TestConfig {
+        window: "1h".into(),
+        min_cardinal: 20,
+        ..TestConfig::default()
+    });
+    append_config(&app, "[alarm]\nbaseline_samples = 2");
+    run_tick(&app, 1, &[("demoShop", 460, 40, 32)]).await; // 80%
+    run_tick(&app, 2, &[("demoShop", 460, 10, 0)]).await; // skipped: 10 < 20
+    run_tick(&app, 3, &[("demoShop", 460, 40, 2)]).await; // 5%
+
+    assert_eq!(
+        verdict(&app, "460", 2).await,
+        (None, None),
+        "a skipped pair is not judged"
+    );
+    assert_eq!(
+        verdict(&app, "460", 3).await,
+        (Some("80.00".into()), Some(true)),
+        "the baseline is tick 1 alone, not the median of 10 and 80"
+    );
+}
+
+#[sqlx::test]
+async fn the_webhook_gets_one_alert_per_pair_until_it_recovers(pool: PgPool) {
+    let hook = Webhook::start(Answer::Ok).await;
+    let app = app_with_alarm(
+        pool,
+        &format!("baseline_samples = 4\nwebhook_url = {:?}", hook.url),
+    )
+    .await;
+    for n in 0..4 {
+        run_tick(&app, n, &HEALTHY).await;
+    }
+
+    run_tick(&app, 4, &COLLAPSED).await;
+    eventually(
+        Duration::from_secs(10),
+        "the alert is marked as sent",
+        || async {
+            app.count("SELECT count(*) FROM route_alarms WHERE notified_at IS NOT NULL")
+                .await
+                == 1
+        },
+    )
+    .await;
+    run_tick(&app, 5, &COLLAPSED).await; // still down: no second alert
+    run_tick(&app, 6, &HEALTHY).await; // recovered
+    eventually(Duration::from_secs(10), "the recovery message", || async {
+        hook.bodies().len() == 2
+    })
+    .await;
+    run_tick(&app, 7, &COLLAPSED).await; // down again: a new alert
+    eventually(Duration::from_secs(10), "the second alert", || async {
+        hook.bodies().len() == 3
+    })
+    .await;
+
+    let bodies = hook.bodies();
+    let statuses: Vec<&str> = bodies
+        .iter()
+        .map(|b| b["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["firing", "resolved", "firing"]);
+    let text = bodies[0]["text"].as_str().unwrap();
+    assert!(
+        text.contains(
+            "• China (mcc 460), app demoShop: 10% (4 of 40 codes typed back), baseline 80%"
+        ),
+        "{text}"
+    );
+    assert_eq!(bodies[0]["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(bodies[0]["alerts"][0]["country"], "China");
+    assert_eq!(bodies[0]["alerts"][0]["rate"], "10");
+    assert!(bodies[1]["text"]
+        .as_str()
+        .unwrap()
+        .contains("1 route recovered"));
+}
+
+#[sqlx::test]
+async fn a_webhook_that_hangs_or_fails_never_delays_or_fails_a_report(pool: PgPool) {
+    let hook = Webhook::start(Answer::Hang).await;
+    let app = app_with_alarm(
+        pool,
+        &format!("baseline_samples = 4\nwebhook_url = {:?}", hook.url),
+    )
+    .await;
+    for n in 0..4 {
+        run_tick(&app, n, &HEALTHY).await;
+    }
+
+    let started = Instant::now();
+    let report = run_tick(&app, 4, &COLLAPSED).await;
+    let took = started.elapsed();
+
+    assert!(report.all_good());
+    assert_eq!(app.provider.backfill_bodies().len(), 10);
+    eventually(Duration::from_secs(10), "the webhook is called", || async {
+        !hook.bodies().is_empty()
+    })
+    .await;
+    assert!(
+        took < Duration::from_secs(5),
+        "the cycle waited for the webhook: {took:?}"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM route_alarms WHERE notified_at IS NULL")
+            .await,
+        1,
+        "an alert the webhook did not take stays unsent"
+    );
+
+    // A webhook that answers 500 is retried in the background; the next tick's report is
+    // unaffected, and the alert is sent once the webhook works again.
+    hook.answer(Answer::Fail);
+    let report = run_tick(&app, 5, &COLLAPSED).await;
+    assert!(report.all_good());
+    hook.answer(Answer::Ok);
+    run_tick(&app, 6, &COLLAPSED).await;
+    eventually(
+        Duration::from_secs(15),
+        "the alert is sent once the webhook works",
+        || async {
+            app.count("SELECT count(*) FROM route_alarms WHERE notified_at IS NOT NULL")
+                .await
+                == 1
+        },
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn run_once_logs_one_warn_line_naming_the_country_the_numbers_and_the_baseline(pool: PgPool) {
+    let app = app_with_alarm(pool, "baseline_samples = 4").await;
+    // History at past hourly ticks, then the collapse in the hour before now.
+    let now = Utc::now();
+    for h in (2..6).rev() {
+        let t = now - chrono::Duration::hours(h);
+        app.seed("demoShop", 460, t - chrono::Duration::minutes(5), 40, 32)
+            .await;
+        cycle::run(&app.ctx(), t, Trigger::Schedule, &CancellationToken::new())
+            .await
+            .unwrap();
+    }
+    app.seed("demoShop", 460, now - chrono::Duration::minutes(10), 40, 4)
+        .await;
+
+    let (code, _out, err) = app.run(&["run", "--once"]).await;
+
+    assert_eq!(code, 0, "{err}");
+    let warns: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("backfill rate"))
+        .collect();
+    assert_eq!(warns.len(), 1, "{err}");
+    assert!(
+        warns[0].contains(
+            "backfill rate for China (mcc 460) of app demoShop fell to 10% (4 of 40 codes typed \
+             back), 70.00 points below its baseline of 80%"
+        ),
+        "{}",
+        warns[0]
+    );
+}

@@ -1,0 +1,263 @@
+//! `/metrics` and `/healthz` of a running daemon, scraped over HTTP as Prometheus would.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+
+use crate::alarm::append_config;
+use crate::helpers::{eventually, TestApp, TestConfig};
+
+/// The daemon as a process, its stderr collected, its metrics address read from the log.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(app: &TestApp) -> Self {
+        let mut child = app
+            .command(&["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the daemon starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// `http://127.0.0.1:PORT`, from the daemon's "metrics on …" line (it binds port 0).
+    async fn base_url(&self) -> String {
+        eventually(
+            Duration::from_secs(15),
+            "the metrics endpoint line",
+            || async { self.log().contains("metrics on http://") },
+        )
+        .await;
+        let log = self.log();
+        let at = log.find("metrics on http://").unwrap() + "metrics on ".len();
+        let url = log[at..].split_whitespace().next().unwrap();
+        url.trim_end_matches(',')
+            .trim_end_matches("/metrics")
+            .to_owned()
+    }
+
+    async fn stop(mut self) -> i32 {
+        let pid = self.child.id().expect("running").to_string();
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await;
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("the daemon exits within 20 s of SIGTERM")
+            .unwrap();
+        status.code().unwrap_or(-1)
+    }
+}
+
+async fn get(url: &str) -> (u16, String, String) {
+    let r = reqwest::get(url).await.expect("the endpoint answers");
+    let status = r.status().as_u16();
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, content_type, r.text().await.unwrap())
+}
+
+/// The value of the sample whose line starts with `series` (name and labels, exactly).
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn every_two_seconds() -> TestConfig {
+    TestConfig {
+        cron: "*/2 * * * * *".into(),
+        ..TestConfig::default()
+    }
+}
+
+/// A schedule whose only tick in the next day is a few seconds from now, so that the counters
+/// hold still once its cycle is done.
+fn one_tick_soon() -> TestConfig {
+    use chrono::Timelike;
+    let t = chrono::Utc::now() + chrono::Duration::seconds(8);
+    TestConfig {
+        cron: format!("{} {} {} * * *", t.second(), t.minute(), t.hour()),
+        timezone: "UTC".into(),
+        ..TestConfig::default()
+    }
+}
+
+#[sqlx::test]
+async fn a_scrape_after_a_cycle_counts_the_cycle_its_submissions_and_their_latency(pool: PgPool) {
+    let app = TestApp::with(pool, one_tick_soon()).await;
+    append_config(&app, "[metrics]\nlisten = \"127.0.0.1:0\"");
+    let recent = chrono::Utc::now() - chrono::Duration::minutes(30);
+    app.seed("metricsA", 460, recent, 10, 4).await;
+    app.seed("metricsB", 510, recent, 10, 9).await;
+    app.seed("metricsC", 404, recent, 0, 0).await; // skipped: nothing sent
+
+    let daemon = Daemon::start(&app);
+    let base = daemon.base_url().await;
+    eventually(
+        Duration::from_secs(20),
+        "the cycle in the metrics",
+        || async {
+            let (_, _, body) = get(&format!("{base}/metrics")).await;
+            sample(
+                &body,
+                r#"backfill_reporter_cycles_total{trigger="schedule",result="ok"}"#,
+            )
+            .is_some()
+        },
+    )
+    .await;
+    let (status, content_type, body) = get(&format!("{base}/metrics")).await;
+    let (health, _, health_body) = get(&format!("{base}/healthz")).await;
+    let code = daemon.stop().await;
+
+    assert_eq!(code, 0);
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let value = |series: &str| sample(&body, series).unwrap_or_else(|| panic!("{series}:\n{body}"));
+    assert_eq!(
+        value(r#"backfill_reporter_cycles_total{trigger="schedule",result="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"backfill_reporter_submissions_total{state="succeeded",provider_status="0"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"backfill_reporter_submissions_total{state="skipped",provider_status="none"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"backfill_reporter_provider_request_duration_seconds_count{outcome="success"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"backfill_reporter_cycle_duration_seconds_count{trigger="schedule"}"#),
+        1.0
+    );
+    let last = value("backfill_reporter_last_success_timestamp_seconds");
+    assert!(
+        (chrono::Utc::now().timestamp() as f64 - last).abs() < 60.0,
+        "{last}"
+    );
+    assert_eq!(value("backfill_reporter_pending_submissions"), 0.0);
+    assert_eq!(value("backfill_reporter_alarms_firing"), 0.0);
+    assert_eq!(
+        value(&format!(
+            "backfill_reporter_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM report_submissions WHERE state = 'succeeded'")
+            .await,
+        2,
+        "the database agrees"
+    );
+    assert_eq!(health, 200, "{health_body}");
+}
+
+#[sqlx::test]
+async fn healthz_is_503_while_cycles_fail_and_200_again_once_one_succeeds(pool: PgPool) {
+    let query = "SELECT app_id, mcc, backfilled AS backfill_number, sent AS cardinal_number \
+                 FROM probe_counts WHERE at >= $1 AND at < $2";
+    let app = TestApp::with(
+        pool,
+        TestConfig {
+            query: Some(query.into()),
+            ..every_two_seconds()
+        },
+    )
+    .await;
+    append_config(&app, "[metrics]\nlisten = \"127.0.0.1:0\"");
+    let create = "CREATE TABLE probe_counts (app_id text, mcc text, at timestamptz, \
+                  sent bigint, backfilled bigint)";
+    sqlx::query(create).execute(&app.pool).await.unwrap();
+
+    let daemon = Daemon::start(&app);
+    let base = daemon.base_url().await;
+    let healthz = format!("{base}/healthz");
+    eventually(Duration::from_secs(15), "healthy once armed", || async {
+        get(&healthz).await.0 == 200
+    })
+    .await;
+
+    // The source breaks: every cycle now fails before recording anything.
+    sqlx::query("DROP TABLE probe_counts")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "503 after a failed cycle",
+        || async { get(&healthz).await.0 == 503 },
+    )
+    .await;
+    let (_, _, why) = get(&healthz).await;
+    let (_, _, metrics) = get(&format!("{base}/metrics")).await;
+
+    sqlx::query(create).execute(&app.pool).await.unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "200 after a good cycle",
+        || async { get(&healthz).await.0 == 200 },
+    )
+    .await;
+    daemon.stop().await;
+
+    assert!(why.contains("last cycle"), "{why}");
+    assert!(
+        sample(
+            &metrics,
+            r#"backfill_reporter_cycles_total{trigger="schedule",result="error"}"#
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{metrics}"
+    );
+}
+
+#[sqlx::test]
+async fn without_metrics_listen_no_endpoint_is_opened(pool: PgPool) {
+    let app = TestApp::with(pool, every_two_seconds()).await;
+
+    let daemon = Daemon::start(&app);
+    eventually(Duration::from_secs(15), "the start-up line", || async {
+        daemon.log().contains("started")
+    })
+    .await;
+    let log = daemon.log();
+    daemon.stop().await;
+
+    assert!(!log.contains("metrics on"), "{log}");
+}

@@ -1,0 +1,133 @@
+//! `status` through the binary: one line per pair that fits 80 columns, the collapsing country
+//! flagged, no colour when not on a terminal, and `--json` with an `alarm` field per row.
+
+use backfill_reporter::cycle;
+use backfill_reporter::outcomes::Trigger;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::alarm::app_with_alarm;
+use crate::helpers::{utc, TestApp};
+
+/// Five hourly ticks: demoShop/460 at 80% then 10%, demoShop/510 at 60%, demoBank/404 once.
+async fn history(app: &TestApp) {
+    for n in 0..5 {
+        let tick = utc("2026-02-01T00:00:00+08:00") + chrono::Duration::hours(n);
+        let bucket = tick - chrono::Duration::minutes(5);
+        let backfilled_460 = if n == 4 { 4 } else { 32 };
+        app.seed("demoShop", 460, bucket, 40, backfilled_460).await;
+        app.seed("demoShop", 510, bucket, 50, 30).await;
+        if n == 4 {
+            app.seed("demoBank", 404, bucket, 8, 7).await;
+        }
+        cycle::run(
+            &app.ctx(),
+            tick,
+            Trigger::Schedule,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+#[sqlx::test]
+async fn status_shows_each_pair_with_its_country_sparkline_and_the_collapse_flagged(pool: PgPool) {
+    let app = app_with_alarm(pool, "baseline_samples = 4").await;
+    history(&app).await;
+
+    let (code, out, err) = app.run(&["status"]).await;
+
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains('\x1b'), "no colour on a pipe: {out:?}");
+    for line in out.lines() {
+        assert!(line.chars().count() <= 79, "too wide: {line:?}");
+    }
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("APP       MCC COUNTRY         RATE  BASE LAST 24 RATES"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[1],
+        "demoBank  404 India           87.5     -                        █ ok      -"
+    );
+    assert_eq!(
+        lines[2],
+        "demoShop  460 China             10    80                    ▇▇▇▇▁ ok      ALARM"
+    );
+    assert_eq!(
+        lines[3],
+        "demoShop  510 Indonesia         60    60                    ▅▅▅▅▅ ok      ok"
+    );
+    assert!(out.contains("3 pairs, 1 alarm firing."), "{out}");
+    assert_eq!(lines[6], "ALARM demoShop 460 China: 10% vs baseline 80%");
+    assert!(
+        lines[7].starts_with("      4 of 40 codes typed back; firing since "),
+        "{out}"
+    );
+    assert!(lines[7].ends_with(" UTC"), "{out}");
+}
+
+#[sqlx::test]
+async fn status_json_has_one_object_per_pair_with_an_alarm_field(pool: PgPool) {
+    let app = app_with_alarm(pool, "baseline_samples = 4").await;
+    history(&app).await;
+
+    let (code, out, err) = app.run(&["status", "--json"]).await;
+
+    assert_eq!(code, 0, "{err}");
+    let rows: Value = serde_json::from_str(&out).expect("one JSON document");
+    let rows = rows.as_array().unwrap();
+    let by_pair = |app_id: &str, mcc: &str| {
+        rows.iter()
+            .find(|r| r["app_id"] == app_id && r["mcc"] == mcc)
+            .unwrap_or_else(|| panic!("{app_id}/{mcc} in {out}"))
+            .clone()
+    };
+    let collapsed = by_pair("demoShop", "460");
+    assert_eq!(collapsed["alarm"], true);
+    assert_eq!(collapsed["country"], "China");
+    assert_eq!(collapsed["country_itu"], "China (People's Republic of)");
+    assert_eq!(collapsed["rate"], 10.0);
+    assert_eq!(collapsed["baseline"], 80.0);
+    assert_eq!(
+        collapsed["rates"],
+        serde_json::json!([80.0, 80.0, 80.0, 80.0, 10.0])
+    );
+    assert_eq!(collapsed["state"], "succeeded");
+    assert!(collapsed["alarm_since"].is_string());
+    assert_eq!(by_pair("demoShop", "510")["alarm"], false);
+    assert_eq!(by_pair("demoBank", "404")["alarm"], Value::Null);
+    assert_eq!(rows.len(), 3);
+}
+
+#[sqlx::test]
+async fn status_app_id_limits_the_rows_and_a_bad_one_exits_2(pool: PgPool) {
+    let app = app_with_alarm(pool, "baseline_samples = 4").await;
+    history(&app).await;
+
+    let (code, out, err) = app.run(&["status", "--app-id", "demoBank", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(rows[0]["app_id"], "demoBank");
+
+    let (code, _, err) = app.run(&["status", "--app-id", "ab"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("--app-id"), "{err}");
+}
+
+#[sqlx::test]
+async fn status_on_an_empty_database_says_so(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+
+    let (code, out, err) = app.run(&["status"]).await;
+
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("0 pairs, 0 alarms firing."), "{out}");
+    let (code, out, _) = app.run(&["status", "--json"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "[]");
+}
