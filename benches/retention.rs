@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backfill_reporter::retention::{self, Table};
+use backfill_reporter::retention;
 use chrono::Utc;
 use sqlx::PgPool;
 use support::{env_or, BenchDb};
@@ -81,18 +81,28 @@ async fn run(db: &BenchDb, rows: i64) -> anyhow::Result<()> {
     let cutoff = retention::cutoff(Utc::now(), Duration::from_secs(90 * 86_400));
     let started = Instant::now();
     let (mut deleted, mut batches, mut longest) = (0u64, 0u64, Duration::ZERO);
-    for table in [Table::Submissions, Table::Runs] {
-        loop {
-            let t = Instant::now();
-            let n = retention::prune_batch(&pool, table, cutoff).await?;
-            longest = longest.max(t.elapsed());
-            batches += 1;
-            if table == Table::Submissions {
+    let mut timed = |t: Instant| {
+        longest = longest.max(t.elapsed());
+        batches += 1;
+    };
+    loop {
+        let runs = retention::old_runs(&pool, cutoff).await?;
+        if runs.is_empty() {
+            break;
+        }
+        for run_id in runs {
+            loop {
+                let t = Instant::now();
+                let n = retention::delete_submissions(&pool, run_id).await?;
+                timed(t);
                 deleted += n;
+                if n < retention::BATCH as u64 {
+                    break;
+                }
             }
-            if n < retention::BATCH as u64 {
-                break;
-            }
+            let t = Instant::now();
+            retention::delete_run(&pool, run_id).await?;
+            timed(t);
         }
     }
     let took = started.elapsed();
@@ -102,7 +112,7 @@ async fn run(db: &BenchDb, rows: i64) -> anyhow::Result<()> {
         .fetch_one(&pool)
         .await?;
     println!(
-        "retention: pruned {deleted} submissions older than 90 days in {:.1} s ({:.0} rows/s, {batches} batches of {}, longest batch {:.0} ms); {left} rows left",
+        "retention: pruned {deleted} submissions older than 90 days in {:.1} s ({:.0} rows/s, {batches} statements of at most {} rows, longest {:.0} ms); {left} rows left",
         took.as_secs_f64(),
         deleted as f64 / took.as_secs_f64(),
         retention::BATCH,

@@ -25,20 +25,29 @@ pub fn cutoff(now: DateTime<Utc>, keep: Duration) -> DateTime<Utc> {
     now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX)
 }
 
-/// Deletes everything scheduled before `cutoff`, batch by batch, then the runs left empty.
+/// Deletes every finished run scheduled before `cutoff`, oldest first: its submissions in
+/// batches through the run's index, then the run itself. Going run by run, no statement has to
+/// ask whether a run is empty (a probe that would walk the index entries the deletes just left
+/// dead). An unfinished run still has pending rows and is kept.
 #[tracing::instrument(skip_all, fields(%cutoff), err)]
 pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Pruned> {
     let mut pruned = Pruned::default();
-    for table in [Table::Submissions, Table::Runs] {
-        loop {
-            let n = prune_batch(pool, table, cutoff).await?;
-            match table {
-                Table::Submissions => pruned.submissions += n,
-                Table::Runs => pruned.runs += n,
+    loop {
+        let runs = old_runs(pool, cutoff).await?;
+        let before = pruned;
+        for run_id in runs {
+            loop {
+                let n = delete_submissions(pool, run_id).await?;
+                pruned.submissions += n;
+                if n < BATCH as u64 {
+                    break;
+                }
             }
-            if n < BATCH as u64 {
-                break;
-            }
+            pruned.runs += delete_run(pool, run_id).await?;
+        }
+        // Nothing left, or only runs another instance is pruning right now.
+        if pruned == before {
+            break;
         }
     }
     if pruned != Pruned::default() {
@@ -51,40 +60,46 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Prune
     Ok(pruned)
 }
 
-/// What a batch deletes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Table {
-    Submissions,
-    /// Runs scheduled before the cutoff that no longer have submissions.
-    Runs,
+/// Up to 100 finished runs scheduled before `cutoff` without pending rows, oldest first.
+pub async fn old_runs(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "SELECT id FROM report_runs r WHERE scheduled_for < $1 AND finished_at IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM report_submissions s \
+               WHERE s.run_id = r.id AND s.state = 'pending') \
+         ORDER BY scheduled_for, id LIMIT 100",
+    )
+    .bind(cutoff)
+    .fetch_all(pool)
+    .await
+    .context("finding old runs")
 }
 
-/// One batch: at most [`BATCH`] rows, one short statement. Returns how many were deleted.
-pub async fn prune_batch(
-    pool: &PgPool,
-    table: Table,
-    cutoff: DateTime<Utc>,
-) -> anyhow::Result<u64> {
-    let sql = match table {
-        Table::Submissions => {
-            "WITH doomed AS (SELECT id FROM report_submissions \
-                 WHERE scheduled_for < $1 AND state <> 'pending' \
-                 ORDER BY scheduled_for LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             DELETE FROM report_submissions s USING doomed WHERE s.id = doomed.id"
-        }
-        Table::Runs => {
-            "WITH doomed AS (SELECT id FROM report_runs r \
-                 WHERE scheduled_for < $1 AND finished_at IS NOT NULL \
-                   AND NOT EXISTS (SELECT 1 FROM report_submissions s WHERE s.run_id = r.id) \
-                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             DELETE FROM report_runs r USING doomed WHERE r.id = doomed.id"
-        }
-    };
-    let done = sqlx::query(sql)
-        .bind(cutoff)
-        .bind(BATCH)
-        .execute(pool)
-        .await
-        .with_context(|| format!("deleting old {table:?}"))?;
+/// One batch: at most [`BATCH`] submissions of the run, one short statement. Rows another
+/// transaction holds are skipped, never waited on.
+pub async fn delete_submissions(pool: &PgPool, run_id: i64) -> anyhow::Result<u64> {
+    let done = sqlx::query(
+        "WITH doomed AS (SELECT id FROM report_submissions \
+             WHERE run_id = $1 AND state <> 'pending' LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         DELETE FROM report_submissions s USING doomed WHERE s.id = doomed.id",
+    )
+    .bind(run_id)
+    .bind(BATCH)
+    .execute(pool)
+    .await
+    .context("deleting old submissions")?;
+    Ok(done.rows_affected())
+}
+
+/// The run, once its submissions are gone (a row still there keeps it: the foreign key would
+/// otherwise delete it with the run in one long statement).
+pub async fn delete_run(pool: &PgPool, run_id: i64) -> anyhow::Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM report_runs r WHERE id = $1 \
+         AND NOT EXISTS (SELECT 1 FROM report_submissions s WHERE s.run_id = r.id)",
+    )
+    .bind(run_id)
+    .execute(pool)
+    .await
+    .context("deleting an old run")?;
     Ok(done.rows_affected())
 }
