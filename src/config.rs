@@ -185,147 +185,194 @@ pub fn from_toml(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<Settings> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(text, &e))?;
-    let env = |name: &str| env(name).filter(|v| !v.is_empty());
+    let outside = Outside { env };
     let mut warnings = Vec::new();
-    // systemd's LoadCredential= puts each credential in a file under $CREDENTIALS_DIRECTORY.
-    let credential = |name: &str| {
-        env("CREDENTIALS_DIRECTORY")
-            .map(|dir| PathBuf::from(dir).join(name))
-            .filter(|path| path.exists())
-    };
-
-    let p = raw.provider;
-    let base_url = p
-        .base_url
-        .unwrap_or_else(|| "https://api.itniotech.com/otp".to_owned());
-    let base_url = validate_base_url(&base_url).context("provider.base_url")?;
-    let api_key = env("BACKFILL_REPORTER_API_KEY")
-        .or(p.api_key)
-        .context("provider.api_key is not set (or BACKFILL_REPORTER_API_KEY)")?;
-    if api_key.trim().is_empty() || api_key.chars().any(|c| c.is_control()) {
-        bail!("provider.api_key is empty or has control characters");
-    }
-    if p.api_secret.is_some() && p.api_secret_file.is_some() {
-        bail!("provider.api_secret and provider.api_secret_file are both set: keep one");
-    }
-    let api_secret = if let Some(secret) = env("BACKFILL_REPORTER_API_SECRET") {
-        Some(SecretString::from(secret))
-    } else if let Some(path) = credential("api_secret") {
-        Some(read_secret_file(&path).context("systemd credential api_secret")?)
-    } else if let Some(file) = &p.api_secret_file {
-        warnings.extend(secret_file_warning(file));
-        Some(read_secret_file(file).context("provider.api_secret_file")?)
-    } else {
-        p.api_secret
-    };
-    if let Some(secret) = &api_secret {
-        let s = secret.expose_secret();
-        if s.is_empty() || s.chars().any(|c| c.is_control()) {
-            bail!("provider.api_secret is empty or has control characters");
-        }
-    }
-    let provider = ProviderSettings {
-        base_url,
-        api_key,
-        api_secret,
-        request_timeout: bounded_duration(
-            "provider.request_timeout",
-            duration(p.request_timeout, "10s", "provider.request_timeout")?,
-            REQUEST_TIMEOUT,
-        )?,
-        max_in_flight: bounded(
-            "provider.max_in_flight",
-            p.max_in_flight.unwrap_or(8),
-            MAX_IN_FLIGHT,
-        )?,
-        max_attempts: at_least("provider.max_attempts", p.max_attempts, 1)?,
-        retry_backoff: duration(p.retry_backoff, "500ms", "provider.retry_backoff")?,
-        retry_deadline: p
-            .retry_deadline
-            .map(|d| {
-                let d = duration(Some(d), "", "provider.retry_deadline")?;
-                bounded_duration("provider.retry_deadline", d, RETRY_DEADLINE)
-            })
-            .transpose()?,
-    };
-
-    let d = raw.database;
-    let database = DatabaseSettings {
-        url: match env("DATABASE_URL") {
-            Some(url) => Some(SecretString::from(url)),
-            None => match credential("database_url") {
-                Some(path) => {
-                    Some(read_secret_file(&path).context("systemd credential database_url")?)
-                }
-                None => d.url,
-            },
-        },
-        max_connections: bounded(
-            "database.max_connections",
-            d.max_connections.unwrap_or(5),
-            MAX_CONNECTIONS,
-        )?,
-        statement_timeout: bounded_duration(
-            "database.statement_timeout",
-            duration(d.statement_timeout, "60s", "database.statement_timeout")?,
-            STATEMENT_TIMEOUT,
-        )?,
-        keep: bounded_duration(
-            "database.keep",
-            duration(d.keep, "90days", "database.keep")?,
-            KEEP,
-        )?,
-        ca_file: d
-            .ca_file
-            .map(|f| readable_file("database.ca_file", f))
-            .transpose()?,
-    };
-
-    let s = raw.source;
-    let window = bounded_duration(
-        "source.window",
-        duration(s.window, "24h", "source.window")?,
-        WINDOW,
-    )?;
-    let query = s.query.filter(|q| !q.trim().is_empty());
-    if let Some(q) = &query {
-        if !q.contains("$1") || !q.contains("$2") {
-            bail!("source.query must use $1 (window start) and $2 (window end)");
-        }
-    }
-    let apps = s
-        .apps
-        .unwrap_or_default()
-        .iter()
-        .map(|a| AppId::parse(a))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("source.apps: {e}"))?;
-    let source = SourceSettings {
-        window,
-        query,
-        min_cardinal: s.min_cardinal.unwrap_or(1),
-        apps,
-    };
-
-    let c = raw.schedule;
-    let cron_text = c.cron.unwrap_or_else(|| "*/10 * * * *".to_owned());
-    let cron = Schedule::parse(&cron_text)
-        .map_err(|e| anyhow::anyhow!("schedule.cron {cron_text:?}: {e}"))?;
-    let tz_text = c.timezone.unwrap_or_else(|| "UTC".to_owned());
-    let timezone: Tz = tz_text.parse().map_err(|_| {
-        anyhow::anyhow!("schedule.timezone {tz_text:?} is not an IANA time zone name (such as \"Asia/Shanghai\" or \"UTC\")")
-    })?;
-
+    let credential = |name: &str| outside.credential(name);
     Ok(Settings {
         path: path.to_path_buf(),
-        provider,
-        database,
-        source,
-        schedule: ScheduleSettings { cron, timezone },
+        provider: raw.provider.validate(&outside, &mut warnings)?,
+        database: raw.database.validate(&outside)?,
+        source: raw.source.validate()?,
+        schedule: raw.schedule.validate()?,
         alarm: alarm_settings(raw.alarm, &credential)?,
         metrics: metrics_settings(raw.metrics)?,
         warnings,
     })
+}
+
+/// Where settings come from besides the file: the environment, and systemd credentials (which
+/// `LoadCredential=` puts in files under `$CREDENTIALS_DIRECTORY`).
+struct Outside<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Outside<'_> {
+    /// A variable that is set and not empty.
+    fn var(&self, name: &str) -> Option<String> {
+        (self.env)(name).filter(|v| !v.is_empty())
+    }
+
+    fn credential(&self, name: &str) -> Option<PathBuf> {
+        self.var("CREDENTIALS_DIRECTORY")
+            .map(|dir| PathBuf::from(dir).join(name))
+            .filter(|path| path.exists())
+    }
+}
+
+impl RawProvider {
+    fn validate(
+        self,
+        outside: &Outside,
+        warnings: &mut Vec<String>,
+    ) -> anyhow::Result<ProviderSettings> {
+        let base_url = self
+            .base_url
+            .as_deref()
+            .unwrap_or("https://api.itniotech.com/otp");
+        let base_url = validate_base_url(base_url).context("provider.base_url")?;
+        let api_key = outside
+            .var("BACKFILL_REPORTER_API_KEY")
+            .or(self.api_key)
+            .context("provider.api_key is not set (or BACKFILL_REPORTER_API_KEY)")?;
+        if api_key.trim().is_empty() || api_key.chars().any(|c| c.is_control()) {
+            bail!("provider.api_key is empty or has control characters");
+        }
+        let api_secret = Self::secret(self.api_secret, self.api_secret_file, outside, warnings)?;
+        Ok(ProviderSettings {
+            base_url,
+            api_key,
+            api_secret,
+            request_timeout: bounded_duration(
+                "provider.request_timeout",
+                duration(self.request_timeout, "10s", "provider.request_timeout")?,
+                REQUEST_TIMEOUT,
+            )?,
+            max_in_flight: bounded(
+                "provider.max_in_flight",
+                self.max_in_flight.unwrap_or(8),
+                MAX_IN_FLIGHT,
+            )?,
+            max_attempts: at_least("provider.max_attempts", self.max_attempts, 1)?,
+            retry_backoff: duration(self.retry_backoff, "500ms", "provider.retry_backoff")?,
+            retry_deadline: self
+                .retry_deadline
+                .map(|d| {
+                    let d = duration(Some(d), "", "provider.retry_deadline")?;
+                    bounded_duration("provider.retry_deadline", d, RETRY_DEADLINE)
+                })
+                .transpose()?,
+        })
+    }
+
+    /// The API secret, by precedence: environment, credential, file, inline.
+    fn secret(
+        inline: Option<SecretString>,
+        file: Option<PathBuf>,
+        outside: &Outside,
+        warnings: &mut Vec<String>,
+    ) -> anyhow::Result<Option<SecretString>> {
+        if inline.is_some() && file.is_some() {
+            bail!("provider.api_secret and provider.api_secret_file are both set: keep one");
+        }
+        let secret = if let Some(secret) = outside.var("BACKFILL_REPORTER_API_SECRET") {
+            Some(SecretString::from(secret))
+        } else if let Some(path) = outside.credential("api_secret") {
+            Some(read_secret_file(&path).context("systemd credential api_secret")?)
+        } else if let Some(file) = &file {
+            warnings.extend(secret_file_warning(file));
+            Some(read_secret_file(file).context("provider.api_secret_file")?)
+        } else {
+            inline
+        };
+        if let Some(secret) = &secret {
+            let s = secret.expose_secret();
+            if s.is_empty() || s.chars().any(|c| c.is_control()) {
+                bail!("provider.api_secret is empty or has control characters");
+            }
+        }
+        Ok(secret)
+    }
+}
+
+impl RawDatabase {
+    fn validate(self, outside: &Outside) -> anyhow::Result<DatabaseSettings> {
+        // Precedence: environment, credential, file.
+        let url = match outside.var("DATABASE_URL") {
+            Some(url) => Some(SecretString::from(url)),
+            None => match outside.credential("database_url") {
+                Some(path) => {
+                    Some(read_secret_file(&path).context("systemd credential database_url")?)
+                }
+                None => self.url,
+            },
+        };
+        Ok(DatabaseSettings {
+            url,
+            max_connections: bounded(
+                "database.max_connections",
+                self.max_connections.unwrap_or(5),
+                MAX_CONNECTIONS,
+            )?,
+            statement_timeout: bounded_duration(
+                "database.statement_timeout",
+                duration(self.statement_timeout, "60s", "database.statement_timeout")?,
+                STATEMENT_TIMEOUT,
+            )?,
+            keep: bounded_duration(
+                "database.keep",
+                duration(self.keep, "90days", "database.keep")?,
+                KEEP,
+            )?,
+            ca_file: self
+                .ca_file
+                .map(|f| readable_file("database.ca_file", f))
+                .transpose()?,
+        })
+    }
+}
+
+impl RawSource {
+    fn validate(self) -> anyhow::Result<SourceSettings> {
+        let window = bounded_duration(
+            "source.window",
+            duration(self.window, "24h", "source.window")?,
+            WINDOW,
+        )?;
+        let query = self.query.filter(|q| !q.trim().is_empty());
+        if let Some(q) = &query {
+            if !q.contains("$1") || !q.contains("$2") {
+                bail!("source.query must use $1 (window start) and $2 (window end)");
+            }
+        }
+        let apps = self
+            .apps
+            .unwrap_or_default()
+            .iter()
+            .map(|a| AppId::parse(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("source.apps: {e}"))?;
+        Ok(SourceSettings {
+            window,
+            query,
+            min_cardinal: self.min_cardinal.unwrap_or(1),
+            apps,
+        })
+    }
+}
+
+impl RawSchedule {
+    fn validate(self) -> anyhow::Result<ScheduleSettings> {
+        let cron_text = self.cron.unwrap_or_else(|| "*/10 * * * *".to_owned());
+        let cron = Schedule::parse(&cron_text)
+            .map_err(|e| anyhow::anyhow!("schedule.cron {cron_text:?}: {e}"))?;
+        let tz_text = self.timezone.unwrap_or_else(|| "UTC".to_owned());
+        let timezone: Tz = tz_text.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "schedule.timezone {tz_text:?} is not an IANA time zone name (such as \"Asia/Shanghai\" or \"UTC\")"
+            )
+        })?;
+        Ok(ScheduleSettings { cron, timezone })
+    }
 }
 
 /// A TOML error as one line: its line, the key it is about, and toml's message, which
