@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::mcc;
-use crate::status::sent_form;
+use crate::rate::Rate;
 
 /// At most this many pairs get their own log line per run; the rest are counted in one line,
 /// so that a provider-wide outage does not write a line per pair.
@@ -112,22 +112,9 @@ pub fn announce(pool: &PgPool, settings: &Settings, evaluation: &Evaluation) {
     notify(pool, settings, evaluation);
 }
 
-/// The set-based step: one statement compares every judged pair of the run with the median of
-/// its last `baseline_samples` succeeded, not-alarmed reports of at least `min_cardinal` codes,
-/// stores baseline and verdict on the submission, opens (`route_alarms` row) or closes (row
-/// deleted) each pair's alarm, and returns the pairs that dropped or recovered. The baseline
-/// lookup is one index probe per pair (`report_submissions_baseline`), with no round trip.
-/// (`closed` runs although nothing reads it: PostgreSQL runs every data-modifying WITH.)
-#[tracing::instrument(skip_all, fields(run_id = run_id))]
-pub async fn judge_run(
-    conn: &mut PgConnection,
-    settings: &Settings,
-    run_id: i64,
-) -> anyhow::Result<Evaluation> {
-    let alarm = &settings.alarm;
-    let min_cardinal = i64::try_from(settings.source.min_cardinal).unwrap_or(i64::MAX);
-    let rows = sqlx::query(
-        "WITH cur AS ( \
+/// The statement behind [`judge_run`]: `$1` run, `$2` min_cardinal, `$3` baseline samples,
+/// `$4` the samples a baseline needs, `$5` drop points.
+const JUDGE_RUN: &str = "WITH cur AS ( \
              SELECT id, app_id, mcc, scheduled_for FROM report_submissions \
              WHERE run_id = $1 AND rate IS NOT NULL AND cardinal_number >= $2), \
          base AS ( \
@@ -159,7 +146,7 @@ pub async fn judge_run(
              DELETE FROM route_alarms a USING judged j \
              WHERE a.app_id = j.app_id AND a.mcc = j.mcc AND NOT j.alarm \
              RETURNING a.app_id) \
-         SELECT j.id, j.app_id, j.mcc, j.rate::text, j.baseline::text, j.alarm, \
+         SELECT j.id, j.app_id, j.mcc, (j.rate * 100)::int, (j.baseline * 100)::int, j.alarm, \
              j.backfill_number::text, j.cardinal_number::text, \
              COALESCE(o.since, b.since), (b.app_id IS NOT NULL) AS was_firing, \
              COALESCE(o.notified_at, b.notified_at) IS NOT NULL AS notified, \
@@ -171,18 +158,39 @@ pub async fn judge_run(
          UNION ALL \
          SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
              (SELECT count(*) FROM judged) \
-         ORDER BY 2 NULLS LAST, 3",
-    )
-    .bind(run_id)
-    .bind(min_cardinal)
-    .bind(i64::from(alarm.baseline_samples))
-    .bind(i64::from(alarm.min_samples()))
-    .bind(alarm.drop_points)
-    .fetch_all(conn)
-    .await
-    .context("comparing the run's rates with their baselines")?;
+         ORDER BY 2 NULLS LAST, 3";
+
+/// The set-based step: one statement compares every judged pair of the run with the median of
+/// its last `baseline_samples` succeeded, not-alarmed reports of at least `min_cardinal` codes,
+/// stores baseline and verdict on the submission, opens (`route_alarms` row) or closes (row
+/// deleted) each pair's alarm, and returns the pairs that dropped or recovered. The baseline
+/// lookup is one index probe per pair (`report_submissions_baseline`), with no round trip.
+/// (`closed` runs although nothing reads it: PostgreSQL runs every data-modifying WITH.)
+#[tracing::instrument(skip_all, fields(run_id = run_id))]
+pub async fn judge_run(
+    conn: &mut PgConnection,
+    settings: &Settings,
+    run_id: i64,
+) -> anyhow::Result<Evaluation> {
+    let alarm = &settings.alarm;
+    let min_cardinal = i64::try_from(settings.source.min_cardinal).unwrap_or(i64::MAX);
+    let rows = sqlx::query(JUDGE_RUN)
+        .bind(run_id)
+        .bind(min_cardinal)
+        .bind(i64::from(alarm.baseline_samples))
+        .bind(i64::from(alarm.min_samples()))
+        .bind(alarm.drop_points)
+        .fetch_all(conn)
+        .await
+        .context("comparing the run's rates with their baselines")?;
+    Ok(evaluation_of(&rows))
+}
+
+/// The rows of [`JUDGE_RUN`]: a pair that dropped or recovered each, and a last row with the
+/// count of pairs judged.
+fn evaluation_of(rows: &[sqlx::postgres::PgRow]) -> Evaluation {
     let mut evaluation = Evaluation::default();
-    for r in &rows {
+    for r in rows {
         evaluation.judged = u64::try_from(r.get::<i64, _>(11)).unwrap_or(0);
         let Some(id) = r.get::<Option<i64>, _>(0) else {
             continue;
@@ -192,8 +200,8 @@ pub async fn judge_run(
             app_id: r.get(1),
             country: mcc::name(&mcc).to_owned(),
             mcc,
-            rate: sent_form(&r.get::<String, _>(3)),
-            baseline: sent_form(&r.get::<String, _>(4)),
+            rate: shown(r.get(3)),
+            baseline: shown(r.get(4)),
             backfill_number: r.get(6),
             cardinal_number: r.get(7),
             since: r.get(8),
@@ -210,7 +218,14 @@ pub async fn judge_run(
             evaluation.recovered.push(pair);
         }
     }
-    Ok(evaluation)
+    evaluation
+}
+
+/// A rate stored as numeric(5,2), read as hundredths, in the form sent ("12.5").
+fn shown(hundredths: Option<i32>) -> String {
+    hundredths
+        .and_then(|h| Rate::from_hundredths(u16::try_from(h).ok()?))
+        .map_or_else(|| "-".to_owned(), |r| r.to_string())
 }
 
 /// One WARN line per pair that fell (up to [`MAX_LOG_LINES`]), one INFO line per recovery.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, SubsecRound, Utc};
 use chrono_tz::Tz;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -180,7 +180,7 @@ fn new_submission(row: SourceRow, verdict: Verdict) -> NewSubmission {
 }
 
 /// A tick claimed and queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Planned {
     pub run_id: i64,
     /// Rows the source returned (after the allow-list).
@@ -192,6 +192,8 @@ pub struct Planned {
     /// Judged rows not to be sent.
     pub skipped: u64,
     pub invalid: u64,
+    /// Older pending rows of these pairs that this tick replaced.
+    pub superseded: u64,
 }
 
 /// Claims `tick` and queues its pairs. `Ok(None)` when another instance already claimed that
@@ -222,19 +224,34 @@ pub async fn plan(
         callback_time: &callback_time,
         deadline: deadline(settings, tick, Utc::now()),
     };
-    let mut cursor = Cursor::open(&mut tx, &settings.source, window.0, window.1).await?;
+    let mut planned = queue_window(&mut tx, settings, rows).await?;
+    planned.superseded = queue::supersede_older(&mut tx, tick).await?;
+    let evaluation = alarm::judge_in(&mut tx, settings, run_id).await;
+    queue::notify(&mut tx).await?;
+    tx.commit().await.context("committing the claim")?;
+    alarm::announce(&ctx.pool, settings, &evaluation);
+    planned.report(tick);
+    if planned.pending == 0 {
+        sender::close_run(&ctx.pool, run_id).await?;
+    }
+    Ok(Some(planned))
+}
+
+/// Streams the window from the source and queues it, batch by batch, in the claim transaction.
+async fn queue_window(
+    tx: &mut PgConnection,
+    settings: &Settings,
+    rows: TickRows<'_>,
+) -> anyhow::Result<Planned> {
+    let mut cursor = Cursor::open(tx, &settings.source, rows.window.0, rows.window.1).await?;
     let mut planned = Planned {
-        run_id,
-        pairs: 0,
-        pending: 0,
-        duplicates: 0,
-        skipped: 0,
-        invalid: 0,
+        run_id: rows.run_id,
+        ..Planned::default()
     };
     loop {
-        let batch = cursor.next(&mut tx, BATCH).await?;
+        let batch = cursor.next(tx, BATCH).await?;
         if batch.is_empty() {
-            break;
+            return Ok(planned);
         }
         let judged: Vec<NewSubmission> = batch
             .into_iter()
@@ -244,11 +261,11 @@ pub async fn plan(
                     .is_none_or(|a| settings.source.allows(a))
             })
             .map(|row| {
-                let verdict = judge(&row, settings.source.min_cardinal, &callback_time);
+                let verdict = judge(&row, settings.source.min_cardinal, rows.callback_time);
                 new_submission(row, verdict)
             })
             .collect();
-        let enqueued = queue::enqueue(&mut tx, rows, &judged).await?;
+        let enqueued = queue::enqueue(tx, rows, &judged).await?;
         planned.pairs += judged.len() as u64;
         planned.duplicates += judged.len() as u64 - enqueued.inserted;
         planned.pending += enqueued.pending;
@@ -260,39 +277,36 @@ pub async fn plan(
             }
         }
     }
-    let superseded = queue::supersede_older(&mut tx, tick).await?;
-    let evaluation = alarm::judge_in(&mut tx, settings, run_id).await;
-    queue::notify(&mut tx).await?;
-    tx.commit().await.context("committing the claim")?;
-    alarm::announce(&ctx.pool, settings, &evaluation);
-    metrics::record_states(
-        std::iter::repeat_n("skipped", planned.skipped as usize)
-            .chain(std::iter::repeat_n("invalid", planned.invalid as usize))
-            .chain(std::iter::repeat_n("superseded", superseded as usize)),
-    );
-    if planned.duplicates > 0 {
-        tracing::warn!(
-            duplicates = planned.duplicates,
-            "pairs already recorded for this tick (the source returned them twice, or a run --once took them) are not sent again"
+}
+
+impl Planned {
+    /// Counts the rows decided at planning in the metrics, and logs the claim.
+    fn report(&self, tick: DateTime<Utc>) {
+        metrics::record_states(
+            std::iter::repeat_n("skipped", self.skipped as usize)
+                .chain(std::iter::repeat_n("invalid", self.invalid as usize))
+                .chain(std::iter::repeat_n("superseded", self.superseded as usize)),
         );
-    }
-    if superseded > 0 {
+        if self.duplicates > 0 {
+            tracing::warn!(
+                duplicates = self.duplicates,
+                "pairs already recorded for this tick (the source returned them twice, or a run --once took them) are not sent again"
+            );
+        }
+        if self.superseded > 0 {
+            tracing::info!(
+                superseded = self.superseded,
+                "older unsent submissions of these pairs were superseded by this tick"
+            );
+        }
         tracing::info!(
-            superseded,
-            "older unsent submissions of these pairs were superseded by this tick"
+            run_id = self.run_id,
+            pairs = self.pairs,
+            to_send = self.pending,
+            "tick {tick} claimed: {} pairs queued",
+            self.pairs
         );
     }
-    tracing::info!(
-        run_id,
-        pairs = planned.pairs,
-        to_send = planned.pending,
-        "tick {tick} claimed: {} pairs queued",
-        planned.pairs
-    );
-    if planned.pending == 0 {
-        sender::close_run(&ctx.pool, run_id).await?;
-    }
-    Ok(Some(planned))
 }
 
 /// A dry run's view of the window: every pair with its verdict; nothing is written.

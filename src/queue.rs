@@ -183,31 +183,7 @@ pub async fn claim(
     run: Option<i64>,
     after: ClaimCursor,
 ) -> anyhow::Result<(Vec<Claimed>, ClaimCursor)> {
-    // Only the conditions that apply: a generic plan for `$3 IS NULL OR run_id = $3` sorts
-    // every pending row of the run on each claim.
-    let run_param = if run.is_some() { "AND run_id = $4" } else { "" };
-    let after_param = match (run.is_some(), after.is_some()) {
-        (_, false) => "",
-        (true, true) => "AND (next_attempt_at, id) > ($5, $6)",
-        (false, true) => "AND (next_attempt_at, id) > ($4, $5)",
-    };
-    let sql = format!(
-        "WITH due AS ( \
-             SELECT id, next_attempt_at FROM report_submissions \
-             WHERE state = 'pending' AND next_attempt_at <= now() {run_param} {after_param} \
-             ORDER BY next_attempt_at, id \
-             LIMIT $2 \
-             FOR UPDATE SKIP LOCKED) \
-         UPDATE report_submissions s \
-         SET lease_owner = $1, lease_expires_at = now() + $3 * interval '1 millisecond', \
-             next_attempt_at = now() + $3 * interval '1 millisecond' \
-         FROM due WHERE s.id = due.id \
-         RETURNING s.id, s.run_id, s.app_id, s.mcc, s.backfill_number::text, \
-             s.cardinal_number::text, s.callback_time, s.deadline, s.attempts, \
-             EXISTS (SELECT 1 FROM report_submissions n WHERE n.app_id = s.app_id \
-                 AND n.mcc = s.mcc AND n.scheduled_for > s.scheduled_for), \
-             due.next_attempt_at",
-    );
+    let sql = claim_sql(run.is_some(), after.is_some());
     let mut query = sqlx::query(&sql)
         .bind(owner)
         .bind(limit as i64)
@@ -227,24 +203,53 @@ pub async fn claim(
         .map(|r| (r.get::<DateTime<Utc>, _>(10), r.get::<i64, _>(0)))
         .max()
         .filter(|_| rows.len() == limit);
-    let claimed = rows
-        .iter()
-        .map(|r| Claimed {
-            id: r.get(0),
-            run_id: r.get(1),
-            request: stored_request(
-                r.get(2),
-                r.get(3),
-                r.get(4),
-                r.get(5),
-                r.get::<String, _>(6),
-            ),
-            deadline: r.get(7),
-            attempts: r.get(8),
-            replaced: r.get(9),
-        })
-        .collect();
+    let claimed = rows.iter().map(claimed_row).collect();
     Ok((claimed, cursor))
+}
+
+/// The claim with only the conditions that apply: a generic plan for `$4 IS NULL OR run_id =
+/// $4` would sort every pending row of the run on each claim.
+fn claim_sql(run: bool, after: bool) -> String {
+    let run_param = if run { "AND run_id = $4" } else { "" };
+    let after_param = match (run, after) {
+        (_, false) => "",
+        (true, true) => "AND (next_attempt_at, id) > ($5, $6)",
+        (false, true) => "AND (next_attempt_at, id) > ($4, $5)",
+    };
+    format!(
+        "WITH due AS ( \
+             SELECT id, next_attempt_at FROM report_submissions \
+             WHERE state = 'pending' AND next_attempt_at <= now() {run_param} {after_param} \
+             ORDER BY next_attempt_at, id \
+             LIMIT $2 \
+             FOR UPDATE SKIP LOCKED) \
+         UPDATE report_submissions s \
+         SET lease_owner = $1, lease_expires_at = now() + $3 * interval '1 millisecond', \
+             next_attempt_at = now() + $3 * interval '1 millisecond' \
+         FROM due WHERE s.id = due.id \
+         RETURNING s.id, s.run_id, s.app_id, s.mcc, s.backfill_number::text, \
+             s.cardinal_number::text, s.callback_time, s.deadline, s.attempts, \
+             EXISTS (SELECT 1 FROM report_submissions n WHERE n.app_id = s.app_id \
+                 AND n.mcc = s.mcc AND n.scheduled_for > s.scheduled_for), \
+             due.next_attempt_at"
+    )
+}
+
+fn claimed_row(r: &sqlx::postgres::PgRow) -> Claimed {
+    Claimed {
+        id: r.get(0),
+        run_id: r.get(1),
+        request: stored_request(
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            r.get(5),
+            r.get::<String, _>(6),
+        ),
+        deadline: r.get(7),
+        attempts: r.get(8),
+        replaced: r.get(9),
+    }
 }
 
 /// Rebuilds the request from a stored row through the same constructor the judge used.
@@ -360,20 +365,10 @@ pub struct Written {
     pub state: State,
 }
 
-/// Writes a group of outcomes in one statement. Rows whose lease `owner` no longer holds are
-/// left alone (another instance owns them now) and are missing from the result.
-pub async fn record(
-    pool: &PgPool,
-    owner: &str,
-    outcomes: &[Outcome],
-) -> anyhow::Result<Vec<Written>> {
-    if outcomes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let v = |f: fn(&Outcome) -> Option<String>| outcomes.iter().map(f).collect::<Vec<_>>();
-    let t = |f: fn(&Outcome) -> Option<DateTime<Utc>>| outcomes.iter().map(f).collect::<Vec<_>>();
-    let rows = sqlx::query(
-        "WITH w AS MATERIALIZED ( \
+/// One outcome per row of the arrays. A retry or a deadline expiry becomes `superseded` when
+/// a newer tick of the pair exists; the fields of the last attempt are kept only when this
+/// outcome made one; the lease is released; and only rows this owner still holds are touched.
+const RECORD: &str = "WITH w AS MATERIALIZED ( \
              SELECT u.*, u.supersedable AND EXISTS ( \
                  SELECT 1 FROM report_submissions o JOIN report_submissions n \
                      ON n.app_id = o.app_id AND n.mcc = o.mcc \
@@ -406,24 +401,37 @@ pub async fn record(
              lease_owner = NULL, lease_expires_at = NULL \
          FROM w \
          WHERE s.id = w.id AND s.state = 'pending' AND s.lease_owner = $1 \
-         RETURNING s.id, s.run_id, s.state",
-    )
-    .bind(owner)
-    .bind(outcomes.iter().map(|o| o.id).collect::<Vec<_>>())
-    .bind(v(|o| Some(o.state.as_str().to_owned())))
-    .bind(outcomes.iter().map(|o| o.supersedable).collect::<Vec<_>>())
-    .bind(v(|o| o.reason.clone()))
-    .bind(t(|o| o.attempt_at))
-    .bind(v(|o| o.provider_status.clone()))
-    .bind(v(|o| o.provider_reason.clone()))
-    .bind(outcomes.iter().map(|o| o.http_status).collect::<Vec<_>>())
-    .bind(v(|o| o.error.clone()))
-    .bind(t(|o| o.next_attempt_at))
-    .bind(t(|o| o.done_at))
-    .bind(REPLACED)
-    .fetch_all(pool)
-    .await
-    .context("recording submission outcomes")?;
+         RETURNING s.id, s.run_id, s.state";
+
+/// Writes a group of outcomes in one statement. Rows whose lease `owner` no longer holds are
+/// left alone (another instance owns them now) and are missing from the result.
+pub async fn record(
+    pool: &PgPool,
+    owner: &str,
+    outcomes: &[Outcome],
+) -> anyhow::Result<Vec<Written>> {
+    if outcomes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let v = |f: fn(&Outcome) -> Option<String>| outcomes.iter().map(f).collect::<Vec<_>>();
+    let t = |f: fn(&Outcome) -> Option<DateTime<Utc>>| outcomes.iter().map(f).collect::<Vec<_>>();
+    let rows = sqlx::query(RECORD)
+        .bind(owner)
+        .bind(outcomes.iter().map(|o| o.id).collect::<Vec<_>>())
+        .bind(v(|o| Some(o.state.as_str().to_owned())))
+        .bind(outcomes.iter().map(|o| o.supersedable).collect::<Vec<_>>())
+        .bind(v(|o| o.reason.clone()))
+        .bind(t(|o| o.attempt_at))
+        .bind(v(|o| o.provider_status.clone()))
+        .bind(v(|o| o.provider_reason.clone()))
+        .bind(outcomes.iter().map(|o| o.http_status).collect::<Vec<_>>())
+        .bind(v(|o| o.error.clone()))
+        .bind(t(|o| o.next_attempt_at))
+        .bind(t(|o| o.done_at))
+        .bind(REPLACED)
+        .fetch_all(pool)
+        .await
+        .context("recording submission outcomes")?;
     Ok(rows
         .iter()
         .map(|r| Written {

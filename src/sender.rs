@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rand::Rng;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -31,7 +31,7 @@ use crate::config::ProviderSettings;
 use crate::cycle::Context;
 use crate::metrics;
 use crate::outcomes::{self, State};
-use crate::provider::{BackfillRequest, Class};
+use crate::provider::{BackfillRequest, Class, Exchange};
 use crate::queue::{self, Claimed, Outcome};
 
 /// The longest wait between two attempts of a pair, whatever the backoff doubling reaches.
@@ -206,30 +206,7 @@ pub async fn work_with(
     if scope == Scope::All {
         tokio::spawn(listen(first.pool.clone(), wake.clone(), background.clone()));
     }
-    let mut dispatcher = Dispatcher {
-        breaker: Breaker::new(
-            first
-                .settings
-                .provider
-                .retry_backoff
-                .max(Duration::from_secs(1)),
-        ),
-        ctx: first,
-        ctx_rx: ctx,
-        owner,
-        scope,
-        ready: VecDeque::new(),
-        in_flight: JoinSet::new(),
-        out: out_tx,
-        held,
-        claim: None,
-        cursor: None,
-        idle_until: None,
-        db_failures: 0,
-        clock_warned: false,
-        stopped_runs: HashSet::new(),
-        last_expiry: Instant::now(),
-    };
+    let mut dispatcher = Dispatcher::new(ctx, owner, scope, out_tx, held);
     dispatcher.run(shutdown, wake, closed).await;
     drop(dispatcher);
     // The writer ends once every outcome sent to it is recorded.
@@ -264,6 +241,39 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
+    fn new(
+        ctx_rx: tokio::sync::watch::Receiver<Context>,
+        owner: String,
+        scope: Scope,
+        out: mpsc::UnboundedSender<ToWriter>,
+        held: SharedHeld,
+    ) -> Self {
+        let ctx = ctx_rx.borrow().clone();
+        let first_probe = ctx
+            .settings
+            .provider
+            .retry_backoff
+            .max(Duration::from_secs(1));
+        Self {
+            breaker: Breaker::new(first_probe),
+            ctx,
+            ctx_rx,
+            owner,
+            scope,
+            ready: VecDeque::new(),
+            in_flight: JoinSet::new(),
+            out,
+            held,
+            claim: None,
+            cursor: None,
+            idle_until: None,
+            db_failures: 0,
+            clock_warned: false,
+            stopped_runs: HashSet::new(),
+            last_expiry: Instant::now(),
+        }
+    }
+
     /// Rows claimed at a time: several pages of requests, so that claims are few and run
     /// while requests are in flight.
     fn page(&self) -> usize {
@@ -650,9 +660,34 @@ async fn attempt(
     was_probe: bool,
     out: mpsc::UnboundedSender<ToWriter>,
 ) -> Attempted {
-    let provider = &ctx.settings.provider;
     let started = Utc::now();
     let ex = metrics::timed_request(ctx.client.submit_backfill(&request)).await;
+    tracing::debug!(
+        app_id = request.app_id.as_str(),
+        mcc = request.mcc.as_str(),
+        attempt = row.attempts + 1,
+        "attempt: {}",
+        ex.error.as_deref().unwrap_or("succeeded")
+    );
+    let (outcome, mut result) = judge_answer(&ctx.settings.provider, &row, &ex, started);
+    result.was_probe = was_probe;
+    // The request's slot is held until its outcome is recorded: requests sent but not yet
+    // recorded (those a kill -9 would send again) never exceed max_in_flight, and while the
+    // database cannot record, no new request starts.
+    let (ack, recorded) = oneshot::channel();
+    let _ = out.send(ToWriter::Outcome(outcome, Some(ack)));
+    let _ = recorded.await;
+    result
+}
+
+/// What an answer means for the row (done, due again after a backoff, or failed because the
+/// deadline or `max_attempts` comes first) and for the dispatcher (an outage, a stop).
+fn judge_answer<T>(
+    provider: &ProviderSettings,
+    row: &Claimed,
+    ex: &Exchange<T>,
+    started: DateTime<Utc>,
+) -> (Outcome, Attempted) {
     let attempts = u32::try_from(row.attempts).unwrap_or(0) + 1;
     let cause = ex.error.clone().unwrap_or_else(|| "no error".into());
     let mut outcome = Outcome {
@@ -673,58 +708,54 @@ async fn attempt(
         outage: ex.is_outage().then(|| (cause.clone(), ex.retry_after)),
         stop: None,
         clock: (ex.provider_status.as_deref() == Some("-16")).then_some(ex.timestamp),
-        was_probe,
+        was_probe: false,
     };
-    let pair = (request.app_id.as_str(), request.mcc.as_str());
     match ex.class {
         Class::Success => outcome.state = State::Succeeded,
-        Class::Rejected(rejection) => {
-            tracing::debug!(app_id = pair.0, mcc = pair.1, attempts, "rejected: {cause}");
-            if rejection.stops_the_cycle() {
-                result.stop = Some((
-                    row.run_id,
-                    format!(
-                        "provider status {} ({}): {}",
-                        ex.provider_status.as_deref().unwrap_or("?"),
-                        ex.reason.as_deref().unwrap_or("no reason given"),
-                        rejection.advice()
-                    ),
-                ));
-            }
-        }
-        Class::Transient => {
-            tracing::debug!(
-                app_id = pair.0,
-                mcc = pair.1,
-                attempts,
-                "transient failure: {cause}"
+        Class::Rejected(rejection) if rejection.stops_the_cycle() => {
+            let why = format!(
+                "provider status {} ({}): {}",
+                ex.provider_status.as_deref().unwrap_or("?"),
+                ex.reason.as_deref().unwrap_or("no reason given"),
+                rejection.advice()
             );
+            result.stop = Some((row.run_id, why));
+        }
+        Class::Rejected(_) => {}
+        Class::Transient => {
             let wait =
                 backoff(provider.retry_backoff, attempts).max(ex.retry_after.unwrap_or_default());
-            let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-            if provider.max_attempts.is_some_and(|max| attempts >= max) {
-                outcome.reason = Some(format!("gave up after {attempts} attempts: {cause}"));
-            } else if let Some(deadline) = row.deadline.filter(|d| next >= *d) {
-                outcome.supersedable = true;
-                outcome.reason = Some(format!(
-                    "deadline {} passed after {attempts} attempts: {cause}",
-                    deadline.to_rfc3339()
-                ));
-            } else {
-                outcome.state = State::Pending;
-                outcome.supersedable = true;
-                outcome.next_attempt_at = Some(next);
-                outcome.done_at = None;
-            }
+            retry_or_give_up(&mut outcome, provider, row, attempts, wait, &cause);
         }
     }
-    // The request's slot is held until its outcome is recorded: requests sent but not yet
-    // recorded (those a kill -9 would send again) never exceed max_in_flight, and while the
-    // database cannot record, no new request starts.
-    let (ack, recorded) = oneshot::channel();
-    let _ = out.send(ToWriter::Outcome(outcome, Some(ack)));
-    let _ = recorded.await;
-    result
+    (outcome, result)
+}
+
+/// After a transient failure: due again after `wait`, unless `max_attempts` or the deadline
+/// comes first (a deadline expiry is superseded instead when a newer tick exists).
+fn retry_or_give_up(
+    outcome: &mut Outcome,
+    provider: &ProviderSettings,
+    row: &Claimed,
+    attempts: u32,
+    wait: Duration,
+    cause: &str,
+) {
+    let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+    if provider.max_attempts.is_some_and(|max| attempts >= max) {
+        outcome.reason = Some(format!("gave up after {attempts} attempts: {cause}"));
+    } else if let Some(deadline) = row.deadline.filter(|d| next >= *d) {
+        outcome.supersedable = true;
+        outcome.reason = Some(format!(
+            "deadline {} passed after {attempts} attempts: {cause}",
+            deadline.to_rfc3339()
+        ));
+    } else {
+        outcome.state = State::Pending;
+        outcome.supersedable = true;
+        outcome.next_attempt_at = Some(next);
+        outcome.done_at = None;
+    }
 }
 
 /// The group commit: one write at a time, each taking every outcome that arrived meanwhile.
