@@ -43,6 +43,11 @@ impl Rate {
         self.0
     }
 
+    /// The rate as a number in percent, for JSON and metrics (exact to two decimals).
+    pub fn percent(self) -> f64 {
+        f64::from(self.0) / 100.0
+    }
+
     /// A rate read back from storage (`numeric(5,2)` × 100); `None` above 100 %.
     pub fn from_hundredths(hundredths: u16) -> Option<Self> {
         (hundredths <= 10_000).then_some(Self(hundredths))

@@ -12,6 +12,7 @@ use sqlx::{PgPool, Row};
 
 use crate::config::AlarmSettings;
 use crate::mcc;
+use crate::rate::Rate;
 
 /// How many submitted rates the sparkline shows.
 pub const SPARK_LEN: usize = 24;
@@ -27,7 +28,8 @@ pub struct StatusRow {
     pub country_itu: Option<String>,
     /// The tick of the latest submission.
     pub tick: DateTime<Utc>,
-    pub rate: Option<f64>,
+    #[serde(serialize_with = "percent_opt")]
+    pub rate: Option<Rate>,
     /// The latest submission's state: succeeded, failed, skipped, invalid or pending.
     pub state: String,
     pub provider_status: Option<String>,
@@ -36,90 +38,103 @@ pub struct StatusRow {
     pub backfill_number: Option<String>,
     pub cardinal_number: Option<String>,
     /// The latest baseline the pair was judged against.
-    pub baseline: Option<f64>,
+    #[serde(serialize_with = "percent_opt")]
+    pub baseline: Option<Rate>,
     /// Up to the last 24 submitted rates, oldest first.
-    pub rates: Vec<f64>,
+    #[serde(serialize_with = "percents")]
+    pub rates: Vec<Rate>,
     /// true: the alarm is firing; false: judged and fine; null: never judged (no baseline yet).
     pub alarm: Option<bool>,
     pub alarm_since: Option<DateTime<Utc>>,
 }
 
-/// The stored numeric(5,2) text in the form the provider is sent ("12.50" → "12.5").
-pub fn sent_form(stored: &str) -> String {
-    if stored.contains('.') {
-        stored
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_owned()
-    } else {
-        stored.to_owned()
+/// A rate as a JSON number in percent (12.5), as `status --json` has always printed it.
+fn percent_opt<S: serde::Serializer>(rate: &Option<Rate>, s: S) -> Result<S::Ok, S::Error> {
+    match rate {
+        Some(r) => s.serialize_f64(r.percent()),
+        None => s.serialize_none(),
     }
 }
 
+fn percents<S: serde::Serializer>(rates: &[Rate], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(rates.iter().map(|r| r.percent()))
+}
+
+/// A rate stored as numeric(5,2), read as hundredths (`(rate * 100)::int`).
+fn stored(hundredths: Option<i32>) -> Option<Rate> {
+    Rate::from_hundredths(u16::try_from(hundredths?).ok()?)
+}
+
+/// The latest row of each pair with its sparkline, baseline and alarm. Superseded rows
+/// (replaced before they were sent) are not "the latest outcome" of anything and are left out.
+const STATUS: &str = "WITH latest AS ( \
+        SELECT DISTINCT ON (app_id, mcc) app_id, mcc, scheduled_for, rate, state, \
+            provider_status, COALESCE(reason, provider_reason, error) AS detail, \
+            backfill_number, cardinal_number \
+        FROM report_submissions \
+        WHERE ($1::text IS NULL OR app_id = $1) AND state <> 'superseded' \
+        ORDER BY app_id, mcc, scheduled_for DESC, id DESC) \
+    SELECT l.app_id, l.mcc, l.scheduled_for, (l.rate * 100)::int, l.state, l.provider_status, \
+        l.detail, l.backfill_number::text, l.cardinal_number::text, \
+        COALESCE(h.rates, '{}'), (b.baseline * 100)::int, (a.app_id IS NOT NULL) AS firing, \
+        a.since, b.baseline IS NOT NULL AS judged \
+    FROM latest l \
+    LEFT JOIN LATERAL ( \
+        SELECT array_agg((x.rate * 100)::int ORDER BY x.scheduled_for) AS rates FROM ( \
+            SELECT s.rate, s.scheduled_for FROM report_submissions s \
+            WHERE s.app_id = l.app_id AND s.mcc = l.mcc AND s.rate IS NOT NULL \
+              AND s.state IN ('succeeded', 'failed', 'pending') \
+            ORDER BY s.scheduled_for DESC LIMIT $2) x) h ON true \
+    LEFT JOIN LATERAL ( \
+        SELECT s.baseline FROM report_submissions s \
+        WHERE s.app_id = l.app_id AND s.mcc = l.mcc AND s.baseline IS NOT NULL \
+        ORDER BY s.scheduled_for DESC LIMIT 1) b ON true \
+    LEFT JOIN route_alarms a ON a.app_id = l.app_id AND a.mcc = l.mcc \
+    ORDER BY l.app_id, l.mcc";
+
 /// Every pair's status, ordered by app and MCC; only `app_id`'s when given. Superseded rows
 /// (replaced before they were sent) are not "the latest outcome" of anything and are left out.
+/// Every pair's status, ordered by app and MCC; only `app_id`'s when given.
 #[tracing::instrument(skip_all)]
 pub async fn rows(pool: &PgPool, app_id: Option<&str>) -> anyhow::Result<Vec<StatusRow>> {
-    let rows = sqlx::query(
-        "WITH latest AS ( \
-             SELECT DISTINCT ON (app_id, mcc) app_id, mcc, scheduled_for, rate, state, \
-                 provider_status, COALESCE(reason, provider_reason, error) AS detail, \
-                 backfill_number, cardinal_number \
-             FROM report_submissions \
-             WHERE ($1::text IS NULL OR app_id = $1) AND state <> 'superseded' \
-             ORDER BY app_id, mcc, scheduled_for DESC, id DESC) \
-         SELECT l.app_id, l.mcc, l.scheduled_for, l.rate::float8, l.state, l.provider_status, \
-             l.detail, l.backfill_number::text, l.cardinal_number::text, \
-             COALESCE(h.rates, '{}'), b.baseline::float8, (a.app_id IS NOT NULL) AS firing, \
-             a.since, b.baseline IS NOT NULL AS judged \
-         FROM latest l \
-         LEFT JOIN LATERAL ( \
-             SELECT array_agg(x.rate::float8 ORDER BY x.scheduled_for) AS rates FROM ( \
-                 SELECT s.rate, s.scheduled_for FROM report_submissions s \
-                 WHERE s.app_id = l.app_id AND s.mcc = l.mcc AND s.rate IS NOT NULL \
-                   AND s.state IN ('succeeded', 'failed', 'pending') \
-                 ORDER BY s.scheduled_for DESC LIMIT $2) x) h ON true \
-         LEFT JOIN LATERAL ( \
-             SELECT s.baseline FROM report_submissions s \
-             WHERE s.app_id = l.app_id AND s.mcc = l.mcc AND s.baseline IS NOT NULL \
-             ORDER BY s.scheduled_for DESC LIMIT 1) b ON true \
-         LEFT JOIN route_alarms a ON a.app_id = l.app_id AND a.mcc = l.mcc \
-         ORDER BY l.app_id, l.mcc",
-    )
-    .bind(app_id)
-    .bind(SPARK_LEN as i64)
-    .fetch_all(pool)
-    .await
-    .context("reading the pairs' status from report_submissions")?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let mcc: String = r.get(1);
-            let country = mcc::lookup(&mcc);
-            let (firing, judged): (bool, bool) = (r.get(11), r.get(13));
-            StatusRow {
-                app_id: r.get(0),
-                country: country.map_or("unknown", |c| c.name).to_owned(),
-                country_itu: country.map(|c| c.itu_name.to_owned()),
-                mcc,
-                tick: r.get(2),
-                rate: r.get(3),
-                state: r.get(4),
-                provider_status: r.get(5),
-                detail: r.get(6),
-                backfill_number: r.get(7),
-                cardinal_number: r.get(8),
-                rates: r.get(9),
-                baseline: r.get(10),
-                alarm: if firing {
-                    Some(true)
-                } else {
-                    judged.then_some(false)
-                },
-                alarm_since: r.get(12),
-            }
-        })
-        .collect())
+    let rows = sqlx::query(STATUS)
+        .bind(app_id)
+        .bind(SPARK_LEN as i64)
+        .fetch_all(pool)
+        .await
+        .context("reading the pairs' status from report_submissions")?;
+    Ok(rows.iter().map(status_row).collect())
+}
+
+fn status_row(r: &sqlx::postgres::PgRow) -> StatusRow {
+    let mcc: String = r.get(1);
+    let country = mcc::lookup(&mcc);
+    let (firing, judged): (bool, bool) = (r.get(11), r.get(13));
+    StatusRow {
+        app_id: r.get(0),
+        country: country.map_or("unknown", |c| c.name).to_owned(),
+        country_itu: country.map(|c| c.itu_name.to_owned()),
+        mcc,
+        tick: r.get(2),
+        rate: stored(r.get(3)),
+        state: r.get(4),
+        provider_status: r.get(5),
+        detail: r.get(6),
+        backfill_number: r.get(7),
+        cardinal_number: r.get(8),
+        rates: r
+            .get::<Vec<i32>, _>(9)
+            .into_iter()
+            .filter_map(|h| stored(Some(h)))
+            .collect(),
+        baseline: stored(r.get(10)),
+        alarm: if firing {
+            Some(true)
+        } else {
+            judged.then_some(false)
+        },
+        alarm_since: r.get(12),
+    }
 }
 
 /// Colour only on a terminal, and never when `NO_COLOR` is set to anything but "" (no-color.org).
@@ -127,18 +142,18 @@ pub fn use_color(stdout_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -
     stdout_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
-/// A rate as a short number: "12.5", "100", "-".
-fn pct(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| sent_form(&format!("{v:.2}")))
+/// A rate in the form sent ("12.5", "100"), or "-".
+fn pct(v: Option<Rate>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
 /// One block per rate on an absolute 0–100 scale (▁ below 12.5, █ from 87.5), oldest first, so
 /// that a collapse shows as a step down at the right end whatever the pair's usual level.
-pub fn sparkline(rates: &[f64]) -> String {
+pub fn sparkline(rates: &[Rate]) -> String {
     const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     rates
         .iter()
-        .map(|r| BLOCKS[((r / 12.5).floor().max(0.0) as usize).min(7)])
+        .map(|r| BLOCKS[usize::from(r.hundredths() / 1250).min(7)])
         .collect()
 }
 
@@ -181,13 +196,7 @@ const RESET: &str = "\x1b[0m";
 /// The table: one line per pair, then a legend and one line per firing alarm with the numbers
 /// the columns leave out; every line is at most 79 characters wide.
 pub fn render_table(rows: &[StatusRow], alarm: &AlarmSettings, color: bool) -> String {
-    let paint = |text: String, code: &str| {
-        if color {
-            format!("{code}{text}{RESET}")
-        } else {
-            text
-        }
-    };
+    let paint = Paint(color);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -200,65 +209,12 @@ pub fn render_table(rows: &[StatusRow], alarm: &AlarmSettings, color: bool) -> S
         pad("OUTCOME", 7),
     );
     for r in rows {
-        let spark = sparkline(&r.rates[r.rates.len().saturating_sub(SPARK_LEN)..]);
-        let outcome_cell = pad(outcome(r), 7);
-        let outcome_cell = match r.state.as_str() {
-            "succeeded" => paint(outcome_cell, GREEN),
-            "failed" | "invalid" => paint(outcome_cell, YELLOW),
-            _ => outcome_cell,
-        };
-        let alarm_cell = match r.alarm {
-            Some(true) => paint("ALARM".to_owned(), RED),
-            Some(false) => "ok".to_owned(),
-            None => "-".to_owned(),
-        };
-        let _ = writeln!(
-            out,
-            "{} {} {} {} {} {} {} {}",
-            pad(&r.app_id, 9),
-            pad(&r.mcc, 3),
-            pad(&r.country, 14),
-            pad_left(&pct(r.rate), 5),
-            pad_left(&pct(r.baseline), 5),
-            pad_left(&spark, SPARK_LEN),
-            outcome_cell,
-            alarm_cell
-        );
+        let _ = writeln!(out, "{}", pair_line(r, paint));
     }
     let firing: Vec<&StatusRow> = rows.iter().filter(|r| r.alarm == Some(true)).collect();
-    let _ = writeln!(
-        out,
-        "{} pair{}, {} alarm{} firing. Rates in %; BASE is the median of up to {} earlier",
-        rows.len(),
-        if rows.len() == 1 { "" } else { "s" },
-        firing.len(),
-        if firing.len() == 1 { "" } else { "s" },
-        alarm.baseline_samples
-    );
-    let _ = writeln!(
-        out,
-        "succeeded reports; ALARM: the rate fell more than {} points below it.",
-        sent_form(&format!("{:.2}", alarm.drop_points))
-    );
+    legend(&mut out, rows.len(), firing.len(), alarm);
     for r in firing.iter().take(20) {
-        let head = format!(
-            "ALARM {} {} {}: {}% vs baseline {}%",
-            r.app_id,
-            r.mcc,
-            r.country,
-            pct(r.rate),
-            pct(r.baseline),
-        );
-        let detail = format!(
-            "      {} of {} codes typed back{}",
-            r.backfill_number.as_deref().unwrap_or("?"),
-            r.cardinal_number.as_deref().unwrap_or("?"),
-            r.alarm_since
-                .map(|s| format!("; firing since {}", s.format("%Y-%m-%d %H:%M UTC")))
-                .unwrap_or_default()
-        );
-        let _ = writeln!(out, "{}", paint(fit(&head, 79), RED));
-        let _ = writeln!(out, "{}", fit(&detail, 79));
+        alarm_lines(&mut out, r, paint);
     }
     if firing.len() > 20 {
         let _ = writeln!(
@@ -270,6 +226,85 @@ pub fn render_table(rows: &[StatusRow], alarm: &AlarmSettings, color: bool) -> S
     out
 }
 
+/// ANSI colour, or none.
+#[derive(Clone, Copy)]
+struct Paint(bool);
+
+impl Paint {
+    fn apply(self, text: String, code: &str) -> String {
+        if self.0 {
+            format!("{code}{text}{RESET}")
+        } else {
+            text
+        }
+    }
+}
+
+fn pair_line(r: &StatusRow, paint: Paint) -> String {
+    let spark = sparkline(&r.rates[r.rates.len().saturating_sub(SPARK_LEN)..]);
+    let outcome_cell = pad(outcome(r), 7);
+    let outcome_cell = match r.state.as_str() {
+        "succeeded" => paint.apply(outcome_cell, GREEN),
+        "failed" | "invalid" => paint.apply(outcome_cell, YELLOW),
+        _ => outcome_cell,
+    };
+    let alarm_cell = match r.alarm {
+        Some(true) => paint.apply("ALARM".to_owned(), RED),
+        Some(false) => "ok".to_owned(),
+        None => "-".to_owned(),
+    };
+    format!(
+        "{} {} {} {} {} {} {} {}",
+        pad(&r.app_id, 9),
+        pad(&r.mcc, 3),
+        pad(&r.country, 14),
+        pad_left(&pct(r.rate), 5),
+        pad_left(&pct(r.baseline), 5),
+        pad_left(&spark, SPARK_LEN),
+        outcome_cell,
+        alarm_cell
+    )
+}
+
+fn legend(out: &mut String, pairs: usize, firing: usize, alarm: &AlarmSettings) {
+    let _ = writeln!(
+        out,
+        "{} pair{}, {} alarm{} firing. Rates in %; BASE is the median of up to {} earlier",
+        pairs,
+        if pairs == 1 { "" } else { "s" },
+        firing,
+        if firing == 1 { "" } else { "s" },
+        alarm.baseline_samples
+    );
+    let _ = writeln!(
+        out,
+        "succeeded reports; ALARM: the rate fell more than {} points below it.",
+        alarm.drop_points
+    );
+}
+
+/// The numbers behind a firing alarm, in two lines.
+fn alarm_lines(out: &mut String, r: &StatusRow, paint: Paint) {
+    let head = format!(
+        "ALARM {} {} {}: {}% vs baseline {}%",
+        r.app_id,
+        r.mcc,
+        r.country,
+        pct(r.rate),
+        pct(r.baseline),
+    );
+    let detail = format!(
+        "      {} of {} codes typed back{}",
+        r.backfill_number.as_deref().unwrap_or("?"),
+        r.cardinal_number.as_deref().unwrap_or("?"),
+        r.alarm_since
+            .map(|s| format!("; firing since {}", s.format("%Y-%m-%d %H:%M UTC")))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(out, "{}", paint.apply(fit(&head, 79), RED));
+    let _ = writeln!(out, "{}", fit(&detail, 79));
+}
+
 /// The rows as one JSON array.
 pub fn render_json(rows: &[StatusRow]) -> String {
     serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".to_owned())
@@ -279,7 +314,15 @@ pub fn render_json(rows: &[StatusRow]) -> String {
 mod tests {
     use super::*;
 
+    fn pcts(rates: &[f64]) -> Vec<Rate> {
+        rates
+            .iter()
+            .map(|r| Rate::from_hundredths((r * 100.0).round() as u16).unwrap())
+            .collect()
+    }
+
     fn row(app: &str, mcc: &str, rates: &[f64], alarm: Option<bool>) -> StatusRow {
+        let rates = pcts(rates);
         let country = mcc::lookup(mcc);
         StatusRow {
             app_id: app.into(),
@@ -295,8 +338,8 @@ mod tests {
             detail: None,
             backfill_number: Some("3".into()),
             cardinal_number: Some("40".into()),
-            baseline: Some(80.25),
-            rates: rates.to_vec(),
+            baseline: pcts(&[80.25]).pop(),
+            rates,
             alarm,
             alarm_since: None,
         }
@@ -305,7 +348,7 @@ mod tests {
     #[test]
     fn the_sparkline_maps_0_to_100_onto_eight_blocks() {
         assert_eq!(
-            sparkline(&[0.0, 12.49, 12.5, 50.0, 87.49, 87.5, 100.0]),
+            sparkline(&pcts(&[0.0, 12.49, 12.5, 50.0, 87.49, 87.5, 100.0])),
             "▁▁▂▅▇██"
         );
         assert_eq!(sparkline(&[]), "");
@@ -384,11 +427,12 @@ mod tests {
     }
 
     #[test]
-    fn stored_rates_print_in_the_form_sent() {
-        assert_eq!(sent_form("12.50"), "12.5");
-        assert_eq!(sent_form("100.00"), "100");
-        assert_eq!(pct(Some(33.33)), "33.33");
-        assert_eq!(pct(Some(7.0)), "7");
+    fn rates_print_in_the_form_sent() {
+        assert_eq!(pct(pcts(&[33.33]).pop()), "33.33");
+        assert_eq!(pct(pcts(&[12.5]).pop()), "12.5");
+        assert_eq!(pct(pcts(&[7.0]).pop()), "7");
         assert_eq!(pct(None), "-");
+        assert_eq!(stored(Some(1250)), pcts(&[12.5]).pop());
+        assert_eq!(stored(Some(10_001)), None);
     }
 }
