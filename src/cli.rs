@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::outcomes::State;
 use crate::telemetry::LogFormat;
 
 /// Reports OTP backfill rates (codes typed back ÷ codes sent, per app and country) from
@@ -75,9 +76,9 @@ pub enum Command {
         /// Only this country code (three digits)
         #[arg(long)]
         mcc: Option<String>,
-        /// Only this state: pending, succeeded, failed, skipped, invalid or superseded
-        #[arg(long)]
-        state: Option<String>,
+        /// Only this state
+        #[arg(long, value_enum)]
+        state: Option<State>,
     },
     /// Show every (app, MCC) pair: country, latest rate and outcome, baseline, the last 24
     /// submitted rates as a sparkline, and whether its route-health alarm is firing

@@ -12,7 +12,7 @@ use crate::cli::{Cli, Command};
 use crate::config::{self, Settings};
 use crate::cycle::{self, Preview, Verdict};
 use crate::domain::{AppId, Mcc};
-use crate::outcomes::{self, HistoryFilter, State, Trigger};
+use crate::outcomes::{self, HistoryFilter, Trigger};
 use crate::provider::{self, Class, ProviderClient, Record};
 use crate::{daemon, db, shutdown, source};
 
@@ -67,13 +67,6 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             mcc,
             state,
         } => {
-            let state = state
-                .map(|s| {
-                    State::parse(&s).with_context(|| {
-                        format!("--state {s:?} is not one of pending, succeeded, failed, skipped, invalid, superseded")
-                    })
-                })
-                .transpose()?;
             let filter = HistoryFilter {
                 limit,
                 app_id,

@@ -31,8 +31,9 @@ impl Trigger {
     }
 }
 
-/// The state column's values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The state column's values; also `history --state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "lower")]
 pub enum State {
     Pending,
     Succeeded,

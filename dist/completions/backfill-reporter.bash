@@ -240,7 +240,7 @@ _backfill__reporter() {
                     return 0
                     ;;
                 --state)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "pending succeeded failed skipped invalid superseded" -- "${cur}"))
                     return 0
                     ;;
                 --config)

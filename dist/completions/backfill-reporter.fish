@@ -60,7 +60,12 @@ complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand chec
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand history" -l limit -d 'How many rows' -r
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand history" -l app-id -d 'Only this application' -r
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand history" -l mcc -d 'Only this country code (three digits)' -r
-complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand history" -l state -d 'Only this state: pending, succeeded, failed, skipped, invalid or superseded' -r
+complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand history" -l state -d 'Only this state' -r -f -a "pending\t''
+succeeded\t''
+failed\t''
+skipped\t''
+invalid\t''
+superseded\t''"
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand history" -l config -d 'The TOML config file [default: /etc/backfill-reporter/config.toml]' -r -F
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand history" -l log-format -d 'Log format on stderr: text for people and journald, json for log shippers' -r -f -a "text\t''
 json\t''"
