@@ -38,12 +38,11 @@ const DUE_RETRY: Duration = Duration::from_secs(5);
 /// slow, not stuck, but an operator should see it.
 const SLOW_PLANNING: Duration = Duration::from_secs(120);
 
-/// At shutdown, after the drain: time to record the last outcomes, then to hand the last
-/// alerts to the webhook. The unit's `TimeoutStopSec=` must cover [`STOP_LIMIT`].
-const RECORD_LIMIT: Duration = Duration::from_secs(5);
+/// At shutdown, after the drain and the last outcomes ([`sender::RECORD_LIMIT`]): time to hand
+/// the last alerts to the webhook. The unit's `TimeoutStopSec=` must cover [`STOP_LIMIT`].
 const WEBHOOK_LIMIT: Duration = Duration::from_secs(2);
 pub const STOP_LIMIT: Duration = Duration::from_secs(
-    sender::DRAIN_LIMIT.as_secs() + RECORD_LIMIT.as_secs() + WEBHOOK_LIMIT.as_secs(),
+    sender::DRAIN_LIMIT.as_secs() + sender::RECORD_LIMIT.as_secs() + WEBHOOK_LIMIT.as_secs(),
 );
 
 /// How often open runs are checked and old rows pruned.
@@ -397,7 +396,7 @@ impl Daemon {
             p.handle.abort();
         }
         // The sender drains within sender::DRAIN_LIMIT, then records the last outcomes.
-        let limit = sender::DRAIN_LIMIT + RECORD_LIMIT;
+        let limit = sender::DRAIN_LIMIT + sender::RECORD_LIMIT;
         for worker in self.workers.drain(..) {
             if tokio::time::timeout(limit, worker).await.is_err() {
                 tracing::warn!(

@@ -3,8 +3,9 @@
 //! - the dispatcher claims pages of due rows under a lease and keeps at most `max_in_flight`
 //!   requests going, gated by the circuit breaker;
 //! - the writer records outcomes by group commit: as soon as one write finishes, the next takes
-//!   every outcome that completed meanwhile, so a `kill -9` loses at most about `max_in_flight`
-//!   answers (whose pairs are then sent again);
+//!   every outcome that completed meanwhile. A request keeps its in-flight slot until its
+//!   outcome is recorded, so a `kill -9` loses at most `max_in_flight` answers (whose pairs are
+//!   then sent again), and while the database cannot record, nothing new is sent;
 //! - the renewer extends the lease of every row still held, so that only a dead or cut-off
 //!   instance's rows pass to another instance.
 //!
@@ -49,6 +50,8 @@ const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// must cover it and the last write. Rows still in flight then pass to the next owner when
 /// their lease expires.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(20);
+/// After the drain, how long the last outcomes may take to be recorded.
+pub const RECORD_LIMIT: Duration = Duration::from_secs(5);
 
 /// Which rows an instance works.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,8 +212,17 @@ pub async fn work_with(
     let mut dispatcher = Dispatcher::new(ctx, owner, scope, out_tx, held);
     dispatcher.run(shutdown, wake, closed).await;
     drop(dispatcher);
-    // The writer ends once every outcome sent to it is recorded.
-    let _ = writer.await;
+    // The writer ends once every outcome sent to it is recorded; while the database is
+    // unreachable it would wait forever, so the wait is bounded and what is left unrecorded
+    // is sent again by the next owner of those rows.
+    let mut writer = writer;
+    if tokio::time::timeout(RECORD_LIMIT, &mut writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the last outcomes could not be recorded (database unreachable?): those pairs are sent again when their lease expires");
+        writer.abort();
+    }
     background.cancel();
     let _ = renewer.await;
     Ok(())
