@@ -13,7 +13,8 @@ use crate::config::{self, Settings};
 use crate::cycle::{self, Preview, Verdict};
 use crate::domain::{AppId, Mcc};
 use crate::outcomes::{self, HistoryFilter, State, Trigger};
-use crate::provider::{self, Class, ProviderClient, Record};
+use crate::provider::{self, Class, ProviderClient};
+use crate::record::{self, Record};
 use crate::{daemon, db, shutdown, source};
 
 /// Exit code for a provider error or a pair that failed or was invalid.
@@ -397,11 +398,11 @@ pub fn render_record(r: &Record) -> String {
     let _ = writeln!(
         out,
         "matched    {} ({})",
-        provider::matched_in_words(v.matched),
+        record::matched_in_words(v.matched),
         n(v.matched)
     );
     let _ = writeln!(out, "verified   {}", o(&v.verified_date));
-    let money = |s: &crate::provider::Settlement| {
+    let money = |s: &record::Settlement| {
         format!(
             "settled {} {} (unit {}, exchange {})",
             o(&s.settle_pay),
@@ -415,7 +416,7 @@ pub fn render_record(r: &Record) -> String {
         let _ = writeln!(
             out,
             "  status   {} ({})",
-            provider::leg_status_in_words(s.status, "sending"),
+            record::leg_status_in_words(s.status, "sending"),
             o(&s.reason)
         );
         let _ = writeln!(
@@ -481,7 +482,7 @@ pub fn render_record(r: &Record) -> String {
         let _ = writeln!(
             out,
             "  status   {} ({})",
-            provider::leg_status_in_words(s.status, "not verified"),
+            record::leg_status_in_words(s.status, "not verified"),
             o(&s.reason)
         );
         let _ = writeln!(
