@@ -390,16 +390,16 @@ pub fn render_record(r: &Record) -> String {
     let _ = writeln!(
         out,
         "order      {}",
-        o(&r.order_id.clone().or(v.order_id.clone()))
+        o(&r.order_id.0.clone().or(v.order_id.0.clone()))
     );
-    let _ = writeln!(out, "flow       {}", n(r.flow_id));
+    let _ = writeln!(out, "flow       {}", n(*r.flow_id));
     let _ = writeln!(out, "channel    {}", o(&v.channel));
     let _ = writeln!(out, "receiver   {}", o(&v.ori_receiver));
     let _ = writeln!(
         out,
         "matched    {} ({})",
-        record::matched_in_words(v.matched),
-        n(v.matched)
+        record::matched_in_words(*v.matched),
+        n(*v.matched)
     );
     let _ = writeln!(out, "verified   {}", o(&v.verified_date));
     let money = |s: &record::Settlement| {
@@ -416,7 +416,7 @@ pub fn render_record(r: &Record) -> String {
         let _ = writeln!(
             out,
             "  status   {} ({})",
-            record::leg_status_in_words(s.status, "sending"),
+            record::leg_status_in_words(*s.status, "sending"),
             o(&s.reason)
         );
         let _ = writeln!(
@@ -429,20 +429,20 @@ pub fn render_record(r: &Record) -> String {
         let _ = writeln!(
             out,
             "  network  mcc {} mnc {}, sender {:?}",
-            n(s.mcc),
-            n(s.mnc),
+            n(*s.mcc),
+            n(*s.mnc),
             provider::clean(s.sender.as_deref().unwrap_or_default(), 64)
         );
         let _ = writeln!(
             out,
             "  cost     {} in total for {} charged parts (currency not stated by the provider); {}",
             o(&s.pay),
-            n(s.charge_cnt),
+            n(*s.charge_cnt),
             money(&s.settlement)
         );
     }
     for (i, c) in r.call.iter().enumerate() {
-        let status = match c.termination_code {
+        let status = match *c.termination_code {
             Some(0) => "success".to_owned(),
             Some(code) => format!("failed ({code})"),
             None => "not reported".to_owned(),
@@ -463,8 +463,8 @@ pub fn render_record(r: &Record) -> String {
         let _ = writeln!(
             out,
             "  duration call {}, charged {} (unit not stated by the provider), billing {}, display number {}",
-            n(c.call_duration),
-            n(c.charged_duration),
+            n(*c.call_duration),
+            n(*c.charged_duration),
             o(&c.bill_period),
             o(&c.display_num)
         );
@@ -482,7 +482,7 @@ pub fn render_record(r: &Record) -> String {
         let _ = writeln!(
             out,
             "  status   {} ({})",
-            record::leg_status_in_words(s.status, "not verified"),
+            record::leg_status_in_words(*s.status, "not verified"),
             o(&s.reason)
         );
         let _ = writeln!(
@@ -491,7 +491,7 @@ pub fn render_record(r: &Record) -> String {
             o(&s.post_verification_time),
             o(&s.verification_back_time)
         );
-        let _ = writeln!(out, "  network  mcc {} mnc {}", n(s.mcc), n(s.mnc));
+        let _ = writeln!(out, "  network  mcc {} mnc {}", n(*s.mcc), n(*s.mnc));
         let _ = writeln!(out, "  cost     {}", money(&s.settlement));
     }
     if r.sms.is_empty() && r.call.is_empty() && r.sna.is_empty() {

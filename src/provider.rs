@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::ProviderSettings;
 use crate::domain::{AppId, Mcc};
 use crate::rate::{Rate, RateError};
-use crate::record::{lenient, Record};
+use crate::record::{Lenient, Record};
 
 /// The exact content type of the docs' examples; some gateways compare it as a string.
 pub const CONTENT_TYPE: &str = "application/json;charset=UTF-8";
@@ -349,7 +349,7 @@ impl ProviderClient {
             }
         };
         let status = clean(envelope.status.trim(), MAX_STATUS_CHARS);
-        let reason = envelope.reason.map(|r| clean(&r, MAX_REASON_CHARS));
+        let reason = envelope.reason.0.map(|r| clean(&r, MAX_REASON_CHARS));
         exchange.provider_status = Some(status.clone());
         exchange.reason = reason.clone();
         let success_http = (200..=299).contains(&http);
@@ -531,12 +531,19 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
 /// unexpected shape on an error answer cannot hide the provider's status.
 #[derive(Debug, Deserialize)]
 struct Envelope {
-    #[serde(deserialize_with = "lenient::string")]
+    #[serde(deserialize_with = "required_status")]
     status: String,
-    #[serde(default, deserialize_with = "lenient::opt_string")]
-    reason: Option<String>,
+    reason: Lenient<String>,
     #[serde(default)]
     data: Option<serde_json::Value>,
+}
+
+/// Unlike every other field, the status cannot be absent: without it an answer cannot be
+/// classified, so it is read as a body that is not the documented JSON.
+fn required_status<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Lenient::<String>::deserialize(d)?
+        .0
+        .ok_or_else(|| serde::de::Error::custom("expected a string or a number"))
 }
 
 #[cfg(test)]
@@ -614,6 +621,19 @@ mod tests {
         let e: Envelope = serde_json::from_str(r#"{"status":0,"data":null}"#).unwrap();
         assert_eq!(e.status, "0");
         assert!(e.data.is_none());
+    }
+
+    #[test]
+    fn the_envelope_needs_a_status_but_not_a_reason() {
+        let e: Envelope = serde_json::from_str(r#"{"status":"-22"}"#).unwrap();
+        assert_eq!((e.status.as_str(), e.reason.0), ("-22", None));
+        for bad in [
+            r#"{"reason":"x"}"#,
+            r#"{"status":null}"#,
+            r#"{"status":{}}"#,
+        ] {
+            assert!(serde_json::from_str::<Envelope>(bad).is_err(), "{bad}");
+        }
     }
 
     fn exchange(transport: Option<Transport>, http: Option<u16>) -> Exchange<IgnoredAny> {

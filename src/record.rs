@@ -14,33 +14,26 @@ use serde::{Deserialize, Deserializer, Serialize};
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Record {
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub order_id: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_int")]
-    pub flow_id: Option<i64>,
-    #[serde(deserialize_with = "lenient::one")]
+    pub order_id: Lenient<String>,
+    pub flow_id: Lenient<i64>,
+    #[serde(deserialize_with = "first_object")]
     pub verifications: Option<Verification>,
-    #[serde(deserialize_with = "lenient::list")]
+    #[serde(deserialize_with = "legs")]
     pub sms: Vec<SmsLeg>,
-    #[serde(deserialize_with = "lenient::list")]
+    #[serde(deserialize_with = "legs")]
     pub call: Vec<CallLeg>,
-    #[serde(deserialize_with = "lenient::list")]
+    #[serde(deserialize_with = "legs")]
     pub sna: Vec<SnaLeg>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Verification {
-    #[serde(deserialize_with = "lenient::opt_int")]
-    pub matched: Option<i64>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub verified_date: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub ori_receiver: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub channel: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub order_id: Option<String>,
+    pub matched: Lenient<i64>,
+    pub verified_date: Lenient<String>,
+    pub ori_receiver: Lenient<String>,
+    pub channel: Lenient<String>,
+    pub order_id: Lenient<String>,
 }
 
 /// Settlement fields shared by every leg. The table calls the currency `settleCurrency`; the
@@ -60,26 +53,21 @@ pub struct Settlement {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 struct RawSettlement {
-    #[serde(deserialize_with = "lenient::opt_string")]
-    settle_pay: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    settle_price: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    settle_currency: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    currency: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    quote_exchange: Option<String>,
+    settle_pay: Lenient<String>,
+    settle_price: Lenient<String>,
+    settle_currency: Lenient<String>,
+    currency: Lenient<String>,
+    quote_exchange: Lenient<String>,
 }
 
 impl From<RawSettlement> for Settlement {
     fn from(raw: RawSettlement) -> Self {
         let present = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
         Self {
-            settle_pay: raw.settle_pay,
-            settle_price: raw.settle_price,
-            settle_currency: present(raw.settle_currency).or(present(raw.currency)),
-            quote_exchange: raw.quote_exchange,
+            settle_pay: raw.settle_pay.0,
+            settle_price: raw.settle_price.0,
+            settle_currency: present(raw.settle_currency.0).or(present(raw.currency.0)),
+            quote_exchange: raw.quote_exchange.0,
         }
     }
 }
@@ -87,26 +75,16 @@ impl From<RawSettlement> for Settlement {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SmsLeg {
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub submit_tm: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub send_tm: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub done_tm: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_int")]
-    pub mcc: Option<i64>,
-    #[serde(deserialize_with = "lenient::opt_int")]
-    pub mnc: Option<i64>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub sender: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_int")]
-    pub charge_cnt: Option<i64>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub pay: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_int")]
-    pub status: Option<i64>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub reason: Option<String>,
+    pub submit_tm: Lenient<String>,
+    pub send_tm: Lenient<String>,
+    pub done_tm: Lenient<String>,
+    pub mcc: Lenient<i64>,
+    pub mnc: Lenient<i64>,
+    pub sender: Lenient<String>,
+    pub charge_cnt: Lenient<i64>,
+    pub pay: Lenient<String>,
+    pub status: Lenient<i64>,
+    pub reason: Lenient<String>,
     #[serde(flatten)]
     pub settlement: Settlement,
 }
@@ -114,35 +92,22 @@ pub struct SmsLeg {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct CallLeg {
-    #[serde(deserialize_with = "lenient::opt_int")]
-    pub termination_code: Option<i64>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub termination_reason: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub submit_time: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub call_time: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub ringing_time: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub answer_time: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub hangup_time: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_int")]
-    pub call_duration: Option<i64>,
-    #[serde(deserialize_with = "lenient::opt_int")]
-    pub charged_duration: Option<i64>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub display_num: Option<String>,
+    pub termination_code: Lenient<i64>,
+    pub termination_reason: Lenient<String>,
+    pub submit_time: Lenient<String>,
+    pub call_time: Lenient<String>,
+    pub ringing_time: Lenient<String>,
+    pub answer_time: Lenient<String>,
+    pub hangup_time: Lenient<String>,
+    pub call_duration: Lenient<i64>,
+    pub charged_duration: Lenient<i64>,
+    pub display_num: Lenient<String>,
     /// Spelled so in the provider's table and example.
-    #[serde(rename = "billPeriodstring", deserialize_with = "lenient::opt_string")]
-    pub bill_period: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub code: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub rate: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub cost: Option<String>,
+    #[serde(rename = "billPeriodstring")]
+    pub bill_period: Lenient<String>,
+    pub code: Lenient<String>,
+    pub rate: Lenient<String>,
+    pub cost: Lenient<String>,
     #[serde(flatten)]
     pub settlement: Settlement,
 }
@@ -150,18 +115,12 @@ pub struct CallLeg {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SnaLeg {
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub post_verification_time: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub verification_back_time: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_int")]
-    pub mcc: Option<i64>,
-    #[serde(deserialize_with = "lenient::opt_int")]
-    pub mnc: Option<i64>,
-    #[serde(deserialize_with = "lenient::opt_int")]
-    pub status: Option<i64>,
-    #[serde(deserialize_with = "lenient::opt_string")]
-    pub reason: Option<String>,
+    pub post_verification_time: Lenient<String>,
+    pub verification_back_time: Lenient<String>,
+    pub mcc: Lenient<i64>,
+    pub mnc: Lenient<i64>,
+    pub status: Lenient<i64>,
+    pub reason: Lenient<String>,
     #[serde(flatten)]
     pub settlement: Settlement,
 }
@@ -190,81 +149,132 @@ pub fn leg_status_in_words(status: Option<i64>, pending_word: &str) -> String {
     }
 }
 
-/// Deserializers that accept the forms the provider's page shows for the same field, and read
-/// any other form as absent rather than failing the whole answer.
-pub(crate) mod lenient {
-    use super::*;
+/// A scalar field read as the provider's page shows it: the page's table and its example
+/// disagree on which fields are numbers, so a number may arrive as a string and a string as a
+/// number. `null`, an absent field and a value of another shape (an object, an array) are all
+/// `None`: one odd field must not cost the operator the rest of the record.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Lenient<T>(pub Option<T>);
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Scalar {
-        Text(String),
-        Int(i64),
-        Float(f64),
-        Bool(bool),
-        /// An object or an array where a scalar belongs.
-        Other(IgnoredAny),
+impl<T> std::ops::Deref for Lenient<T> {
+    type Target = Option<T>;
+
+    fn deref(&self) -> &Option<T> {
+        &self.0
     }
+}
 
-    impl Scalar {
-        fn into_text(self) -> Option<String> {
-            match self {
-                Self::Text(s) => Some(s),
-                Self::Int(i) => Some(i.to_string()),
-                Self::Float(f) => Some(f.to_string()),
-                Self::Bool(b) => Some(b.to_string()),
-                Self::Other(_) => None,
-            }
-        }
+impl<T: PartialEq> PartialEq<Option<T>> for Lenient<T> {
+    fn eq(&self, other: &Option<T>) -> bool {
+        self.0 == *other
     }
+}
 
-    /// A required scalar (the envelope's `status`).
-    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-        Scalar::deserialize(d)?
-            .into_text()
-            .ok_or_else(|| serde::de::Error::custom("expected a string or a number"))
+/// As the `Option` it stands for, so that a failed assertion or a `{:?}` reads as before.
+impl<T: std::fmt::Debug> std::fmt::Debug for Lenient<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
+}
 
-    pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-        Ok(Option::<Scalar>::deserialize(d)?.and_then(Scalar::into_text))
+/// Text: any scalar, written as JSON would write it.
+impl<'de> Deserialize<'de> for Lenient<String> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self(match Option::<Scalar>::deserialize(d)? {
+            Some(Scalar::Text(s)) => Some(s),
+            Some(Scalar::Int(i)) => Some(i.to_string()),
+            Some(Scalar::Float(f)) => Some(f.to_string()),
+            Some(Scalar::Bool(b)) => Some(b.to_string()),
+            Some(Scalar::Other(_)) | None => None,
+        }))
     }
+}
 
-    pub fn opt_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-        Ok(match Option::<Scalar>::deserialize(d)? {
+/// An integer: a JSON integer, a whole float, or a string holding an integer.
+impl<'de> Deserialize<'de> for Lenient<i64> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self(match Option::<Scalar>::deserialize(d)? {
             Some(Scalar::Int(i)) => Some(i),
             Some(Scalar::Text(s)) => s.trim().parse().ok(),
             Some(Scalar::Float(f)) if f.fract() == 0.0 => Some(f as i64),
             _ => None,
-        })
+        }))
     }
+}
 
-    /// A list of objects: an array (elements that are not objects are dropped), one object, or
-    /// nothing.
-    pub fn list<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Vec<T>, D::Error> {
-        let items = match serde_json::Value::deserialize(d)? {
-            serde_json::Value::Array(items) => items,
-            one @ serde_json::Value::Object(_) => vec![one],
-            _ => Vec::new(),
-        };
-        Ok(items
-            .into_iter()
-            .filter(serde_json::Value::is_object)
-            .filter_map(|v| serde_json::from_value(v).ok())
-            .collect())
-    }
+/// Whatever JSON value stands where the page puts a scalar.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// An object or an array where a scalar belongs.
+    Other(IgnoredAny),
+}
 
-    /// One object: an object, or the first object of an array.
-    pub fn one<'de, D: Deserializer<'de>, T: DeserializeOwned>(
-        d: D,
-    ) -> Result<Option<T>, D::Error> {
-        let mut items: Vec<T> = list(d)?;
-        Ok((!items.is_empty()).then(|| items.swap_remove(0)))
-    }
+/// A leg list: an array (elements that are not objects are dropped), one object (the page's
+/// prose says "returns this object" where its table says JSONArray), or nothing.
+fn legs<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Vec<T>, D::Error> {
+    let items = match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Array(items) => items,
+        one @ serde_json::Value::Object(_) => vec![one],
+        _ => Vec::new(),
+    };
+    Ok(items
+        .into_iter()
+        .filter(serde_json::Value::is_object)
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect())
+}
+
+/// One object: an object, or the first object of an array.
+fn first_object<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    let mut items: Vec<T> = legs(d)?;
+    Ok((!items.is_empty()).then(|| items.swap_remove(0)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Deserialize)]
+    struct Probe {
+        text: Lenient<String>,
+        int: Lenient<i64>,
+    }
+
+    fn probe(json: serde_json::Value) -> (Option<String>, Option<i64>) {
+        let p: Probe = serde_json::from_value(json).unwrap();
+        (p.text.0, p.int.0)
+    }
+
+    #[test]
+    fn lenient_reads_numbers_as_text_text_as_numbers_and_anything_else_as_absent() {
+        use serde_json::json;
+        let text = |s: &str| Some(s.to_owned());
+        assert_eq!(probe(json!({"text": "a", "int": 7})), (text("a"), Some(7)));
+        assert_eq!(
+            probe(json!({"text": 12, "int": " 7 "})),
+            (text("12"), Some(7))
+        );
+        assert_eq!(
+            probe(json!({"text": 0.5, "int": 7.0})),
+            (text("0.5"), Some(7))
+        );
+        assert_eq!(
+            probe(json!({"text": true, "int": 7.5})),
+            (text("true"), None)
+        );
+        assert_eq!(probe(json!({"text": null, "int": "x"})), (None, None));
+        assert_eq!(probe(json!({"text": {}, "int": [7]})), (None, None));
+        assert_eq!(probe(json!({"int": true})), (None, None));
+        assert_eq!(probe(json!({})), (None, None));
+    }
 
     #[test]
     fn a_leg_with_both_currency_keys_prefers_settle_currency() {
@@ -295,7 +305,7 @@ mod tests {
         assert_eq!(r.flow_id, None);
         assert_eq!(r.verifications.unwrap().channel.as_deref(), Some("sms"));
         assert_eq!(r.sms.len(), 1);
-        assert_eq!((r.sms[0].status, r.sms[0].mcc), (Some(0), None));
+        assert_eq!((*r.sms[0].status, *r.sms[0].mcc), (Some(0), None));
         assert_eq!(r.call.len(), 1);
         assert_eq!(r.call[0].rate.as_deref(), Some("0.1"));
         assert!(r.sna.is_empty());
