@@ -125,21 +125,49 @@ pub struct SnaLeg {
     pub settlement: Settlement,
 }
 
-/// `matched`, in words.
-pub fn matched_in_words(matched: Option<i64>) -> String {
-    match matched {
-        Some(-1) => "not checked".to_owned(),
-        Some(0) => "verified".to_owned(),
-        Some(1) => "sending".to_owned(),
-        Some(2) => "failed".to_owned(),
-        Some(3) => "no such verification".to_owned(),
-        Some(other) => format!("unknown ({other})"),
-        None => "not reported".to_owned(),
+impl Verification {
+    /// `matched`, in words, as the page's table lists the codes.
+    pub fn matched_in_words(&self) -> String {
+        match *self.matched {
+            Some(-1) => "not checked".to_owned(),
+            Some(0) => "verified".to_owned(),
+            Some(1) => "sending".to_owned(),
+            Some(2) => "failed".to_owned(),
+            Some(3) => "no such verification".to_owned(),
+            Some(other) => format!("unknown ({other})"),
+            None => "not reported".to_owned(),
+        }
     }
 }
 
-/// An SMS or SNA leg's `status`, in words.
-pub fn leg_status_in_words(status: Option<i64>, pending_word: &str) -> String {
+impl SmsLeg {
+    /// `status`, in words: for an SMS, -1 means it is still being sent.
+    pub fn status_in_words(&self) -> String {
+        leg_status_in_words(*self.status, "sending")
+    }
+}
+
+impl CallLeg {
+    /// `terminationCode`, in words. The page documents 0 (success) and "any other is a
+    /// failure", so a failure is shown with its code rather than guessed at.
+    pub fn status_in_words(&self) -> String {
+        match *self.termination_code {
+            Some(0) => "success".to_owned(),
+            Some(code) => format!("failed ({code})"),
+            None => "not reported".to_owned(),
+        }
+    }
+}
+
+impl SnaLeg {
+    /// `status`, in words: for a silent network login, -1 means it was never verified.
+    pub fn status_in_words(&self) -> String {
+        leg_status_in_words(*self.status, "not verified")
+    }
+}
+
+/// The status codes SMS and SNA legs share; only the meaning of -1 differs between them.
+fn leg_status_in_words(status: Option<i64>, pending_word: &str) -> String {
     match status {
         Some(-1) => pending_word.to_owned(),
         Some(0) => "success".to_owned(),
@@ -274,6 +302,38 @@ mod tests {
         assert_eq!(probe(json!({"text": {}, "int": [7]})), (None, None));
         assert_eq!(probe(json!({"int": true})), (None, None));
         assert_eq!(probe(json!({})), (None, None));
+    }
+
+    #[test]
+    fn each_leg_kind_words_its_own_codes() {
+        let sms = |status| SmsLeg {
+            status: Lenient(status),
+            ..SmsLeg::default()
+        };
+        let sna = |status| SnaLeg {
+            status: Lenient(status),
+            ..SnaLeg::default()
+        };
+        let call = |code| CallLeg {
+            termination_code: Lenient(code),
+            ..CallLeg::default()
+        };
+        let matched = |m| Verification {
+            matched: Lenient(m),
+            ..Verification::default()
+        };
+        assert_eq!(sms(Some(-1)).status_in_words(), "sending");
+        assert_eq!(sna(Some(-1)).status_in_words(), "not verified");
+        assert_eq!(sms(Some(1)).status_in_words(), "failure");
+        assert_eq!(sna(Some(7)).status_in_words(), "unknown (7)");
+        assert_eq!(sms(None).status_in_words(), "not reported");
+        assert_eq!(call(Some(0)).status_in_words(), "success");
+        assert_eq!(call(Some(100_005)).status_in_words(), "failed (100005)");
+        assert_eq!(call(None).status_in_words(), "not reported");
+        assert_eq!(matched(Some(0)).matched_in_words(), "verified");
+        assert_eq!(matched(Some(3)).matched_in_words(), "no such verification");
+        assert_eq!(matched(Some(9)).matched_in_words(), "unknown (9)");
+        assert_eq!(matched(None).matched_in_words(), "not reported");
     }
 
     #[test]
