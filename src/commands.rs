@@ -13,7 +13,8 @@ use crate::config::{self, Settings};
 use crate::cycle::{self, Preview, Verdict};
 use crate::domain::{AppId, Mcc};
 use crate::outcomes::{self, HistoryFilter, Trigger};
-use crate::provider::{self, Class, ProviderClient, Record};
+use crate::provider::{self, Class, ProviderClient};
+use crate::record::{CallLeg, Record, Settlement, SmsLeg, SnaLeg, Verification};
 use crate::{daemon, db, shutdown, source};
 
 /// Exit code for a provider error or a pair that failed or was invalid.
@@ -369,125 +370,147 @@ async fn status(settings: &Settings, app_id: Option<&str>, json: bool) -> anyhow
 /// provider's page: where the page names no unit or currency, neither does the summary. Every
 /// text from the provider is [`provider::clean`]ed, so that it cannot drive the terminal.
 pub fn render_record(r: &Record) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let v = r.verifications.clone().unwrap_or_default();
-    let o = |s: &Option<String>| {
-        s.as_deref().map_or_else(
-            || "-".to_owned(),
-            |s| provider::clean(s, provider::MAX_REASON_CHARS),
-        )
-    };
-    let n = |i: Option<i64>| i.map_or_else(|| "-".to_owned(), |i| i.to_string());
-    let _ = writeln!(
-        out,
-        "order      {}",
-        o(&r.order_id.clone().or(v.order_id.clone()))
-    );
-    let _ = writeln!(out, "flow       {}", n(r.flow_id));
-    let _ = writeln!(out, "channel    {}", o(&v.channel));
-    let _ = writeln!(out, "receiver   {}", o(&v.ori_receiver));
-    let _ = writeln!(
-        out,
-        "matched    {} ({})",
-        provider::matched_in_words(v.matched),
-        n(v.matched)
-    );
-    let _ = writeln!(out, "verified   {}", o(&v.verified_date));
-    let money = |s: &crate::provider::Settlement| {
-        format!(
-            "settled {} {} (unit {}, exchange {})",
-            o(&s.settle_pay),
-            o(&s.settle_currency),
-            o(&s.settle_price),
-            o(&s.quote_exchange)
-        )
-    };
-    for (i, s) in r.sms.iter().enumerate() {
-        let _ = writeln!(out, "sms #{}", i + 1);
-        let _ = writeln!(
-            out,
-            "  status   {} ({})",
-            provider::leg_status_in_words(s.status, "sending"),
-            o(&s.reason)
-        );
-        let _ = writeln!(
-            out,
-            "  times    submitted {}, sent {}, done {}",
-            o(&s.submit_tm),
-            o(&s.send_tm),
-            o(&s.done_tm)
-        );
-        let _ = writeln!(
-            out,
-            "  network  mcc {} mnc {}, sender {:?}",
-            n(s.mcc),
-            n(s.mnc),
-            provider::clean(s.sender.as_deref().unwrap_or_default(), 64)
-        );
-        let _ = writeln!(
-            out,
-            "  cost     {} in total for {} charged parts (currency not stated by the provider); {}",
-            o(&s.pay),
-            n(s.charge_cnt),
-            money(&s.settlement)
-        );
-    }
-    for (i, c) in r.call.iter().enumerate() {
-        let status = match c.termination_code {
-            Some(0) => "success".to_owned(),
-            Some(code) => format!("failed ({code})"),
-            None => "not reported".to_owned(),
-        };
-        let _ = writeln!(out, "call #{}", i + 1);
-        let _ = writeln!(out, "  status   {} ({})", status, o(&c.termination_reason));
-        let _ = writeln!(
-            out,
-            "  times    submitted {}, called {}, ringing {}, answered {}, hung up {}",
-            o(&c.submit_time),
-            o(&c.call_time),
-            o(&c.ringing_time),
-            o(&c.answer_time),
-            o(&c.hangup_time)
-        );
-        // The page gives the durations no unit, the rate no time base, and `code` is the
-        // "regional supplier" (地区供应商), not a region.
-        let _ = writeln!(
-            out,
-            "  duration call {}, charged {} (unit not stated by the provider), billing {}, display number {}",
-            n(c.call_duration),
-            n(c.charged_duration),
-            o(&c.bill_period),
-            o(&c.display_num)
-        );
-        let _ = writeln!(
-            out,
-            "  cost     {} USD, rate {} USD, regional supplier {}; {}",
-            o(&c.cost),
-            o(&c.rate),
-            o(&c.code),
-            money(&c.settlement)
-        );
-    }
-    for (i, s) in r.sna.iter().enumerate() {
-        let _ = writeln!(out, "sna #{}", i + 1);
-        let _ = writeln!(
-            out,
-            "  status   {} ({})",
-            provider::leg_status_in_words(s.status, "not verified"),
-            o(&s.reason)
-        );
-        let _ = writeln!(
-            out,
-            "  times    requested {}, answered {}",
-            o(&s.post_verification_time),
-            o(&s.verification_back_time)
-        );
-        let _ = writeln!(out, "  network  mcc {} mnc {}", n(s.mcc), n(s.mnc));
-        let _ = writeln!(out, "  cost     {}", money(&s.settlement));
-    }
+    let mut out = lines(&verification_header(r));
+    legs(&mut out, "sms", &r.sms, sms_leg);
+    legs(&mut out, "call", &r.call, call_leg);
+    legs(&mut out, "sna", &r.sna, sna_leg);
     if r.sms.is_empty() && r.call.is_empty() && r.sna.is_empty() {
-        let _ = writeln!(out, "no delivery legs reported");
+        out.push_str("no delivery legs reported\n");
     }
     out
+}
+
+/// A line of the summary: its label (indented under a leg's title), then what the provider said.
+type Line = (&'static str, String);
+
+/// Labels in a column of their own, so that the values line up whatever their label.
+fn lines(rows: &[Line]) -> String {
+    rows.iter()
+        .map(|(label, value)| format!("{label:<10} {value}\n"))
+        .collect()
+}
+
+/// Every leg of one kind, numbered from 1 as the operator counts them.
+fn legs<T>(out: &mut String, kind: &str, items: &[T], leg_lines: fn(&T) -> Vec<Line>) {
+    for (i, leg) in items.iter().enumerate() {
+        out.push_str(&format!("{kind} #{}\n", i + 1));
+        out.push_str(&lines(&leg_lines(leg)));
+    }
+}
+
+fn verification_header(r: &Record) -> Vec<Line> {
+    let none = Verification::default();
+    let v = r.verifications.as_ref().unwrap_or(&none);
+    // The page sends the order id twice, at the top and in `verifications`: either will do.
+    let order = r.order_id.as_ref().or(v.order_id.as_ref()).cloned();
+    let matched = format!("{} ({})", v.matched_in_words(), number(&v.matched));
+    vec![
+        ("order", shown(&order)),
+        ("flow", number(&r.flow_id)),
+        ("channel", shown(&v.channel)),
+        ("receiver", shown(&v.ori_receiver)),
+        ("matched", matched),
+        ("verified", shown(&v.verified_date)),
+    ]
+}
+
+fn sms_leg(s: &SmsLeg) -> Vec<Line> {
+    let status = format!("{} ({})", s.status_in_words(), shown(&s.reason));
+    let times = format!(
+        "submitted {}, sent {}, done {}",
+        shown(&s.submit_tm),
+        shown(&s.send_tm),
+        shown(&s.done_tm)
+    );
+    let sender = provider::clean(s.sender.as_deref().unwrap_or_default(), 64);
+    let network = format!(
+        "mcc {} mnc {}, sender {sender:?}",
+        number(&s.mcc),
+        number(&s.mnc)
+    );
+    let cost = format!(
+        "{} in total for {} charged parts (currency not stated by the provider); {}",
+        shown(&s.pay),
+        number(&s.charge_cnt),
+        settled(&s.settlement)
+    );
+    vec![
+        ("  status", status),
+        ("  times", times),
+        ("  network", network),
+        ("  cost", cost),
+    ]
+}
+
+fn call_leg(c: &CallLeg) -> Vec<Line> {
+    let status = format!("{} ({})", c.status_in_words(), shown(&c.termination_reason));
+    let times = format!(
+        "submitted {}, called {}, ringing {}, answered {}, hung up {}",
+        shown(&c.submit_time),
+        shown(&c.call_time),
+        shown(&c.ringing_time),
+        shown(&c.answer_time),
+        shown(&c.hangup_time)
+    );
+    // The page gives the durations no unit, the rate no time base, and `code` is the
+    // "regional supplier" (地区供应商), not a region.
+    let duration = format!(
+        "call {}, charged {} (unit not stated by the provider), billing {}, display number {}",
+        number(&c.call_duration),
+        number(&c.charged_duration),
+        shown(&c.bill_period),
+        shown(&c.display_num)
+    );
+    let cost = format!(
+        "{} USD, rate {} USD, regional supplier {}; {}",
+        shown(&c.cost),
+        shown(&c.rate),
+        shown(&c.code),
+        settled(&c.settlement)
+    );
+    vec![
+        ("  status", status),
+        ("  times", times),
+        ("  duration", duration),
+        ("  cost", cost),
+    ]
+}
+
+fn sna_leg(s: &SnaLeg) -> Vec<Line> {
+    let status = format!("{} ({})", s.status_in_words(), shown(&s.reason));
+    let times = format!(
+        "requested {}, answered {}",
+        shown(&s.post_verification_time),
+        shown(&s.verification_back_time)
+    );
+    let network = format!("mcc {} mnc {}", number(&s.mcc), number(&s.mnc));
+    vec![
+        ("  status", status),
+        ("  times", times),
+        ("  network", network),
+        ("  cost", settled(&s.settlement)),
+    ]
+}
+
+/// The settlement every leg carries, in the currency the provider names for it.
+fn settled(s: &Settlement) -> String {
+    format!(
+        "settled {} {} (unit {}, exchange {})",
+        shown(&s.settle_pay),
+        shown(&s.settle_currency),
+        shown(&s.settle_price),
+        shown(&s.quote_exchange)
+    )
+}
+
+/// Provider text for the terminal, or "-" where the provider sent none.
+fn shown(text: &Option<String>) -> String {
+    text.as_deref().map_or_else(
+        || "-".to_owned(),
+        |s| provider::clean(s, provider::MAX_REASON_CHARS),
+    )
+}
+
+fn number(n: &Option<i64>) -> String {
+    n.map_or_else(|| "-".to_owned(), |n| n.to_string())
 }

@@ -21,7 +21,8 @@
 //!
 //! Around the flow, for the operator: [`alarm`] judges each new rate against its pair's
 //! baseline (the route-health alarm, with a webhook), [`status`] shows every pair at a glance,
-//! [`metrics`] serves Prometheus metrics and a health check, [`mcc`] names the countries.
+//! [`metrics`] serves Prometheus metrics and a health check, [`mcc`] names the countries, and
+//! [`record`] reads the provider's record of one send (`backfill-reporter record`).
 
 pub mod alarm;
 pub mod breaker;
@@ -38,6 +39,7 @@ pub mod outcomes;
 pub mod provider;
 pub mod queue;
 pub mod rate;
+pub mod record;
 pub mod retention;
 pub mod schedule;
 pub mod sender;

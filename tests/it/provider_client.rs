@@ -276,7 +276,7 @@ async fn the_docs_record_example_parses_into_the_typed_model_with_every_leg() {
     );
     let sms = &r.sms[0];
     assert_eq!(
-        (sms.mcc, sms.mnc, sms.charge_cnt, sms.status),
+        (*sms.mcc, *sms.mnc, *sms.charge_cnt, *sms.status),
         (Some(460), Some(10), Some(1), Some(0))
     );
     assert_eq!(sms.pay.as_deref(), Some("0.000002"));
@@ -292,7 +292,7 @@ async fn the_docs_record_example_parses_into_the_typed_model_with_every_leg() {
     assert_eq!(call.display_num, None);
     assert_eq!(call.bill_period.as_deref(), Some("20+20"));
     assert_eq!(
-        (call.call_duration, call.charged_duration),
+        (*call.call_duration, *call.charged_duration),
         (Some(0), Some(0))
     );
     assert_eq!(call.rate.as_deref(), Some("0.138"));
@@ -324,7 +324,7 @@ async fn numbers_as_strings_and_an_sna_leg_are_accepted() {
     assert_eq!(r.verifications.unwrap().matched, Some(2));
     let sna = &r.sna[0];
     assert_eq!(
-        (sna.mcc, sna.mnc, sna.status),
+        (*sna.mcc, *sna.mnc, *sna.status),
         (Some(460), Some(1), Some(1))
     );
     assert_eq!(sna.settlement.settle_pay.as_deref(), Some("0.5"));

@@ -1,0 +1,375 @@
+//! The record of one send, as the provider's `orderId/record` page describes it, parsed
+//! leniently, and the provider's codes for it in words. The page's table and its example
+//! disagree, and the `record` command must show what it can of any answer. It does no I/O and
+//! knows nothing of signing or classification: `provider` fetches a record, `commands` prints it.
+
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The `data` of a record lookup. The page's table and its example disagree in places, and a
+/// debugging command must show what it can of any answer, so every field is optional and
+/// lenient: numbers may arrive as strings and strings as numbers, a value of another shape is
+/// read as absent, unknown fields are ignored, and a leg list may come as one object (the
+/// page's prose says "returns this object", its table says JSONArray).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Record {
+    pub order_id: Lenient<String>,
+    pub flow_id: Lenient<i64>,
+    #[serde(deserialize_with = "first_object")]
+    pub verifications: Option<Verification>,
+    #[serde(deserialize_with = "legs")]
+    pub sms: Vec<SmsLeg>,
+    #[serde(deserialize_with = "legs")]
+    pub call: Vec<CallLeg>,
+    #[serde(deserialize_with = "legs")]
+    pub sna: Vec<SnaLeg>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Verification {
+    pub matched: Lenient<i64>,
+    pub verified_date: Lenient<String>,
+    pub ori_receiver: Lenient<String>,
+    pub channel: Lenient<String>,
+    pub order_id: Lenient<String>,
+}
+
+/// Settlement fields shared by every leg. The table calls the currency `settleCurrency`; the
+/// example sends `currency`. Both are read, and a leg that carries both is no error:
+/// `settleCurrency` wins, as the table is the reference.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", from = "RawSettlement")]
+pub struct Settlement {
+    pub settle_pay: Option<String>,
+    pub settle_price: Option<String>,
+    pub settle_currency: Option<String>,
+    pub quote_exchange: Option<String>,
+}
+
+/// [`Settlement`] as it arrives, with the two spellings of the currency kept apart (a serde
+/// alias would make a leg with both a "duplicate field" error).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RawSettlement {
+    settle_pay: Lenient<String>,
+    settle_price: Lenient<String>,
+    settle_currency: Lenient<String>,
+    currency: Lenient<String>,
+    quote_exchange: Lenient<String>,
+}
+
+impl From<RawSettlement> for Settlement {
+    fn from(raw: RawSettlement) -> Self {
+        let present = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+        Self {
+            settle_pay: raw.settle_pay.0,
+            settle_price: raw.settle_price.0,
+            settle_currency: present(raw.settle_currency.0).or(present(raw.currency.0)),
+            quote_exchange: raw.quote_exchange.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SmsLeg {
+    pub submit_tm: Lenient<String>,
+    pub send_tm: Lenient<String>,
+    pub done_tm: Lenient<String>,
+    pub mcc: Lenient<i64>,
+    pub mnc: Lenient<i64>,
+    pub sender: Lenient<String>,
+    pub charge_cnt: Lenient<i64>,
+    pub pay: Lenient<String>,
+    pub status: Lenient<i64>,
+    pub reason: Lenient<String>,
+    #[serde(flatten)]
+    pub settlement: Settlement,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CallLeg {
+    pub termination_code: Lenient<i64>,
+    pub termination_reason: Lenient<String>,
+    pub submit_time: Lenient<String>,
+    pub call_time: Lenient<String>,
+    pub ringing_time: Lenient<String>,
+    pub answer_time: Lenient<String>,
+    pub hangup_time: Lenient<String>,
+    pub call_duration: Lenient<i64>,
+    pub charged_duration: Lenient<i64>,
+    pub display_num: Lenient<String>,
+    /// Spelled so in the provider's table and example.
+    #[serde(rename = "billPeriodstring")]
+    pub bill_period: Lenient<String>,
+    pub code: Lenient<String>,
+    pub rate: Lenient<String>,
+    pub cost: Lenient<String>,
+    #[serde(flatten)]
+    pub settlement: Settlement,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SnaLeg {
+    pub post_verification_time: Lenient<String>,
+    pub verification_back_time: Lenient<String>,
+    pub mcc: Lenient<i64>,
+    pub mnc: Lenient<i64>,
+    pub status: Lenient<i64>,
+    pub reason: Lenient<String>,
+    #[serde(flatten)]
+    pub settlement: Settlement,
+}
+
+impl Verification {
+    /// `matched`, in words, as the page's table lists the codes.
+    pub fn matched_in_words(&self) -> String {
+        match *self.matched {
+            Some(-1) => "not checked".to_owned(),
+            Some(0) => "verified".to_owned(),
+            Some(1) => "sending".to_owned(),
+            Some(2) => "failed".to_owned(),
+            Some(3) => "no such verification".to_owned(),
+            Some(other) => format!("unknown ({other})"),
+            None => "not reported".to_owned(),
+        }
+    }
+}
+
+impl SmsLeg {
+    /// `status`, in words: for an SMS, -1 means it is still being sent.
+    pub fn status_in_words(&self) -> String {
+        leg_status_in_words(*self.status, "sending")
+    }
+}
+
+impl CallLeg {
+    /// `terminationCode`, in words. The page documents 0 (success) and "any other is a
+    /// failure", so a failure is shown with its code rather than guessed at.
+    pub fn status_in_words(&self) -> String {
+        match *self.termination_code {
+            Some(0) => "success".to_owned(),
+            Some(code) => format!("failed ({code})"),
+            None => "not reported".to_owned(),
+        }
+    }
+}
+
+impl SnaLeg {
+    /// `status`, in words: for a silent network login, -1 means it was never verified.
+    pub fn status_in_words(&self) -> String {
+        leg_status_in_words(*self.status, "not verified")
+    }
+}
+
+/// The status codes SMS and SNA legs share; only the meaning of -1 differs between them.
+fn leg_status_in_words(status: Option<i64>, pending_word: &str) -> String {
+    match status {
+        Some(-1) => pending_word.to_owned(),
+        Some(0) => "success".to_owned(),
+        Some(1) => "failure".to_owned(),
+        Some(other) => format!("unknown ({other})"),
+        None => "not reported".to_owned(),
+    }
+}
+
+/// A scalar field read as the provider's page shows it: the page's table and its example
+/// disagree on which fields are numbers, so a number may arrive as a string and a string as a
+/// number. `null`, an absent field and a value of another shape (an object, an array) are all
+/// `None`: one odd field must not cost the operator the rest of the record.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Lenient<T>(pub Option<T>);
+
+impl<T> std::ops::Deref for Lenient<T> {
+    type Target = Option<T>;
+
+    fn deref(&self) -> &Option<T> {
+        &self.0
+    }
+}
+
+impl<T: PartialEq> PartialEq<Option<T>> for Lenient<T> {
+    fn eq(&self, other: &Option<T>) -> bool {
+        self.0 == *other
+    }
+}
+
+/// As the `Option` it stands for, so that a failed assertion or a `{:?}` reads as before.
+impl<T: std::fmt::Debug> std::fmt::Debug for Lenient<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Text: any scalar, written as JSON would write it.
+impl<'de> Deserialize<'de> for Lenient<String> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self(match Option::<Scalar>::deserialize(d)? {
+            Some(Scalar::Text(s)) => Some(s),
+            Some(Scalar::Int(i)) => Some(i.to_string()),
+            Some(Scalar::Float(f)) => Some(f.to_string()),
+            Some(Scalar::Bool(b)) => Some(b.to_string()),
+            Some(Scalar::Other(_)) | None => None,
+        }))
+    }
+}
+
+/// An integer: a JSON integer, a whole float, or a string holding an integer.
+impl<'de> Deserialize<'de> for Lenient<i64> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self(match Option::<Scalar>::deserialize(d)? {
+            Some(Scalar::Int(i)) => Some(i),
+            Some(Scalar::Text(s)) => s.trim().parse().ok(),
+            Some(Scalar::Float(f)) if f.fract() == 0.0 => Some(f as i64),
+            _ => None,
+        }))
+    }
+}
+
+/// Whatever JSON value stands where the page puts a scalar.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// An object or an array where a scalar belongs.
+    Other(IgnoredAny),
+}
+
+/// A leg list: an array (elements that are not objects are dropped), one object (the page's
+/// prose says "returns this object" where its table says JSONArray), or nothing.
+fn legs<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Vec<T>, D::Error> {
+    let items = match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Array(items) => items,
+        one @ serde_json::Value::Object(_) => vec![one],
+        _ => Vec::new(),
+    };
+    Ok(items
+        .into_iter()
+        .filter(serde_json::Value::is_object)
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect())
+}
+
+/// One object: an object, or the first object of an array.
+fn first_object<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    let mut items: Vec<T> = legs(d)?;
+    Ok((!items.is_empty()).then(|| items.swap_remove(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Probe {
+        text: Lenient<String>,
+        int: Lenient<i64>,
+    }
+
+    fn probe(json: serde_json::Value) -> (Option<String>, Option<i64>) {
+        let p: Probe = serde_json::from_value(json).unwrap();
+        (p.text.0, p.int.0)
+    }
+
+    #[test]
+    fn lenient_reads_numbers_as_text_text_as_numbers_and_anything_else_as_absent() {
+        use serde_json::json;
+        let text = |s: &str| Some(s.to_owned());
+        assert_eq!(probe(json!({"text": "a", "int": 7})), (text("a"), Some(7)));
+        assert_eq!(
+            probe(json!({"text": 12, "int": " 7 "})),
+            (text("12"), Some(7))
+        );
+        assert_eq!(
+            probe(json!({"text": 0.5, "int": 7.0})),
+            (text("0.5"), Some(7))
+        );
+        assert_eq!(
+            probe(json!({"text": true, "int": 7.5})),
+            (text("true"), None)
+        );
+        assert_eq!(probe(json!({"text": null, "int": "x"})), (None, None));
+        assert_eq!(probe(json!({"text": {}, "int": [7]})), (None, None));
+        assert_eq!(probe(json!({"int": true})), (None, None));
+        assert_eq!(probe(json!({})), (None, None));
+    }
+
+    #[test]
+    fn each_leg_kind_words_its_own_codes() {
+        let sms = |status| SmsLeg {
+            status: Lenient(status),
+            ..SmsLeg::default()
+        };
+        let sna = |status| SnaLeg {
+            status: Lenient(status),
+            ..SnaLeg::default()
+        };
+        let call = |code| CallLeg {
+            termination_code: Lenient(code),
+            ..CallLeg::default()
+        };
+        let matched = |m| Verification {
+            matched: Lenient(m),
+            ..Verification::default()
+        };
+        assert_eq!(sms(Some(-1)).status_in_words(), "sending");
+        assert_eq!(sna(Some(-1)).status_in_words(), "not verified");
+        assert_eq!(sms(Some(1)).status_in_words(), "failure");
+        assert_eq!(sna(Some(7)).status_in_words(), "unknown (7)");
+        assert_eq!(sms(None).status_in_words(), "not reported");
+        assert_eq!(call(Some(0)).status_in_words(), "success");
+        assert_eq!(call(Some(100_005)).status_in_words(), "failed (100005)");
+        assert_eq!(call(None).status_in_words(), "not reported");
+        assert_eq!(matched(Some(0)).matched_in_words(), "verified");
+        assert_eq!(matched(Some(3)).matched_in_words(), "no such verification");
+        assert_eq!(matched(Some(9)).matched_in_words(), "unknown (9)");
+        assert_eq!(matched(None).matched_in_words(), "not reported");
+    }
+
+    #[test]
+    fn a_leg_with_both_currency_keys_prefers_settle_currency() {
+        let leg: SmsLeg =
+            serde_json::from_str(r#"{"settleCurrency":"USD","currency":"EUR","settlePay":"1"}"#)
+                .unwrap();
+        assert_eq!(leg.settlement.settle_currency.as_deref(), Some("USD"));
+        let leg: SmsLeg = serde_json::from_str(r#"{"currency":"EUR"}"#).unwrap();
+        assert_eq!(leg.settlement.settle_currency.as_deref(), Some("EUR"));
+        let leg: SmsLeg =
+            serde_json::from_str(r#"{"settleCurrency":"","currency":"EUR"}"#).unwrap();
+        assert_eq!(leg.settlement.settle_currency.as_deref(), Some("EUR"));
+    }
+
+    #[test]
+    fn a_record_of_any_shape_parses_to_what_can_be_read() {
+        let r: Record = serde_json::from_value(serde_json::json!({
+            "orderId": {"unexpected": "object"},
+            "flowId": "not a number",
+            "verifications": [{"matched": 0, "channel": "sms"}],
+            "sms": {"status": 0, "mcc": [460], "sender": null, "newField": true},
+            "call": [{"rate": "0.1"}, "garbage", 7],
+            "sna": "none",
+            "somethingNew": [1, 2, 3]
+        }))
+        .unwrap();
+        assert_eq!(r.order_id, None);
+        assert_eq!(r.flow_id, None);
+        assert_eq!(r.verifications.unwrap().channel.as_deref(), Some("sms"));
+        assert_eq!(r.sms.len(), 1);
+        assert_eq!((*r.sms[0].status, *r.sms[0].mcc), (Some(0), None));
+        assert_eq!(r.call.len(), 1);
+        assert_eq!(r.call[0].rate.as_deref(), Some("0.1"));
+        assert!(r.sna.is_empty());
+        let empty: Record = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, Record::default());
+    }
+}
