@@ -253,18 +253,7 @@ impl ProviderClient {
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Exchange<T> {
         // Signed afresh for every attempt: the provider refuses stale timestamps (-16).
         let timestamp = chrono::Utc::now().timestamp();
-        let mut exchange = Exchange {
-            class: Class::Transient,
-            provider_status: None,
-            reason: None,
-            http_status: None,
-            error: None,
-            data: None,
-            body: None,
-            timestamp,
-            retry_after: None,
-            transport: None,
-        };
+        let mut exchange = Exchange::new(timestamp);
         let payload = match serde_json::to_vec(body) {
             Ok(p) => p,
             Err(e) => {
@@ -294,8 +283,36 @@ impl ProviderClient {
                 return exchange;
             }
         };
+        if let Some(text) = exchange.read(response).await {
+            exchange.judge(text);
+        }
+        exchange
+    }
+}
+
+impl<T: DeserializeOwned> Exchange<T> {
+    /// Nothing sent yet: transient until something says otherwise.
+    fn new(timestamp: i64) -> Self {
+        Self {
+            class: Class::Transient,
+            provider_status: None,
+            reason: None,
+            http_status: None,
+            error: None,
+            data: None,
+            body: None,
+            timestamp,
+            retry_after: None,
+            transport: None,
+        }
+    }
+
+    /// Reads the answer's status, `Retry-After` and body (at most [`MAX_BODY_BYTES`]). `None`
+    /// when there is no body to judge: a redirect (never followed), a body too large, a broken
+    /// connection; the exchange says why.
+    async fn read(&mut self, response: reqwest::Response) -> Option<String> {
         let http = response.status().as_u16();
-        exchange.http_status = Some(http);
+        self.http_status = Some(http);
         let header = |name: reqwest::header::HeaderName| {
             response
                 .headers()
@@ -303,7 +320,7 @@ impl ProviderClient {
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         };
         if matches!(http, 429 | 503) {
-            exchange.retry_after = header(reqwest::header::RETRY_AFTER)
+            self.retry_after = header(reqwest::header::RETRY_AFTER)
                 .and_then(|v| parse_retry_after(&v, chrono::Utc::now()));
         }
         if (300..=399).contains(&http) {
@@ -311,75 +328,80 @@ impl ProviderClient {
                 || "nowhere (no Location)".to_owned(),
                 |l| clean(&l, MAX_REASON_CHARS),
             );
-            exchange.class = Class::Rejected(Rejection::Other);
-            exchange.error = Some(format!(
+            self.class = Class::Rejected(Rejection::Other);
+            self.error = Some(format!(
                 "HTTP {http} redirect to {location} not followed: the signed request goes to \
                  provider.base_url only; check that it is the provider's API address"
             ));
-            return exchange;
+            return None;
         }
-        let bytes = match read_limited(response, MAX_BODY_BYTES).await {
-            Ok(b) => b,
+        match read_limited(response, MAX_BODY_BYTES).await {
+            Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
             Err(ReadError::TooLarge) => {
-                exchange.error = Some(format!(
+                self.error = Some(format!(
                     "HTTP {http} with a body over {} KiB: not read further",
                     MAX_BODY_BYTES / 1024
                 ));
-                return exchange;
+                None
             }
             Err(ReadError::Transport(e)) => {
-                exchange.transport = Some(transport_kind(&e));
-                exchange.error = Some(describe_transport_error(&e));
-                return exchange;
+                self.transport = Some(transport_kind(&e));
+                self.error = Some(describe_transport_error(&e));
+                None
             }
-        };
-        let text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+
+    /// Classes the answer by its body: the documented JSON's `status` first, the HTTP status
+    /// where the body is not that JSON or contradicts it.
+    fn judge(&mut self, text: String) {
+        let http = self.http_status.unwrap_or_default();
         let parsed = serde_json::from_str::<Envelope>(&text);
-        exchange.body = Some(text);
+        self.body = Some(text);
         let envelope = match parsed {
             Ok(envelope) => envelope,
             Err(e) => {
                 let (class, what) = http_class(http);
-                exchange.class = class;
-                exchange.error = Some(clean(
+                self.class = class;
+                self.error = Some(clean(
                     &format!("HTTP {http}{what} with a body that is not the documented JSON: {e}"),
                     MAX_ERROR_CHARS,
                 ));
-                return exchange;
+                return;
             }
         };
         let status = clean(envelope.status.trim(), MAX_STATUS_CHARS);
         let reason = envelope.reason.0.map(|r| clean(&r, MAX_REASON_CHARS));
-        exchange.provider_status = Some(status.clone());
-        exchange.reason = reason.clone();
+        self.provider_status = Some(status.clone());
+        self.reason = reason.clone();
         let success_http = (200..=299).contains(&http);
         if !success_http && classify(&status) == Class::Success {
             // A "0" on an error page contradicts itself: believe the HTTP status.
             let (class, what) = http_class(http);
-            exchange.class = class;
-            exchange.error = Some(format!("HTTP {http}{what} with provider status 0"));
-            return exchange;
+            self.class = class;
+            self.error = Some(format!("HTTP {http}{what} with provider status 0"));
+            return;
         }
         // The provider's own status says more than the HTTP code a gateway put on it: a -1 on
         // HTTP 401 still stops the cycle, a -22 on HTTP 400 is still about the parameters.
-        exchange.class = classify(&status);
-        if exchange.class != Class::Success {
+        self.class = classify(&status);
+        if self.class != Class::Success {
             let on = if success_http {
                 String::new()
             } else {
                 format!(" (HTTP {http})")
             };
-            exchange.error = Some(format!(
+            self.error = Some(format!(
                 "provider status {status}{on}: {}",
                 reason.as_deref().unwrap_or("(no reason given)")
             ));
-            return exchange;
+            return;
         }
         match envelope.data.map(serde_json::from_value::<T>).transpose() {
-            Ok(data) => exchange.data = data,
+            Ok(data) => self.data = data,
             Err(e) => {
-                exchange.class = Class::Transient;
-                exchange.error = Some(clean(
+                self.class = Class::Transient;
+                self.error = Some(clean(
                     &format!(
                         "provider status 0 with a data field that is not the documented shape: {e}"
                     ),
@@ -387,7 +409,6 @@ impl ProviderClient {
                 ));
             }
         }
-        exchange
     }
 }
 
