@@ -4,32 +4,19 @@
 //! Run with `cargo bench --bench alarm`; needs the database of `scripts/test-db` or
 //! DATABASE_URL. Creates and drops its own database.
 
+mod support;
+
 use std::time::Instant;
 
-use backfill_reporter::{alarm, config, db};
-use sqlx::{Connection, Executor, PgConnection, PgPool};
-
-fn env_or(name: &str, default: i64) -> i64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use backfill_reporter::{alarm, config};
+use sqlx::{Executor, PgPool};
+use support::{env_or, BenchDb};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let master = std::env::var("DATABASE_URL")?;
-    let db_name = format!("backfill_bench_alarm_{}", std::process::id());
-    let mut admin = PgConnection::connect(&master).await?;
-    admin
-        .execute(format!("CREATE DATABASE {db_name}").as_str())
-        .await?;
-    let mut url = reqwest::Url::parse(&master)?;
-    url.set_path(&format!("/{db_name}"));
-    let result = run(url.as_str()).await;
-    admin
-        .execute(format!("DROP DATABASE {db_name} WITH (FORCE)").as_str())
-        .await?;
+    let db = BenchDb::create("alarm").await?;
+    let result = run(&db.url).await;
+    db.drop_now().await?;
     result
 }
 
@@ -37,14 +24,37 @@ async fn run(url: &str) -> anyhow::Result<()> {
     let pairs = env_or("BENCH_ALARM_PAIRS", 240_000);
     let history = env_or("BENCH_ALARM_HISTORY", 12);
     let pool = PgPool::connect(url).await?;
-    db::MIGRATOR.run(&pool).await?;
     let settings = config::from_toml(
         "[provider]\napi_key = \"benchKey\"\n[alarm]\nbaseline_samples = 12\n",
         std::path::Path::new("bench.toml"),
         &|_| None,
     )?;
-
     let started = Instant::now();
+    let run_id = seed(&pool, pairs, history).await?;
+    println!(
+        "setup: {pairs} pairs x {history} earlier reports + 1 run to judge in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let mut conn = pool.acquire().await?;
+    let evaluation = alarm::judge_run(&mut conn, &settings, run_id).await?;
+    let took = started.elapsed();
+    println!(
+        "judge_run: {} pairs judged, {} dropped ({} new) in {:.2}s = {:.0} pairs/s, one statement",
+        evaluation.judged,
+        evaluation.dropped.len(),
+        evaluation.started,
+        took.as_secs_f64(),
+        evaluation.judged as f64 / took.as_secs_f64()
+    );
+    let firing = alarm::firing_count(&pool).await?;
+    println!("route_alarms: {firing} firing");
+    Ok(())
+}
+
+/// `history` succeeded reports of every pair, then the run to judge (returned): every pair
+/// pending, 1% of them down to 10%.
+async fn seed(pool: &PgPool, pairs: usize, history: usize) -> anyhow::Result<i64> {
     // One run row per history tick, then the pairs' succeeded reports at those ticks.
     pool.execute(
         format!(
@@ -62,13 +72,12 @@ async fn run(url: &str) -> anyhow::Result<()> {
         .as_str(),
     )
     .await?;
-    // The run being judged: every pair pending, 1% of them down to 10%.
     let run_id: i64 = sqlx::query_scalar(
         "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance) \
          VALUES (timestamptz '2026-01-02', 'schedule', timestamptz '2026-01-02' - interval '1 hour', \
              timestamptz '2026-01-02', 'bench:1') RETURNING id",
     )
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await?;
     pool.execute(
         format!(
@@ -86,24 +95,5 @@ async fn run(url: &str) -> anyhow::Result<()> {
     // As autovacuum would have by then: the visibility map makes the baseline lookups
     // index-only.
     pool.execute("VACUUM ANALYZE report_submissions").await?;
-    println!(
-        "setup: {pairs} pairs x {history} earlier reports + 1 run to judge in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-
-    let started = Instant::now();
-    let mut conn = pool.acquire().await?;
-    let evaluation = alarm::judge_run(&mut conn, &settings, run_id).await?;
-    let took = started.elapsed();
-    println!(
-        "judge_run: {} pairs judged, {} dropped ({} new) in {:.2}s = {:.0} pairs/s, one statement",
-        evaluation.judged,
-        evaluation.dropped.len(),
-        evaluation.started,
-        took.as_secs_f64(),
-        evaluation.judged as f64 / took.as_secs_f64()
-    );
-    let firing = alarm::firing_count(&pool).await?;
-    println!("route_alarms: {firing} firing");
-    Ok(())
+    Ok(run_id)
 }

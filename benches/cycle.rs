@@ -40,7 +40,18 @@ async fn run(db_url: &str, pairs: usize, rows: usize) -> anyhow::Result<()> {
     let pool = PgPool::connect(db_url).await?;
     let ctx = Context::new(settings, pool.clone(), "bench:1".into())?;
     let tick = cycle::now_tick();
+    cycle_throughput(&ctx, pairs, tick).await?;
+    assert_eq!(received.load(Ordering::Relaxed) as usize, pairs);
+    window_query(&ctx, rows, tick).await
+}
 
+/// `pairs` pairs through claim → read → judge → submit → record, in process.
+async fn cycle_throughput(
+    ctx: &Context,
+    pairs: usize,
+    tick: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
     // Pairs: apps × MCCs, 24 hourly buckets each.
     sqlx::query(
         "INSERT INTO otp_counts (app_id, mcc, bucket_start, sent, backfilled) \
@@ -49,11 +60,11 @@ async fn run(db_url: &str, pairs: usize, rows: usize) -> anyhow::Result<()> {
     )
     .bind(tick)
     .bind(pairs as i32)
-    .execute(&pool)
+    .execute(pool)
     .await?;
 
     let started = Instant::now();
-    let report = cycle::run(&ctx, tick, Trigger::Once, &CancellationToken::new())
+    let report = cycle::run(ctx, tick, Trigger::Once, &CancellationToken::new())
         .await?
         .expect("claimed");
     let elapsed = started.elapsed();
@@ -61,14 +72,21 @@ async fn run(db_url: &str, pairs: usize, rows: usize) -> anyhow::Result<()> {
         report.tally.succeeded as usize, pairs,
         "every pair succeeded"
     );
-    assert_eq!(received.load(Ordering::Relaxed) as usize, pairs);
     println!(
         "cycle: {pairs} pairs in {:.3} s = {:.0} pairs/s (max_in_flight 16, loopback provider)",
         elapsed.as_secs_f64(),
         pairs as f64 / elapsed.as_secs_f64()
     );
+    Ok(())
+}
 
-    // The window query over a large table: `rows` buckets spread over ~1 year.
+/// The window query over a large table (`rows` buckets spread over about a year), with its plan.
+async fn window_query(
+    ctx: &Context,
+    rows: usize,
+    tick: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
     sqlx::query(
         "INSERT INTO otp_counts (app_id, mcc, bucket_start, sent, backfilled) \
          SELECT 'histApp' || (g % 200), 300 + (g % 97), $1 - make_interval(mins => 1 + g / 5), 10, 3 \
@@ -76,17 +94,17 @@ async fn run(db_url: &str, pairs: usize, rows: usize) -> anyhow::Result<()> {
     )
     .bind(tick)
     .bind(rows as i32)
-    .execute(&pool)
+    .execute(pool)
     .await?;
     sqlx::query("VACUUM ANALYZE otp_counts")
-        .execute(&pool)
+        .execute(pool)
         .await?;
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM otp_counts")
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await?;
     let window_start = tick - chrono::Duration::hours(24);
     let started = Instant::now();
-    let preview = cycle::preview(&pool, &ctx.settings, tick).await?;
+    let preview = cycle::preview(pool, &ctx.settings, tick).await?;
     println!(
         "window query: {} pairs from a table of {total} rows read and judged in {:.1} ms",
         preview.pairs.len(),
@@ -101,7 +119,7 @@ async fn run(db_url: &str, pairs: usize, rows: usize) -> anyhow::Result<()> {
             )
             .replace("$2", &format!("'{}'::timestamptz", tick.to_rfc3339()))
     ))
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
     println!("plan:\n  {}", plan.join("\n  "));
     Ok(())

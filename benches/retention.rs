@@ -31,6 +31,12 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(db: &BenchDb, rows: i64) -> anyhow::Result<()> {
     let pool = db.pool().await?;
+    load(&pool, rows).await?;
+    prune_beside_load(&pool).await
+}
+
+/// `rows` submissions over 120 days of 10-minute ticks, as a daemon would have left them.
+async fn load(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
     let per_tick = (rows / (TICKS_PER_DAY * DAYS)).max(1);
     let started = Instant::now();
     sqlx::query(
@@ -41,7 +47,7 @@ async fn run(db: &BenchDb, rows: i64) -> anyhow::Result<()> {
     )
     .bind(DAYS as i32)
     .bind(per_tick as i32)
-    .execute(&pool)
+    .execute(pool)
     .await?;
     // Day by day, so that one statement stays reasonable.
     for day in 0..=DAYS {
@@ -58,24 +64,28 @@ async fn run(db: &BenchDb, rows: i64) -> anyhow::Result<()> {
         )
         .bind((DAYS - day) as i32)
         .bind(per_tick)
-        .execute(&pool)
+        .execute(pool)
         .await?;
     }
     sqlx::query("VACUUM ANALYZE report_submissions")
-        .execute(&pool)
+        .execute(pool)
         .await?;
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM report_submissions")
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await?;
     let size: String =
         sqlx::query_scalar("SELECT pg_size_pretty(pg_total_relation_size('report_submissions'))")
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
     println!(
         "retention: loaded {total} submissions ({per_tick} per 10-minute tick over {DAYS} days, {size} with indexes) in {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
 
+/// Prunes to 90 days while [`queue_load`] runs beside it, timing every statement.
+async fn prune_beside_load(pool: &PgPool) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(queue_load(pool.clone(), stop.clone()));
     let cutoff = retention::cutoff(Utc::now(), Duration::from_secs(90 * 86_400));
@@ -86,14 +96,14 @@ async fn run(db: &BenchDb, rows: i64) -> anyhow::Result<()> {
         batches += 1;
     };
     loop {
-        let runs = retention::old_runs(&pool, cutoff).await?;
+        let runs = retention::old_runs(pool, cutoff).await?;
         if runs.is_empty() {
             break;
         }
         for run_id in runs {
             loop {
                 let t = Instant::now();
-                let n = retention::delete_submissions(&pool, run_id).await?;
+                let n = retention::delete_submissions(pool, run_id).await?;
                 timed(t);
                 deleted += n;
                 if n < retention::BATCH as u64 {
@@ -101,7 +111,7 @@ async fn run(db: &BenchDb, rows: i64) -> anyhow::Result<()> {
                 }
             }
             let t = Instant::now();
-            retention::delete_run(&pool, run_id).await?;
+            retention::delete_run(pool, run_id).await?;
             timed(t);
         }
     }
@@ -109,7 +119,7 @@ async fn run(db: &BenchDb, rows: i64) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let (ops, slowest) = load.await??;
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM report_submissions")
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await?;
     println!(
         "retention: pruned {deleted} submissions older than 90 days in {:.1} s ({:.0} rows/s, {batches} statements of at most {} rows, longest {:.0} ms); {left} rows left",
