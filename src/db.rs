@@ -191,6 +191,9 @@ fn pool_options(settings: &DatabaseSettings) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        // No ping before every statement (a round trip each): a connection that died is found
+        // by the statement itself, and every database step of the daemon is retried.
+        .test_before_acquire(false)
 }
 
 /// Says once, at connection, when TLS with a verified certificate is required by default.
