@@ -1,8 +1,6 @@
 //! `TestApp`: a fresh migrated database (from `#[sqlx::test]`), the fake provider, and a config
 //! file pointing at both, usable through the library (`ctx()`) or the binary (`command()`).
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
