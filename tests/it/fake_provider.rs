@@ -657,8 +657,10 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Header checks in the order the brief fixes: Content-Type, Api-Key, Timestamp syntax
-/// (unparseable means the Sign cannot be verified, hence "-1"), Sign, then Timestamp skew.
+/// Header checks, in an order of the fake's own (the provider's docs fix none): Content-Type
+/// (`-22`, parameter error), Api-Key, Timestamp syntax (unparseable means the Sign cannot be
+/// verified, hence `-1`, account authentication error), Sign, then Timestamp skew (`-16`,
+/// timestamp expired), as the docs' status table names them.
 fn check_headers(
     shared: &Shared,
     headers: &HeaderMap,
