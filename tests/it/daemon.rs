@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::fake_provider::Scripted;
-use crate::helpers::{eventually, Daemon, TestApp, TestConfig};
+use crate::helpers::{eventually, Daemon, Stopped, TestApp, TestConfig};
 
 fn every_two_seconds() -> TestConfig {
     TestConfig {
@@ -43,7 +43,7 @@ async fn a_six_field_schedule_runs_a_cycle_every_two_seconds_and_sigterm_exits_0
         finished_runs(&app).await >= 2
     })
     .await;
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     let ticks: Vec<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
@@ -93,7 +93,7 @@ async fn sigterm_waits_for_a_slow_submission_and_records_it(pool: PgPool) {
     })
     .await;
     let signalled = std::time::SystemTime::now();
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     let received = app.provider.received();
@@ -161,7 +161,7 @@ async fn sighup_with_a_broken_config_keeps_the_old_schedule_running(pool: PgPool
         after_reload,
         "the new schedule is in force"
     );
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
 }
@@ -196,7 +196,7 @@ async fn a_slow_provider_does_not_hold_back_the_next_tick(pool: PgPool) {
         app.count("SELECT count(*) FROM report_submissions WHERE attempts = 1 AND state = 'succeeded' AND duration_ms >= 5000").await == 1
     })
     .await;
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     let mut seen = std::collections::HashSet::new();
@@ -238,7 +238,7 @@ async fn after_downtime_one_catch_up_cycle_runs_for_the_latest_missed_tick(pool:
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await; // room for a burst, were there one
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     let ticks: Vec<chrono::DateTime<chrono::Utc>> =

@@ -31,9 +31,9 @@ impl TlsServer {
             .tempdir()
             .expect("tempdir");
         let owner = if rustix_free_is_root() {
-            let owner = postgres_user().expect("running as root needs the postgres OS user");
-            std::os::unix::fs::chown(dir.path(), Some(owner.0), Some(owner.1)).unwrap();
-            Some(owner)
+            let (uid, gid) = postgres_user().expect("running as root needs the postgres OS user");
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+            Some((uid, gid))
         } else {
             None
         };

@@ -10,7 +10,7 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 use sqlx::PgPool;
 
 use crate::chaos::{PgServer, Proxy};
-use crate::helpers::{eventually, Daemon, TestApp, TestConfig};
+use crate::helpers::{eventually, Daemon, Output, Stopped, TestApp, TestConfig};
 
 /// A yearly schedule whose latest tick (1 January, 00:00 UTC) was missed: the daemon runs it
 /// as its catch-up at start, and its deadline (the next 1 January) is far away. The source
@@ -109,7 +109,7 @@ async fn kill_9_in_the_middle_of_a_cycle_delivers_everything_with_at_most_max_in
         || async { count_state(&app, "succeeded").await == 1000 },
     )
     .await;
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     let seen = deliveries(&app);
@@ -156,7 +156,7 @@ async fn every_database_session_cut_mid_cycle_leaves_the_daemon_running_and_noth
     })
     .await;
     assert!(daemon.is_running(), "the daemon lives on");
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     assert_eq!(count_state(&app, "succeeded").await, 200, "{log}");
@@ -184,7 +184,7 @@ async fn thirty_percent_transient_failures_still_end_with_every_pair_succeeded(p
     seed_pairs(&app, Utc::now() - chrono::Duration::minutes(30), 200).await;
     app.provider.fail_randomly(0.3);
 
-    let (code, out, err) = app.run(&["run", "--once"]).await;
+    let Output { code, out, err } = app.run(&["run", "--once"]).await;
 
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("200 pairs, 200 succeeded, 0 failed"), "{out}");
@@ -273,10 +273,9 @@ async fn two_instances_share_the_work_and_send_every_pair_exactly_once(pool: PgP
         || async { count_state(&app, "succeeded").await == 400 },
     )
     .await;
-    let (code_a, log_a) = a.stop().await;
-    let (code_b, log_b) = b.stop().await;
+    let (a, b) = (a.stop().await, b.stop().await);
 
-    assert_eq!((code_a, code_b), (0, 0), "A:\n{log_a}\nB:\n{log_b}");
+    assert_eq!((a.code, b.code), (0, 0), "A:\n{}\nB:\n{}", a.log, b.log);
     let seen = deliveries(&app);
     assert_eq!(seen.len(), 400);
     assert!(seen.values().all(|n| *n == 1), "a pair was sent twice");
@@ -349,7 +348,7 @@ async fn a_database_stopped_for_two_minutes_is_waited_out_and_its_tick_reported(
     )
     .await;
     let late = outage_tick().await.unwrap();
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     assert!(late > stopped_at, "{log}");
@@ -421,7 +420,7 @@ async fn pending_rows_left_by_the_previous_release_are_completed_after_the_upgra
         count_state(&app, "succeeded").await == 2
     })
     .await;
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("applied migration 20261129000001"), "{log}");

@@ -57,6 +57,27 @@ impl Default for TestConfig {
     }
 }
 
+/// What a run of the binary left.
+#[derive(Debug)]
+pub struct Output {
+    /// The exit code, -1 when a signal ended it.
+    pub code: i32,
+    /// Stdout and stderr, as text.
+    pub out: String,
+    pub err: String,
+}
+
+/// A row of `report_submissions`, as far as tests look at it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Submission {
+    pub app_id: String,
+    pub mcc: String,
+    pub state: String,
+    pub attempts: i32,
+    pub provider_status: Option<String>,
+    pub reason: Option<String>,
+}
+
 pub struct TestApp {
     pub pool: PgPool,
     pub provider: FakeProvider,
@@ -212,23 +233,21 @@ impl TestApp {
         cmd
     }
 
-    /// Runs the binary to completion: (exit code, stdout, stderr).
-    pub async fn run(&self, args: &[&str]) -> (i32, String, String) {
+    /// Runs the binary to completion.
+    pub async fn run(&self, args: &[&str]) -> Output {
         let out = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
             .await
             .expect("the command finishes within 60 s")
             .expect("the binary runs");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            out: String::from_utf8_lossy(&out.stdout).into_owned(),
+            err: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
-    /// (app_id, mcc, state, attempts, provider_status, reason) of every submission.
-    pub async fn submissions(
-        &self,
-    ) -> Vec<(String, String, String, i32, Option<String>, Option<String>)> {
+    /// Every submission, by pair and tick.
+    pub async fn submissions(&self) -> Vec<Submission> {
         sqlx::query_as(
             "SELECT app_id, mcc, state, attempts, provider_status, reason FROM report_submissions ORDER BY app_id, mcc, scheduled_for",
         )
@@ -312,7 +331,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then the exit code (within 30 s) and the whole log.
-    pub async fn stop(mut self) -> (i32, String) {
+    pub async fn stop(mut self) -> Stopped {
         self.signal("TERM").await;
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
@@ -321,8 +340,18 @@ impl Daemon {
         // The reader ends when the process's stderr closes: the log is complete.
         let _ = self.reader.await;
         let log = self.log.lock().unwrap().clone();
-        (status.code().unwrap_or(-1), log)
+        Stopped {
+            code: status.code().unwrap_or(-1),
+            log,
+        }
     }
+}
+
+/// How a daemon ended: its exit code (-1 when killed by a signal) and its whole log.
+#[derive(Debug)]
+pub struct Stopped {
+    pub code: i32,
+    pub log: String,
 }
 
 /// Polls `check` every 100 ms until it holds or `limit` passes; panics with `what` on timeout.

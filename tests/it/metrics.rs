@@ -72,7 +72,14 @@ impl Daemon {
     }
 }
 
-async fn get(url: &str) -> (u16, String, String) {
+/// An endpoint's answer.
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+async fn get(url: &str) -> Answer {
     let r = reqwest::get(url).await.expect("the endpoint answers");
     let status = r.status().as_u16();
     let content_type = r
@@ -80,7 +87,11 @@ async fn get(url: &str) -> (u16, String, String) {
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
-    (status, content_type, r.text().await.unwrap())
+    Answer {
+        status,
+        content_type,
+        body: r.text().await.unwrap(),
+    }
 }
 
 /// The value of the sample whose line starts with `series` (name and labels, exactly).
@@ -125,7 +136,7 @@ async fn a_scrape_after_a_cycle_counts_the_cycle_its_submissions_and_their_laten
         Duration::from_secs(20),
         "the cycle in the metrics",
         || async {
-            let (_, _, body) = get(&format!("{base}/metrics")).await;
+            let body = get(&format!("{base}/metrics")).await.body;
             sample(
                 &body,
                 r#"backfill_reporter_cycles_total{trigger="schedule",result="ok"}"#,
@@ -134,17 +145,21 @@ async fn a_scrape_after_a_cycle_counts_the_cycle_its_submissions_and_their_laten
         },
     )
     .await;
-    let (status, content_type, body) = get(&format!("{base}/metrics")).await;
-    let (health, _, health_body) = get(&format!("{base}/healthz")).await;
+    let metrics = get(&format!("{base}/metrics")).await;
+    let health = get(&format!("{base}/healthz")).await;
     let code = daemon.stop().await;
 
     assert_eq!(code, 0);
-    assert_eq!(status, 200);
+    assert_eq!(metrics.status, 200);
     assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
+        metrics
+            .content_type
+            .starts_with("text/plain; version=0.0.4"),
+        "{}",
+        metrics.content_type
     );
-    let value = |series: &str| sample(&body, series).unwrap_or_else(|| panic!("{series}:\n{body}"));
+    let body = &metrics.body;
+    let value = |series: &str| sample(body, series).unwrap_or_else(|| panic!("{series}:\n{body}"));
     assert_eq!(
         value(r#"backfill_reporter_cycles_total{trigger="schedule",result="ok"}"#),
         1.0
@@ -185,7 +200,7 @@ async fn a_scrape_after_a_cycle_counts_the_cycle_its_submissions_and_their_laten
         2,
         "the database agrees"
     );
-    assert_eq!(health, 200, "{health_body}");
+    assert_eq!(health.status, 200, "{}", health.body);
 }
 
 #[sqlx::test]
@@ -209,7 +224,7 @@ async fn healthz_is_503_while_cycles_fail_and_200_again_once_one_succeeds(pool: 
     let base = daemon.base_url().await;
     let healthz = format!("{base}/healthz");
     eventually(Duration::from_secs(15), "healthy once armed", || async {
-        get(&healthz).await.0 == 200
+        get(&healthz).await.status == 200
     })
     .await;
 
@@ -221,17 +236,17 @@ async fn healthz_is_503_while_cycles_fail_and_200_again_once_one_succeeds(pool: 
     eventually(
         Duration::from_secs(15),
         "503 after a failed cycle",
-        || async { get(&healthz).await.0 == 503 },
+        || async { get(&healthz).await.status == 503 },
     )
     .await;
-    let (_, _, why) = get(&healthz).await;
-    let (_, _, metrics) = get(&format!("{base}/metrics")).await;
+    let why = get(&healthz).await.body;
+    let metrics = get(&format!("{base}/metrics")).await.body;
 
     sqlx::query(create).execute(&app.pool).await.unwrap();
     eventually(
         Duration::from_secs(15),
         "200 after a good cycle",
-        || async { get(&healthz).await.0 == 200 },
+        || async { get(&healthz).await.status == 200 },
     )
     .await;
     daemon.stop().await;

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::fake_provider::BACKFILL_PATH;
-use crate::helpers::{eventually, TestApp, TestConfig, API_SECRET};
+use crate::helpers::{eventually, Stopped, TestApp, TestConfig, API_SECRET};
 
 #[sqlx::test]
 async fn sighup_picks_up_a_rotated_api_secret_credential(pool: PgPool) {
@@ -165,7 +165,7 @@ async fn sighup_moves_new_connections_to_a_rotated_database_credential(_pool: Pg
     .fetch_all(&admin)
     .await
     .unwrap();
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     assert_eq!(roles, ["rot_new"], "{log}");
