@@ -3,7 +3,7 @@
 use sqlx::PgPool;
 
 use crate::fake_provider::{docs_record_example, Scripted};
-use crate::helpers::{Output, TestApp, API_SECRET};
+use crate::helpers::{isolated, Output, TestApp, API_SECRET, BIN};
 
 #[sqlx::test]
 async fn record_prints_a_readable_summary_and_exits_0_when_found(pool: PgPool) {
@@ -119,21 +119,12 @@ async fn the_secret_never_reaches_the_output_even_at_trace_level(pool: PgPool) {
 
 #[tokio::test]
 async fn help_and_version_work_without_a_config() {
-    let bin = env!("CARGO_BIN_EXE_backfill-reporter");
-    let out = tokio::process::Command::new(bin)
-        .arg("--help")
-        .output()
-        .await
-        .unwrap();
+    let out = isolated(BIN).arg("--help").output().await.unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in ["run", "record", "migrate", "check", "history"] {
         assert!(help.contains(cmd), "{help}");
     }
-    let out = tokio::process::Command::new(bin)
-        .arg("--version")
-        .output()
-        .await
-        .unwrap();
+    let out = isolated(BIN).arg("--version").output().await.unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("backfill-reporter "));
 }
 

@@ -57,6 +57,17 @@ impl Default for TestConfig {
     }
 }
 
+impl TestConfig {
+    /// A six-field schedule that fires on every even second: for daemons that must tick
+    /// while the test watches.
+    pub fn every_two_seconds() -> Self {
+        Self {
+            cron: "*/2 * * * * *".into(),
+            ..Self::default()
+        }
+    }
+}
+
 /// What a run of the binary left.
 #[derive(Debug)]
 pub struct Output {
@@ -212,24 +223,17 @@ impl TestApp {
         .unwrap();
     }
 
+    /// One pair (mcc 460, 10 codes sent, 4 typed back) half an hour ago: inside the window of
+    /// every tick from now on for a day.
+    pub async fn seed_recent(&self, app: &str) {
+        let bucket = Utc::now() - chrono::Duration::minutes(30);
+        self.seed(app, 460, bucket, 10, 4).await;
+    }
+
     /// The binary with `--config` set and an environment that cannot override the file.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill-reporter"));
+        let mut cmd = isolated(BIN);
         cmd.arg("--config").arg(&self.config_path).args(args);
-        for var in [
-            "DATABASE_URL",
-            "BACKFILL_REPORTER_API_KEY",
-            "BACKFILL_REPORTER_API_SECRET",
-            "BACKFILL_REPORTER_CONFIG",
-            "CREDENTIALS_DIRECTORY",
-            "NOTIFY_SOCKET",
-            "WATCHDOG_USEC",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
         cmd
     }
 
@@ -259,6 +263,31 @@ impl TestApp {
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
+}
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_backfill-reporter");
+
+/// `program` with an environment that cannot override a config file (the test process's
+/// DATABASE_URL, credentials, systemd's sockets), RUST_LOG at info, no stdin, killed when
+/// dropped.
+pub fn isolated(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    for var in [
+        "DATABASE_URL",
+        "BACKFILL_REPORTER_API_KEY",
+        "BACKFILL_REPORTER_API_SECRET",
+        "BACKFILL_REPORTER_CONFIG",
+        "CREDENTIALS_DIRECTORY",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
 }
 
 /// A daemon process (`run`) with its stderr collected line by line.

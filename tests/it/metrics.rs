@@ -1,75 +1,23 @@
 //! `/metrics` and `/healthz` of a running daemon, scraped over HTTP as Prometheus would.
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Child;
 
 use crate::alarm::append_config;
-use crate::helpers::{eventually, TestApp, TestConfig};
+use crate::helpers::{eventually, Daemon, Stopped, TestApp, TestConfig};
 
-/// The daemon as a process, its stderr collected, its metrics address read from the log.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(app: &TestApp) -> Self {
-        let mut child = app
-            .command(&["run"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the daemon starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// `http://127.0.0.1:PORT`, from the daemon's "metrics on …" line (it binds port 0).
-    async fn base_url(&self) -> String {
-        eventually(
-            Duration::from_secs(15),
-            "the metrics endpoint line",
-            || async { self.log().contains("metrics on http://") },
-        )
+/// `http://127.0.0.1:PORT`, from the daemon's "metrics on …" line (it binds port 0).
+async fn endpoint(daemon: &Daemon) -> String {
+    daemon
+        .wait_log("metrics on http://", Duration::from_secs(15))
         .await;
-        let log = self.log();
-        let at = log.find("metrics on http://").unwrap() + "metrics on ".len();
-        let url = log[at..].split_whitespace().next().unwrap();
-        url.trim_end_matches(',')
-            .trim_end_matches("/metrics")
-            .to_owned()
-    }
-
-    async fn stop(mut self) -> i32 {
-        let pid = self.child.id().expect("running").to_string();
-        let _ = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await;
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .expect("the daemon exits within 20 s of SIGTERM")
-            .unwrap();
-        status.code().unwrap_or(-1)
-    }
+    let log = daemon.log();
+    let at = log.find("metrics on http://").unwrap() + "metrics on ".len();
+    let url = log[at..].split_whitespace().next().unwrap();
+    url.trim_end_matches(',')
+        .trim_end_matches("/metrics")
+        .to_owned()
 }
 
 /// An endpoint's answer.
@@ -102,13 +50,6 @@ fn sample(body: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn every_two_seconds() -> TestConfig {
-    TestConfig {
-        cron: "*/2 * * * * *".into(),
-        ..TestConfig::default()
-    }
-}
-
 /// A schedule whose only tick in the next day is a few seconds from now, so that the counters
 /// hold still once its cycle is done.
 fn one_tick_soon() -> TestConfig {
@@ -131,7 +72,7 @@ async fn a_scrape_after_a_cycle_counts_the_cycle_its_submissions_and_their_laten
     app.seed("metricsC", 404, recent, 0, 0).await; // skipped: nothing sent
 
     let daemon = Daemon::start(&app);
-    let base = daemon.base_url().await;
+    let base = endpoint(&daemon).await;
     eventually(
         Duration::from_secs(20),
         "the cycle in the metrics",
@@ -147,9 +88,9 @@ async fn a_scrape_after_a_cycle_counts_the_cycle_its_submissions_and_their_laten
     .await;
     let metrics = get(&format!("{base}/metrics")).await;
     let health = get(&format!("{base}/healthz")).await;
-    let code = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
-    assert_eq!(code, 0);
+    assert_eq!(code, 0, "{log}");
     assert_eq!(metrics.status, 200);
     assert!(
         metrics
@@ -211,7 +152,7 @@ async fn healthz_is_503_while_cycles_fail_and_200_again_once_one_succeeds(pool: 
         pool,
         TestConfig {
             query: Some(query.into()),
-            ..every_two_seconds()
+            ..TestConfig::every_two_seconds()
         },
     )
     .await;
@@ -221,7 +162,7 @@ async fn healthz_is_503_while_cycles_fail_and_200_again_once_one_succeeds(pool: 
     sqlx::query(create).execute(&app.pool).await.unwrap();
 
     let daemon = Daemon::start(&app);
-    let base = daemon.base_url().await;
+    let base = endpoint(&daemon).await;
     let healthz = format!("{base}/healthz");
     eventually(Duration::from_secs(15), "healthy once armed", || async {
         get(&healthz).await.status == 200
@@ -249,8 +190,9 @@ async fn healthz_is_503_while_cycles_fail_and_200_again_once_one_succeeds(pool: 
         || async { get(&healthz).await.status == 200 },
     )
     .await;
-    daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
+    assert_eq!(code, 0, "{log}");
     assert!(why.contains("last cycle"), "{why}");
     assert!(
         sample(
@@ -264,15 +206,12 @@ async fn healthz_is_503_while_cycles_fail_and_200_again_once_one_succeeds(pool: 
 
 #[sqlx::test]
 async fn without_metrics_listen_no_endpoint_is_opened(pool: PgPool) {
-    let app = TestApp::with(pool, every_two_seconds()).await;
+    let app = TestApp::with(pool, TestConfig::every_two_seconds()).await;
 
     let daemon = Daemon::start(&app);
-    eventually(Duration::from_secs(15), "the start-up line", || async {
-        daemon.log().contains("started")
-    })
-    .await;
-    let log = daemon.log();
-    daemon.stop().await;
+    daemon.wait_log("started", Duration::from_secs(15)).await;
+    let Stopped { code, log } = daemon.stop().await;
 
+    assert_eq!(code, 0, "{log}");
     assert!(!log.contains("metrics on"), "{log}");
 }
