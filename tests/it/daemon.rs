@@ -1,12 +1,16 @@
-//! The long-running service, as a real process: schedule, signals, a slow provider, downtime
-//! and clock jumps, reload. The failure drills are in `drills`.
+//! The long-running service, as a real process: schedule, signals, a slow provider, reload;
+//! and in this process, on a wall clock the test sets: downtime and clock jumps. The failure
+//! drills are in `drills`.
 
-use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
 use backfill_reporter::daemon::{serve, Clock};
+use chrono::{DateTime, SubsecRound, Timelike, Utc};
 use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::fake_provider::Scripted;
@@ -26,11 +30,96 @@ async fn finished_runs(app: &TestApp) -> i64 {
     .await
 }
 
+/// Every run's tick, in order.
+async fn ticks(app: &TestApp) -> Vec<DateTime<Utc>> {
+    sqlx::query_scalar("SELECT scheduled_for FROM report_runs ORDER BY scheduled_for")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
 async fn seed_recent(app: &TestApp, apps: &[&str]) {
     let recent = chrono::Utc::now() - chrono::Duration::minutes(30);
     for a in apps {
         app.seed(a, 460, recent, 10, 4).await;
     }
+}
+
+/// The daemon in this process, on a wall clock the test sets and steps as a suspend or an NTP
+/// step would: the real clock plus an offset. Tokio's monotonic timers alone would not see such
+/// a step.
+struct SteppedDaemon {
+    offset_ms: Arc<AtomicI64>,
+    clock_reads: Arc<AtomicUsize>,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    _reload: mpsc::UnboundedSender<()>,
+}
+
+impl SteppedDaemon {
+    /// Serves `app` with a wall clock that reads `at` now.
+    fn start(app: &TestApp, at: DateTime<Utc>) -> Self {
+        let offset_ms = Arc::new(AtomicI64::new((at - Utc::now()).num_milliseconds()));
+        let clock_reads = Arc::new(AtomicUsize::new(0));
+        let clock: Clock = {
+            let (offset_ms, clock_reads) = (offset_ms.clone(), clock_reads.clone());
+            Arc::new(move || {
+                clock_reads.fetch_add(1, SeqCst);
+                Utc::now() + chrono::Duration::milliseconds(offset_ms.load(SeqCst))
+            })
+        };
+        let stop = CancellationToken::new();
+        let (reload, reload_rx) = mpsc::unbounded_channel();
+        Self {
+            offset_ms,
+            clock_reads,
+            stop: stop.clone(),
+            task: tokio::spawn(serve(
+                app.config_path.clone(),
+                app.settings(),
+                stop,
+                reload_rx,
+                clock,
+            )),
+            _reload: reload,
+        }
+    }
+
+    /// Sets the wall clock so that it reads `to` now.
+    fn step(&self, to: DateTime<Utc>) {
+        self.offset_ms
+            .store((to - Utc::now()).num_milliseconds(), SeqCst);
+    }
+
+    /// Waits until the daemon has read its clock: its first tick is armed from then on.
+    async fn armed(&self) {
+        eventually(
+            Duration::from_secs(10),
+            "the daemon reads its clock",
+            || async { self.clock_reads.load(SeqCst) > 0 },
+        )
+        .await;
+    }
+
+    /// Stops it as SIGTERM would; it must return without an error.
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("the daemon stops within 15 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Today (UTC) at `h:m:s`: a wall clock whose time of day the test chooses.
+fn today_at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
+    Utc::now()
+        .with_hour(h)
+        .and_then(|t| t.with_minute(m))
+        .and_then(|t| t.with_second(s))
+        .unwrap()
+        .trunc_subsecs(0)
 }
 
 #[sqlx::test]
@@ -210,50 +299,50 @@ async fn a_slow_provider_does_not_hold_back_the_next_tick(pool: PgPool) {
 
 #[sqlx::test]
 async fn after_downtime_one_catch_up_cycle_runs_for_the_latest_missed_tick(pool: PgPool) {
-    // Daily at midnight UTC: the latest tick cannot move while the test runs (but at midnight).
+    // Daily at midnight UTC, on a wall clock that reads noon: the latest tick is 12 hours
+    // past and the next 12 hours ahead, whatever the real time of day.
     let config = TestConfig {
         cron: "0 0 * * *".into(),
         timezone: "UTC".into(),
         ..TestConfig::default()
     };
     let app = TestApp::with(pool, config).await;
-    let now = chrono::Utc::now();
-    let latest =
-        chrono::DateTime::from_timestamp(now.timestamp() - now.timestamp() % 86_400, 0).unwrap();
+    let noon = today_at(12, 0, 0);
+    let latest = noon - chrono::Duration::hours(12);
+    let next = noon + chrono::Duration::hours(12);
     app.seed("downtime", 460, latest - chrono::Duration::hours(1), 10, 4)
         .await;
     // The last tick run was three days before: two ticks were missed since.
+    let old = latest - chrono::Duration::days(3);
     sqlx::query(
         "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, finished_at) \
          VALUES ($1, 'schedule', $1 - interval '1 day', $1, 'old:1', $1)",
     )
-    .bind(latest - chrono::Duration::days(3))
+    .bind(old)
     .execute(&app.pool)
     .await
     .unwrap();
 
-    let daemon = Daemon::start(&app);
+    let daemon = SteppedDaemon::start(&app, noon);
     eventually(Duration::from_secs(10), "the catch-up cycle", || async {
         finished_runs(&app).await >= 2
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await; // room for a burst, were there one
-    let Stopped { code, log } = daemon.stop().await;
+    // A burst of the missed ticks would run before the next tick: step to it, and wait for it.
+    daemon.step(next);
+    eventually(Duration::from_secs(10), "the next tick", || async {
+        ticks(&app).await.contains(&next)
+    })
+    .await;
+    daemon.stop().await;
 
-    assert_eq!(code, 0, "{log}");
-    let ticks: Vec<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT scheduled_for FROM report_runs ORDER BY scheduled_for")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
     assert_eq!(
-        ticks.len(),
-        2,
-        "one catch-up, not one per missed tick: {ticks:?}"
+        ticks(&app).await,
+        [old, latest, next],
+        "one catch-up, not one per missed tick"
     );
-    assert_eq!(ticks[1], latest);
     let bodies = app.provider.backfill_bodies();
-    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
     assert_eq!(
         bodies[0]["callbackTime"],
         latest.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
@@ -264,38 +353,20 @@ async fn after_downtime_one_catch_up_cycle_runs_for_the_latest_missed_tick(pool:
 async fn after_a_wall_clock_jump_the_next_tick_fires_on_time_and_a_long_jump_runs_one_catch_up(
     pool: PgPool,
 ) {
-    // On the hour, in UTC; the daemon's clock is the real one plus an offset the test steps, as
-    // a suspend or an NTP step would. Tokio's monotonic timers alone would not see such a step.
+    // On the hour, in UTC, on a wall clock that reads 10:30 at the start.
     let config = TestConfig {
         cron: "0 0 * * * *".into(),
         timezone: "UTC".into(),
         ..TestConfig::default()
     };
     let app = TestApp::with(pool, config).await;
-    let offset = Arc::new(AtomicI64::new(0));
-    let o = offset.clone();
-    let clock: Clock =
-        Arc::new(move || chrono::Utc::now() + chrono::Duration::milliseconds(o.load(SeqCst)));
-    let now = chrono::Utc::now();
-    let hour = chrono::DateTime::from_timestamp(now.timestamp() - now.timestamp() % 3600 + 3600, 0)
-        .unwrap();
+    let hour = today_at(11, 0, 0);
     app.seed("jumpApp1", 460, hour - chrono::Duration::minutes(30), 10, 4)
         .await;
-    let shutdown = CancellationToken::new();
-    let (_reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
-    let daemon = tokio::spawn(serve(
-        app.config_path.clone(),
-        app.settings(),
-        shutdown.clone(),
-        reload_rx,
-        clock,
-    ));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let step = |to: chrono::DateTime<chrono::Utc>| {
-        offset.store((to - chrono::Utc::now()).num_milliseconds(), SeqCst)
-    };
+    let daemon = SteppedDaemon::start(&app, hour - chrono::Duration::minutes(30));
+    daemon.armed().await;
     let runs = || async {
-        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+        sqlx::query_scalar::<_, DateTime<Utc>>(
             "SELECT scheduled_for FROM report_runs WHERE finished_at IS NOT NULL ORDER BY 1",
         )
         .fetch_all(&app.pool)
@@ -304,7 +375,7 @@ async fn after_a_wall_clock_jump_the_next_tick_fires_on_time_and_a_long_jump_run
     };
 
     // Step to 2 s before the hour: the tick fires at the hour, not after the old sleep.
-    step(hour - chrono::Duration::seconds(2));
+    daemon.step(hour - chrono::Duration::seconds(2));
     eventually(Duration::from_secs(8), "the tick at the hour", || async {
         runs().await == vec![hour]
     })
@@ -312,19 +383,34 @@ async fn after_a_wall_clock_jump_the_next_tick_fires_on_time_and_a_long_jump_run
 
     // Jump five hours ahead: one catch-up cycle, for the latest tick.
     let later = hour + chrono::Duration::hours(5);
-    step(later + chrono::Duration::seconds(30));
+    daemon.step(later + chrono::Duration::seconds(30));
     eventually(Duration::from_secs(8), "one catch-up cycle", || async {
         runs().await == vec![hour, later]
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(runs().await, vec![hour, later], "no burst of missed ticks");
-    assert_eq!(app.provider.backfill_bodies().len(), 2);
+    // A burst of the missed ticks would run before the next tick: step to it, and wait for it.
+    let next = later + chrono::Duration::hours(1);
+    daemon.step(next);
+    eventually(Duration::from_secs(8), "the next tick", || async {
+        runs().await.contains(&next)
+    })
+    .await;
+    daemon.stop().await;
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(15), daemon)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    assert_eq!(
+        runs().await,
+        vec![hour, later, next],
+        "no burst of missed ticks"
+    );
+    let sent: Vec<_> = app
+        .provider
+        .backfill_bodies()
+        .iter()
+        .map(|b| b["callbackTime"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<_> = [hour, later, next]
+        .iter()
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string())
+        .collect();
+    assert_eq!(sent, expected);
 }
