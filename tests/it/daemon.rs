@@ -122,10 +122,33 @@ fn today_at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
         .trunc_subsecs(0)
 }
 
+/// What the daemon logged when it took a reloaded config: when, and the next tick it armed.
+struct Reloaded {
+    at: DateTime<Utc>,
+    next_tick: DateTime<Utc>,
+}
+
+fn reloaded(log: &str) -> Reloaded {
+    let line = log
+        .lines()
+        .find(|l| l.contains("config reloaded"))
+        .unwrap_or_else(|| panic!("no reload line in:\n{log}"));
+    let instant = |text: &str| {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap_or_else(|e| panic!("{e}: {text:?} in {line:?}"))
+            .with_timezone(&Utc)
+    };
+    let next = line.split("next tick ").nth(1).expect("the next tick");
+    Reloaded {
+        at: instant(line.split_whitespace().next().unwrap()),
+        next_tick: instant(next.split_whitespace().next().unwrap()),
+    }
+}
+
 #[sqlx::test]
 async fn a_six_field_schedule_runs_a_cycle_every_two_seconds_and_sigterm_exits_0(pool: PgPool) {
-    let app = TestApp::with(pool, every_two_seconds()).await;
-    seed_recent(&app, &["tickApp1"]).await;
+    let app = TestApp::with(pool, TestConfig::every_two_seconds()).await;
+    app.seed_recent("tickApp1").await;
 
     let daemon = Daemon::start(&app);
     eventually(Duration::from_secs(15), "two scheduled cycles", || async {
@@ -203,8 +226,8 @@ async fn sigterm_waits_for_a_slow_submission_and_records_it(pool: PgPool) {
 
 #[sqlx::test]
 async fn sighup_with_a_broken_config_keeps_the_old_schedule_running(pool: PgPool) {
-    let app = TestApp::with(pool, every_two_seconds()).await;
-    seed_recent(&app, &["hupApp01"]).await;
+    let app = TestApp::with(pool, TestConfig::every_two_seconds()).await;
+    app.seed_recent("hupApp01").await;
     let daemon = Daemon::start(&app);
     eventually(Duration::from_secs(10), "a first cycle", || async {
         finished_runs(&app).await >= 1
@@ -214,7 +237,7 @@ async fn sighup_with_a_broken_config_keeps_the_old_schedule_running(pool: PgPool
     // Everything valid but the schedule.
     app.write_config(&TestConfig {
         cron: "every tuesday".into(),
-        ..every_two_seconds()
+        ..TestConfig::every_two_seconds()
     });
     daemon.signal("HUP").await;
     daemon
@@ -233,26 +256,45 @@ async fn sighup_with_a_broken_config_keeps_the_old_schedule_running(pool: PgPool
     )
     .await;
 
-    // A valid config that changes the schedule is taken: once a year, so no more cycles.
+    // A valid config that changes the schedule is taken: daily, at an odd second a few seconds
+    // from now, so that its tick is none of the old schedule's.
+    let shanghai = chrono_tz::Asia::Shanghai;
+    let mut at = (Utc::now() + chrono::Duration::seconds(6)).trunc_subsecs(0);
+    if at.second() % 2 == 0 {
+        at += chrono::Duration::seconds(1);
+    }
+    let local = at.with_timezone(&shanghai);
     app.write_config(&TestConfig {
-        cron: "0 0 1 1 *".into(),
-        ..every_two_seconds()
+        cron: format!(
+            "{} {} {} * * *",
+            local.second(),
+            local.minute(),
+            local.hour()
+        ),
+        ..TestConfig::every_two_seconds()
     });
     daemon.signal("HUP").await;
     daemon
         .wait_log("config reloaded", Duration::from_secs(5))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // a cycle started before the reload ends
-    let after_reload = finished_runs(&app).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        finished_runs(&app).await,
-        after_reload,
-        "the new schedule is in force"
-    );
+    let reload = reloaded(&daemon.log());
+    assert_eq!(reload.next_tick, at, "the new schedule's tick is armed");
+    eventually(
+        Duration::from_secs(15),
+        "the new schedule's tick run",
+        || async { ticks(&app).await.contains(&at) },
+    )
+    .await;
+    // The old schedule would have fired at least twice since the reload: only the new tick ran.
+    let since_reload: Vec<_> = ticks(&app)
+        .await
+        .into_iter()
+        .filter(|t| *t > reload.at)
+        .collect();
     let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
+    assert_eq!(since_reload, [at], "{log}");
 }
 
 #[sqlx::test]
