@@ -16,13 +16,6 @@ use tokio_util::sync::CancellationToken;
 use crate::fake_provider::Scripted;
 use crate::helpers::{eventually, Daemon, Stopped, TestApp, TestConfig};
 
-fn every_two_seconds() -> TestConfig {
-    TestConfig {
-        cron: "*/2 * * * * *".into(),
-        ..TestConfig::default()
-    }
-}
-
 async fn finished_runs(app: &TestApp) -> i64 {
     app.count(
         "SELECT count(*) FROM report_runs WHERE trigger = 'schedule' AND finished_at IS NOT NULL",
@@ -38,11 +31,17 @@ async fn ticks(app: &TestApp) -> Vec<DateTime<Utc>> {
         .unwrap()
 }
 
-async fn seed_recent(app: &TestApp, apps: &[&str]) {
-    let recent = chrono::Utc::now() - chrono::Duration::minutes(30);
-    for a in apps {
-        app.seed(a, 460, recent, 10, 4).await;
-    }
+/// Ticks every two seconds, one pair to send, and `Delay` as the provider's answer to the
+/// first request: a request that hangs while the daemon goes on.
+async fn app_with_a_slow_first_request(pool: PgPool, app_id: &str, delay: Duration) -> TestApp {
+    let config = TestConfig {
+        request_timeout: "20s".into(),
+        ..TestConfig::every_two_seconds()
+    };
+    let app = TestApp::with(pool, config).await;
+    app.seed_recent(app_id).await;
+    app.provider.script(app_id, vec![Scripted::Delay(delay)]);
+    app
 }
 
 /// The daemon in this process, on a wall clock the test sets and steps as a suspend or an NTP
@@ -190,14 +189,7 @@ async fn a_six_field_schedule_runs_a_cycle_every_two_seconds_and_sigterm_exits_0
 
 #[sqlx::test]
 async fn sigterm_waits_for_a_slow_submission_and_records_it(pool: PgPool) {
-    let config = TestConfig {
-        request_timeout: "20s".into(),
-        ..every_two_seconds()
-    };
-    let app = TestApp::with(pool, config).await;
-    seed_recent(&app, &["slowApp1"]).await;
-    app.provider
-        .script("slowApp1", vec![Scripted::Delay(Duration::from_secs(4))]);
+    let app = app_with_a_slow_first_request(pool, "slowApp1", Duration::from_secs(4)).await;
 
     let daemon = Daemon::start(&app);
     eventually(Duration::from_secs(10), "a request in flight", || async {
@@ -299,14 +291,7 @@ async fn sighup_with_a_broken_config_keeps_the_old_schedule_running(pool: PgPool
 
 #[sqlx::test]
 async fn a_slow_provider_does_not_hold_back_the_next_tick(pool: PgPool) {
-    let config = TestConfig {
-        request_timeout: "20s".into(),
-        ..every_two_seconds()
-    };
-    let app = TestApp::with(pool, config).await;
-    seed_recent(&app, &["busyApp1"]).await;
-    app.provider
-        .script("busyApp1", vec![Scripted::Delay(Duration::from_secs(5))]);
+    let app = app_with_a_slow_first_request(pool, "busyApp1", Duration::from_secs(5)).await;
 
     let daemon = Daemon::start(&app);
     // While the first tick's request hangs, a later tick is planned and sent.
