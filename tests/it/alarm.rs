@@ -202,13 +202,35 @@ async fn firing(app: &TestApp) -> Vec<Firing> {
 const HEALTHY: [(&str, i32, i64, i64); 2] = [("demoShop", 460, 40, 32), ("demoShop", 510, 50, 30)];
 const COLLAPSED: [(&str, i32, i64, i64); 2] = [("demoShop", 460, 40, 4), ("demoShop", 510, 50, 30)];
 
+/// Ticks 0 to 3 at the HEALTHY rates: a baseline of four samples for both pairs.
+async fn healthy_history(app: &TestApp) {
+    for n in 0..4 {
+        run_tick(app, n, &HEALTHY).await;
+    }
+}
+
+/// An app whose alarm takes four samples and posts to `hook`, after a healthy history.
+async fn app_with_webhook(pool: PgPool, hook: &Webhook) -> TestApp {
+    let app = app_with_alarm(
+        pool,
+        &format!("baseline_samples = 4\nwebhook_url = {:?}", hook.url),
+    )
+    .await;
+    healthy_history(&app).await;
+    app
+}
+
+/// How many firing alarms the webhook has taken.
+async fn alerts_sent(app: &TestApp) -> i64 {
+    app.count("SELECT count(*) FROM route_alarms WHERE notified_at IS NOT NULL")
+        .await
+}
+
 #[sqlx::test]
 async fn a_rate_far_below_the_median_of_its_recent_reports_fires_and_is_recorded(pool: PgPool) {
     let app = app_with_alarm(pool, "baseline_samples = 4").await;
     // 460: 80% four times; 510: 60%.
-    for n in 0..4 {
-        run_tick(&app, n, &HEALTHY).await;
-    }
+    healthy_history(&app).await;
     assert_eq!(
         verdict(&app, "460", 0).await,
         Verdict::NOT_JUDGED,
@@ -307,24 +329,13 @@ async fn reports_of_fewer_than_min_cardinal_codes_are_not_baseline_samples(pool:
 #[sqlx::test]
 async fn the_webhook_gets_one_alert_per_pair_until_it_recovers(pool: PgPool) {
     let hook = Webhook::start(Answer::Ok).await;
-    let app = app_with_alarm(
-        pool,
-        &format!("baseline_samples = 4\nwebhook_url = {:?}", hook.url),
-    )
-    .await;
-    for n in 0..4 {
-        run_tick(&app, n, &HEALTHY).await;
-    }
+    let app = app_with_webhook(pool, &hook).await;
 
     run_tick(&app, 4, &COLLAPSED).await;
     eventually(
         Duration::from_secs(10),
         "the alert is marked as sent",
-        || async {
-            app.count("SELECT count(*) FROM route_alarms WHERE notified_at IS NOT NULL")
-                .await
-                == 1
-        },
+        || async { alerts_sent(&app).await == 1 },
     )
     .await;
     run_tick(&app, 5, &COLLAPSED).await; // still down: no second alert
@@ -364,14 +375,7 @@ async fn the_webhook_gets_one_alert_per_pair_until_it_recovers(pool: PgPool) {
 #[sqlx::test]
 async fn a_webhook_that_hangs_or_fails_never_delays_or_fails_a_report(pool: PgPool) {
     let hook = Webhook::start(Answer::Hang).await;
-    let app = app_with_alarm(
-        pool,
-        &format!("baseline_samples = 4\nwebhook_url = {:?}", hook.url),
-    )
-    .await;
-    for n in 0..4 {
-        run_tick(&app, n, &HEALTHY).await;
-    }
+    let app = app_with_webhook(pool, &hook).await;
 
     let started = Instant::now();
     let report = run_tick(&app, 4, &COLLAPSED).await;
@@ -404,11 +408,7 @@ async fn a_webhook_that_hangs_or_fails_never_delays_or_fails_a_report(pool: PgPo
     eventually(
         Duration::from_secs(15),
         "the alert is sent once the webhook works",
-        || async {
-            app.count("SELECT count(*) FROM route_alarms WHERE notified_at IS NOT NULL")
-                .await
-                == 1
-        },
+        || async { alerts_sent(&app).await == 1 },
     )
     .await;
 }
