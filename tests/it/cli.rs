@@ -158,8 +158,7 @@ async fn check_validates_everything_and_prints_the_next_five_fire_times(pool: Pg
 #[sqlx::test]
 async fn json_logs_are_one_object_per_line_with_the_cycle_summary(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let recent = chrono::Utc::now() - chrono::Duration::minutes(5);
-    app.seed("jsonApp1", 460, recent, 10, 4).await;
+    app.seed_recent("jsonApp1").await;
 
     let Output { code, err, .. } = app.run(&["--log-format", "json", "run", "--once"]).await;
 
@@ -363,14 +362,7 @@ async fn a_secret_in_an_inline_table_or_under_a_quoted_key_is_not_echoed(pool: P
 #[sqlx::test]
 async fn a_reason_with_a_newline_cannot_forge_a_log_line_and_is_stored_capped(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.seed(
-        "forgApp1",
-        460,
-        chrono::Utc::now() - chrono::Duration::minutes(5),
-        10,
-        4,
-    )
-    .await;
+    app.seed_recent("forgApp1").await;
     let reason = format!(
         "bad\nFORGED 2026-01-01T00:00:00Z INFO backfill_reporter: all good\r\n{}",
         "z".repeat(5_000)

@@ -476,14 +476,7 @@ async fn pending_rows_left_by_a_crash_are_sent_again_and_stale_ones_superseded(p
     // What a crash leaves behind: runs and pending rows, nothing sent, the older one still
     // under the dead instance's (now expired) lease when the newer tick was planned.
     for (t, rate) in [(old, "40"), (tick(), "50")] {
-        let run_id: i64 = sqlx::query_scalar(
-            "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance) \
-             VALUES ($1, 'schedule', $1 - interval '1 day', $1, 'dead:1') RETURNING id",
-        )
-        .bind(t)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+        let run_id = app.scheduled_run(t, "dead:1", None).await;
         sqlx::query(
             "INSERT INTO report_submissions (run_id, app_id, mcc, scheduled_for, window_start, \
              window_end, backfill_number, cardinal_number, rate, callback_time, state, \
@@ -514,12 +507,7 @@ async fn pending_rows_left_by_a_crash_are_sent_again_and_stale_ones_superseded(p
             .await
             .unwrap();
     assert_eq!(states, ["superseded", "succeeded"]);
-    assert_eq!(
-        app.count("SELECT count(*) FROM report_runs WHERE finished_at IS NULL")
-            .await,
-        0,
-        "both runs are closed"
-    );
+    assert_eq!(app.open_runs().await, 0, "both runs are closed");
 }
 
 #[sqlx::test]
@@ -568,11 +556,7 @@ async fn run_once_submits_every_pair_and_prints_the_history(pool: PgPool) {
             want("shopApp1", "460", "100", "1000", "10"),
         ]
     );
-    assert_eq!(
-        app.count("SELECT count(*) FROM report_submissions WHERE state = 'succeeded'")
-            .await,
-        4
-    );
+    assert_eq!(app.submissions_in("succeeded").await, 4);
     assert_eq!(
         app.count(
             "SELECT count(*) FROM report_runs WHERE trigger = 'once' AND finished_at IS NOT NULL"
@@ -598,14 +582,7 @@ async fn run_once_submits_every_pair_and_prints_the_history(pool: PgPool) {
 #[sqlx::test]
 async fn run_once_exits_1_when_a_pair_fails(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.seed(
-        "failApp1",
-        460,
-        chrono::Utc::now() - chrono::Duration::minutes(1),
-        10,
-        5,
-    )
-    .await;
+    app.seed_recent("failApp1").await;
     app.provider
         .script("failApp1", vec![Scripted::Status("-22", "nope")]);
     let Output { code, out, .. } = app.run(&["run", "--once"]).await;

@@ -341,14 +341,7 @@ async fn after_downtime_one_catch_up_cycle_runs_for_the_latest_missed_tick(pool:
         .await;
     // The last tick run was three days before: two ticks were missed since.
     let old = latest - chrono::Duration::days(3);
-    sqlx::query(
-        "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, finished_at) \
-         VALUES ($1, 'schedule', $1 - interval '1 day', $1, 'old:1', $1)",
-    )
-    .bind(old)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    app.scheduled_run(old, "old:1", Some(old)).await;
 
     let daemon = SteppedDaemon::start(&app, noon);
     eventually(Duration::from_secs(10), "the catch-up cycle", || async {

@@ -193,9 +193,7 @@ impl TestApp {
         let stop = CancellationToken::new();
         let sender = tokio::spawn(sender::work(self.ctx(), Scope::All, stop.clone()));
         eventually(Duration::from_secs(30), "the queue drained", || async {
-            self.count("SELECT count(*) FROM report_submissions WHERE state = 'pending'")
-                .await
-                == 0
+            self.submissions_in("pending").await == 0
         })
         .await;
         stop.cancel();
@@ -221,6 +219,27 @@ impl TestApp {
         .execute(&self.pool)
         .await
         .unwrap();
+    }
+
+    /// A scheduled run of `tick` with a one-day window, as an earlier instance (or release)
+    /// `instance` claimed it: finished at `finished_at`, or still open. Returns its id.
+    pub async fn scheduled_run(
+        &self,
+        tick: DateTime<Utc>,
+        instance: &str,
+        finished_at: Option<DateTime<Utc>>,
+    ) -> i64 {
+        sqlx::query_scalar(
+            "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, \
+                 finished_at) \
+             VALUES ($1, 'schedule', $1 - interval '1 day', $1, $2, $3) RETURNING id",
+        )
+        .bind(tick)
+        .bind(instance)
+        .bind(finished_at)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
     }
 
     /// One pair (mcc 460, 10 codes sent, 4 typed back) half an hour ago: inside the window of
@@ -258,6 +277,21 @@ impl TestApp {
         .fetch_all(&self.pool)
         .await
         .unwrap()
+    }
+
+    /// How many submissions are in `state` (`pending`, `succeeded`, …).
+    pub async fn submissions_in(&self, state: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM report_submissions WHERE state = $1")
+            .bind(state)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// How many runs are not closed yet (a submission of theirs has no final state).
+    pub async fn open_runs(&self) -> i64 {
+        self.count("SELECT count(*) FROM report_runs WHERE finished_at IS NULL")
+            .await
     }
 
     pub async fn count(&self, sql: &str) -> i64 {

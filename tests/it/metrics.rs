@@ -136,8 +136,7 @@ async fn a_scrape_after_a_cycle_counts_the_cycle_its_submissions_and_their_laten
         1.0
     );
     assert_eq!(
-        app.count("SELECT count(*) FROM report_submissions WHERE state = 'succeeded'")
-            .await,
+        app.submissions_in("succeeded").await,
         2,
         "the database agrees"
     );
