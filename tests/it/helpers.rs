@@ -73,8 +73,9 @@ impl TestConfig {
 pub struct Output {
     /// The exit code, -1 when a signal ended it.
     pub code: i32,
-    /// Stdout and stderr, as text.
+    /// Stdout, as text.
     pub out: String,
+    /// Stderr, as text.
     pub err: String,
 }
 
