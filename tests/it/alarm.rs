@@ -15,7 +15,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{eventually, utc, TestApp, TestConfig};
+use crate::helpers::{eventually, utc, Output, TestApp, TestConfig};
 
 /// The first tick; tick `n` is `n` hours later. Windows are one hour, so each tick reports the
 /// counts seeded just before it.
@@ -147,10 +147,32 @@ async fn run_tick(
     .expect("the tick was not claimed before")
 }
 
-/// (baseline, alarm) of the pair's submission at tick `n`, as text.
-async fn verdict(app: &TestApp, mcc: &str, n: i64) -> (Option<String>, Option<bool>) {
+/// What the alarm made of a submission: the baseline it was judged against (as text) and
+/// whether it fired; both `None` when it was not judged.
+#[derive(Debug, PartialEq, Eq, sqlx::FromRow)]
+struct Verdict {
+    baseline: Option<String>,
+    alarm: Option<bool>,
+}
+
+impl Verdict {
+    const NOT_JUDGED: Verdict = Verdict {
+        baseline: None,
+        alarm: None,
+    };
+
+    fn judged(baseline: &str, alarm: bool) -> Self {
+        Self {
+            baseline: Some(baseline.into()),
+            alarm: Some(alarm),
+        }
+    }
+}
+
+/// The verdict on the pair's submission at tick `n`.
+async fn verdict(app: &TestApp, mcc: &str, n: i64) -> Verdict {
     sqlx::query_as(
-        "SELECT baseline::text, alarm FROM report_submissions WHERE mcc = $1 AND scheduled_for = $2",
+        "SELECT baseline::text AS baseline, alarm FROM report_submissions WHERE mcc = $1 AND scheduled_for = $2",
     )
     .bind(mcc)
     .bind(tick(n))
@@ -159,9 +181,18 @@ async fn verdict(app: &TestApp, mcc: &str, n: i64) -> (Option<String>, Option<bo
     .unwrap()
 }
 
-async fn firing(app: &TestApp) -> Vec<(String, String, String, String)> {
+/// A row of `route_alarms`: a pair whose alarm is firing, with its rate and baseline as text.
+#[derive(Debug, PartialEq, Eq, sqlx::FromRow)]
+struct Firing {
+    app_id: String,
+    mcc: String,
+    rate: String,
+    baseline: String,
+}
+
+async fn firing(app: &TestApp) -> Vec<Firing> {
     sqlx::query_as(
-        "SELECT app_id, mcc, rate::text, baseline::text FROM route_alarms ORDER BY app_id, mcc",
+        "SELECT app_id, mcc, rate::text AS rate, baseline::text AS baseline FROM route_alarms ORDER BY app_id, mcc",
     )
     .fetch_all(&app.pool)
     .await
@@ -171,21 +202,43 @@ async fn firing(app: &TestApp) -> Vec<(String, String, String, String)> {
 const HEALTHY: [(&str, i32, i64, i64); 2] = [("demoShop", 460, 40, 32), ("demoShop", 510, 50, 30)];
 const COLLAPSED: [(&str, i32, i64, i64); 2] = [("demoShop", 460, 40, 4), ("demoShop", 510, 50, 30)];
 
+/// Ticks 0 to 3 at the HEALTHY rates: a baseline of four samples for both pairs.
+async fn healthy_history(app: &TestApp) {
+    for n in 0..4 {
+        run_tick(app, n, &HEALTHY).await;
+    }
+}
+
+/// An app whose alarm takes four samples and posts to `hook`, after a healthy history.
+async fn app_with_webhook(pool: PgPool, hook: &Webhook) -> TestApp {
+    let app = app_with_alarm(
+        pool,
+        &format!("baseline_samples = 4\nwebhook_url = {:?}", hook.url),
+    )
+    .await;
+    healthy_history(&app).await;
+    app
+}
+
+/// How many firing alarms the webhook has taken.
+async fn alerts_sent(app: &TestApp) -> i64 {
+    app.count("SELECT count(*) FROM route_alarms WHERE notified_at IS NOT NULL")
+        .await
+}
+
 #[sqlx::test]
 async fn a_rate_far_below_the_median_of_its_recent_reports_fires_and_is_recorded(pool: PgPool) {
     let app = app_with_alarm(pool, "baseline_samples = 4").await;
     // 460: 80% four times; 510: 60%.
-    for n in 0..4 {
-        run_tick(&app, n, &HEALTHY).await;
-    }
+    healthy_history(&app).await;
     assert_eq!(
         verdict(&app, "460", 0).await,
-        (None, None),
+        Verdict::NOT_JUDGED,
         "no baseline yet"
     );
     assert_eq!(
         verdict(&app, "460", 2).await,
-        (Some("80.00".into()), Some(false)),
+        Verdict::judged("80.00", false),
         "two earlier reports are enough for a baseline of 4 samples"
     );
 
@@ -194,20 +247,20 @@ async fn a_rate_far_below_the_median_of_its_recent_reports_fires_and_is_recorded
     assert!(report.all_good(), "the alarm does not change the report");
     assert_eq!(
         verdict(&app, "460", 4).await,
-        (Some("80.00".into()), Some(true))
+        Verdict::judged("80.00", true)
     );
     assert_eq!(
         verdict(&app, "510", 4).await,
-        (Some("60.00".into()), Some(false))
+        Verdict::judged("60.00", false)
     );
     assert_eq!(
         firing(&app).await,
-        vec![(
-            "demoShop".into(),
-            "460".into(),
-            "10.00".into(),
-            "80.00".into()
-        )]
+        vec![Firing {
+            app_id: "demoShop".into(),
+            mcc: "460".into(),
+            rate: "10.00".into(),
+            baseline: "80.00".into()
+        }]
     );
     let sent: Vec<String> = app
         .provider
@@ -232,7 +285,7 @@ async fn a_drop_of_exactly_drop_points_does_not_fire_and_a_dropped_rate_stays_ou
         run_tick(&app, n, &[("demoShop", 460, 40, 32)]).await; // 80%
     }
     run_tick(&app, 3, &[("demoShop", 460, 40, 20)]).await; // 50%: exactly 30 points
-    assert_eq!(verdict(&app, "460", 3).await.1, Some(false));
+    assert_eq!(verdict(&app, "460", 3).await.alarm, Some(false));
 
     run_tick(&app, 4, &[("demoShop", 460, 40, 8)]).await; // 20%: fires
     run_tick(&app, 5, &[("demoShop", 460, 40, 8)]).await;
@@ -242,7 +295,7 @@ async fn a_drop_of_exactly_drop_points_does_not_fire_and_a_dropped_rate_stays_ou
     // reports of ticks 4 and 5 are left out, so a route that stays broken keeps firing.
     assert_eq!(
         verdict(&app, "460", 6).await,
-        (Some("80.00".into()), Some(true))
+        Verdict::judged("80.00", true)
     );
 }
 
@@ -263,12 +316,12 @@ async fn reports_of_fewer_than_min_cardinal_codes_are_not_baseline_samples(pool:
 
     assert_eq!(
         verdict(&app, "460", 2).await,
-        (None, None),
+        Verdict::NOT_JUDGED,
         "a skipped pair is not judged"
     );
     assert_eq!(
         verdict(&app, "460", 3).await,
-        (Some("80.00".into()), Some(true)),
+        Verdict::judged("80.00", true),
         "the baseline is tick 1 alone, not the median of 10 and 80"
     );
 }
@@ -276,24 +329,13 @@ async fn reports_of_fewer_than_min_cardinal_codes_are_not_baseline_samples(pool:
 #[sqlx::test]
 async fn the_webhook_gets_one_alert_per_pair_until_it_recovers(pool: PgPool) {
     let hook = Webhook::start(Answer::Ok).await;
-    let app = app_with_alarm(
-        pool,
-        &format!("baseline_samples = 4\nwebhook_url = {:?}", hook.url),
-    )
-    .await;
-    for n in 0..4 {
-        run_tick(&app, n, &HEALTHY).await;
-    }
+    let app = app_with_webhook(pool, &hook).await;
 
     run_tick(&app, 4, &COLLAPSED).await;
     eventually(
         Duration::from_secs(10),
         "the alert is marked as sent",
-        || async {
-            app.count("SELECT count(*) FROM route_alarms WHERE notified_at IS NOT NULL")
-                .await
-                == 1
-        },
+        || async { alerts_sent(&app).await == 1 },
     )
     .await;
     run_tick(&app, 5, &COLLAPSED).await; // still down: no second alert
@@ -333,14 +375,7 @@ async fn the_webhook_gets_one_alert_per_pair_until_it_recovers(pool: PgPool) {
 #[sqlx::test]
 async fn a_webhook_that_hangs_or_fails_never_delays_or_fails_a_report(pool: PgPool) {
     let hook = Webhook::start(Answer::Hang).await;
-    let app = app_with_alarm(
-        pool,
-        &format!("baseline_samples = 4\nwebhook_url = {:?}", hook.url),
-    )
-    .await;
-    for n in 0..4 {
-        run_tick(&app, n, &HEALTHY).await;
-    }
+    let app = app_with_webhook(pool, &hook).await;
 
     let started = Instant::now();
     let report = run_tick(&app, 4, &COLLAPSED).await;
@@ -373,11 +408,7 @@ async fn a_webhook_that_hangs_or_fails_never_delays_or_fails_a_report(pool: PgPo
     eventually(
         Duration::from_secs(15),
         "the alert is sent once the webhook works",
-        || async {
-            app.count("SELECT count(*) FROM route_alarms WHERE notified_at IS NOT NULL")
-                .await
-                == 1
-        },
+        || async { alerts_sent(&app).await == 1 },
     )
     .await;
 }
@@ -398,7 +429,7 @@ async fn run_once_logs_one_warn_line_naming_the_country_the_numbers_and_the_base
     app.seed("demoShop", 460, now - chrono::Duration::minutes(10), 40, 4)
         .await;
 
-    let (code, _out, err) = app.run(&["run", "--once"]).await;
+    let Output { code, err, .. } = app.run(&["run", "--once"]).await;
 
     assert_eq!(code, 0, "{err}");
     let warns: Vec<&str> = err

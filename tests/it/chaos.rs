@@ -55,10 +55,14 @@ impl Proxy {
 
     /// Reachable again, on the same address.
     pub async fn up(&self) {
+        // The aborted listener may take a moment to close: retry the bind, for 10 s at most.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         let listener = loop {
             match TcpListener::bind(self.addr).await {
                 Ok(l) => break l,
-                // The aborted listener may take a moment to close.
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    panic!("the proxy cannot bind {} again: {e}", self.addr)
+                }
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             }
         };

@@ -3,7 +3,7 @@
 use sqlx::PgPool;
 
 use crate::fake_provider::{docs_record_example, Scripted};
-use crate::helpers::{TestApp, API_SECRET};
+use crate::helpers::{isolated, Output, TestApp, API_SECRET, BIN};
 
 #[sqlx::test]
 async fn record_prints_a_readable_summary_and_exits_0_when_found(pool: PgPool) {
@@ -11,7 +11,7 @@ async fn record_prints_a_readable_summary_and_exits_0_when_found(pool: PgPool) {
     app.provider
         .put_record("1234566", docs_record_example()["data"].clone());
 
-    let (code, out, err) = app
+    let Output { code, out, err } = app
         .run(&["record", "1234566", "--app-id", "ad454212"])
         .await;
 
@@ -37,7 +37,7 @@ async fn record_json_prints_the_providers_answer(pool: PgPool) {
     let app = TestApp::new(pool).await;
     app.provider
         .put_record("1234566", docs_record_example()["data"].clone());
-    let (code, out, _) = app.run(&["record", "1234566", "--json"]).await;
+    let Output { code, out, .. } = app.run(&["record", "1234566", "--json"]).await;
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["status"], "0");
@@ -47,7 +47,7 @@ async fn record_json_prints_the_providers_answer(pool: PgPool) {
 #[sqlx::test]
 async fn record_exits_1_with_the_providers_status_and_reason_on_stderr(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let (code, out, err) = app.run(&["record", "no-such-order"]).await;
+    let Output { code, out, err } = app.run(&["record", "no-such-order"]).await;
     assert_eq!(code, 1);
     assert!(out.is_empty());
     assert!(
@@ -57,7 +57,7 @@ async fn record_exits_1_with_the_providers_status_and_reason_on_stderr(pool: PgP
 
     app.provider
         .script_all(vec![Scripted::Status("-2", "ip not allowed")]);
-    let (code, _, err) = app.run(&["record", "1234566"]).await;
+    let Output { code, err, .. } = app.run(&["record", "1234566"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("status -2, reason ip not allowed"), "{err}");
 }
@@ -71,7 +71,7 @@ async fn a_bad_config_exits_2_naming_the_key_and_the_file(pool: PgPool) {
         text.replace("request_timeout", "request_timout"),
     )
     .unwrap();
-    let (code, _, err) = app.run(&["record", "1234566"]).await;
+    let Output { code, err, .. } = app.run(&["record", "1234566"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("request_timout"), "{err}");
     assert!(err.contains(app.config_path.to_str().unwrap()), "{err}");
@@ -81,7 +81,7 @@ async fn a_bad_config_exits_2_naming_the_key_and_the_file(pool: PgPool) {
         text.replace("cron = \"*/10 * * * *\"", "cron = \"*/10 * *\""),
     )
     .unwrap();
-    let (code, _, err) = app.run(&["check"]).await;
+    let Output { code, err, .. } = app.run(&["check"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("schedule.cron"), "{err}");
 }
@@ -89,10 +89,10 @@ async fn a_bad_config_exits_2_naming_the_key_and_the_file(pool: PgPool) {
 #[sqlx::test]
 async fn usage_errors_exit_2(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    assert_eq!(app.run(&["record"]).await.0, 2);
-    assert_eq!(app.run(&["record", "x", "--app-id", "abc"]).await.0, 2);
-    assert_eq!(app.run(&["run", "--dry-run"]).await.0, 2);
-    assert_eq!(app.run(&["frobnicate"]).await.0, 2);
+    assert_eq!(app.run(&["record"]).await.code, 2);
+    assert_eq!(app.run(&["record", "x", "--app-id", "abc"]).await.code, 2);
+    assert_eq!(app.run(&["run", "--dry-run"]).await.code, 2);
+    assert_eq!(app.run(&["frobnicate"]).await.code, 2);
 }
 
 #[sqlx::test]
@@ -119,28 +119,19 @@ async fn the_secret_never_reaches_the_output_even_at_trace_level(pool: PgPool) {
 
 #[tokio::test]
 async fn help_and_version_work_without_a_config() {
-    let bin = env!("CARGO_BIN_EXE_backfill-reporter");
-    let out = tokio::process::Command::new(bin)
-        .arg("--help")
-        .output()
-        .await
-        .unwrap();
+    let out = isolated(BIN).arg("--help").output().await.unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in ["run", "record", "migrate", "check", "history"] {
         assert!(help.contains(cmd), "{help}");
     }
-    let out = tokio::process::Command::new(bin)
-        .arg("--version")
-        .output()
-        .await
-        .unwrap();
+    let out = isolated(BIN).arg("--version").output().await.unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("backfill-reporter "));
 }
 
 #[sqlx::test]
 async fn check_validates_everything_and_prints_the_next_five_fire_times(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let (code, out, err) = app.run(&["check"]).await;
+    let Output { code, out, err } = app.run(&["check"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("database") && out.contains("connected"),
@@ -167,10 +158,9 @@ async fn check_validates_everything_and_prints_the_next_five_fire_times(pool: Pg
 #[sqlx::test]
 async fn json_logs_are_one_object_per_line_with_the_cycle_summary(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let recent = chrono::Utc::now() - chrono::Duration::minutes(5);
-    app.seed("jsonApp1", 460, recent, 10, 4).await;
+    app.seed_recent("jsonApp1").await;
 
-    let (code, _, err) = app.run(&["--log-format", "json", "run", "--once"]).await;
+    let Output { code, err, .. } = app.run(&["--log-format", "json", "run", "--once"]).await;
 
     assert_eq!(code, 0, "{err}");
     let lines: Vec<serde_json::Value> = err
@@ -203,8 +193,12 @@ async fn record_json_prints_the_body_as_received_even_when_the_provider_refuses(
     app.provider
         .script_all(vec![Scripted::json(401, refusal.clone()), Scripted::Html]);
 
-    let (code, out, err) = app.run(&["record", "1234566", "--json"]).await;
-    let (html_code, html_out, _) = app.run(&["record", "1234566", "--json"]).await;
+    let Output { code, out, err } = app.run(&["record", "1234566", "--json"]).await;
+    let Output {
+        code: html_code,
+        out: html_out,
+        ..
+    } = app.run(&["record", "1234566", "--json"]).await;
 
     assert_eq!(code, 1, "{err}");
     let printed: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -223,7 +217,7 @@ async fn record_reads_a_leg_with_both_currency_keys_and_legs_sent_as_objects(poo
     data["newTopLevelField"] = serde_json::json!({"x": 1});
     app.provider.put_record("1234566", data);
 
-    let (code, out, err) = app.run(&["record", "1234566"]).await;
+    let Output { code, out, err } = app.run(&["record", "1234566"]).await;
 
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("settled 0.01368 USD"), "{out}");
@@ -240,7 +234,7 @@ async fn record_words_the_call_leg_no_more_precisely_than_the_page(pool: PgPool)
     app.provider
         .put_record("1234566", docs_record_example()["data"].clone());
 
-    let (code, out, err) = app.run(&["record", "1234566"]).await;
+    let Output { code, out, err } = app.run(&["record", "1234566"]).await;
 
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -256,9 +250,8 @@ async fn record_words_the_call_leg_no_more_precisely_than_the_page(pool: PgPool)
     }
 }
 
-/// The test config with `from` replaced by `to`, run through `check`: (exit code, stdout,
-/// stderr).
-async fn check_with(app: &TestApp, from: &str, to: &str) -> (i32, String, String) {
+/// The test config with `from` replaced by `to`, run through `check`.
+async fn check_with(app: &TestApp, from: &str, to: &str) -> Output {
     let text = std::fs::read_to_string(&app.config_path).unwrap();
     assert!(text.contains(from), "{from:?} not in the test config");
     std::fs::write(&app.config_path, text.replacen(from, to, 1)).unwrap();
@@ -285,7 +278,7 @@ async fn check_refuses_cleartext_to_a_remote_provider_and_a_password_in_base_url
             "user name or password",
         ),
     ] {
-        let (code, out, err) = check_with(&app, &base, &url).await;
+        let Output { code, out, err } = check_with(&app, &base, &url).await;
 
         assert_eq!(code, 2, "{url}: {out}{err}");
         assert!(
@@ -332,7 +325,7 @@ async fn each_out_of_range_setting_exits_2_naming_the_key_and_the_range(pool: Pg
             "source.window = \"400d\" is out of range: allowed 1s to 366d",
         ),
     ] {
-        let (code, _, err) = check_with(&app, from, to).await;
+        let Output { code, err, .. } = check_with(&app, from, to).await;
 
         assert_eq!(code, 2, "{to}: {err}");
         assert!(err.contains(expected), "{to}: {err}");
@@ -355,7 +348,7 @@ async fn a_secret_in_an_inline_table_or_under_a_quoted_key_is_not_echoed(pool: P
     ] {
         std::fs::write(&app.config_path, &text).unwrap();
 
-        let (code, out, err) = app.run(&["check"]).await;
+        let Output { code, out, err } = app.run(&["check"]).await;
 
         assert_eq!(code, 2, "{err}");
         assert!(!format!("{out}{err}").contains("987654321"), "{err}");
@@ -369,14 +362,7 @@ async fn a_secret_in_an_inline_table_or_under_a_quoted_key_is_not_echoed(pool: P
 #[sqlx::test]
 async fn a_reason_with_a_newline_cannot_forge_a_log_line_and_is_stored_capped(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.seed(
-        "forgApp1",
-        460,
-        chrono::Utc::now() - chrono::Duration::minutes(5),
-        10,
-        4,
-    )
-    .await;
+    app.seed_recent("forgApp1").await;
     let reason = format!(
         "bad\nFORGED 2026-01-01T00:00:00Z INFO backfill_reporter: all good\r\n{}",
         "z".repeat(5_000)
@@ -389,7 +375,7 @@ async fn a_reason_with_a_newline_cannot_forge_a_log_line_and_is_stored_capped(po
         )],
     );
 
-    let (code, _, err) = app.run(&["run", "--once"]).await;
+    let Output { code, err, .. } = app.run(&["run", "--once"]).await;
 
     assert_eq!(code, 1, "{err}");
     assert!(
@@ -424,11 +410,11 @@ async fn an_unreachable_database_exits_3_a_config_error_2_and_check_offline_need
         &["history"],
         &["migrate"],
     ] {
-        let (code, _, err) = app.run(args).await;
+        let Output { code, err, .. } = app.run(args).await;
         assert_eq!(code, 3, "{args:?}: {err}");
         assert!(err.contains("connecting to PostgreSQL at"), "{err}");
     }
-    let (code, out, err) = app.run(&["check", "--offline"]).await;
+    let Output { code, out, err } = app.run(&["check", "--offline"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("--offline"), "{out}");
 
@@ -437,7 +423,7 @@ async fn an_unreachable_database_exits_3_a_config_error_2_and_check_offline_need
         closed.replace("[schedule]", "[schedule]\nbogus = 1"),
     )
     .unwrap();
-    let (code, _, err) = app.run(&["check", "--offline"]).await;
+    let Output { code, err, .. } = app.run(&["check", "--offline"]).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("bogus"), "{err}");
 }

@@ -2,6 +2,11 @@
 //! on the library itself: a time-zone job's ticks after the first are computed with the UTC
 //! offset frozen when the job was created, so across a daylight-saving change they fire an
 //! hour off. The same pattern through `Schedule::next_after` gives the right instant.
+//!
+//! Evidence about another crate, not a check of this one: both tests are `#[ignore]`d, so that
+//! CI does not fail the day tokio-cron-scheduler is fixed, and run on demand with
+//! `cargo test --test it cron_choice -- --ignored` (the first waits for a real job to fire,
+//! about 3 s). The daemon's own DST behaviour is tested in `schedule::tests`.
 
 use std::time::Duration;
 
@@ -11,6 +16,7 @@ use chrono_tz::Europe::Berlin;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 #[tokio::test]
+#[ignore = "evidence about tokio-cron-scheduler 0.15 (an hour off after a DST change), not a check of this crate; it waits for a real job to fire"]
 async fn tokio_cron_scheduler_fires_an_hour_off_after_a_dst_change_and_ours_does_not() {
     // A pattern that fires 3 s from now and next on the same day and time in a month on the
     // other side of a Berlin DST change (January or July: both have every day up to 31).
@@ -69,6 +75,7 @@ async fn tokio_cron_scheduler_fires_an_hour_off_after_a_dst_change_and_ours_does
 }
 
 #[test]
+#[ignore = "evidence about tokio-cron-scheduler 0.15 (no five-field cron), not a check of this crate"]
 fn tokio_cron_scheduler_refuses_the_standard_five_field_form() {
     assert!(Job::new_async("*/5 * * * *", |_, _| Box::pin(async {})).is_err());
     assert!(Schedule::parse("*/5 * * * *").is_ok());

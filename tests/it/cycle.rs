@@ -1,7 +1,5 @@
 //! One reporting cycle against a real database and the fake provider.
 
-use std::time::Duration;
-
 use backfill_reporter::cycle;
 use backfill_reporter::outcomes::{RunSummary, Trigger};
 use chrono::{DateTime, Utc};
@@ -10,7 +8,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::fake_provider::Scripted;
-use crate::helpers::{utc, TestApp, TestConfig};
+use crate::helpers::{utc, Output, Submission, TestApp, TestConfig};
 
 const TICK: &str = "2026-02-01T00:00:00+08:00";
 
@@ -64,25 +62,30 @@ async fn the_provider_receives_exactly_the_documented_body(pool: PgPool) {
     let rows = app.submissions().await;
     assert_eq!(
         rows,
-        vec![(
-            "mRELxtHc".into(),
-            "460".into(),
-            "succeeded".into(),
-            1,
-            Some("0".into()),
-            None
-        )]
+        vec![Submission {
+            app_id: "mRELxtHc".into(),
+            mcc: "460".into(),
+            state: "succeeded".into(),
+            attempts: 1,
+            provider_status: Some("0".into()),
+            reason: None
+        }]
     );
-    let stored: (String, String, DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
+    let (rate, callback_time, window_start, window_end): (
+        String,
+        String,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    ) = sqlx::query_as(
         "SELECT rate::text, callback_time, window_start, window_end FROM report_submissions",
     )
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!(stored.0, "10.00");
-    assert_eq!(stored.1, TICK);
-    assert_eq!(stored.2, tick() - chrono::Duration::hours(24));
-    assert_eq!(stored.3, tick());
+    assert_eq!(rate, "10.00");
+    assert_eq!(callback_time, TICK);
+    assert_eq!(window_start, tick() - chrono::Duration::hours(24));
+    assert_eq!(window_end, tick());
 }
 
 #[sqlx::test]
@@ -221,7 +224,7 @@ async fn a_custom_query_with_a_wrong_column_is_an_error_before_anything_is_sent(
         query: Some(missing.into()),
         ..TestConfig::default()
     });
-    let (code, _, err) = app.run(&["check"]).await;
+    let Output { code, err, .. } = app.run(&["check"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("no column \"backfill_number\""), "{err}");
 }
@@ -266,7 +269,7 @@ async fn each_skip_and_invalid_kind_is_recorded_with_its_reason_and_never_sent(p
         .collect();
     assert_eq!(sent, vec![json!("goodApp1")]);
     let rows = app.submissions().await;
-    let find = |app: &str| rows.iter().find(|r| r.0 == app).unwrap().clone();
+    let find = |app: &str| rows.iter().find(|r| r.app_id == app).unwrap().clone();
     for (app_id, state, needle) in [
         ("zeroSent", "skipped", "no codes sent"),
         ("fewSent1", "skipped", "min_cardinal"),
@@ -276,12 +279,12 @@ async fn each_skip_and_invalid_kind_is_recorded_with_its_reason_and_never_sent(p
         ("abc", "invalid", "4 to 32"),
     ] {
         let r = find(app_id);
-        assert_eq!(r.2, state, "{app_id}");
-        assert_eq!(r.3, 0, "{app_id} was never attempted");
+        assert_eq!(r.state, state, "{app_id}");
+        assert_eq!(r.attempts, 0, "{app_id} was never attempted");
         assert!(
-            r.5.as_deref().unwrap().contains(needle),
+            r.reason.as_deref().unwrap().contains(needle),
             "{app_id}: {:?}",
-            r.5
+            r.reason
         );
     }
     let runs: (i32, i32, i32, i32, i32) =
@@ -305,8 +308,8 @@ async fn a_transient_failure_twice_then_success_records_three_attempts(pool: PgP
 
     assert!(report.all_good());
     let rows = app.submissions().await;
-    assert_eq!(rows[0].2, "succeeded");
-    assert_eq!(rows[0].3, 3);
+    assert_eq!(rows[0].state, "succeeded");
+    assert_eq!(rows[0].attempts, 3);
     let received = app.provider.received();
     assert_eq!(received.len(), 3);
     // re-signed for each attempt: every request carries a valid signature for its own timestamp
@@ -329,13 +332,16 @@ async fn a_transient_failure_that_persists_gives_up_after_max_attempts(pool: PgP
     app.provider
         .script("downApp1", vec![Scripted::Http(503); 5]);
     run_cycle(&app).await;
-    let row: (String, i32, Option<i32>, Option<String>) =
+    let (state, attempts, http_status, reason): (String, i32, Option<i32>, Option<String>) =
         sqlx::query_as("SELECT state, attempts, http_status, reason FROM report_submissions")
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    assert_eq!((row.0.as_str(), row.1, row.2), ("failed", 3, Some(503)));
-    assert!(row.3.unwrap().contains("gave up after 3 attempts"));
+    assert_eq!(
+        (state.as_str(), attempts, http_status),
+        ("failed", 3, Some(503))
+    );
+    assert!(reason.unwrap().contains("gave up after 3 attempts"));
 }
 
 #[sqlx::test]
@@ -394,11 +400,11 @@ async fn an_authentication_rejection_stops_the_rest_of_the_cycle(pool: PgPool) {
         "nothing is sent after a -1"
     );
     let rows = app.submissions().await;
-    let not_sent: Vec<_> = rows.iter().filter(|r| r.3 == 0).collect();
+    let not_sent: Vec<_> = rows.iter().filter(|r| r.attempts == 0).collect();
     assert_eq!(not_sent.len(), 2);
     for r in not_sent {
-        assert_eq!(r.2, "failed");
-        let reason = r.5.as_deref().unwrap();
+        assert_eq!(r.state, "failed");
+        let reason = r.reason.as_deref().unwrap();
         assert!(
             reason.contains("not sent") && reason.contains("-1") && reason.contains("api_key"),
             "{reason}"
@@ -470,14 +476,7 @@ async fn pending_rows_left_by_a_crash_are_sent_again_and_stale_ones_superseded(p
     // What a crash leaves behind: runs and pending rows, nothing sent, the older one still
     // under the dead instance's (now expired) lease when the newer tick was planned.
     for (t, rate) in [(old, "40"), (tick(), "50")] {
-        let run_id: i64 = sqlx::query_scalar(
-            "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance) \
-             VALUES ($1, 'schedule', $1 - interval '1 day', $1, 'dead:1') RETURNING id",
-        )
-        .bind(t)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+        let run_id = app.scheduled_run(t, "dead:1", None).await;
         sqlx::query(
             "INSERT INTO report_submissions (run_id, app_id, mcc, scheduled_for, window_start, \
              window_end, backfill_number, cardinal_number, rate, callback_time, state, \
@@ -508,12 +507,7 @@ async fn pending_rows_left_by_a_crash_are_sent_again_and_stale_ones_superseded(p
             .await
             .unwrap();
     assert_eq!(states, ["superseded", "succeeded"]);
-    assert_eq!(
-        app.count("SELECT count(*) FROM report_runs WHERE finished_at IS NULL")
-            .await,
-        0,
-        "both runs are closed"
-    );
+    assert_eq!(app.open_runs().await, 0, "both runs are closed");
 }
 
 #[sqlx::test]
@@ -530,7 +524,7 @@ async fn run_once_submits_every_pair_and_prints_the_history(pool: PgPool) {
         app.seed(a, m, recent, s, b).await;
     }
 
-    let (code, out, err) = app.run(&["run", "--once"]).await;
+    let Output { code, out, err } = app.run(&["run", "--once"]).await;
 
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("4 pairs, 4 succeeded, 0 failed"), "{out}");
@@ -562,11 +556,7 @@ async fn run_once_submits_every_pair_and_prints_the_history(pool: PgPool) {
             want("shopApp1", "460", "100", "1000", "10"),
         ]
     );
-    assert_eq!(
-        app.count("SELECT count(*) FROM report_submissions WHERE state = 'succeeded'")
-            .await,
-        4
-    );
+    assert_eq!(app.submissions_in("succeeded").await, 4);
     assert_eq!(
         app.count(
             "SELECT count(*) FROM report_runs WHERE trigger = 'once' AND finished_at IS NOT NULL"
@@ -575,7 +565,9 @@ async fn run_once_submits_every_pair_and_prints_the_history(pool: PgPool) {
         1
     );
 
-    let (code, history, _) = app.run(&["history", "--app-id", "shopApp1"]).await;
+    let Output {
+        code, out: history, ..
+    } = app.run(&["history", "--app-id", "shopApp1"]).await;
     assert_eq!(code, 0);
     assert!(
         history.contains("shopApp1") && !history.contains("bankApp1"),
@@ -590,19 +582,12 @@ async fn run_once_submits_every_pair_and_prints_the_history(pool: PgPool) {
 #[sqlx::test]
 async fn run_once_exits_1_when_a_pair_fails(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.seed(
-        "failApp1",
-        460,
-        chrono::Utc::now() - chrono::Duration::minutes(1),
-        10,
-        5,
-    )
-    .await;
+    app.seed_recent("failApp1").await;
     app.provider
         .script("failApp1", vec![Scripted::Status("-22", "nope")]);
-    let (code, out, _) = app.run(&["run", "--once"]).await;
+    let Output { code, out, .. } = app.run(&["run", "--once"]).await;
     assert_eq!(code, 1, "{out}");
-    let (_, failed, _) = app.run(&["history", "--state", "failed"]).await;
+    let Output { out: failed, .. } = app.run(&["history", "--state", "failed"]).await;
     assert!(
         failed.contains("failApp1") && failed.contains("-22"),
         "{failed}"
@@ -625,7 +610,7 @@ async fn dry_run_prints_the_plan_and_leaves_database_and_provider_untouched(pool
     let before: i64 = app.count("SELECT count(*) FROM report_runs").await
         + app.count("SELECT count(*) FROM report_submissions").await;
 
-    let (code, out, err) = app.run(&["run", "--once", "--dry-run"]).await;
+    let Output { code, out, err } = app.run(&["run", "--once", "--dry-run"]).await;
 
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -640,5 +625,4 @@ async fn dry_run_prints_the_plan_and_leaves_database_and_provider_untouched(pool
     let after: i64 = app.count("SELECT count(*) FROM report_runs").await
         + app.count("SELECT count(*) FROM report_submissions").await;
     assert_eq!(before, after);
-    tokio::time::sleep(Duration::from_millis(1)).await;
 }

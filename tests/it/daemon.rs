@@ -1,23 +1,20 @@
-//! The long-running service, as a real process: schedule, signals, a slow provider, downtime
-//! and clock jumps, reload. The failure drills are in `drills`.
+//! The long-running service, as a real process: schedule, signals, a slow provider, reload;
+//! and in this process, on a wall clock the test sets: downtime and clock jumps. The failure
+//! drills are in `drills`.
 
-use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
 use backfill_reporter::daemon::{serve, Clock};
+use chrono::{DateTime, SubsecRound, Timelike, Utc};
 use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::fake_provider::Scripted;
-use crate::helpers::{eventually, Daemon, TestApp, TestConfig};
-
-fn every_two_seconds() -> TestConfig {
-    TestConfig {
-        cron: "*/2 * * * * *".into(),
-        ..TestConfig::default()
-    }
-}
+use crate::helpers::{eventually, Daemon, Stopped, TestApp, TestConfig};
 
 async fn finished_runs(app: &TestApp) -> i64 {
     app.count(
@@ -26,24 +23,138 @@ async fn finished_runs(app: &TestApp) -> i64 {
     .await
 }
 
-async fn seed_recent(app: &TestApp, apps: &[&str]) {
-    let recent = chrono::Utc::now() - chrono::Duration::minutes(30);
-    for a in apps {
-        app.seed(a, 460, recent, 10, 4).await;
+/// Every run's tick, in order.
+async fn ticks(app: &TestApp) -> Vec<DateTime<Utc>> {
+    sqlx::query_scalar("SELECT scheduled_for FROM report_runs ORDER BY scheduled_for")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// Ticks every two seconds, one pair to send, and `Delay` as the provider's answer to the
+/// first request: a request that hangs while the daemon goes on.
+async fn app_with_a_slow_first_request(pool: PgPool, app_id: &str, delay: Duration) -> TestApp {
+    let config = TestConfig {
+        request_timeout: "20s".into(),
+        ..TestConfig::every_two_seconds()
+    };
+    let app = TestApp::with(pool, config).await;
+    app.seed_recent(app_id).await;
+    app.provider.script(app_id, vec![Scripted::Delay(delay)]);
+    app
+}
+
+/// The daemon in this process, on a wall clock the test sets and steps as a suspend or an NTP
+/// step would: the real clock plus an offset. Tokio's monotonic timers alone would not see such
+/// a step.
+struct SteppedDaemon {
+    offset_ms: Arc<AtomicI64>,
+    clock_reads: Arc<AtomicUsize>,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    _reload: mpsc::UnboundedSender<()>,
+}
+
+impl SteppedDaemon {
+    /// Serves `app` with a wall clock that reads `at` now.
+    fn start(app: &TestApp, at: DateTime<Utc>) -> Self {
+        let offset_ms = Arc::new(AtomicI64::new((at - Utc::now()).num_milliseconds()));
+        let clock_reads = Arc::new(AtomicUsize::new(0));
+        let clock: Clock = {
+            let (offset_ms, clock_reads) = (offset_ms.clone(), clock_reads.clone());
+            Arc::new(move || {
+                clock_reads.fetch_add(1, SeqCst);
+                Utc::now() + chrono::Duration::milliseconds(offset_ms.load(SeqCst))
+            })
+        };
+        let stop = CancellationToken::new();
+        let (reload, reload_rx) = mpsc::unbounded_channel();
+        Self {
+            offset_ms,
+            clock_reads,
+            stop: stop.clone(),
+            task: tokio::spawn(serve(
+                app.config_path.clone(),
+                app.settings(),
+                stop,
+                reload_rx,
+                clock,
+            )),
+            _reload: reload,
+        }
+    }
+
+    /// Sets the wall clock so that it reads `to` now.
+    fn step(&self, to: DateTime<Utc>) {
+        self.offset_ms
+            .store((to - Utc::now()).num_milliseconds(), SeqCst);
+    }
+
+    /// Waits until the daemon has read its clock: its first tick is armed from then on.
+    async fn armed(&self) {
+        eventually(
+            Duration::from_secs(10),
+            "the daemon reads its clock",
+            || async { self.clock_reads.load(SeqCst) > 0 },
+        )
+        .await;
+    }
+
+    /// Stops it as SIGTERM would; it must return without an error.
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("the daemon stops within 15 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Today (UTC) at `h:m:s`: a wall clock whose time of day the test chooses.
+fn today_at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
+    Utc::now()
+        .with_hour(h)
+        .and_then(|t| t.with_minute(m))
+        .and_then(|t| t.with_second(s))
+        .unwrap()
+        .trunc_subsecs(0)
+}
+
+/// What the daemon logged when it took a reloaded config: when, and the next tick it armed.
+struct Reloaded {
+    at: DateTime<Utc>,
+    next_tick: DateTime<Utc>,
+}
+
+fn reloaded(log: &str) -> Reloaded {
+    let line = log
+        .lines()
+        .find(|l| l.contains("config reloaded"))
+        .unwrap_or_else(|| panic!("no reload line in:\n{log}"));
+    let instant = |text: &str| {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap_or_else(|e| panic!("{e}: {text:?} in {line:?}"))
+            .with_timezone(&Utc)
+    };
+    let next = line.split("next tick ").nth(1).expect("the next tick");
+    Reloaded {
+        at: instant(line.split_whitespace().next().unwrap()),
+        next_tick: instant(next.split_whitespace().next().unwrap()),
     }
 }
 
 #[sqlx::test]
 async fn a_six_field_schedule_runs_a_cycle_every_two_seconds_and_sigterm_exits_0(pool: PgPool) {
-    let app = TestApp::with(pool, every_two_seconds()).await;
-    seed_recent(&app, &["tickApp1"]).await;
+    let app = TestApp::with(pool, TestConfig::every_two_seconds()).await;
+    app.seed_recent("tickApp1").await;
 
     let daemon = Daemon::start(&app);
     eventually(Duration::from_secs(15), "two scheduled cycles", || async {
         finished_runs(&app).await >= 2
     })
     .await;
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     let ticks: Vec<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
@@ -78,14 +189,7 @@ async fn a_six_field_schedule_runs_a_cycle_every_two_seconds_and_sigterm_exits_0
 
 #[sqlx::test]
 async fn sigterm_waits_for_a_slow_submission_and_records_it(pool: PgPool) {
-    let config = TestConfig {
-        request_timeout: "20s".into(),
-        ..every_two_seconds()
-    };
-    let app = TestApp::with(pool, config).await;
-    seed_recent(&app, &["slowApp1"]).await;
-    app.provider
-        .script("slowApp1", vec![Scripted::Delay(Duration::from_secs(4))]);
+    let app = app_with_a_slow_first_request(pool, "slowApp1", Duration::from_secs(4)).await;
 
     let daemon = Daemon::start(&app);
     eventually(Duration::from_secs(10), "a request in flight", || async {
@@ -93,7 +197,7 @@ async fn sigterm_waits_for_a_slow_submission_and_records_it(pool: PgPool) {
     })
     .await;
     let signalled = std::time::SystemTime::now();
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     let received = app.provider.received();
@@ -114,8 +218,8 @@ async fn sigterm_waits_for_a_slow_submission_and_records_it(pool: PgPool) {
 
 #[sqlx::test]
 async fn sighup_with_a_broken_config_keeps_the_old_schedule_running(pool: PgPool) {
-    let app = TestApp::with(pool, every_two_seconds()).await;
-    seed_recent(&app, &["hupApp01"]).await;
+    let app = TestApp::with(pool, TestConfig::every_two_seconds()).await;
+    app.seed_recent("hupApp01").await;
     let daemon = Daemon::start(&app);
     eventually(Duration::from_secs(10), "a first cycle", || async {
         finished_runs(&app).await >= 1
@@ -125,7 +229,7 @@ async fn sighup_with_a_broken_config_keeps_the_old_schedule_running(pool: PgPool
     // Everything valid but the schedule.
     app.write_config(&TestConfig {
         cron: "every tuesday".into(),
-        ..every_two_seconds()
+        ..TestConfig::every_two_seconds()
     });
     daemon.signal("HUP").await;
     daemon
@@ -144,38 +248,55 @@ async fn sighup_with_a_broken_config_keeps_the_old_schedule_running(pool: PgPool
     )
     .await;
 
-    // A valid config that changes the schedule is taken: once a year, so no more cycles.
+    // A valid config that changes the schedule is taken: daily, at an odd second a few seconds
+    // from now, so that its tick is none of the old schedule's.
+    let shanghai = chrono_tz::Asia::Shanghai;
+    let mut at = (Utc::now() + chrono::Duration::seconds(8)).trunc_subsecs(0);
+    if at.second() % 2 == 0 {
+        at += chrono::Duration::seconds(1);
+    }
+    let local = at.with_timezone(&shanghai);
     app.write_config(&TestConfig {
-        cron: "0 0 1 1 *".into(),
-        ..every_two_seconds()
+        cron: format!(
+            "{} {} {} * * *",
+            local.second(),
+            local.minute(),
+            local.hour()
+        ),
+        ..TestConfig::every_two_seconds()
     });
     daemon.signal("HUP").await;
     daemon
         .wait_log("config reloaded", Duration::from_secs(5))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // a cycle started before the reload ends
-    let after_reload = finished_runs(&app).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reload = reloaded(&daemon.log());
     assert_eq!(
-        finished_runs(&app).await,
-        after_reload,
-        "the new schedule is in force"
+        reload.next_tick,
+        at,
+        "the new schedule's tick is armed:\n{}",
+        daemon.log()
     );
-    let (code, log) = daemon.stop().await;
+    eventually(
+        Duration::from_secs(15),
+        "the new schedule's tick run",
+        || async { ticks(&app).await.contains(&at) },
+    )
+    .await;
+    // The old schedule would have fired at least twice since the reload: only the new tick ran.
+    let since_reload: Vec<_> = ticks(&app)
+        .await
+        .into_iter()
+        .filter(|t| *t > reload.at)
+        .collect();
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
+    assert_eq!(since_reload, [at], "{log}");
 }
 
 #[sqlx::test]
 async fn a_slow_provider_does_not_hold_back_the_next_tick(pool: PgPool) {
-    let config = TestConfig {
-        request_timeout: "20s".into(),
-        ..every_two_seconds()
-    };
-    let app = TestApp::with(pool, config).await;
-    seed_recent(&app, &["busyApp1"]).await;
-    app.provider
-        .script("busyApp1", vec![Scripted::Delay(Duration::from_secs(5))]);
+    let app = app_with_a_slow_first_request(pool, "busyApp1", Duration::from_secs(5)).await;
 
     let daemon = Daemon::start(&app);
     // While the first tick's request hangs, a later tick is planned and sent.
@@ -196,7 +317,7 @@ async fn a_slow_provider_does_not_hold_back_the_next_tick(pool: PgPool) {
         app.count("SELECT count(*) FROM report_submissions WHERE attempts = 1 AND state = 'succeeded' AND duration_ms >= 5000").await == 1
     })
     .await;
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     let mut seen = std::collections::HashSet::new();
@@ -210,50 +331,43 @@ async fn a_slow_provider_does_not_hold_back_the_next_tick(pool: PgPool) {
 
 #[sqlx::test]
 async fn after_downtime_one_catch_up_cycle_runs_for_the_latest_missed_tick(pool: PgPool) {
-    // Daily at midnight UTC: the latest tick cannot move while the test runs (but at midnight).
+    // Daily at midnight UTC, on a wall clock that reads noon: the latest tick is 12 hours
+    // past and the next 12 hours ahead, whatever the real time of day.
     let config = TestConfig {
         cron: "0 0 * * *".into(),
         timezone: "UTC".into(),
         ..TestConfig::default()
     };
     let app = TestApp::with(pool, config).await;
-    let now = chrono::Utc::now();
-    let latest =
-        chrono::DateTime::from_timestamp(now.timestamp() - now.timestamp() % 86_400, 0).unwrap();
+    let noon = today_at(12, 0, 0);
+    let latest = noon - chrono::Duration::hours(12);
+    let next = noon + chrono::Duration::hours(12);
     app.seed("downtime", 460, latest - chrono::Duration::hours(1), 10, 4)
         .await;
     // The last tick run was three days before: two ticks were missed since.
-    sqlx::query(
-        "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, finished_at) \
-         VALUES ($1, 'schedule', $1 - interval '1 day', $1, 'old:1', $1)",
-    )
-    .bind(latest - chrono::Duration::days(3))
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    let old = latest - chrono::Duration::days(3);
+    app.scheduled_run(old, "old:1", Some(old)).await;
 
-    let daemon = Daemon::start(&app);
+    let daemon = SteppedDaemon::start(&app, noon);
     eventually(Duration::from_secs(10), "the catch-up cycle", || async {
         finished_runs(&app).await >= 2
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await; // room for a burst, were there one
-    let (code, log) = daemon.stop().await;
+    // A burst of the missed ticks would run before the next tick: step to it, and wait for it.
+    daemon.step(next);
+    eventually(Duration::from_secs(10), "the next tick", || async {
+        ticks(&app).await.contains(&next)
+    })
+    .await;
+    daemon.stop().await;
 
-    assert_eq!(code, 0, "{log}");
-    let ticks: Vec<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT scheduled_for FROM report_runs ORDER BY scheduled_for")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
     assert_eq!(
-        ticks.len(),
-        2,
-        "one catch-up, not one per missed tick: {ticks:?}"
+        ticks(&app).await,
+        [old, latest, next],
+        "one catch-up, not one per missed tick"
     );
-    assert_eq!(ticks[1], latest);
     let bodies = app.provider.backfill_bodies();
-    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
     assert_eq!(
         bodies[0]["callbackTime"],
         latest.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
@@ -264,38 +378,20 @@ async fn after_downtime_one_catch_up_cycle_runs_for_the_latest_missed_tick(pool:
 async fn after_a_wall_clock_jump_the_next_tick_fires_on_time_and_a_long_jump_runs_one_catch_up(
     pool: PgPool,
 ) {
-    // On the hour, in UTC; the daemon's clock is the real one plus an offset the test steps, as
-    // a suspend or an NTP step would. Tokio's monotonic timers alone would not see such a step.
+    // On the hour, in UTC, on a wall clock that reads 10:30 at the start.
     let config = TestConfig {
         cron: "0 0 * * * *".into(),
         timezone: "UTC".into(),
         ..TestConfig::default()
     };
     let app = TestApp::with(pool, config).await;
-    let offset = Arc::new(AtomicI64::new(0));
-    let o = offset.clone();
-    let clock: Clock =
-        Arc::new(move || chrono::Utc::now() + chrono::Duration::milliseconds(o.load(SeqCst)));
-    let now = chrono::Utc::now();
-    let hour = chrono::DateTime::from_timestamp(now.timestamp() - now.timestamp() % 3600 + 3600, 0)
-        .unwrap();
+    let hour = today_at(11, 0, 0);
     app.seed("jumpApp1", 460, hour - chrono::Duration::minutes(30), 10, 4)
         .await;
-    let shutdown = CancellationToken::new();
-    let (_reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
-    let daemon = tokio::spawn(serve(
-        app.config_path.clone(),
-        app.settings(),
-        shutdown.clone(),
-        reload_rx,
-        clock,
-    ));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let step = |to: chrono::DateTime<chrono::Utc>| {
-        offset.store((to - chrono::Utc::now()).num_milliseconds(), SeqCst)
-    };
+    let daemon = SteppedDaemon::start(&app, hour - chrono::Duration::minutes(30));
+    daemon.armed().await;
     let runs = || async {
-        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+        sqlx::query_scalar::<_, DateTime<Utc>>(
             "SELECT scheduled_for FROM report_runs WHERE finished_at IS NOT NULL ORDER BY 1",
         )
         .fetch_all(&app.pool)
@@ -304,7 +400,7 @@ async fn after_a_wall_clock_jump_the_next_tick_fires_on_time_and_a_long_jump_run
     };
 
     // Step to 2 s before the hour: the tick fires at the hour, not after the old sleep.
-    step(hour - chrono::Duration::seconds(2));
+    daemon.step(hour - chrono::Duration::seconds(2));
     eventually(Duration::from_secs(8), "the tick at the hour", || async {
         runs().await == vec![hour]
     })
@@ -312,19 +408,34 @@ async fn after_a_wall_clock_jump_the_next_tick_fires_on_time_and_a_long_jump_run
 
     // Jump five hours ahead: one catch-up cycle, for the latest tick.
     let later = hour + chrono::Duration::hours(5);
-    step(later + chrono::Duration::seconds(30));
+    daemon.step(later + chrono::Duration::seconds(30));
     eventually(Duration::from_secs(8), "one catch-up cycle", || async {
         runs().await == vec![hour, later]
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(runs().await, vec![hour, later], "no burst of missed ticks");
-    assert_eq!(app.provider.backfill_bodies().len(), 2);
+    // A burst of the missed ticks would run before the next tick: step to it, and wait for it.
+    let next = later + chrono::Duration::hours(1);
+    daemon.step(next);
+    eventually(Duration::from_secs(8), "the next tick", || async {
+        runs().await.contains(&next)
+    })
+    .await;
+    daemon.stop().await;
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(15), daemon)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    assert_eq!(
+        runs().await,
+        vec![hour, later, next],
+        "no burst of missed ticks"
+    );
+    let sent: Vec<_> = app
+        .provider
+        .backfill_bodies()
+        .iter()
+        .map(|b| b["callbackTime"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<_> = [hour, later, next]
+        .iter()
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string())
+        .collect();
+    assert_eq!(sent, expected);
 }

@@ -11,7 +11,7 @@ use backfill_reporter::db;
 use secrecy::SecretString;
 
 use crate::fake_provider::FakeProvider;
-use crate::helpers::{API_KEY, API_SECRET};
+use crate::helpers::{isolated, API_KEY, API_SECRET, BIN};
 
 /// A PostgreSQL server with TLS on, stopped when dropped.
 struct TlsServer {
@@ -31,9 +31,9 @@ impl TlsServer {
             .tempdir()
             .expect("tempdir");
         let owner = if rustix_free_is_root() {
-            let owner = postgres_user().expect("running as root needs the postgres OS user");
-            std::os::unix::fs::chown(dir.path(), Some(owner.0), Some(owner.1)).unwrap();
-            Some(owner)
+            let (uid, gid) = postgres_user().expect("running as root needs the postgres OS user");
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+            Some((uid, gid))
         } else {
             None
         };
@@ -397,14 +397,11 @@ async fn postgres_over_tls_is_refused_without_the_ca_and_accepted_with_it() {
         .unwrap();
     };
     let check = || async {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_backfill-reporter"))
+        let out = isolated(BIN)
             .arg("--config")
             .arg(&config)
             .arg("check")
-            .env_remove("DATABASE_URL")
-            .env_remove("CREDENTIALS_DIRECTORY")
             .env("BACKFILL_REPORTER_API_SECRET", API_SECRET)
-            .env("RUST_LOG", "info")
             .output()
             .await
             .unwrap();

@@ -10,7 +10,7 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 use sqlx::PgPool;
 
 use crate::chaos::{PgServer, Proxy};
-use crate::helpers::{eventually, Daemon, TestApp, TestConfig};
+use crate::helpers::{eventually, Daemon, Output, Stopped, TestApp, TestConfig};
 
 /// A yearly schedule whose latest tick (1 January, 00:00 UTC) was missed: the daemon runs it
 /// as its catch-up at start, and its deadline (the next 1 January) is far away. The source
@@ -30,16 +30,9 @@ async fn catch_up_app(pool: PgPool, config: TestConfig, pairs: i32) -> (TestApp,
 }
 
 async fn prepare_catch_up(app: &TestApp, tick: DateTime<Utc>, pairs: i32) {
-    sqlx::query(
-        "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, \
-             finished_at) \
-         VALUES ($1 - interval '1 year', 'schedule', $1 - interval '1 year 1 day', \
-             $1 - interval '1 year', 'old:1', $1 - interval '1 year')",
-    )
-    .bind(tick)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    let a_year_before = tick.checked_sub_months(chrono::Months::new(12)).unwrap();
+    app.scheduled_run(a_year_before, "old:1", Some(a_year_before))
+        .await;
     seed_pairs(app, tick - chrono::Duration::minutes(30), pairs).await;
 }
 
@@ -56,12 +49,17 @@ async fn seed_pairs(app: &TestApp, bucket: DateTime<Utc>, n: i32) {
     .unwrap();
 }
 
-async fn count_state(app: &TestApp, state: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM report_submissions WHERE state = $1")
-        .bind(state)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
+/// A daemon on `app`, returned once the provider has accepted `answered` submissions: in the
+/// middle of the catch-up cycle.
+async fn start_mid_cycle(app: &TestApp, answered: usize) -> Daemon {
+    let daemon = Daemon::start(app);
+    eventually(
+        Duration::from_secs(30),
+        &format!("{answered} requests answered"),
+        || async { app.provider.backfill_bodies().len() >= answered },
+    )
+    .await;
+    daemon
 }
 
 /// Successful submissions the provider received per pair.
@@ -93,23 +91,19 @@ async fn kill_9_in_the_middle_of_a_cycle_delivers_everything_with_at_most_max_in
     let (app, tick) = catch_up_app(pool, config, 1000).await;
     app.provider.set_latency(Duration::from_millis(40));
 
-    let daemon = Daemon::start(&app);
-    eventually(Duration::from_secs(30), "400 requests answered", || async {
-        app.provider.backfill_bodies().len() >= 400
-    })
-    .await;
+    let daemon = start_mid_cycle(&app, 400).await;
     daemon.kill().await;
-    let pending_after_kill = count_state(&app, "pending").await;
+    let pending_after_kill = app.submissions_in("pending").await;
     assert!(pending_after_kill > 0, "killed in the middle");
 
     let daemon = Daemon::start(&app);
     eventually(
         Duration::from_secs(60),
         "all 1000 pairs succeeded",
-        || async { count_state(&app, "succeeded").await == 1000 },
+        || async { app.submissions_in("succeeded").await == 1000 },
     )
     .await;
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     let seen = deliveries(&app);
@@ -137,11 +131,7 @@ async fn every_database_session_cut_mid_cycle_leaves_the_daemon_running_and_noth
     let (app, _) = catch_up_app(pool, config, 200).await;
     app.provider.set_latency(Duration::from_millis(30));
 
-    let mut daemon = Daemon::start(&app);
-    eventually(Duration::from_secs(30), "50 requests answered", || async {
-        app.provider.backfill_bodies().len() >= 50
-    })
-    .await;
+    let mut daemon = start_mid_cycle(&app, 50).await;
     let cut: i64 = sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
          WHERE datname = current_database() AND application_name = 'backfill-reporter'",
@@ -152,21 +142,16 @@ async fn every_database_session_cut_mid_cycle_leaves_the_daemon_running_and_noth
     assert!(cut > 0, "the daemon's sessions were cut");
 
     eventually(Duration::from_secs(60), "nothing pending", || async {
-        count_state(&app, "pending").await == 0
+        app.submissions_in("pending").await == 0
     })
     .await;
     assert!(daemon.is_running(), "the daemon lives on");
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
-    assert_eq!(count_state(&app, "succeeded").await, 200, "{log}");
+    assert_eq!(app.submissions_in("succeeded").await, 200, "{log}");
     assert_eq!(deliveries(&app).len(), 200);
-    assert_eq!(
-        app.count("SELECT count(*) FROM report_runs WHERE finished_at IS NULL")
-            .await,
-        0,
-        "the run is closed"
-    );
+    assert_eq!(app.open_runs().await, 0, "the run is closed");
 }
 
 #[sqlx::test]
@@ -184,7 +169,7 @@ async fn thirty_percent_transient_failures_still_end_with_every_pair_succeeded(p
     seed_pairs(&app, Utc::now() - chrono::Duration::minutes(30), 200).await;
     app.provider.fail_randomly(0.3);
 
-    let (code, out, err) = app.run(&["run", "--once"]).await;
+    let Output { code, out, err } = app.run(&["run", "--once"]).await;
 
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("200 pairs, 200 succeeded, 0 failed"), "{out}");
@@ -270,13 +255,12 @@ async fn two_instances_share_the_work_and_send_every_pair_exactly_once(pool: PgP
     eventually(
         Duration::from_secs(60),
         "all 400 pairs succeeded",
-        || async { count_state(&app, "succeeded").await == 400 },
+        || async { app.submissions_in("succeeded").await == 400 },
     )
     .await;
-    let (code_a, log_a) = a.stop().await;
-    let (code_b, log_b) = b.stop().await;
+    let (a, b) = (a.stop().await, b.stop().await);
 
-    assert_eq!((code_a, code_b), (0, 0), "A:\n{log_a}\nB:\n{log_b}");
+    assert_eq!((a.code, b.code), (0, 0), "A:\n{}\nB:\n{}", a.log, b.log);
     let seen = deliveries(&app);
     assert_eq!(seen.len(), 400);
     assert!(seen.values().all(|n| *n == 1), "a pair was sent twice");
@@ -349,7 +333,7 @@ async fn a_database_stopped_for_two_minutes_is_waited_out_and_its_tick_reported(
     )
     .await;
     let late = outage_tick().await.unwrap();
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     assert!(late > stopped_at, "{log}");
@@ -390,14 +374,7 @@ async fn pending_rows_left_by_the_previous_release_are_completed_after_the_upgra
         .unwrap();
     let app = TestApp::with(pool, TestConfig::default()).await;
     let tick = Utc::now() - chrono::Duration::minutes(3);
-    let run_id: i64 = sqlx::query_scalar(
-        "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance) \
-         VALUES ($1, 'schedule', $1 - interval '1 day', $1, 'old-release:1') RETURNING id",
-    )
-    .bind(tick)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let run_id = app.scheduled_run(tick, "old-release:1", None).await;
     for (app_id, b, s, rate) in [("upApp001", 1, 8, "12.50"), ("upApp002", 2, 3, "66.67")] {
         sqlx::query(
             "INSERT INTO report_submissions (run_id, app_id, mcc, scheduled_for, window_start, \
@@ -418,10 +395,10 @@ async fn pending_rows_left_by_the_previous_release_are_completed_after_the_upgra
 
     let daemon = Daemon::start(&app);
     eventually(Duration::from_secs(30), "the old rows sent", || async {
-        count_state(&app, "succeeded").await == 2
+        app.submissions_in("succeeded").await == 2
     })
     .await;
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("applied migration 20261129000001"), "{log}");
@@ -500,5 +477,5 @@ async fn retention_deletes_old_rows_in_batches_and_keeps_pending_and_recent_ones
         app.count("SELECT count(*) FROM report_submissions").await,
         7
     );
-    assert_eq!(count_state(&app, "pending").await, 2);
+    assert_eq!(app.submissions_in("pending").await, 2);
 }

@@ -22,7 +22,9 @@
 //! Like the real API, every provider-level answer is HTTP 200 with a JSON body whose `status`
 //! is a JSON *string* (`"0"`, `"-1"`, …), not a number.
 
-#![allow(dead_code)]
+// examples/sandbox_provider.rs includes this file and uses only part of it; the test binary
+// stays strict about dead code.
+#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,15 +54,6 @@ pub const CONTENT_TYPE: &str = "application/json;charset=UTF-8";
 pub const DEFAULT_MAX_SKEW_SECS: i64 = 300;
 /// Largest request body the fake reads; larger bodies are recorded and answered HTTP 413.
 const MAX_BODY_BYTES: usize = 1 << 20;
-
-/// Worked signing example from the provider's account page (NOTES.md): key …
-pub const DOCS_API_KEY: &str = "bDqJFiq9";
-/// … secret …
-pub const DOCS_API_SECRET: &str = "7bz1lzh9";
-/// … Timestamp header …
-pub const DOCS_TIMESTAMP: &str = "1630468800";
-/// … and the resulting `Sign` (shown in both endpoint pages' request examples).
-pub const DOCS_SIGN: &str = "05d7a50893e22a5c4bb3216ae3396c7c";
 
 /// Lowercase hex MD5 of `api_key + api_secret + timestamp`: the documented `Sign` header.
 ///
@@ -160,8 +153,6 @@ pub struct Received {
     pub raw_header_names: Vec<String>,
     /// Body parsed as JSON, `Value::Null` if it was not valid JSON.
     pub body: Value,
-    /// Body as text (lossy UTF-8).
-    pub raw_body: String,
     /// HTTP status the fake answered. `0` means *not answered (yet)*: the request is still
     /// being delayed, is hanging ([`Scripted::Hang`]), or the client gave up on it.
     pub answered_http: u16,
@@ -417,11 +408,6 @@ impl FakeProvider {
             ("Timestamp", ts),
         ]
     }
-
-    /// Forgets all received requests (scripts and records are kept).
-    pub fn clear_received(&self) {
-        self.shared.lock().received.clear();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -440,12 +426,9 @@ async fn handle(
     let headers = header_map(&parts.headers);
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await;
     let raw_header_names = wire.take_request(bytes.as_ref().ok().map(Bytes::len));
-    let (raw_body, parsed) = match &bytes {
-        Ok(b) => (
-            String::from_utf8_lossy(b).into_owned(),
-            serde_json::from_slice::<Value>(b).unwrap_or(Value::Null),
-        ),
-        Err(_) => (String::new(), Value::Null),
+    let parsed = match &bytes {
+        Ok(b) => serde_json::from_slice::<Value>(b).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
     };
 
     // Record on arrival so that delayed/hanging requests are visible to the test.
@@ -456,7 +439,6 @@ async fn handle(
             headers,
             raw_header_names: raw_header_names.clone(),
             body: parsed.clone(),
-            raw_body,
             answered_http: 0,
             answered_status: None,
             at,
@@ -675,8 +657,10 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Header checks in the order the brief fixes: Content-Type, Api-Key, Timestamp syntax
-/// (unparseable means the Sign cannot be verified, hence "-1"), Sign, then Timestamp skew.
+/// Header checks, in an order of the fake's own (the provider's docs fix none): Content-Type
+/// (`-22`, parameter error), Api-Key, Timestamp syntax (unparseable means the Sign cannot be
+/// verified, hence `-1`, account authentication error), Sign, then Timestamp skew (`-16`,
+/// timestamp expired), as the docs' status table names them.
 fn check_headers(
     shared: &Shared,
     headers: &HeaderMap,

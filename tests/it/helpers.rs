@@ -1,8 +1,6 @@
 //! `TestApp`: a fresh migrated database (from `#[sqlx::test]`), the fake provider, and a config
 //! file pointing at both, usable through the library (`ctx()`) or the binary (`command()`).
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -57,6 +55,39 @@ impl Default for TestConfig {
             base_url: None,
         }
     }
+}
+
+impl TestConfig {
+    /// A six-field schedule that fires on every even second: for daemons that must tick
+    /// while the test watches.
+    pub fn every_two_seconds() -> Self {
+        Self {
+            cron: "*/2 * * * * *".into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// What a run of the binary left.
+#[derive(Debug)]
+pub struct Output {
+    /// The exit code, -1 when a signal ended it.
+    pub code: i32,
+    /// Stdout, as text.
+    pub out: String,
+    /// Stderr, as text.
+    pub err: String,
+}
+
+/// A row of `report_submissions`, as far as tests look at it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Submission {
+    pub app_id: String,
+    pub mcc: String,
+    pub state: String,
+    pub attempts: i32,
+    pub provider_status: Option<String>,
+    pub reason: Option<String>,
 }
 
 pub struct TestApp {
@@ -163,9 +194,7 @@ impl TestApp {
         let stop = CancellationToken::new();
         let sender = tokio::spawn(sender::work(self.ctx(), Scope::All, stop.clone()));
         eventually(Duration::from_secs(30), "the queue drained", || async {
-            self.count("SELECT count(*) FROM report_submissions WHERE state = 'pending'")
-                .await
-                == 0
+            self.submissions_in("pending").await == 0
         })
         .await;
         stop.cancel();
@@ -193,44 +222,56 @@ impl TestApp {
         .unwrap();
     }
 
+    /// A scheduled run of `tick` with a one-day window, as an earlier instance (or release)
+    /// `instance` claimed it: finished at `finished_at`, or still open. Returns its id.
+    pub async fn scheduled_run(
+        &self,
+        tick: DateTime<Utc>,
+        instance: &str,
+        finished_at: Option<DateTime<Utc>>,
+    ) -> i64 {
+        sqlx::query_scalar(
+            "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, \
+                 finished_at) \
+             VALUES ($1, 'schedule', $1 - interval '1 day', $1, $2, $3) RETURNING id",
+        )
+        .bind(tick)
+        .bind(instance)
+        .bind(finished_at)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// One pair (mcc 460, 10 codes sent, 4 typed back) half an hour ago: inside the window of
+    /// every tick from now on for a day.
+    pub async fn seed_recent(&self, app: &str) {
+        let bucket = Utc::now() - chrono::Duration::minutes(30);
+        self.seed(app, 460, bucket, 10, 4).await;
+    }
+
     /// The binary with `--config` set and an environment that cannot override the file.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill-reporter"));
+        let mut cmd = isolated(BIN);
         cmd.arg("--config").arg(&self.config_path).args(args);
-        for var in [
-            "DATABASE_URL",
-            "BACKFILL_REPORTER_API_KEY",
-            "BACKFILL_REPORTER_API_SECRET",
-            "BACKFILL_REPORTER_CONFIG",
-            "CREDENTIALS_DIRECTORY",
-            "NOTIFY_SOCKET",
-            "WATCHDOG_USEC",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
         cmd
     }
 
-    /// Runs the binary to completion: (exit code, stdout, stderr).
-    pub async fn run(&self, args: &[&str]) -> (i32, String, String) {
+    /// Runs the binary to completion.
+    pub async fn run(&self, args: &[&str]) -> Output {
         let out = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
             .await
             .expect("the command finishes within 60 s")
             .expect("the binary runs");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            out: String::from_utf8_lossy(&out.stdout).into_owned(),
+            err: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
-    /// (app_id, mcc, state, attempts, provider_status, reason) of every submission.
-    pub async fn submissions(
-        &self,
-    ) -> Vec<(String, String, String, i32, Option<String>, Option<String>)> {
+    /// Every submission, by pair and tick.
+    pub async fn submissions(&self) -> Vec<Submission> {
         sqlx::query_as(
             "SELECT app_id, mcc, state, attempts, provider_status, reason FROM report_submissions ORDER BY app_id, mcc, scheduled_for",
         )
@@ -239,9 +280,49 @@ impl TestApp {
         .unwrap()
     }
 
+    /// How many submissions are in `state` (`pending`, `succeeded`, …).
+    pub async fn submissions_in(&self, state: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM report_submissions WHERE state = $1")
+            .bind(state)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// How many runs are not closed yet (a submission of theirs has no final state).
+    pub async fn open_runs(&self) -> i64 {
+        self.count("SELECT count(*) FROM report_runs WHERE finished_at IS NULL")
+            .await
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
+}
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_backfill-reporter");
+
+/// `program` with an environment that cannot override a config file (the test process's
+/// DATABASE_URL, credentials, systemd's sockets), RUST_LOG at info, no stdin, killed when
+/// dropped.
+pub fn isolated(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    for var in [
+        "DATABASE_URL",
+        "BACKFILL_REPORTER_API_KEY",
+        "BACKFILL_REPORTER_API_SECRET",
+        "BACKFILL_REPORTER_CONFIG",
+        "CREDENTIALS_DIRECTORY",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
 }
 
 /// A daemon process (`run`) with its stderr collected line by line.
@@ -314,7 +395,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then the exit code (within 30 s) and the whole log.
-    pub async fn stop(mut self) -> (i32, String) {
+    pub async fn stop(mut self) -> Stopped {
         self.signal("TERM").await;
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
@@ -323,8 +404,18 @@ impl Daemon {
         // The reader ends when the process's stderr closes: the log is complete.
         let _ = self.reader.await;
         let log = self.log.lock().unwrap().clone();
-        (status.code().unwrap_or(-1), log)
+        Stopped {
+            code: status.code().unwrap_or(-1),
+            log,
+        }
     }
+}
+
+/// How a daemon ended: its exit code (-1 when killed by a signal) and its whole log.
+#[derive(Debug)]
+pub struct Stopped {
+    pub code: i32,
+    pub log: String,
 }
 
 /// Polls `check` every 100 ms until it holds or `limit` passes; panics with `what` on timeout.

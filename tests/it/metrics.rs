@@ -1,78 +1,33 @@
 //! `/metrics` and `/healthz` of a running daemon, scraped over HTTP as Prometheus would.
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Child;
 
 use crate::alarm::append_config;
-use crate::helpers::{eventually, TestApp, TestConfig};
+use crate::helpers::{eventually, Daemon, Stopped, TestApp, TestConfig};
 
-/// The daemon as a process, its stderr collected, its metrics address read from the log.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(app: &TestApp) -> Self {
-        let mut child = app
-            .command(&["run"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the daemon starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// `http://127.0.0.1:PORT`, from the daemon's "metrics on …" line (it binds port 0).
-    async fn base_url(&self) -> String {
-        eventually(
-            Duration::from_secs(15),
-            "the metrics endpoint line",
-            || async { self.log().contains("metrics on http://") },
-        )
+/// `http://127.0.0.1:PORT`, from the daemon's "metrics on …" line (it binds port 0).
+async fn endpoint(daemon: &Daemon) -> String {
+    daemon
+        .wait_log("metrics on http://", Duration::from_secs(15))
         .await;
-        let log = self.log();
-        let at = log.find("metrics on http://").unwrap() + "metrics on ".len();
-        let url = log[at..].split_whitespace().next().unwrap();
-        url.trim_end_matches(',')
-            .trim_end_matches("/metrics")
-            .to_owned()
-    }
-
-    async fn stop(mut self) -> i32 {
-        let pid = self.child.id().expect("running").to_string();
-        let _ = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await;
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .expect("the daemon exits within 20 s of SIGTERM")
-            .unwrap();
-        status.code().unwrap_or(-1)
-    }
+    let log = daemon.log();
+    let at = log.find("metrics on http://").unwrap() + "metrics on ".len();
+    let url = log[at..].split_whitespace().next().unwrap();
+    url.trim_end_matches(',')
+        .trim_end_matches("/metrics")
+        .to_owned()
 }
 
-async fn get(url: &str) -> (u16, String, String) {
+/// An endpoint's answer.
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+async fn get(url: &str) -> Answer {
     let r = reqwest::get(url).await.expect("the endpoint answers");
     let status = r.status().as_u16();
     let content_type = r
@@ -80,7 +35,11 @@ async fn get(url: &str) -> (u16, String, String) {
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
-    (status, content_type, r.text().await.unwrap())
+    Answer {
+        status,
+        content_type,
+        body: r.text().await.unwrap(),
+    }
 }
 
 /// The value of the sample whose line starts with `series` (name and labels, exactly).
@@ -89,13 +48,6 @@ fn sample(body: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-fn every_two_seconds() -> TestConfig {
-    TestConfig {
-        cron: "*/2 * * * * *".into(),
-        ..TestConfig::default()
-    }
 }
 
 /// A schedule whose only tick in the next day is a few seconds from now, so that the counters
@@ -120,12 +72,12 @@ async fn a_scrape_after_a_cycle_counts_the_cycle_its_submissions_and_their_laten
     app.seed("metricsC", 404, recent, 0, 0).await; // skipped: nothing sent
 
     let daemon = Daemon::start(&app);
-    let base = daemon.base_url().await;
+    let base = endpoint(&daemon).await;
     eventually(
         Duration::from_secs(20),
         "the cycle in the metrics",
         || async {
-            let (_, _, body) = get(&format!("{base}/metrics")).await;
+            let body = get(&format!("{base}/metrics")).await.body;
             sample(
                 &body,
                 r#"backfill_reporter_cycles_total{trigger="schedule",result="ok"}"#,
@@ -134,17 +86,21 @@ async fn a_scrape_after_a_cycle_counts_the_cycle_its_submissions_and_their_laten
         },
     )
     .await;
-    let (status, content_type, body) = get(&format!("{base}/metrics")).await;
-    let (health, _, health_body) = get(&format!("{base}/healthz")).await;
-    let code = daemon.stop().await;
+    let metrics = get(&format!("{base}/metrics")).await;
+    let health = get(&format!("{base}/healthz")).await;
+    let Stopped { code, log } = daemon.stop().await;
 
-    assert_eq!(code, 0);
-    assert_eq!(status, 200);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(metrics.status, 200);
     assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
+        metrics
+            .content_type
+            .starts_with("text/plain; version=0.0.4"),
+        "{}",
+        metrics.content_type
     );
-    let value = |series: &str| sample(&body, series).unwrap_or_else(|| panic!("{series}:\n{body}"));
+    let body = &metrics.body;
+    let value = |series: &str| sample(body, series).unwrap_or_else(|| panic!("{series}:\n{body}"));
     assert_eq!(
         value(r#"backfill_reporter_cycles_total{trigger="schedule",result="ok"}"#),
         1.0
@@ -180,12 +136,11 @@ async fn a_scrape_after_a_cycle_counts_the_cycle_its_submissions_and_their_laten
         1.0
     );
     assert_eq!(
-        app.count("SELECT count(*) FROM report_submissions WHERE state = 'succeeded'")
-            .await,
+        app.submissions_in("succeeded").await,
         2,
         "the database agrees"
     );
-    assert_eq!(health, 200, "{health_body}");
+    assert_eq!(health.status, 200, "{}", health.body);
 }
 
 #[sqlx::test]
@@ -196,7 +151,7 @@ async fn healthz_is_503_while_cycles_fail_and_200_again_once_one_succeeds(pool: 
         pool,
         TestConfig {
             query: Some(query.into()),
-            ..every_two_seconds()
+            ..TestConfig::every_two_seconds()
         },
     )
     .await;
@@ -206,10 +161,10 @@ async fn healthz_is_503_while_cycles_fail_and_200_again_once_one_succeeds(pool: 
     sqlx::query(create).execute(&app.pool).await.unwrap();
 
     let daemon = Daemon::start(&app);
-    let base = daemon.base_url().await;
+    let base = endpoint(&daemon).await;
     let healthz = format!("{base}/healthz");
     eventually(Duration::from_secs(15), "healthy once armed", || async {
-        get(&healthz).await.0 == 200
+        get(&healthz).await.status == 200
     })
     .await;
 
@@ -221,21 +176,22 @@ async fn healthz_is_503_while_cycles_fail_and_200_again_once_one_succeeds(pool: 
     eventually(
         Duration::from_secs(15),
         "503 after a failed cycle",
-        || async { get(&healthz).await.0 == 503 },
+        || async { get(&healthz).await.status == 503 },
     )
     .await;
-    let (_, _, why) = get(&healthz).await;
-    let (_, _, metrics) = get(&format!("{base}/metrics")).await;
+    let why = get(&healthz).await.body;
+    let metrics = get(&format!("{base}/metrics")).await.body;
 
     sqlx::query(create).execute(&app.pool).await.unwrap();
     eventually(
         Duration::from_secs(15),
         "200 after a good cycle",
-        || async { get(&healthz).await.0 == 200 },
+        || async { get(&healthz).await.status == 200 },
     )
     .await;
-    daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
+    assert_eq!(code, 0, "{log}");
     assert!(why.contains("last cycle"), "{why}");
     assert!(
         sample(
@@ -249,15 +205,12 @@ async fn healthz_is_503_while_cycles_fail_and_200_again_once_one_succeeds(pool: 
 
 #[sqlx::test]
 async fn without_metrics_listen_no_endpoint_is_opened(pool: PgPool) {
-    let app = TestApp::with(pool, every_two_seconds()).await;
+    let app = TestApp::with(pool, TestConfig::every_two_seconds()).await;
 
     let daemon = Daemon::start(&app);
-    eventually(Duration::from_secs(15), "the start-up line", || async {
-        daemon.log().contains("started")
-    })
-    .await;
-    let log = daemon.log();
-    daemon.stop().await;
+    daemon.wait_log("started", Duration::from_secs(15)).await;
+    let Stopped { code, log } = daemon.stop().await;
 
+    assert_eq!(code, 0, "{log}");
     assert!(!log.contains("metrics on"), "{log}");
 }

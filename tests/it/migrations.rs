@@ -29,10 +29,20 @@ async fn connection(pool: &PgPool) -> PgConnection {
         .unwrap()
 }
 
-/// (valid, definition, oid) of the source index.
-async fn index_definition(pool: &PgPool) -> (bool, String, i64) {
+/// The source index as the catalogue has it.
+#[derive(sqlx::FromRow)]
+struct Index {
+    /// False for an index an interrupted concurrent build left behind.
+    valid: bool,
+    definition: String,
+    /// Changes when the index is built again.
+    oid: i64,
+}
+
+async fn source_index(pool: &PgPool) -> Index {
     sqlx::query_as(
-        "SELECT i.indisvalid, pg_get_indexdef(i.indexrelid), i.indexrelid::bigint \
+        "SELECT i.indisvalid AS valid, pg_get_indexdef(i.indexrelid) AS definition, \
+             i.indexrelid::bigint AS oid \
          FROM pg_index i WHERE i.indexrelid = to_regclass('otp_counts_bucket_start_idx')",
     )
     .fetch_one(pool)
@@ -92,11 +102,14 @@ async fn the_source_index_is_built_on_a_populated_table_without_blocking_writers
         "a writer was blocked by the index build: {second_write:?}"
     );
     assert_eq!(applied.len(), db::MIGRATOR.iter().count(), "{applied:?}");
-    let (valid, definition, _) = index_definition(&pool).await;
-    assert!(valid, "{definition}");
+    let index = source_index(&pool).await;
+    assert!(index.valid, "{}", index.definition);
     assert!(
-        definition.contains("(bucket_start) INCLUDE (app_id, mcc, sent, backfilled)"),
-        "{definition}"
+        index
+            .definition
+            .contains("(bucket_start) INCLUDE (app_id, mcc, sent, backfilled)"),
+        "{}",
+        index.definition
     );
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM otp_counts")
         .fetch_one(&pool)
@@ -121,27 +134,27 @@ async fn an_index_left_invalid_by_an_interrupted_build_is_built_again(pool: PgPo
     .await;
     assert!(failed.is_err());
     assert!(
-        !index_definition(&pool).await.0,
+        !source_index(&pool).await.valid,
         "the leftover index is invalid"
     );
 
     db::migrate(&pool).await.unwrap();
 
-    let (valid, definition, _) = index_definition(&pool).await;
-    assert!(valid, "{definition}");
-    assert!(!definition.contains("UNIQUE"), "{definition}");
-    assert!(definition.contains("INCLUDE"), "{definition}");
+    let index = source_index(&pool).await;
+    assert!(index.valid, "{}", index.definition);
+    assert!(!index.definition.contains("UNIQUE"), "{}", index.definition);
+    assert!(index.definition.contains("INCLUDE"), "{}", index.definition);
 }
 
 #[sqlx::test(migrations = false)]
 async fn a_database_migrated_before_keeps_its_index(pool: PgPool) {
     db::migrate(&pool).await.unwrap();
-    let (_, _, before) = index_definition(&pool).await;
+    let before = source_index(&pool).await;
 
     let applied = db::migrate(&pool).await.unwrap();
 
     assert!(applied.is_empty(), "{applied:?}");
-    let (valid, _, after) = index_definition(&pool).await;
-    assert!(valid);
-    assert_eq!(before, after, "the index was not rebuilt");
+    let after = source_index(&pool).await;
+    assert!(after.valid, "{}", after.definition);
+    assert_eq!(before.oid, after.oid, "the index was not rebuilt");
 }

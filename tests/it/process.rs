@@ -9,9 +9,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use crate::fake_provider::{FakeProvider, Scripted};
-use crate::helpers::{eventually, TestApp, API_KEY, API_SECRET};
-
-const BIN: &str = env!("CARGO_BIN_EXE_backfill-reporter");
+use crate::helpers::{eventually, isolated, TestApp, API_KEY, API_SECRET, BIN};
 
 fn my_uid() -> u32 {
     std::fs::metadata("/proc/self").unwrap().uid()
@@ -51,16 +49,13 @@ async fn the_process_makes_itself_non_dumpable_at_start() {
         std::fs::copy(BIN, &copy).unwrap();
         copy
     };
-    let mut cmd = tokio::process::Command::new(bin);
+    let mut cmd = isolated(bin);
     cmd.arg("--config")
         .arg(&config)
         .args(["record", "1234566"])
         .env("BACKFILL_REPORTER_API_SECRET", API_SECRET)
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+        .stderr(Stdio::null());
     if as_root {
         cmd.uid(run_as).gid(run_as);
     }
@@ -105,7 +100,7 @@ async fn the_instance_name_comes_from_uname_where_proc_sys_is_hidden(pool: PgPoo
         .unwrap()
         .trim()
         .to_owned();
-    let mut cmd = tokio::process::Command::new("unshare");
+    let mut cmd = isolated("unshare");
     cmd.args([
         "--mount",
         "sh",
@@ -117,17 +112,6 @@ async fn the_instance_name_comes_from_uname_where_proc_sys_is_hidden(pool: PgPoo
     ])
     .arg(&app.config_path)
     .args(["run", "--once"]);
-    for var in [
-        "DATABASE_URL",
-        "BACKFILL_REPORTER_API_KEY",
-        "BACKFILL_REPORTER_API_SECRET",
-        "BACKFILL_REPORTER_CONFIG",
-        "CREDENTIALS_DIRECTORY",
-        "NOTIFY_SOCKET",
-        "WATCHDOG_USEC",
-    ] {
-        cmd.env_remove(var);
-    }
 
     let out = cmd.output().await.unwrap();
 

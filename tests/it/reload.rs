@@ -1,52 +1,21 @@
 //! SIGHUP after a credential rotation: the daemon signs with the new API secret from
 //! `$CREDENTIALS_DIRECTORY` without a restart.
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use sqlx::PgPool;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::fake_provider::BACKFILL_PATH;
-use crate::helpers::{eventually, TestApp, TestConfig, API_SECRET};
+use crate::helpers::{eventually, Daemon, Stopped, TestApp, TestConfig, API_SECRET};
 
 #[sqlx::test]
 async fn sighup_picks_up_a_rotated_api_secret_credential(pool: PgPool) {
-    let app = TestApp::with(
-        pool,
-        TestConfig {
-            cron: "*/2 * * * * *".into(),
-            ..TestConfig::default()
-        },
-    )
-    .await;
-    app.seed(
-        "rotaApp1",
-        460,
-        chrono::Utc::now() - chrono::Duration::minutes(5),
-        10,
-        4,
-    )
-    .await;
+    let app = TestApp::with(pool, TestConfig::every_two_seconds()).await;
+    app.seed_recent("rotaApp1").await;
     let credentials = tempfile::tempdir().unwrap();
     let secret_file = credentials.path().join("api_secret");
     std::fs::write(&secret_file, format!("{API_SECRET}\n")).unwrap();
-    let mut child = app
-        .command(&["run"])
-        .env("CREDENTIALS_DIRECTORY", credentials.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let sink = log.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            sink.lock().unwrap().push_str(&format!("{line}\n"));
-        }
-    });
+    let daemon = Daemon::start_with(&app, &[("CREDENTIALS_DIRECTORY", credentials.path())]);
     let accepted_since = |since: SystemTime| {
         app.provider
             .received()
@@ -66,17 +35,10 @@ async fn sighup_picks_up_a_rotated_api_secret_credential(pool: PgPool) {
     let rotated = "rotated-secret-2";
     app.provider.set_secret(rotated);
     std::fs::write(&secret_file, format!("{rotated}\n")).unwrap();
-    let pid = child.id().unwrap().to_string();
-    assert!(tokio::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .await
-        .unwrap()
-        .success());
-    eventually(Duration::from_secs(20), "the reload", || async {
-        log.lock().unwrap().contains("config reloaded")
-    })
-    .await;
+    daemon.signal("HUP").await;
+    daemon
+        .wait_log("config reloaded", Duration::from_secs(20))
+        .await;
     let reloaded = SystemTime::now();
     eventually(
         Duration::from_secs(20),
@@ -84,8 +46,9 @@ async fn sighup_picks_up_a_rotated_api_secret_credential(pool: PgPool) {
         || async { accepted_since(reloaded) > 0 },
     )
     .await;
-    child.start_kill().unwrap();
-    let _ = child.wait().await;
+    let Stopped { code, log } = daemon.stop().await;
+
+    assert_eq!(code, 0, "{log}");
 }
 
 #[sqlx::test]
@@ -104,28 +67,12 @@ async fn sighup_moves_new_connections_to_a_rotated_database_credential(_pool: Pg
     let as_role = |role: &str| server.url("rot").replace("postgres@", &format!("{role}@"));
     let pool = PgPool::connect(&server.url("rot")).await.unwrap();
     backfill_reporter::db::migrate(&pool).await.unwrap();
-    let app = TestApp::on(
-        pool,
-        as_role("rot_old"),
-        TestConfig {
-            cron: "*/2 * * * * *".into(),
-            ..TestConfig::default()
-        },
-    )
-    .await;
-    app.seed(
-        "rotaDb01",
-        460,
-        chrono::Utc::now() - chrono::Duration::minutes(5),
-        10,
-        4,
-    )
-    .await;
+    let app = TestApp::on(pool, as_role("rot_old"), TestConfig::every_two_seconds()).await;
+    app.seed_recent("rotaDb01").await;
     let credentials = tempfile::tempdir().unwrap();
     let credential = credentials.path().join("database_url");
     std::fs::write(&credential, format!("{}\n", as_role("rot_old"))).unwrap();
-    let daemon =
-        crate::helpers::Daemon::start_with(&app, &[("CREDENTIALS_DIRECTORY", credentials.path())]);
+    let daemon = Daemon::start_with(&app, &[("CREDENTIALS_DIRECTORY", credentials.path())]);
     daemon.wait_log("cycle for", Duration::from_secs(15)).await;
 
     std::fs::write(&credential, format!("{}\n", as_role("rot_new"))).unwrap();
@@ -165,7 +112,7 @@ async fn sighup_moves_new_connections_to_a_rotated_database_credential(_pool: Pg
     .fetch_all(&admin)
     .await
     .unwrap();
-    let (code, log) = daemon.stop().await;
+    let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
     assert_eq!(roles, ["rot_new"], "{log}");

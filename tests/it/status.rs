@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::alarm::app_with_alarm;
-use crate::helpers::{utc, TestApp};
+use crate::helpers::{utc, Output, TestApp};
 
 /// Five hourly ticks: demoShop/460 at 80% then 10%, demoShop/510 at 60%, demoBank/404 once.
 async fn history(app: &TestApp) {
@@ -37,7 +37,7 @@ async fn status_shows_each_pair_with_its_country_sparkline_and_the_collapse_flag
     let app = app_with_alarm(pool, "baseline_samples = 4").await;
     history(&app).await;
 
-    let (code, out, err) = app.run(&["status"]).await;
+    let Output { code, out, err } = app.run(&["status"]).await;
 
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains('\x1b'), "no colour on a pipe: {out:?}");
@@ -75,7 +75,7 @@ async fn status_json_has_one_object_per_pair_with_an_alarm_field(pool: PgPool) {
     let app = app_with_alarm(pool, "baseline_samples = 4").await;
     history(&app).await;
 
-    let (code, out, err) = app.run(&["status", "--json"]).await;
+    let Output { code, out, err } = app.run(&["status", "--json"]).await;
 
     assert_eq!(code, 0, "{err}");
     let rows: Value = serde_json::from_str(&out).expect("one JSON document");
@@ -108,13 +108,13 @@ async fn status_app_id_limits_the_rows_and_a_bad_one_exits_2(pool: PgPool) {
     let app = app_with_alarm(pool, "baseline_samples = 4").await;
     history(&app).await;
 
-    let (code, out, err) = app.run(&["status", "--app-id", "demoBank", "--json"]).await;
+    let Output { code, out, err } = app.run(&["status", "--app-id", "demoBank", "--json"]).await;
     assert_eq!(code, 0, "{err}");
     let rows: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1);
     assert_eq!(rows[0]["app_id"], "demoBank");
 
-    let (code, _, err) = app.run(&["status", "--app-id", "ab"]).await;
+    let Output { code, err, .. } = app.run(&["status", "--app-id", "ab"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("--app-id"), "{err}");
 }
@@ -123,11 +123,11 @@ async fn status_app_id_limits_the_rows_and_a_bad_one_exits_2(pool: PgPool) {
 async fn status_on_an_empty_database_says_so(pool: PgPool) {
     let app = TestApp::new(pool).await;
 
-    let (code, out, err) = app.run(&["status"]).await;
+    let Output { code, out, err } = app.run(&["status"]).await;
 
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("0 pairs, 0 alarms firing."), "{out}");
-    let (code, out, _) = app.run(&["status", "--json"]).await;
+    let Output { code, out, .. } = app.run(&["status", "--json"]).await;
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "[]");
 }
