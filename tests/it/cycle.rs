@@ -341,7 +341,19 @@ async fn a_transient_failure_that_persists_gives_up_after_max_attempts(pool: PgP
         (state.as_str(), attempts, http_status),
         ("failed", 3, Some(503))
     );
-    assert!(reason.unwrap().contains("gave up after 3 attempts"));
+    assert!(reason
+        .unwrap()
+        .contains("gave up after 3 attempts: HTTP 503"));
+    // `history` says why, and shows the rate as it was sent (5 of 10: "50", not "50.00").
+    let history = app.run(&["history", "--state", "failed"]).await;
+    assert_eq!(history.code, 0, "{}", history.err);
+    assert!(
+        history.out.contains("gave up after 3 attempts: HTTP 503")
+            && history.out.contains("| 50 ")
+            && !history.out.contains("50.00"),
+        "{}",
+        history.out
+    );
 }
 
 #[sqlx::test]
