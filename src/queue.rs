@@ -283,10 +283,11 @@ pub async fn renew(
     lease: Duration,
 ) -> anyhow::Result<u64> {
     // Rows the writer is finishing right now are locked: skip them rather than wait (or
-    // deadlock); they are leaving the lease anyway.
+    // deadlock); they are leaving the lease anyway. `pending` is a sub-select for the reason
+    // given at RECORD: the rows are fetched by id, never by scanning the pending indexes.
     let done = sqlx::query(
         "WITH held AS (SELECT id FROM report_submissions \
-             WHERE id = ANY($2) AND lease_owner = $1 AND state = 'pending' \
+             WHERE id = ANY($2) AND lease_owner = $1 AND state = (SELECT 'pending'::text) \
              ORDER BY id FOR UPDATE SKIP LOCKED) \
          UPDATE report_submissions s \
          SET lease_expires_at = now() + $3 * interval '1 millisecond', \
@@ -368,6 +369,12 @@ pub struct Written {
 /// One outcome per row of the arrays. A retry or a deadline expiry becomes `superseded` when
 /// a newer tick of the pair exists; the fields of the last attempt are kept only when this
 /// outcome made one; the lease is released; and only rows this owner still holds are touched.
+///
+/// The guard's `pending` is a sub-select, not a literal, so that the planner cannot use the
+/// partial `WHERE state = 'pending'` indexes here: in statistics taken between ticks they look
+/// nearly empty, and the plan then scanned every pending row of the tick on each write
+/// (1.3 ms a write at 10,000 pending rows, growing with the tick) instead of fetching the
+/// group's rows by id (0.4 ms).
 const RECORD: &str = "WITH w AS MATERIALIZED ( \
              SELECT u.*, u.supersedable AND EXISTS ( \
                  SELECT 1 FROM report_submissions o JOIN report_submissions n \
@@ -400,7 +407,7 @@ const RECORD: &str = "WITH w AS MATERIALIZED ( \
                  * 1000)::bigint END, \
              lease_owner = NULL, lease_expires_at = NULL \
          FROM w \
-         WHERE s.id = w.id AND s.state = 'pending' AND s.lease_owner = $1 \
+         WHERE s.id = w.id AND s.state = (SELECT 'pending'::text) AND s.lease_owner = $1 \
          RETURNING s.id, s.run_id, s.state";
 
 /// Writes a group of outcomes in one statement. Rows whose lease `owner` no longer holds are

@@ -144,6 +144,8 @@ pub fn write_config(
         ),
     )
     .unwrap();
+    // It holds the database URL: owner-only, as the daemon asks of a config with a password.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     path
 }
 
