@@ -155,15 +155,9 @@ async fn run_once(settings: Settings) -> anyhow::Result<ExitCode> {
     crate::alarm::wait_for_notifications(std::time::Duration::from_secs(10)).await;
     let t = &report.tally;
     println!(
-        "run {} at {}: {} pairs, {} succeeded, {} failed, {} skipped, {} invalid, {} superseded, {} left pending",
+        "run {} at {}: {t}, {} left pending",
         report.run_id,
         tick.to_rfc3339(),
-        t.pairs,
-        t.succeeded,
-        t.failed,
-        t.skipped,
-        t.invalid,
-        t.superseded,
         t.pending
     );
     if t.pending > 0 {

@@ -104,6 +104,18 @@ pub struct Tally {
     pub pending: i64,
 }
 
+/// The counts as the summary line and `run --once` print them (pending aside: only a run
+/// that ended early has any).
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} pairs, {} succeeded, {} failed, {} skipped, {} invalid, {} superseded",
+            self.pairs, self.succeeded, self.failed, self.skipped, self.invalid, self.superseded
+        )
+    }
+}
+
 /// What a run did, for the summary line and `run --once`.
 #[derive(Debug, Clone)]
 pub struct RunSummary {

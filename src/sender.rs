@@ -98,14 +98,8 @@ pub async fn close_run(pool: &PgPool, run_id: i64) -> anyhow::Result<bool> {
         superseded = t.superseded,
         attempts = s.attempts,
         duration_ms = s.duration.as_millis() as u64,
-        "cycle for {} done: {} pairs, {} succeeded, {} failed, {} skipped, {} invalid, {} superseded in {:.1}s ({} requests)",
+        "cycle for {} done: {t} in {:.1}s ({} requests)",
         s.tick,
-        t.pairs,
-        t.succeeded,
-        t.failed,
-        t.skipped,
-        t.invalid,
-        t.superseded,
         s.duration.as_secs_f64(),
         s.attempts
     );
