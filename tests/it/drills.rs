@@ -109,6 +109,7 @@ async fn kill_9_in_the_middle_of_a_cycle_delivers_everything_with_at_most_max_in
     let seen = deliveries(&app);
     assert_eq!(seen.len(), 1000, "every pair delivered");
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    eprintln!("kill -9 drill: {pending_after_kill} pending at the kill, {duplicates} duplicates");
     assert!(
         duplicates <= 8,
         "{duplicates} duplicates, more than max_in_flight (8)"
@@ -147,6 +148,7 @@ async fn every_database_session_cut_mid_cycle_leaves_the_daemon_running_and_noth
     .await;
     assert!(daemon.is_running(), "the daemon lives on");
     let Stopped { code, log } = daemon.stop().await;
+    eprintln!("cut-sessions drill: {cut} sessions terminated, nothing pending afterwards");
 
     assert_eq!(code, 0, "{log}");
     assert_eq!(app.submissions_in("succeeded").await, 200, "{log}");
@@ -181,6 +183,7 @@ async fn thirty_percent_transient_failures_still_end_with_every_pair_succeeded(p
         retried > 20,
         "the failures were real: {retried} pairs retried"
     );
+    eprintln!("transient drill: 200 of 200 succeeded, {retried} of them after a retry");
 }
 
 #[sqlx::test]
@@ -239,6 +242,10 @@ async fn the_provider_unreachable_for_30_s_is_waited_out_with_a_handful_of_log_l
         stderr.lines().count() <= 10,
         "a handful of lines:\n{stderr}"
     );
+    eprintln!(
+        "provider-down drill: 300 of 300 succeeded, {retries} retries, {} log lines",
+        stderr.lines().count()
+    );
 }
 
 #[sqlx::test]
@@ -272,6 +279,7 @@ async fn two_instances_share_the_work_and_send_every_pair_exactly_once(pool: PgP
     .unwrap();
     assert_eq!(senders.len(), 2, "both instances sent: {senders:?}");
     assert!(senders.iter().all(|(_, n)| *n >= 40), "{senders:?}");
+    eprintln!("two-instances drill: 400 pairs sent once each, by {senders:?}");
 }
 
 #[sqlx::test]
@@ -350,6 +358,9 @@ async fn a_database_stopped_for_two_minutes_is_waited_out_and_its_tick_reported(
     assert!(
         missed >= 3,
         "the replaced ticks are recorded: {missed}\n{log}"
+    );
+    eprintln!(
+        "database-down drill: stopped {stopped_at}, back {restarted_at}; tick {late} reported late, {missed} replaced ticks recorded"
     );
     pool.close().await;
 }
