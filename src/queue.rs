@@ -532,14 +532,6 @@ pub async fn fill_deadlines(pool: &PgPool, deadline: DateTime<Utc>) -> anyhow::R
     Ok(done.rows_affected())
 }
 
-/// Pending rows, for metrics and `status`.
-pub async fn pending_count(pool: &PgPool) -> anyhow::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM report_submissions WHERE state = 'pending'")
-        .fetch_one(pool)
-        .await
-        .context("counting pending submissions")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

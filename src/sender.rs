@@ -17,7 +17,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use sqlx::postgres::PgListener;
@@ -369,11 +368,15 @@ impl Dispatcher {
             return false;
         }
         // Closing is idempotent and cheap; it also covers a run whose last rows another
-        // instance finished, or that had nothing to send.
-        close_run(&self.ctx.pool, run).await.is_ok()
-            && outcomes::is_closed(&self.ctx.pool, run)
+        // instance finished, or that had nothing to send. A run this call did not close may
+        // have been closed already.
+        match close_run(&self.ctx.pool, run).await {
+            Ok(true) => true,
+            Ok(false) => outcomes::is_closed(&self.ctx.pool, run)
                 .await
-                .unwrap_or(false)
+                .unwrap_or(false),
+            Err(_) => false,
+        }
     }
 
     fn next_timer(&self, draining: Option<Instant>) -> Instant {
@@ -974,13 +977,6 @@ async fn renew_leases(
             }
         }
     }
-}
-
-/// Counts for `run --once` after an interrupted run, or for metrics.
-pub async fn pending(pool: &PgPool) -> anyhow::Result<i64> {
-    queue::pending_count(pool)
-        .await
-        .context("counting the queue")
 }
 
 #[cfg(test)]
