@@ -161,6 +161,19 @@ impl SourceSettings {
     }
 }
 
+impl ScheduleSettings {
+    /// The first tick after `after`. `Schedule::parse` refused patterns that never match, so
+    /// the fallback (a year away, logged) is only there so that no caller has to handle none.
+    pub fn next_tick(&self, after: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+        self.cron
+            .next_after(after, self.timezone)
+            .unwrap_or_else(|| {
+                tracing::error!(cron = %self.cron, "the schedule has no next tick; checking again in a year");
+                after + chrono::Duration::days(365)
+            })
+    }
+}
+
 /// The config path: the flag, else `BACKFILL_REPORTER_CONFIG` (clap folds both into `flag`),
 /// else the default.
 pub fn resolve_path(flag: Option<&Path>) -> PathBuf {

@@ -93,12 +93,8 @@ pub fn now_tick() -> DateTime<Utc> {
 /// planned, so that a tick claimed late (after a database outage) still gets its retries; the
 /// daemon plans only the latest due tick, whose next tick is the next one after now anyway.
 pub fn deadline(settings: &Settings, tick: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
-    let schedule = &settings.schedule;
     let from = tick.max(now);
-    let next = schedule
-        .cron
-        .next_after(from, schedule.timezone)
-        .unwrap_or(from + chrono::Duration::days(366));
+    let next = settings.schedule.next_tick(from);
     match settings.provider.retry_deadline {
         Some(limit) => {
             next.min(from + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX))
@@ -237,6 +233,26 @@ pub async fn plan(
     Ok(Some(planned))
 }
 
+/// The rows of a batch that the allow-list lets through (a null app_id is judged invalid, not
+/// dropped), each with its verdict: the one step that planning and a dry run share.
+fn judge_batch<'a>(
+    settings: &'a Settings,
+    callback_time: &'a str,
+    batch: Vec<SourceRow>,
+) -> impl Iterator<Item = (SourceRow, Verdict)> + 'a {
+    batch
+        .into_iter()
+        .filter(|r| {
+            r.app_id
+                .as_deref()
+                .is_none_or(|a| settings.source.allows(a))
+        })
+        .map(|row| {
+            let verdict = judge(&row, settings.source.min_cardinal, callback_time);
+            (row, verdict)
+        })
+}
+
 /// Streams the window from the source and queues it, batch by batch, in the claim transaction.
 async fn queue_window(
     tx: &mut PgConnection,
@@ -253,17 +269,8 @@ async fn queue_window(
         if batch.is_empty() {
             return Ok(planned);
         }
-        let judged: Vec<NewSubmission> = batch
-            .into_iter()
-            .filter(|r| {
-                r.app_id
-                    .as_deref()
-                    .is_none_or(|a| settings.source.allows(a))
-            })
-            .map(|row| {
-                let verdict = judge(&row, settings.source.min_cardinal, rows.callback_time);
-                new_submission(row, verdict)
-            })
+        let judged: Vec<NewSubmission> = judge_batch(settings, rows.callback_time, batch)
+            .map(|(row, verdict)| new_submission(row, verdict))
             .collect();
         let enqueued = queue::enqueue(tx, rows, &judged).await?;
         planned.pairs += judged.len() as u64;
@@ -334,17 +341,10 @@ pub async fn preview(
         if batch.is_empty() {
             break;
         }
-        for row in batch {
-            if !row
-                .app_id
-                .as_deref()
-                .is_none_or(|a| settings.source.allows(a))
-                || !seen.insert((row.app_id.clone(), row.mcc.clone()))
-            {
-                continue;
+        for (row, verdict) in judge_batch(settings, &callback_time, batch) {
+            if seen.insert((row.app_id.clone(), row.mcc.clone())) {
+                pairs.push((row, verdict));
             }
-            let verdict = judge(&row, settings.source.min_cardinal, &callback_time);
-            pairs.push((row, verdict));
         }
     }
     tx.rollback().await.context("ending the read transaction")?;

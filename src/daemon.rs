@@ -131,7 +131,7 @@ pub async fn serve(
     let (ctx_tx, _) = watch::channel(ctx.clone());
     let now = clock();
     let mut daemon = Daemon {
-        planned: next_tick(&ctx, now),
+        planned: ctx.settings.schedule.next_tick(now),
         ctx,
         ctx_tx,
         path,
@@ -256,7 +256,7 @@ impl Daemon {
         match on_wake(schedule, tz, self.planned, now) {
             Wake::TooEarly => {
                 // The wall clock may have been stepped back: never wait past the real next tick.
-                self.planned = self.planned.min(next_tick(&self.ctx, now));
+                self.planned = self.planned.min(self.ctx.settings.schedule.next_tick(now));
             }
             Wake::Fire { tick, missed } => {
                 if missed > 0 {
@@ -276,7 +276,7 @@ impl Daemon {
                     ));
                 }
                 self.due = Some(Due::new(tick));
-                self.planned = next_tick(&self.ctx, now.max(tick));
+                self.planned = self.ctx.settings.schedule.next_tick(now.max(tick));
                 tracing::debug!(next = %self.local(self.planned), "next tick armed");
             }
         }
@@ -373,7 +373,7 @@ impl Daemon {
                 self.ctx = new_ctx;
                 let _ = self.ctx_tx.send(self.ctx.clone());
                 if schedule_changed {
-                    self.planned = next_tick(&self.ctx, (self.clock)());
+                    self.planned = self.ctx.settings.schedule.next_tick((self.clock)());
                 }
                 tracing::info!(
                     "config reloaded: schedule {:?} in {}, next tick {}",
@@ -436,19 +436,6 @@ async fn plan_tick(
     Ok(planned)
 }
 
-/// The first tick after `after`. `Schedule::parse` refused patterns that never match, so the
-/// fallback (a year away, logged) is only there so that the loop cannot end on it.
-fn next_tick(ctx: &Context, after: DateTime<Utc>) -> DateTime<Utc> {
-    let schedule = &ctx.settings.schedule;
-    schedule
-        .cron
-        .next_after(after, schedule.timezone)
-        .unwrap_or_else(|| {
-            tracing::error!(cron = %schedule.cron, "the schedule has no next tick; checking again in a year");
-            after + chrono::Duration::days(365)
-        })
-}
-
 /// Migrations, the source's columns, deadlines for rows an older release left pending, and the
 /// tick missed while stopped. Retries while the database is unreachable; any other error (a
 /// source query that does not prepare) is a config error that stops the daemon.
@@ -489,7 +476,7 @@ async fn try_start_up(ctx: &Context, clock: &Clock) -> anyhow::Result<Started> {
     }
     source::check_columns(&ctx.pool, &ctx.settings.source).await?;
     let now = clock();
-    let filled = queue::fill_deadlines(&ctx.pool, next_tick(ctx, now)).await?;
+    let filled = queue::fill_deadlines(&ctx.pool, ctx.settings.schedule.next_tick(now)).await?;
     if filled > 0 {
         tracing::info!(
             filled,
