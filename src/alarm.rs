@@ -224,7 +224,7 @@ fn evaluation_of(rows: &[sqlx::postgres::PgRow]) -> Evaluation {
 /// A rate stored as numeric(5,2), read as hundredths, in the form sent ("12.5").
 fn shown(hundredths: Option<i32>) -> String {
     hundredths
-        .and_then(|h| Rate::from_hundredths(u16::try_from(h).ok()?))
+        .and_then(Rate::from_hundredths)
         .map_or_else(|| "-".to_owned(), |r| r.to_string())
 }
 

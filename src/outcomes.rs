@@ -344,9 +344,7 @@ pub async fn history(pool: &PgPool, filter: &HistoryFilter) -> anyhow::Result<Ve
             mcc: r.get(2),
             backfill_number: r.get(3),
             cardinal_number: r.get(4),
-            rate: r
-                .get::<Option<i32>, _>(5)
-                .and_then(|h| Rate::from_hundredths(u16::try_from(h).ok()?)),
+            rate: r.get::<Option<i32>, _>(5).and_then(Rate::from_hundredths),
             state: r.get(6),
             attempts: r.get(7),
             provider_status: r.get(8),

@@ -48,9 +48,13 @@ impl Rate {
         f64::from(self.0) / 100.0
     }
 
-    /// A rate read back from storage (`numeric(5,2)` × 100); `None` above 100 %.
-    pub fn from_hundredths(hundredths: u16) -> Option<Self> {
-        (hundredths <= 10_000).then_some(Self(hundredths))
+    /// A rate read back from storage, as queries select it (`(rate * 100)::int`); `None`
+    /// outside 0–100 %.
+    pub fn from_hundredths(hundredths: i32) -> Option<Self> {
+        u16::try_from(hundredths)
+            .ok()
+            .filter(|h| *h <= 10_000)
+            .map(Self)
     }
 }
 

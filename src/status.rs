@@ -60,11 +60,6 @@ fn percents<S: serde::Serializer>(rates: &[Rate], s: S) -> Result<S::Ok, S::Erro
     s.collect_seq(rates.iter().map(|r| r.percent()))
 }
 
-/// A rate stored as numeric(5,2), read as hundredths (`(rate * 100)::int`).
-fn stored(hundredths: Option<i32>) -> Option<Rate> {
-    Rate::from_hundredths(u16::try_from(hundredths?).ok()?)
-}
-
 /// The latest row of each pair with its sparkline, baseline and alarm. Superseded rows
 /// (replaced before they were sent) are not "the latest outcome" of anything and are left out.
 const STATUS: &str = "WITH latest AS ( \
@@ -92,8 +87,6 @@ const STATUS: &str = "WITH latest AS ( \
     LEFT JOIN route_alarms a ON a.app_id = l.app_id AND a.mcc = l.mcc \
     ORDER BY l.app_id, l.mcc";
 
-/// Every pair's status, ordered by app and MCC; only `app_id`'s when given. Superseded rows
-/// (replaced before they were sent) are not "the latest outcome" of anything and are left out.
 /// Every pair's status, ordered by app and MCC; only `app_id`'s when given.
 #[tracing::instrument(skip_all)]
 pub async fn rows(pool: &PgPool, app_id: Option<&str>) -> anyhow::Result<Vec<StatusRow>> {
@@ -116,7 +109,7 @@ fn status_row(r: &sqlx::postgres::PgRow) -> StatusRow {
         country_itu: country.map(|c| c.itu_name.to_owned()),
         mcc,
         tick: r.get(2),
-        rate: stored(r.get(3)),
+        rate: r.get::<Option<i32>, _>(3).and_then(Rate::from_hundredths),
         state: r.get(4),
         provider_status: r.get(5),
         detail: r.get(6),
@@ -125,9 +118,9 @@ fn status_row(r: &sqlx::postgres::PgRow) -> StatusRow {
         rates: r
             .get::<Vec<i32>, _>(9)
             .into_iter()
-            .filter_map(|h| stored(Some(h)))
+            .filter_map(Rate::from_hundredths)
             .collect(),
-        baseline: stored(r.get(10)),
+        baseline: r.get::<Option<i32>, _>(10).and_then(Rate::from_hundredths),
         alarm: if firing {
             Some(true)
         } else {
@@ -317,7 +310,7 @@ mod tests {
     fn pcts(rates: &[f64]) -> Vec<Rate> {
         rates
             .iter()
-            .map(|r| Rate::from_hundredths((r * 100.0).round() as u16).unwrap())
+            .map(|r| Rate::from_hundredths((r * 100.0).round() as i32).unwrap())
             .collect()
     }
 
@@ -432,7 +425,8 @@ mod tests {
         assert_eq!(pct(pcts(&[12.5]).pop()), "12.5");
         assert_eq!(pct(pcts(&[7.0]).pop()), "7");
         assert_eq!(pct(None), "-");
-        assert_eq!(stored(Some(1250)), pcts(&[12.5]).pop());
-        assert_eq!(stored(Some(10_001)), None);
+        assert_eq!(Rate::from_hundredths(1250), pcts(&[12.5]).pop());
+        assert_eq!(Rate::from_hundredths(10_001), None);
+        assert_eq!(Rate::from_hundredths(-1), None);
     }
 }
