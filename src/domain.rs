@@ -17,12 +17,14 @@ impl AppId {
         let len = raw.chars().count();
         if !(4..=32).contains(&len) {
             return Err(format!(
-                "appId {raw:?} must be 4 to 32 characters, it has {len}"
+                "appId {} must be 4 to 32 characters, it has {len}",
+                crate::excerpt::quoted(raw)
             ));
         }
-        if raw.trim() != raw || raw.chars().any(char::is_control) {
+        if raw.trim() != raw || raw.chars().any(is_control) {
             return Err(format!(
-                "appId {raw:?} has surrounding whitespace or control characters"
+                "appId {} has surrounding whitespace or control characters",
+                crate::excerpt::quoted(raw)
             ));
         }
         Ok(Self(raw.to_owned()))
@@ -39,6 +41,14 @@ impl fmt::Display for AppId {
     }
 }
 
+/// A control character, or one of the Unicode characters that reorder or break what a terminal
+/// shows (bidi overrides and isolates, line and paragraph separators): in an id, only ever a
+/// data error, or an attempt to make a log line lie.
+pub fn is_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// A mobile country code: exactly three ASCII digits, sent as a JSON string ("460").
 ///
 /// Kept as text rather than a number so that codes with leading zeros ("001", the test network)
@@ -51,7 +61,10 @@ impl Mcc {
         if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_digit()) {
             Ok(Self(raw.to_owned()))
         } else {
-            Err(format!("mcc {raw:?} is not a three-digit code"))
+            Err(format!(
+                "mcc {} is not a three-digit code",
+                crate::excerpt::quoted(raw)
+            ))
         }
     }
 
@@ -79,6 +92,10 @@ mod tests {
         assert!(AppId::parse(&"x".repeat(33)).is_err());
         assert!(AppId::parse(" abcd").is_err());
         assert!(AppId::parse("ab\ncd").is_err());
+        assert!(
+            AppId::parse("ab\u{202e}cd").is_err(),
+            "a right-to-left override"
+        );
     }
 
     #[test]

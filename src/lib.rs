@@ -27,12 +27,14 @@
 pub mod alarm;
 pub mod breaker;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod cycle;
 pub mod daemon;
 pub mod db;
 pub mod domain;
+pub mod excerpt;
 pub mod mcc;
 pub mod metrics;
 pub mod outcomes;

@@ -450,8 +450,7 @@ pub fn clean(text: &str, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max));
     let mut used = 0;
     for c in text.chars() {
-        let escaped = c.is_control()
-            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        let escaped = crate::domain::is_control(c);
         let piece: String = if escaped {
             c.escape_default().collect()
         } else {
