@@ -39,7 +39,7 @@ async fn run(db_url: &str, pairs: usize, rows: usize) -> anyhow::Result<()> {
     let settings = config::from_toml(&text, std::path::Path::new("bench.toml"), &|_| None)?;
     let pool = PgPool::connect(db_url).await?;
     let ctx = Context::new(settings, pool.clone(), "bench:1".into())?;
-    let tick = cycle::now_tick();
+    let tick = backfill_reporter::outcomes::now_tick(&pool).await?;
     cycle_throughput(&ctx, pairs, tick).await?;
     assert_eq!(received.load(Ordering::Relaxed) as usize, pairs);
     window_query(&ctx, rows, tick).await

@@ -71,6 +71,13 @@ impl Breaker {
         }
     }
 
+    /// A probe was started but never sent (its lease lapsed first): another may go at once.
+    pub fn probe_abandoned(&mut self, now: Instant) {
+        if let Phase::Probing { delay } = self.phase {
+            self.phase = Phase::Open { until: now, delay };
+        }
+    }
+
     /// The provider answered (success or a rejection: either way it is reachable). Returns, when
     /// this closes an open breaker, how long it was open and why it opened.
     pub fn answered(&mut self, now: Instant) -> Option<(Duration, String)> {

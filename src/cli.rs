@@ -41,6 +41,11 @@ pub enum Command {
         /// With --once: print what would be sent, skipped or refused; send and write nothing
         #[arg(long, requires = "once")]
         dry_run: bool,
+        /// With --once: how long its pairs may be retried (while the provider is down, say);
+        /// the run ends by then, its undelivered pairs failed with their last cause (or
+        /// superseded by a newer tick). Never later than the schedule's next tick
+        #[arg(long, requires = "once", value_name = "DURATION", default_value = "10m", value_parser = parse_deadline)]
+        deadline: std::time::Duration,
     },
     /// Look up one OTP send by its order id (the id your system gave the send), to debug a
     /// delivery. Exit 0 when found, 1 on a provider error, 2 on a usage or config error
@@ -90,4 +95,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A `--deadline`: a humantime duration ("90s", "10m", "2h") from 1 s to 366 days.
+fn parse_deadline(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(366 * 86_400))
+        .contains(&d)
+    {
+        return Err("must be from 1s to 366d".into());
+    }
+    Ok(d)
 }

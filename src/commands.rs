@@ -50,11 +50,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run {
             once: true,
             dry_run: true,
+            ..
         } => dry_run(&settings).await,
         Command::Run {
             once: true,
             dry_run: false,
-        } => run_once(settings).await,
+            deadline,
+        } => run_once(settings, deadline).await,
         Command::Record {
             order_id,
             app_id,
@@ -94,7 +96,8 @@ fn opt(v: &Option<String>) -> String {
 
 async fn dry_run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&settings.database).await?;
-    let plan = cycle::preview(&pool, settings, cycle::now_tick()).await?;
+    let tick = outcomes::now_tick(&pool).await?;
+    let plan = cycle::preview(&pool, settings, tick).await?;
     print_plan(&plan);
     let invalid = plan
         .pairs
@@ -143,13 +146,13 @@ fn print_plan(plan: &Preview) {
     println!("{t}");
 }
 
-async fn run_once(settings: Settings) -> anyhow::Result<ExitCode> {
+async fn run_once(settings: Settings, deadline: std::time::Duration) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&settings.database).await?;
     db::migrate(&pool).await?;
     let ctx = cycle::Context::new(settings, pool, daemon::instance_name())?;
     let stop = shutdown::on_signal();
-    let tick = cycle::now_tick();
-    let report = cycle::run(&ctx, tick, Trigger::Once, &stop)
+    let tick = outcomes::now_tick(&ctx.pool).await?;
+    let report = cycle::run_within(&ctx, tick, Trigger::Once, &stop, Some(deadline))
         .await?
         .context("an ad-hoc run is never claimed by another instance")?;
     crate::alarm::wait_for_notifications(std::time::Duration::from_secs(10)).await;
@@ -277,8 +280,8 @@ fn print_history(rows: Vec<outcomes::HistoryRow>) {
     for r in rows {
         t.add_row(vec![
             r.scheduled_for.format("%Y-%m-%d %H:%M:%S").to_string(),
-            r.app_id,
-            r.mcc,
+            r.app_id.unwrap_or_else(|| "(null)".into()),
+            r.mcc.unwrap_or_else(|| "(null)".into()),
             opt(&r.backfill_number),
             opt(&r.cardinal_number),
             r.rate.map_or_else(|| "-".to_owned(), |r| r.to_string()),

@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::domain::{AppId, Mcc};
-use crate::outcomes::{self, RunSummary, State, Trigger};
+use crate::excerpt;
+use crate::outcomes::{self, Claim, RunSummary, State, Trigger};
 use crate::provider::{BackfillRequest, ProviderClient};
 use crate::queue::{self, NewSubmission, TickRows};
 use crate::rate::{Rate, RateError};
@@ -83,11 +84,6 @@ pub fn window(tick: DateTime<Utc>, length: Duration) -> (DateTime<Utc>, DateTime
     )
 }
 
-/// The tick for an ad-hoc run: now, truncated to the second.
-pub fn now_tick() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(0)
-}
-
 /// Until when a submission of this tick may be sent: the next tick of the schedule, whose fresh
 /// rate supersedes it, or sooner with `provider.retry_deadline`. Counted from when the tick is
 /// planned, so that a tick claimed late (after a database outage) still gets its retries; the
@@ -103,10 +99,9 @@ pub fn deadline(settings: &Settings, tick: DateTime<Utc>, now: DateTime<Utc>) ->
     }
 }
 
-/// A source column for a log field: its text, or "(null)".
-pub fn shown(v: &Option<String>) -> &str {
-    v.as_deref().unwrap_or("(null)")
-}
+/// The most characters of a count kept: PostgreSQL's `numeric` takes far more, but no count
+/// of codes needs more than this, and a column of a megabyte must not reach the insert.
+const MAX_COUNT_CHARS: usize = 40;
 
 /// Judges one row. Pure, so that the rules are tested without a database.
 pub fn judge(row: &SourceRow, min_cardinal: u64, callback_time: &str) -> Verdict {
@@ -122,10 +117,14 @@ fn judged(row: &SourceRow, min_cardinal: u64, callback_time: &str) -> Result<Ver
     let count = |name: &str, v: &Option<String>| -> Result<u64, String> {
         let text = v.as_deref().ok_or_else(|| format!("{name} is null"))?;
         if text.starts_with('-') {
-            return Err(format!("{name} is negative ({text})"));
+            return Err(format!("{name} is negative ({})", excerpt::quoted(text)));
         }
-        text.parse::<u64>()
-            .map_err(|_| format!("{name} is not a whole number that fits 64 bits ({text})"))
+        text.parse::<u64>().map_err(|_| {
+            format!(
+                "{name} is not a whole number that fits 64 bits ({})",
+                excerpt::quoted(text)
+            )
+        })
     };
     let backfilled = count("backfill_number", &row.backfill_number)?;
     let sent = count("cardinal_number", &row.cardinal_number)?;
@@ -142,33 +141,26 @@ fn judged(row: &SourceRow, min_cardinal: u64, callback_time: &str) -> Result<Ver
     )
 }
 
-/// The row to store for a judged pair.
+/// A count as stored with an invalid row: kept when PostgreSQL's numeric takes it and it is
+/// of a sane length, else NULL (the reason quotes it).
+fn stored_count(v: Option<String>) -> Option<String> {
+    v.filter(|v| v.len() <= MAX_COUNT_CHARS && queue::is_numeric(v))
+}
+
+/// The row to store for a judged pair. What came from the source is stored bounded
+/// ([`excerpt::stored`]): a column of any size cannot break the insert or the index.
 fn new_submission(row: SourceRow, verdict: Verdict) -> NewSubmission {
     let rate = verdict.rate();
     let (state, reason) = match verdict {
         Verdict::Send(_) => (State::Pending, None),
-        Verdict::Skip(why) => {
-            tracing::debug!(
-                app_id = shown(&row.app_id),
-                mcc = shown(&row.mcc),
-                "skipped: {why}"
-            );
-            (State::Skipped, Some(why))
-        }
-        Verdict::Invalid(why) => {
-            tracing::warn!(
-                app_id = shown(&row.app_id),
-                mcc = shown(&row.mcc),
-                "invalid row, not sent: {why}"
-            );
-            (State::Invalid, Some(why))
-        }
+        Verdict::Skip(why) => (State::Skipped, Some(why)),
+        Verdict::Invalid(why) => (State::Invalid, Some(why)),
     };
     NewSubmission {
-        app_id: row.app_id.unwrap_or_default(),
-        mcc: row.mcc.unwrap_or_default(),
-        backfill_number: row.backfill_number,
-        cardinal_number: row.cardinal_number,
+        app_id: row.app_id.as_deref().map(excerpt::stored),
+        mcc: row.mcc.as_deref().map(excerpt::stored),
+        backfill_number: stored_count(row.backfill_number),
+        cardinal_number: stored_count(row.cardinal_number),
         rate,
         state,
         reason,
@@ -176,9 +168,11 @@ fn new_submission(row: SourceRow, verdict: Verdict) -> NewSubmission {
 }
 
 /// A tick claimed and queued.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Planned {
     pub run_id: i64,
+    /// When the database claimed it, by its own clock.
+    pub claimed_at: DateTime<Utc>,
     /// Rows the source returned (after the allow-list).
     pub pairs: u64,
     /// Of those, queued as pending: to send.
@@ -188,19 +182,33 @@ pub struct Planned {
     /// Judged rows not to be sent.
     pub skipped: u64,
     pub invalid: u64,
+    /// The first invalid row, quoted, with its reason: one log line for the tick.
+    pub first_invalid: Option<String>,
     /// Older pending rows of these pairs that this tick replaced.
     pub superseded: u64,
 }
 
-/// Claims `tick` and queues its pairs. `Ok(None)` when another instance already claimed that
-/// scheduled tick. Nothing is committed unless every row is queued: a database failure midway
-/// leaves the tick unclaimed, to be planned again.
+/// What planning a tick came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    Planned(Planned),
+    /// Another instance claimed this scheduled tick first.
+    Taken,
+    /// The database's clock has not reached the tick yet: try again after this long.
+    NotDue(Duration),
+}
+
+/// Claims `tick` and queues its pairs, once the database's clock has reached it. Nothing is
+/// committed unless every row is queued: a database failure midway leaves the tick unclaimed,
+/// to be planned again. With `within`, its pairs may be sent for at most that long after the
+/// claim (an ad-hoc run's bound), else until the deadline of [`deadline`].
 #[tracing::instrument(skip_all, fields(tick = %tick, trigger = trigger.as_str()))]
 pub async fn plan(
     ctx: &Context,
     tick: DateTime<Utc>,
     trigger: Trigger,
-) -> anyhow::Result<Option<Planned>> {
+    within: Option<Duration>,
+) -> anyhow::Result<Plan> {
     let settings = &ctx.settings;
     let window = window(tick, settings.source.window);
     let callback_time = callback_time(tick, settings.schedule.timezone);
@@ -209,18 +217,25 @@ pub async fn plan(
         .begin()
         .await
         .context("starting the claim transaction")?;
-    let Some(run_id) = outcomes::claim_run(&mut tx, tick, trigger, window, &ctx.instance).await?
-    else {
-        return Ok(None);
-    };
+    let (run_id, at) =
+        match outcomes::claim_run(&mut tx, tick, trigger, window, &ctx.instance).await? {
+            Claim::Claimed { run_id, at } => (run_id, at),
+            Claim::Taken => return Ok(Plan::Taken),
+            Claim::NotDue(wait) => return Ok(Plan::NotDue(wait)),
+        };
+    let mut deadline = deadline(settings, tick, at);
+    if let Some(within) = within {
+        deadline = deadline.min(at + chrono::Duration::from_std(within).unwrap_or_default());
+    }
     let rows = TickRows {
         run_id,
         tick,
         window,
         callback_time: &callback_time,
-        deadline: deadline(settings, tick, Utc::now()),
+        deadline,
     };
     let mut planned = queue_window(&mut tx, settings, rows).await?;
+    planned.claimed_at = at;
     planned.superseded = queue::supersede_older(&mut tx, tick).await?;
     let evaluation = alarm::judge_in(&mut tx, settings, run_id).await;
     queue::notify(&mut tx).await?;
@@ -230,7 +245,7 @@ pub async fn plan(
     if planned.pending == 0 {
         sender::close_run(&ctx.pool, run_id).await?;
     }
-    Ok(Some(planned))
+    Ok(Plan::Planned(planned))
 }
 
 /// The rows of a batch that the allow-list lets through (a null app_id is judged invalid, not
@@ -276,10 +291,10 @@ async fn queue_window(
         planned.pairs += judged.len() as u64;
         planned.duplicates += judged.len() as u64 - enqueued.inserted;
         planned.pending += enqueued.pending;
-        for row in &judged {
+        for row in judged.iter().chain(&enqueued.refused) {
             match row.state {
                 State::Skipped => planned.skipped += 1,
-                State::Invalid => planned.invalid += 1,
+                State::Invalid => planned.note_invalid(row),
                 _ => {}
             }
         }
@@ -287,7 +302,20 @@ async fn queue_window(
 }
 
 impl Planned {
-    /// Counts the rows decided at planning in the metrics, and logs the claim.
+    fn note_invalid(&mut self, row: &NewSubmission) {
+        self.invalid += 1;
+        if self.first_invalid.is_none() {
+            self.first_invalid = Some(format!(
+                "app_id {}, mcc {}: {}",
+                excerpt::opt(row.app_id.as_deref()),
+                excerpt::opt(row.mcc.as_deref()),
+                row.reason.as_deref().unwrap_or("invalid")
+            ));
+        }
+    }
+
+    /// Counts the rows decided at planning in the metrics, and logs the claim: one line for
+    /// the tick, one for its invalid rows whatever their number.
     fn report(&self, tick: DateTime<Utc>) {
         metrics::record_states(
             std::iter::repeat_n("skipped", self.skipped as usize)
@@ -300,6 +328,13 @@ impl Planned {
                 "pairs already recorded for this tick (the source returned them twice, or a run --once took them) are not sent again"
             );
         }
+        if let Some(first) = &self.first_invalid {
+            tracing::warn!(
+                invalid = self.invalid,
+                "{} of the tick {tick} not sent; the first: {first}; `backfill-reporter history --state invalid` lists them",
+                if self.invalid == 1 { "1 invalid source row".to_owned() } else { format!("{} invalid source rows", self.invalid) }
+            );
+        }
         if self.superseded > 0 {
             tracing::info!(
                 superseded = self.superseded,
@@ -310,8 +345,11 @@ impl Planned {
             run_id = self.run_id,
             pairs = self.pairs,
             to_send = self.pending,
-            "tick {tick} claimed: {} pairs queued",
-            self.pairs
+            "tick {tick} claimed: {} pairs, {} to send, {} skipped, {} invalid",
+            self.pairs,
+            self.pending,
+            self.skipped,
+            self.invalid
         );
     }
 }
@@ -364,8 +402,25 @@ pub async fn run(
     trigger: Trigger,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<RunSummary>> {
-    let Some(planned) = plan(ctx, tick, trigger).await? else {
-        return Ok(None);
+    run_within(ctx, tick, trigger, shutdown, None).await
+}
+
+/// [`run`], its pairs sent for at most `within` after the claim: an ad-hoc run ends within
+/// that bound whatever the schedule, its unsent pairs failed with their last cause.
+pub async fn run_within(
+    ctx: &Context,
+    tick: DateTime<Utc>,
+    trigger: Trigger,
+    shutdown: &CancellationToken,
+    within: Option<Duration>,
+) -> anyhow::Result<Option<RunSummary>> {
+    let planned = match plan(ctx, tick, trigger, within).await? {
+        Plan::Planned(p) => p,
+        Plan::Taken => return Ok(None),
+        Plan::NotDue(wait) => anyhow::bail!(
+            "the tick {tick} is {}s ahead of the database's clock: not due yet",
+            wait.as_secs()
+        ),
     };
     if planned.pending > 0 {
         sender::work(ctx.clone(), Scope::Run(planned.run_id), shutdown.clone()).await?;

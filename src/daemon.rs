@@ -16,8 +16,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::clock::Clock;
 use crate::config::{self, Settings};
-use crate::cycle::{self, Context, Planned};
+use crate::cycle::{self, Context, Plan, Planned};
 use crate::outcomes::{self, Trigger};
 use crate::schedule::{on_wake, Wake};
 use crate::sender::{self, Scope};
@@ -49,13 +50,6 @@ pub const STOP_LIMIT: Duration = Duration::from_secs(
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// The wall clock, injectable so that tests can step it as suspend or NTP would.
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
-
-pub fn system_clock() -> Clock {
-    Arc::new(Utc::now)
-}
-
 /// `host:pid`, to tell instances apart in `report_runs.instance` and the logs.
 pub fn instance_name() -> String {
     // uname(2)'s nodename is what gethostname(2) returns; unlike /proc/sys/kernel/hostname it
@@ -77,7 +71,7 @@ pub fn instance_name() -> String {
 pub async fn run_until_signalled(path: PathBuf, settings: Settings) -> anyhow::Result<()> {
     let stop = shutdown::on_signal();
     let reload = shutdown::reload_on_hangup()?;
-    serve(path, settings, stop, reload, system_clock()).await
+    serve(path, settings, stop, reload, Clock::database()).await
 }
 
 /// The latest due tick not yet claimed, and how trying to claim it has gone.
@@ -107,7 +101,7 @@ struct Planning {
     recording: usize,
     started: Instant,
     warned: bool,
-    handle: JoinHandle<anyhow::Result<Option<Planned>>>,
+    handle: JoinHandle<anyhow::Result<Plan>>,
 }
 
 /// What start-up found once the database answered.
@@ -116,7 +110,8 @@ struct Started {
 }
 
 /// The daemon: `stop` stops it, each message on `reload` re-reads the config at `path`,
-/// `clock` is the wall clock ticks are compared with.
+/// `clock` is the clock ticks are compared with: the database's ([`Clock::database`]), so
+/// that hosts whose clocks differ fire alike.
 pub async fn serve(
     path: PathBuf,
     settings: Settings,
@@ -129,7 +124,7 @@ pub async fn serve(
     // Before the database: /healthz says what is wrong while an outage is waited out.
     let _metrics = metrics::serve(&ctx.settings.metrics, ctx.pool.clone()).await?;
     let (ctx_tx, _) = watch::channel(ctx.clone());
-    let now = clock();
+    let now = clock.now();
     let mut daemon = Daemon {
         planned: ctx.settings.schedule.next_tick(now),
         ctx,
@@ -153,6 +148,7 @@ struct Daemon {
     ctx: Context,
     /// Hands a reloaded context to the sender.
     ctx_tx: watch::Sender<Context>,
+    /// The database's clock (estimated between readings); the host's only fires the timer.
     clock: Clock,
     /// The next tick armed.
     planned: DateTime<Utc>,
@@ -188,8 +184,11 @@ impl Daemon {
             tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let mut startup = Some(tokio::spawn(start_up(self.ctx.clone(), self.clock.clone())));
         loop {
-            let wait =
-                CLOCK_CHECK.min((self.planned - (self.clock)()).to_std().unwrap_or_default());
+            let wait = CLOCK_CHECK.min(
+                (self.planned - self.clock.now())
+                    .to_std()
+                    .unwrap_or_default(),
+            );
             tokio::select! {
                 // Shutdown first: when it and a tick are ready together, no new work starts.
                 biased;
@@ -226,6 +225,14 @@ impl Daemon {
 
     fn on_started(&mut self, started: Started) {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("running")]);
+        // Until now the timer followed this host's clock; from now on the database's. A tick
+        // fired before is kept only if it is still the latest by the database's clock (the
+        // catch-up below covers the rest), and the next tick is armed anew.
+        let now = self.clock.now();
+        let schedule = &self.ctx.settings.schedule;
+        let latest = schedule.cron.latest_at_or_before(now, schedule.timezone);
+        self.due = self.due.take().filter(|d| Some(d.tick) == latest);
+        self.planned = schedule.next_tick(now);
         if let Some(tick) = started.catch_up {
             if self.due.as_ref().is_none_or(|d| d.tick < tick) {
                 self.due = Some(Due::new(tick));
@@ -240,6 +247,7 @@ impl Daemon {
         }));
         self.workers.push(tokio::spawn(maintain(
             self.ctx_tx.subscribe(),
+            self.clock.clone(),
             self.stop.clone(),
         )));
         self.plan_due();
@@ -248,7 +256,7 @@ impl Daemon {
     /// Compares the armed tick with the wall clock; a tick that fired becomes the due tick,
     /// replacing one that could not be claimed yet.
     fn on_wake(&mut self) {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let (schedule, tz) = (
             &self.ctx.settings.schedule.cron,
             self.ctx.settings.schedule.timezone,
@@ -290,13 +298,7 @@ impl Daemon {
         let Some(due) = self.due.as_ref().filter(|d| Instant::now() >= d.retry_at) else {
             return;
         };
-        let late = due.last_error.as_ref().map(|e| {
-            format!(
-                "claimed {}s after its tick, after {} failed attempts: {e}",
-                ((self.clock)() - due.tick).num_seconds(),
-                due.failures
-            )
-        });
+        let late = due.last_error.as_ref().map(|e| (due.failures, e.clone()));
         let (ctx, tick) = (self.ctx.clone(), due.tick);
         let replaced = self.replaced.clone();
         let recording = replaced.len();
@@ -311,19 +313,32 @@ impl Daemon {
         });
     }
 
-    fn on_planned(&mut self, tick: DateTime<Utc>, result: anyhow::Result<Option<Planned>>) {
-        metrics::record_daemon_task(&result);
+    fn on_planned(&mut self, tick: DateTime<Utc>, result: anyhow::Result<Plan>) {
+        match &result {
+            Ok(Plan::Planned(_)) => metrics::record_claim(Ok(true)),
+            Ok(Plan::Taken) => metrics::record_claim(Ok(false)),
+            Ok(Plan::NotDue(_)) => {}
+            Err(e) => metrics::record_claim(Err(e)),
+        }
         let Some(due) = self.due.as_mut().filter(|d| d.tick == tick) else {
             return;
         };
         match result {
-            Ok(Some(_)) => self.due = None,
-            Ok(None) => {
+            Ok(Plan::Planned(_)) => self.due = None,
+            Ok(Plan::Taken) => {
                 tracing::info!("tick {tick} already claimed by another instance; it sends its share of the pairs from the queue");
                 self.due = None;
             }
+            Ok(Plan::NotDue(wait)) => {
+                // This host fired early by the database's clock: claim when that reaches it.
+                tracing::debug!(
+                    wait_ms = wait.as_millis() as u64,
+                    "tick {tick} not due yet by the database's clock"
+                );
+                due.retry_at = Instant::now() + wait;
+            }
             Err(e) => {
-                let message = format!("{e:#}");
+                let message = crate::excerpt::line(&format!("{e:#}"));
                 due.failures += 1;
                 // Retried on (almost) every wake: the tick must be claimed as soon as the
                 // database answers, before the next tick replaces it.
@@ -373,7 +388,7 @@ impl Daemon {
                 self.ctx = new_ctx;
                 let _ = self.ctx_tx.send(self.ctx.clone());
                 if schedule_changed {
-                    self.planned = self.ctx.settings.schedule.next_tick((self.clock)());
+                    self.planned = self.ctx.settings.schedule.next_tick(self.clock.now());
                 }
                 tracing::info!(
                     "config reloaded: schedule {:?} in {}, next tick {}",
@@ -415,25 +430,36 @@ impl Daemon {
 }
 
 /// Records the ticks that were replaced before they could run, then plans `tick`, noting why
-/// it was late.
+/// it was late (`late`: the failed attempts before this one, and the last error), by the
+/// database's clock.
 async fn plan_tick(
     ctx: Context,
     tick: DateTime<Utc>,
     replaced: Vec<(DateTime<Utc>, String)>,
-    late: Option<String>,
+    late: Option<(u32, String)>,
     wake: Arc<Notify>,
-) -> anyhow::Result<Option<Planned>> {
+) -> anyhow::Result<Plan> {
     for (old, note) in replaced {
         let window = cycle::window(old, ctx.settings.source.window);
         outcomes::record_missed(&ctx.pool, old, window, &ctx.instance, &note).await?;
     }
-    let planned = cycle::plan(&ctx, tick, Trigger::Schedule).await?;
-    if let (Some(p), Some(note)) = (planned, late) {
+    let plan = cycle::plan(&ctx, tick, Trigger::Schedule, None).await?;
+    if let (Plan::Planned(p), Some((failures, error))) = (&plan, late) {
+        let note = late_note(p, tick, failures, &error);
         tracing::info!("{note}");
         outcomes::set_note(&ctx.pool, p.run_id, &note).await?;
     }
     wake.notify_one();
-    Ok(planned)
+    Ok(plan)
+}
+
+/// Why a tick was claimed late, with the delay by the database's clock.
+fn late_note(p: &Planned, tick: DateTime<Utc>, failures: u32, error: &str) -> String {
+    format!(
+        "claimed {}s after its tick, after {}: {error}",
+        (p.claimed_at - tick).num_seconds(),
+        crate::sender::count(failures, "failed attempt")
+    )
 }
 
 /// Migrations, the source's columns, deadlines for rows an older release left pending, and the
@@ -475,7 +501,8 @@ async fn try_start_up(ctx: &Context, clock: &Clock) -> anyhow::Result<Started> {
         tracing::info!("applied migration {m}");
     }
     source::check_columns(&ctx.pool, &ctx.settings.source).await?;
-    let now = clock();
+    clock.sync(&ctx.pool).await?;
+    let now = clock.now();
     let filled = queue::fill_deadlines(&ctx.pool, ctx.settings.schedule.next_tick(now)).await?;
     if filled > 0 {
         tracing::info!(
@@ -503,7 +530,8 @@ async fn missed_tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<Option
 }
 
 /// Closes runs whose last rows another instance finished, and prunes old rows hourly.
-async fn maintain(ctx: watch::Receiver<Context>, stop: CancellationToken) {
+/// Also reads the database's clock again, so that the estimate the timer follows never drifts.
+async fn maintain(ctx: watch::Receiver<Context>, clock: Clock, stop: CancellationToken) {
     let mut last_prune: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -512,12 +540,13 @@ async fn maintain(ctx: watch::Receiver<Context>, stop: CancellationToken) {
         }
         let ctx = ctx.borrow().clone();
         let result = async {
+            clock.sync(&ctx.pool).await?;
             for run_id in outcomes::open_runs(&ctx.pool).await? {
                 sender::close_run(&ctx.pool, run_id).await?;
             }
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(Instant::now());
-                let cutoff = retention::cutoff(Utc::now(), ctx.settings.database.keep);
+                let cutoff = retention::cutoff(clock.now(), ctx.settings.database.keep);
                 retention::prune(&ctx.pool, cutoff).await?;
             }
             anyhow::Ok(())

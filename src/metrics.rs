@@ -196,18 +196,27 @@ pub fn record_run(summary: &RunSummary) {
     record_cycle(summary.trigger, result, Some(summary.duration));
 }
 
-/// The daemon's view of one tick's claim: an error means the database was not reached (or the
-/// source query failed), which `/healthz` reports until a later claim succeeds; `Ok(None)` is a
-/// tick another instance claimed.
-pub fn record_daemon_task<T>(result: &anyhow::Result<Option<T>>) {
+/// The daemon's view of one tick's claim: `Ok(true)` claimed here, `Ok(false)` claimed by
+/// another instance, an error the database's or the source query's, which `/healthz` reports
+/// (with the error) until a later claim succeeds.
+pub fn record_claim(result: Result<bool, &anyhow::Error>) {
     match result {
-        Ok(Some(_)) => HEALTH.database.store(true, Ordering::Relaxed),
-        Ok(None) => {
-            HEALTH.database.store(true, Ordering::Relaxed);
-            record_cycle(Trigger::Schedule, CycleResult::Skipped, None);
+        Ok(here) => {
+            HEALTH.set_problem(None);
+            if !here {
+                record_cycle(Trigger::Schedule, CycleResult::Skipped, None);
+            }
         }
-        Err(_) => {
-            HEALTH.database.store(false, Ordering::Relaxed);
+        Err(e) => {
+            let cause = if crate::db::is_unreachable(e) {
+                "database unreachable"
+            } else {
+                "error"
+            };
+            HEALTH.set_problem(Some(format!(
+                "the last claim of a tick failed ({cause}): {}",
+                crate::excerpt::line(&format!("{e:#}"))
+            )));
             record_cycle(Trigger::Schedule, CycleResult::Error, None);
         }
     }
@@ -287,17 +296,17 @@ fn unix_now() -> f64 {
 }
 
 /// What `/healthz` answers from: the daemon sets `armed` when its schedule is running and clears
-/// it at shutdown; each background task says whether it got through (every error a cycle can
-/// end on is the database's or the source query's: provider failures are outcomes, not errors).
+/// it at shutdown; each claim of a tick says whether it got through, and if not, why (every
+/// error a cycle can end on is the database's or the source query's: provider failures are
+/// outcomes, not errors).
 pub struct Health {
     armed: AtomicBool,
-    database: AtomicBool,
+    problem: std::sync::Mutex<Option<String>>,
 }
 
 static HEALTH: Health = Health {
     armed: AtomicBool::new(false),
-    // The daemon arms only after connecting and migrating, so it starts out true.
-    database: AtomicBool::new(true),
+    problem: std::sync::Mutex::new(None),
 };
 
 /// The process's health state.
@@ -310,17 +319,18 @@ impl Health {
         self.armed.store(armed, Ordering::Relaxed);
     }
 
-    /// `Ok` when healthy, else why not.
-    pub fn verdict(&self) -> Result<(), &'static str> {
-        match (
-            self.armed.load(Ordering::Relaxed),
-            self.database.load(Ordering::Relaxed),
-        ) {
-            (true, true) => Ok(()),
-            (false, _) => Err("the schedule is not armed (starting or stopping)"),
-            (true, false) => Err(
-                "the last cycle failed: database unreachable or source query broken (see the log)",
-            ),
+    fn set_problem(&self, problem: Option<String>) {
+        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    /// `Ok` when healthy, else why not, in words an operator can act on.
+    pub fn verdict(&self) -> Result<(), String> {
+        if !self.armed.load(Ordering::Relaxed) {
+            return Err("the schedule is not armed (starting or stopping)\n".into());
+        }
+        match &*self.problem.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(problem) => Err(format!("{problem}\n")),
+            None => Ok(()),
         }
     }
 }
@@ -407,7 +417,7 @@ async fn healthz() -> impl IntoResponse {
     match HEALTH.verdict() {
         Ok(()) => (
             StatusCode::OK,
-            "ok: the schedule is armed and the last cycle reached the database\n",
+            "ok: the schedule is armed and the last cycle reached the database\n".to_owned(),
         ),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
@@ -435,12 +445,14 @@ mod tests {
     fn health_needs_both_an_armed_schedule_and_the_database() {
         let h = Health {
             armed: AtomicBool::new(false),
-            database: AtomicBool::new(true),
+            problem: std::sync::Mutex::new(None),
         };
         assert!(h.verdict().unwrap_err().contains("not armed"));
         h.set_armed(true);
         assert!(h.verdict().is_ok());
-        h.database.store(false, Ordering::Relaxed);
-        assert!(h.verdict().unwrap_err().contains("database"));
+        h.set_problem(Some(
+            "the last claim of a tick failed (error): index row requires".into(),
+        ));
+        assert!(h.verdict().unwrap_err().contains("index row requires"));
     }
 }

@@ -67,17 +67,51 @@ impl State {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|v| v.as_str() == s)
     }
+
+    /// A state read back from the database: a value this release does not know (a newer
+    /// release wrote it, or a hand edit) is an error, never taken for another state.
+    pub fn from_column(s: &str) -> anyhow::Result<Self> {
+        Self::parse(s).ok_or_else(|| {
+            anyhow::anyhow!(
+                "report_submissions.state {} is not a state this release knows",
+                crate::excerpt::quoted(s)
+            )
+        })
+    }
 }
 
-/// Inserts the run; `None` when a scheduled tick was already claimed by another instance.
+/// What claiming a tick came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The run was inserted; `at` is the database's time of the claim.
+    Claimed { run_id: i64, at: DateTime<Utc> },
+    /// Another instance claimed this scheduled tick first.
+    Taken,
+    /// By the database's clock the tick is still this far ahead: a host whose clock runs
+    /// ahead must not claim it early.
+    NotDue(std::time::Duration),
+}
+
+/// Inserts the run once the database's clock has reached the tick: a scheduled tick is
+/// claimed by one instance only, and by none before it is due.
 pub async fn claim_run(
     conn: &mut PgConnection,
     tick: DateTime<Utc>,
     trigger: Trigger,
     window: (DateTime<Utc>, DateTime<Utc>),
     instance: &str,
-) -> anyhow::Result<Option<i64>> {
-    sqlx::query_scalar(
+) -> anyhow::Result<Claim> {
+    // now() is the transaction's start: the claim, the deadline and the note all read it.
+    let at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *conn)
+        .await
+        .context("reading the database's clock")?;
+    if let Ok(ahead) = (tick - at).to_std() {
+        if !ahead.is_zero() {
+            return Ok(Claim::NotDue(ahead));
+        }
+    }
+    let run_id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance) \
          VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (scheduled_for) WHERE trigger = 'schedule' DO NOTHING RETURNING id",
@@ -89,7 +123,17 @@ pub async fn claim_run(
     .bind(instance)
     .fetch_optional(conn)
     .await
-    .context("claiming the tick in report_runs")
+    .context("claiming the tick in report_runs")?;
+    Ok(run_id.map_or(Claim::Taken, |run_id| Claim::Claimed { run_id, at }))
+}
+
+/// The database's time truncated to the second: the tick of an ad-hoc run, so that its window
+/// and `callbackTime` do not depend on this host's clock.
+pub async fn now_tick(pool: &PgPool) -> anyhow::Result<DateTime<Utc>> {
+    sqlx::query_scalar("SELECT date_trunc('second', now())")
+        .fetch_one(pool)
+        .await
+        .context("reading the database's clock")
 }
 
 /// A run's tallies, as stored.
@@ -304,8 +348,9 @@ pub struct HistoryFilter {
 #[derive(Debug, Clone)]
 pub struct HistoryRow {
     pub scheduled_for: DateTime<Utc>,
-    pub app_id: String,
-    pub mcc: String,
+    /// NULL for a source row that had none (recorded as invalid).
+    pub app_id: Option<String>,
+    pub mcc: Option<String>,
     pub backfill_number: Option<String>,
     pub cardinal_number: Option<String>,
     pub rate: Option<Rate>,

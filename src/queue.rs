@@ -14,7 +14,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
 
+use crate::clock::Mono;
 use crate::domain::{AppId, Mcc};
+use crate::excerpt;
 use crate::outcomes::State;
 use crate::provider::BackfillRequest;
 use crate::rate::Rate;
@@ -26,11 +28,12 @@ pub const CHANNEL: &str = "backfill_reporter_queue";
 /// Why a row that was never sent left the queue because a newer tick of its pair exists.
 pub const REPLACED: &str = "a newer tick of this pair replaced it before it was sent";
 
-/// A submission row as first written by the planner.
+/// A submission row as first written by the planner. The source's columns arrive bounded
+/// (`excerpt::stored`); `app_id` and `mcc` are `None` when the source returned NULL.
 #[derive(Debug, Clone)]
 pub struct NewSubmission {
-    pub app_id: String,
-    pub mcc: String,
+    pub app_id: Option<String>,
+    pub mcc: Option<String>,
     pub backfill_number: Option<String>,
     pub cardinal_number: Option<String>,
     pub rate: Option<Rate>,
@@ -49,15 +52,22 @@ pub struct TickRows<'a> {
 }
 
 /// How many rows of a batch went in, and how many of those are to be sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Enqueued {
     pub inserted: u64,
     pub pending: u64,
+    /// Rows the insert refused, each recorded instead as invalid with the refusal.
+    pub refused: Vec<NewSubmission>,
 }
 
 /// Inserts one batch of a tick's rows; pending ones are due at once. A pair already recorded
 /// for this tick (the source returned it twice, or a `run --once` in the same second took it)
 /// is left out, never sent twice.
+///
+/// No row can stop the tick: the batch goes in under a savepoint, and should the database
+/// refuse it for anything but a lost connection (a constraint nobody foresaw), its rows go in
+/// one by one, and a row refused alone is recorded as invalid with the refusal, its columns
+/// quoted in the reason.
 pub async fn enqueue(
     conn: &mut PgConnection,
     tick: TickRows<'_>,
@@ -66,6 +76,95 @@ pub async fn enqueue(
     if rows.is_empty() {
         return Ok(Enqueued::default());
     }
+    savepoint(conn).await?;
+    let batch = insert(conn, tick, rows).await;
+    match settle(conn, batch).await? {
+        Ok(done) => Ok(done),
+        Err(_) => one_by_one(conn, tick, rows).await,
+    }
+}
+
+async fn savepoint(conn: &mut PgConnection) -> anyhow::Result<()> {
+    sqlx::query("SAVEPOINT enqueue")
+        .execute(conn)
+        .await
+        .context("recording submissions as pending")?;
+    Ok(())
+}
+
+/// Ends the savepoint after `result`: `Ok(Err(e))` when the database refused the step (rolled
+/// back to the savepoint, the transaction goes on), `Err` when the connection is gone.
+async fn settle<T>(
+    conn: &mut PgConnection,
+    result: anyhow::Result<T>,
+) -> anyhow::Result<anyhow::Result<T>> {
+    let (sql, result) = match result {
+        Ok(v) => ("RELEASE SAVEPOINT enqueue", Ok(v)),
+        Err(e) if crate::db::is_unreachable(&e) => return Err(e),
+        Err(e) => ("ROLLBACK TO SAVEPOINT enqueue", Err(e)),
+    };
+    sqlx::query(sql)
+        .execute(conn)
+        .await
+        .context("recording submissions as pending")?;
+    Ok(result)
+}
+
+/// The batch refused as a whole: each row alone, and a row refused alone as invalid.
+async fn one_by_one(
+    conn: &mut PgConnection,
+    tick: TickRows<'_>,
+    rows: &[NewSubmission],
+) -> anyhow::Result<Enqueued> {
+    let mut done = Enqueued::default();
+    for row in rows {
+        let one = std::slice::from_ref(row);
+        savepoint(conn).await?;
+        let alone = insert(conn, tick, one).await;
+        let e = match settle(conn, alone).await? {
+            Ok(n) => {
+                done.inserted += n.inserted;
+                done.pending += n.pending;
+                continue;
+            }
+            Err(e) => e,
+        };
+        let refused = refused_row(row, &e);
+        let n = insert(conn, tick, std::slice::from_ref(&refused))
+            .await
+            .context("recording a refused source row as invalid")?;
+        done.inserted += n.inserted;
+        done.refused.push(refused);
+    }
+    Ok(done)
+}
+
+/// A row the database refused, as the invalid row that records it: nothing of the source in
+/// its columns (they may be what was refused), everything quoted in the reason.
+fn refused_row(row: &NewSubmission, e: &anyhow::Error) -> NewSubmission {
+    NewSubmission {
+        app_id: None,
+        mcc: None,
+        backfill_number: None,
+        cardinal_number: None,
+        rate: None,
+        state: State::Invalid,
+        reason: Some(format!(
+            "the database refused to store it ({}): app_id {}, mcc {}, backfill_number {}, cardinal_number {}",
+            excerpt::quoted(&format!("{e:#}")),
+            excerpt::opt(row.app_id.as_deref()),
+            excerpt::opt(row.mcc.as_deref()),
+            excerpt::opt(row.backfill_number.as_deref()),
+            excerpt::opt(row.cardinal_number.as_deref()),
+        )),
+    }
+}
+
+async fn insert(
+    conn: &mut PgConnection,
+    tick: TickRows<'_>,
+    rows: &[NewSubmission],
+) -> anyhow::Result<Enqueued> {
     let col = |f: fn(&NewSubmission) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
     let index: Vec<i32> = (0..rows.len() as i32).collect();
     let done = sqlx::query(
@@ -90,10 +189,10 @@ pub async fn enqueue(
     .bind(tick.window.1)
     .bind(tick.callback_time)
     .bind(tick.deadline)
-    .bind(col(|r| Some(r.app_id.clone())))
-    .bind(col(|r| Some(r.mcc.clone())))
-    .bind(col(|r| r.backfill_number.clone().filter(|v| is_numeric(v))))
-    .bind(col(|r| r.cardinal_number.clone().filter(|v| is_numeric(v))))
+    .bind(col(|r| r.app_id.clone()))
+    .bind(col(|r| r.mcc.clone()))
+    .bind(col(|r| r.backfill_number.clone()))
+    .bind(col(|r| r.cardinal_number.clone()))
     .bind(
         rows.iter()
             .map(|r| r.rate.map(|r| i32::from(r.hundredths())))
@@ -108,11 +207,12 @@ pub async fn enqueue(
     Ok(Enqueued {
         inserted: done.len() as u64,
         pending: done.iter().filter(|r| r.get::<bool, _>(0)).count() as u64,
+        refused: Vec::new(),
     })
 }
 
 /// Whether PostgreSQL's numeric accepts the text: an invalid row keeps its numbers only if so.
-fn is_numeric(v: &str) -> bool {
+pub fn is_numeric(v: &str) -> bool {
     let v = v.trim().strip_prefix('-').unwrap_or(v.trim());
     let (int, frac) = v.split_once('.').unwrap_or((v, ""));
     !int.is_empty()
@@ -157,8 +257,10 @@ pub struct Claimed {
     pub run_id: i64,
     /// The request to send; `Err` when the stored row no longer makes one (edited by hand).
     pub request: Result<BackfillRequest, String>,
-    /// `None` only for rows left by a release without deadlines, until start-up fills them.
-    pub deadline: Option<DateTime<Utc>>,
+    /// How long after the claim the row's deadline passes, by the database's clock: zero when
+    /// it has passed already; `None` only for rows left by a release without deadlines, until
+    /// start-up fills them.
+    pub deadline_in: Option<Duration>,
     /// Attempts already made, by any instance.
     pub attempts: i32,
     /// A newer tick of the pair exists: sending this one would overwrite the fresher rate
@@ -166,10 +268,32 @@ pub struct Claimed {
     pub replaced: bool,
 }
 
+/// What a claim or a renewal wrote: for each row, how long its lease lasts from the moment
+/// the statement ran, by the database's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased {
+    pub id: i64,
+    pub lasts: Duration,
+}
+
+/// A page of claimed rows.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub rows: Vec<Claimed>,
+    pub leases: Vec<Leased>,
+    /// Where the next claim resumes.
+    pub cursor: ClaimCursor,
+}
+
 /// Where a claim resumes: the `(next_attempt_at, id)` of the last row the previous one took.
 /// Rows behind it were taken, or were locked by another claimer at the time; a claim that
 /// comes back short starts again from the head and finds those.
 pub type ClaimCursor = Option<(DateTime<Utc>, i64)>;
+
+/// Milliseconds as a duration; a negative count (a time that has passed) is zero.
+fn millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
 
 /// Claims up to `limit` due rows for `owner`, leased for `lease`; with `run`, only that run's.
 /// A claimed row's `next_attempt_at` moves to its lease expiry: it leaves the head of the due
@@ -182,7 +306,7 @@ pub async fn claim(
     lease: Duration,
     run: Option<i64>,
     after: ClaimCursor,
-) -> anyhow::Result<(Vec<Claimed>, ClaimCursor)> {
+) -> anyhow::Result<Page> {
     let sql = claim_sql(run.is_some(), after.is_some());
     let mut query = sqlx::query(&sql)
         .bind(owner)
@@ -200,15 +324,27 @@ pub async fn claim(
         .context("claiming due submissions")?;
     let cursor = rows
         .iter()
-        .map(|r| (r.get::<DateTime<Utc>, _>(10), r.get::<i64, _>(0)))
+        .map(|r| (r.get::<DateTime<Utc>, _>("due_at"), r.get::<i64, _>("id")))
         .max()
         .filter(|_| rows.len() == limit);
-    let claimed = rows.iter().map(claimed_row).collect();
-    Ok((claimed, cursor))
+    let leases = rows
+        .iter()
+        .map(|r| Leased {
+            id: r.get("id"),
+            lasts: millis(r.get("lease_ms")),
+        })
+        .collect();
+    Ok(Page {
+        rows: rows.iter().map(claimed_row).collect(),
+        leases,
+        cursor,
+    })
 }
 
 /// The claim with only the conditions that apply: a generic plan for `$4 IS NULL OR run_id =
-/// $4` would sort every pending row of the run on each claim.
+/// $4` would sort every pending row of the run on each claim. Times come back as spans from
+/// the statement's `now()`: the caller holds them on its own boot clock, never comparing the
+/// database's wall clock with its host's.
 fn claim_sql(run: bool, after: bool) -> String {
     let run_param = if run { "AND run_id = $4" } else { "" };
     let after_param = match (run, after) {
@@ -227,35 +363,37 @@ fn claim_sql(run: bool, after: bool) -> String {
          SET lease_owner = $1, lease_expires_at = now() + $3 * interval '1 millisecond', \
              next_attempt_at = now() + $3 * interval '1 millisecond' \
          FROM due WHERE s.id = due.id \
-         RETURNING s.id, s.run_id, s.app_id, s.mcc, s.backfill_number::text, \
-             s.cardinal_number::text, s.callback_time, s.deadline, s.attempts, \
+         RETURNING s.id, s.run_id, s.app_id, s.mcc, s.backfill_number::text AS backfilled, \
+             s.cardinal_number::text AS sent, s.callback_time, s.attempts, \
+             (extract(epoch FROM s.deadline - now()) * 1000)::bigint AS deadline_ms, \
+             (extract(epoch FROM s.lease_expires_at - now()) * 1000)::bigint AS lease_ms, \
              EXISTS (SELECT 1 FROM report_submissions n WHERE n.app_id = s.app_id \
-                 AND n.mcc = s.mcc AND n.scheduled_for > s.scheduled_for), \
-             due.next_attempt_at"
+                 AND n.mcc = s.mcc AND n.scheduled_for > s.scheduled_for) AS replaced, \
+             due.next_attempt_at AS due_at"
     )
 }
 
 fn claimed_row(r: &sqlx::postgres::PgRow) -> Claimed {
     Claimed {
-        id: r.get(0),
-        run_id: r.get(1),
+        id: r.get("id"),
+        run_id: r.get("run_id"),
         request: stored_request(
-            r.get(2),
-            r.get(3),
-            r.get(4),
-            r.get(5),
-            r.get::<String, _>(6),
+            r.get("app_id"),
+            r.get("mcc"),
+            r.get("backfilled"),
+            r.get("sent"),
+            r.get("callback_time"),
         ),
-        deadline: r.get(7),
-        attempts: r.get(8),
-        replaced: r.get(9),
+        deadline_in: r.get::<Option<i64>, _>("deadline_ms").map(millis),
+        attempts: r.get("attempts"),
+        replaced: r.get("replaced"),
     }
 }
 
 /// Rebuilds the request from a stored row through the same constructor the judge used.
 fn stored_request(
-    app_id: &str,
-    mcc: &str,
+    app_id: Option<&str>,
+    mcc: Option<&str>,
     backfilled: Option<String>,
     sent: Option<String>,
     callback_time: String,
@@ -263,11 +401,16 @@ fn stored_request(
     let count = |name: &str, v: Option<String>| {
         v.as_deref()
             .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| format!("stored {name} is not a whole number: {v:?}"))
+            .ok_or_else(|| {
+                format!(
+                    "stored {name} is not a whole number: {}",
+                    excerpt::opt(v.as_deref())
+                )
+            })
     };
     BackfillRequest::from_counts(
-        AppId::parse(app_id)?,
-        Mcc::parse(mcc)?,
+        AppId::parse(app_id.ok_or("stored app_id is null")?)?,
+        Mcc::parse(mcc.ok_or("stored mcc is null")?)?,
         count("backfill_number", backfilled)?,
         count("cardinal_number", sent)?,
         callback_time,
@@ -275,56 +418,107 @@ fn stored_request(
     .map_err(|e| format!("stored counts no longer make a rate: {e}"))
 }
 
-/// Extends the lease on rows `owner` still holds. Returns how many it still held.
+/// Extends the lease on the rows of `ids` that `owner` still holds, and says which: a row
+/// missing from the answer is no longer this owner's (another instance took it after the
+/// lease lapsed, or it is being finished) and must not be sent by it.
 pub async fn renew(
     pool: &PgPool,
     owner: &str,
     ids: &[i64],
     lease: Duration,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Vec<Leased>> {
     // Rows the writer is finishing right now are locked: skip them rather than wait (or
     // deadlock); they are leaving the lease anyway. `pending` is a sub-select for the reason
     // given at RECORD: the rows are fetched by id, never by scanning the pending indexes.
-    let done = sqlx::query(
+    let rows = sqlx::query(
         "WITH held AS (SELECT id FROM report_submissions \
              WHERE id = ANY($2) AND lease_owner = $1 AND state = (SELECT 'pending'::text) \
              ORDER BY id FOR UPDATE SKIP LOCKED) \
          UPDATE report_submissions s \
          SET lease_expires_at = now() + $3 * interval '1 millisecond', \
              next_attempt_at = now() + $3 * interval '1 millisecond' \
-         FROM held WHERE s.id = held.id",
+         FROM held WHERE s.id = held.id \
+         RETURNING s.id, (extract(epoch FROM s.lease_expires_at - now()) * 1000)::bigint",
     )
     .bind(owner)
     .bind(ids)
     .bind(lease.as_millis() as i64)
-    .execute(pool)
+    .fetch_all(pool)
     .await
     .context("renewing leases")?;
-    Ok(done.rows_affected())
+    Ok(rows
+        .iter()
+        .map(|r| Leased {
+            id: r.get(0),
+            lasts: millis(r.get(1)),
+        })
+        .collect())
 }
 
-/// What became of one claimed row, written back by the group commit.
+/// What became of one claimed row, written back by the group commit. Every time in it is
+/// decided by the database when the write runs: a retry's next attempt, whether its deadline
+/// comes first, `finished_at`.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub id: i64,
     pub run_id: i64,
-    /// Succeeded, Failed, or Pending (a retry, or a row handed back unsent).
-    pub state: State,
-    /// A retry or a deadline expiry turns into `superseded` when a newer tick of the pair
-    /// exists: the fresh rate replaces it.
-    pub supersedable: bool,
-    pub reason: Option<String>,
-    /// Set when this outcome records an attempt (its start time); `None` for a row handed
-    /// back or expired without a request.
-    pub attempt_at: Option<DateTime<Utc>>,
+    pub disposition: Disposition,
+    /// Set when this outcome records an attempt.
+    pub attempt: Option<Attempt>,
+}
+
+/// Where a row goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// The provider accepted it.
+    Succeeded,
+    /// Failed for good: refused by the provider (the reason is the provider's, kept with the
+    /// attempt), or `max_attempts` reached (with this reason).
+    Failed(Option<String>),
+    /// A transient failure: due again after this wait, unless the deadline comes first by the
+    /// database's clock (then failed, or superseded when a newer tick of the pair exists).
+    Retry(Duration),
+    /// Ends without a request: invalid, superseded, or failed because the run was stopped.
+    Unsent(State, String),
+    /// Its deadline passed before it could be sent, as far as the sender could tell; the
+    /// database checks with its own clock, and a row that still has time is handed back.
+    Expired,
+    /// Handed back unsent (shutdown, breaker open): pending, due at once.
+    Released,
+}
+
+impl Disposition {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed(_) => "failed",
+            Self::Retry(_) => "retry",
+            Self::Unsent(..) => "unsent",
+            Self::Expired => "expire",
+            Self::Released => "release",
+        }
+    }
+
+    /// Whether a newer tick of the pair turns this outcome into `superseded`: a row that would
+    /// still wait for a retry or that missed its deadline has a fresher rate to replace it.
+    fn supersedable(&self) -> bool {
+        matches!(
+            self,
+            Self::Retry(_) | Self::Expired | Self::Unsent(State::Failed, _)
+        )
+    }
+}
+
+/// One attempt's answer, as stored with the row.
+#[derive(Debug, Clone, Default)]
+pub struct Attempt {
+    /// How long before the write the request started (it becomes `first_attempt_at` on the
+    /// database's clock).
+    pub started: Option<Mono>,
     pub provider_status: Option<String>,
     pub provider_reason: Option<String>,
     pub http_status: Option<i32>,
     pub error: Option<String>,
-    /// For a retry: when it is due again. A row handed back without one is due at once.
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    /// When the final answer came (terminal states).
-    pub done_at: Option<DateTime<Utc>>,
 }
 
 impl Outcome {
@@ -333,26 +527,23 @@ impl Outcome {
         Self {
             id,
             run_id,
-            state: State::Pending,
-            supersedable: false,
-            reason: None,
-            attempt_at: None,
-            provider_status: None,
-            provider_reason: None,
-            http_status: None,
-            error: None,
-            next_attempt_at: None,
-            done_at: None,
+            disposition: Disposition::Released,
+            attempt: None,
         }
     }
 
     /// A row that ends without a request.
     pub fn unsent(id: i64, run_id: i64, state: State, reason: String) -> Self {
         Self {
-            state,
-            supersedable: state == State::Failed,
-            reason: Some(reason),
-            done_at: Some(Utc::now()),
+            disposition: Disposition::Unsent(state, reason),
+            ..Self::released(id, run_id)
+        }
+    }
+
+    /// A row whose deadline passed while it waited to be sent.
+    pub fn expired(id: i64, run_id: i64) -> Self {
+        Self {
+            disposition: Disposition::Expired,
             ..Self::released(id, run_id)
         }
     }
@@ -366,9 +557,12 @@ pub struct Written {
     pub state: State,
 }
 
-/// One outcome per row of the arrays. A retry or a deadline expiry becomes `superseded` when
-/// a newer tick of the pair exists; the fields of the last attempt are kept only when this
-/// outcome made one; the lease is released; and only rows this owner still holds are touched.
+/// One outcome per row of the arrays. The final state is decided here, with the database's
+/// clock: a retry whose next attempt would come at or after the deadline fails now, an expiry
+/// the clock does not confirm is handed back, and a row that would wait (or missed its
+/// deadline) becomes `superseded` when a newer tick of the pair exists. The fields of the last
+/// attempt are kept only when this outcome made one; the lease is released; and only rows this
+/// owner still holds are touched.
 ///
 /// The guard's `pending` is a sub-select, not a literal, so that the planner cannot use the
 /// partial `WHERE state = 'pending'` indexes here: in statistics taken between ticks they look
@@ -376,38 +570,52 @@ pub struct Written {
 /// (1.3 ms a write at 10,000 pending rows, growing with the tick) instead of fetching the
 /// group's rows by id (0.4 ms).
 const RECORD: &str = "WITH w AS MATERIALIZED ( \
-             SELECT u.*, u.supersedable AND EXISTS ( \
-                 SELECT 1 FROM report_submissions o JOIN report_submissions n \
-                     ON n.app_id = o.app_id AND n.mcc = o.mcc \
-                    AND n.scheduled_for > o.scheduled_for \
-                 WHERE o.id = u.id) AS replaced \
-             FROM unnest($2::bigint[], $3::text[], $4::bool[], $5::text[], \
-                 $6::timestamptz[], $7::text[], $8::text[], $9::int[], $10::text[], \
-                 $11::timestamptz[], $12::timestamptz[]) \
-             AS u(id, state, supersedable, reason, attempt_at, provider_status, \
-                 provider_reason, http_status, error, next_attempt_at, done_at)) \
+             SELECT u.*, s.deadline, s.attempts + (u.elapsed_ms IS NOT NULL)::int AS tries, \
+                 COALESCE(u.error, s.error) AS cause, \
+                 u.supersedable AND EXISTS (SELECT 1 FROM report_submissions n \
+                     WHERE n.app_id = s.app_id AND n.mcc = s.mcc \
+                       AND n.scheduled_for > s.scheduled_for) AS newer \
+             FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bool[], $6::text[], \
+                 $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::int[], $12::text[]) \
+             AS u(id, kind, state, supersedable, reason, elapsed_ms, wait_ms, provider_status, \
+                 provider_reason, http_status, error) \
+             JOIN report_submissions s ON s.id = u.id), \
+         d AS (SELECT w.*, CASE \
+                 WHEN w.newer THEN 'superseded' \
+                 WHEN w.kind = 'retry' AND now() + w.wait_ms * interval '1 millisecond' \
+                     >= w.deadline THEN 'failed' \
+                 WHEN w.kind = 'expire' AND w.deadline <= now() THEN 'failed' \
+                 WHEN w.kind IN ('retry', 'expire', 'release') THEN 'pending' \
+                 WHEN w.kind = 'unsent' THEN w.state \
+                 ELSE w.kind END AS final \
+             FROM w) \
          UPDATE report_submissions s SET \
-             state = CASE WHEN w.replaced THEN 'superseded' ELSE w.state END, \
-             reason = CASE WHEN w.replaced THEN $13 ELSE COALESCE(w.reason, s.reason) END, \
-             attempts = s.attempts + (w.attempt_at IS NOT NULL)::int, \
-             provider_status = CASE WHEN w.attempt_at IS NULL THEN s.provider_status \
-                 ELSE w.provider_status END, \
-             provider_reason = CASE WHEN w.attempt_at IS NULL THEN s.provider_reason \
-                 ELSE w.provider_reason END, \
-             http_status = CASE WHEN w.attempt_at IS NULL THEN s.http_status \
-                 ELSE w.http_status END, \
-             error = CASE WHEN w.attempt_at IS NULL THEN s.error ELSE w.error END, \
-             first_attempt_at = COALESCE(s.first_attempt_at, w.attempt_at), \
-             attempted_by = CASE WHEN w.attempt_at IS NULL THEN s.attempted_by ELSE $1 END, \
-             next_attempt_at = COALESCE(w.next_attempt_at, now()), \
-             finished_at = CASE WHEN w.replaced OR w.state <> 'pending' \
-                 THEN COALESCE(w.done_at, now()) END, \
-             duration_ms = CASE WHEN w.replaced OR w.state <> 'pending' THEN (extract(epoch FROM \
-                 COALESCE(w.done_at, now()) - COALESCE(s.first_attempt_at, w.attempt_at)) \
+             state = d.final, \
+             reason = CASE WHEN d.newer THEN $13 \
+                 WHEN d.final = 'failed' AND d.kind IN ('retry', 'expire') \
+                     THEN backfill_reporter_deadline_reason(d.tries, d.cause) \
+                 ELSE COALESCE(d.reason, s.reason) END, \
+             attempts = d.tries, \
+             provider_status = CASE WHEN d.elapsed_ms IS NULL THEN s.provider_status \
+                 ELSE d.provider_status END, \
+             provider_reason = CASE WHEN d.elapsed_ms IS NULL THEN s.provider_reason \
+                 ELSE d.provider_reason END, \
+             http_status = CASE WHEN d.elapsed_ms IS NULL THEN s.http_status \
+                 ELSE d.http_status END, \
+             error = CASE WHEN d.elapsed_ms IS NULL THEN s.error ELSE d.error END, \
+             first_attempt_at = COALESCE(s.first_attempt_at, \
+                 now() - d.elapsed_ms * interval '1 millisecond'), \
+             attempted_by = CASE WHEN d.elapsed_ms IS NULL THEN s.attempted_by ELSE $1 END, \
+             next_attempt_at = CASE WHEN d.final = 'pending' \
+                 THEN now() + COALESCE(d.wait_ms, 0) * interval '1 millisecond' \
+                 ELSE s.next_attempt_at END, \
+             finished_at = CASE WHEN d.final <> 'pending' THEN now() END, \
+             duration_ms = CASE WHEN d.final <> 'pending' THEN (extract(epoch FROM now() \
+                 - COALESCE(s.first_attempt_at, now() - d.elapsed_ms * interval '1 millisecond')) \
                  * 1000)::bigint END, \
              lease_owner = NULL, lease_expires_at = NULL \
-         FROM w \
-         WHERE s.id = w.id AND s.state = (SELECT 'pending'::text) AND s.lease_owner = $1 \
+         FROM d \
+         WHERE s.id = d.id AND s.state = (SELECT 'pending'::text) AND s.lease_owner = $1 \
          RETURNING s.id, s.run_id, s.state";
 
 /// Writes a group of outcomes in one statement. Rows whose lease `owner` no longer holds are
@@ -420,33 +628,69 @@ pub async fn record(
     if outcomes.is_empty() {
         return Ok(Vec::new());
     }
-    let v = |f: fn(&Outcome) -> Option<String>| outcomes.iter().map(f).collect::<Vec<_>>();
-    let t = |f: fn(&Outcome) -> Option<DateTime<Utc>>| outcomes.iter().map(f).collect::<Vec<_>>();
+    let now = Mono::now();
+    let col = |f: &dyn Fn(&Outcome) -> Option<String>| outcomes.iter().map(f).collect::<Vec<_>>();
+    let attempt = |f: fn(&Attempt) -> Option<String>| col(&|o| o.attempt.as_ref().and_then(f));
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let rows = sqlx::query(RECORD)
         .bind(owner)
         .bind(outcomes.iter().map(|o| o.id).collect::<Vec<_>>())
-        .bind(v(|o| Some(o.state.as_str().to_owned())))
-        .bind(outcomes.iter().map(|o| o.supersedable).collect::<Vec<_>>())
-        .bind(v(|o| o.reason.clone()))
-        .bind(t(|o| o.attempt_at))
-        .bind(v(|o| o.provider_status.clone()))
-        .bind(v(|o| o.provider_reason.clone()))
-        .bind(outcomes.iter().map(|o| o.http_status).collect::<Vec<_>>())
-        .bind(v(|o| o.error.clone()))
-        .bind(t(|o| o.next_attempt_at))
-        .bind(t(|o| o.done_at))
+        .bind(col(&|o| Some(o.disposition.kind().to_owned())))
+        .bind(col(&|o| match &o.disposition {
+            Disposition::Unsent(state, _) => Some(state.as_str().to_owned()),
+            _ => None,
+        }))
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| o.disposition.supersedable())
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(&|o| match &o.disposition {
+            Disposition::Failed(reason) => reason.clone(),
+            Disposition::Unsent(_, reason) => Some(reason.clone()),
+            _ => None,
+        }))
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| {
+                    let a = o.attempt.as_ref()?;
+                    Some(a.started.map_or(0, |s| ms(now.since(s))))
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| match o.disposition {
+                    Disposition::Retry(wait) => Some(ms(wait)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind(attempt(|a| a.provider_status.clone()))
+        .bind(attempt(|a| a.provider_reason.clone()))
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| o.attempt.as_ref().and_then(|a| a.http_status))
+                .collect::<Vec<_>>(),
+        )
+        .bind(attempt(|a| a.error.clone()))
         .bind(REPLACED)
         .fetch_all(pool)
         .await
         .context("recording submission outcomes")?;
-    Ok(rows
-        .iter()
-        .map(|r| Written {
-            id: r.get(0),
-            run_id: r.get(1),
-            state: State::parse(r.get::<&str, _>(2)).unwrap_or(State::Pending),
+    rows.iter()
+        .map(|r| {
+            Ok(Written {
+                id: r.get(0),
+                run_id: r.get(1),
+                state: State::from_column(r.get(2))?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Fails the run's pending rows that nobody holds: the provider refused the account or host
@@ -468,8 +712,9 @@ pub async fn fail_unsent(pool: &PgPool, run_id: i64, reason: &str) -> anyhow::Re
 }
 
 /// Ends the pending rows whose deadline passed and that nobody holds: superseded when a newer
-/// tick of the pair exists, failed otherwise. Returns each row's run and final state. Needed while nothing
-/// claims them (the provider is unreachable); otherwise the claim finds them first.
+/// tick of the pair exists, failed otherwise. Returns each row's run and final state. Needed
+/// while nothing claims them (the provider is unreachable); otherwise the claim finds them
+/// first.
 pub async fn expire(pool: &PgPool, run: Option<i64>) -> anyhow::Result<Vec<(i64, State)>> {
     let rows: Vec<(i64, String)> = sqlx::query_as(
         "WITH x AS ( \
@@ -484,10 +729,7 @@ pub async fn expire(pool: &PgPool, run: Option<i64>) -> anyhow::Result<Vec<(i64,
          u AS (UPDATE report_submissions s SET \
              state = CASE WHEN x.replaced THEN 'superseded' ELSE 'failed' END, \
              reason = CASE WHEN x.replaced THEN $2 \
-                 WHEN s.attempts = 0 THEN 'deadline passed before it could be sent' \
-                 ELSE 'deadline passed after ' || s.attempts || ' attempts: ' \
-                     || COALESCE('status ' || s.provider_status, 'HTTP ' || s.http_status, \
-                                 s.error, 'no answer') END, \
+                 ELSE backfill_reporter_deadline_reason(s.attempts, s.error) END, \
              finished_at = now(), lease_owner = NULL, lease_expires_at = NULL \
          FROM x WHERE s.id = x.id RETURNING s.run_id, s.state) \
          SELECT run_id, state FROM u",
@@ -497,24 +739,25 @@ pub async fn expire(pool: &PgPool, run: Option<i64>) -> anyhow::Result<Vec<(i64,
     .fetch_all(pool)
     .await
     .context("ending overdue submissions")?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(run, state)| Some((run, State::parse(&state)?)))
-        .collect())
+    rows.into_iter()
+        .map(|(run, state)| Ok((run, State::from_column(&state)?)))
+        .collect()
 }
 
-/// When the next pending row becomes due, if after now; rows due already but leased are
-/// found by the next poll once their lease expires.
-pub async fn next_due(pool: &PgPool, run: Option<i64>) -> anyhow::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar(
-        "SELECT min(next_attempt_at) FROM report_submissions \
+/// How long until the next pending row becomes due, by the database's clock, if one is due
+/// later; rows due already but leased are found by the next poll once their lease expires.
+pub async fn next_due(pool: &PgPool, run: Option<i64>) -> anyhow::Result<Option<Duration>> {
+    let ms: Option<i64> = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM min(next_attempt_at) - now()) * 1000)::bigint \
+         FROM report_submissions \
          WHERE state = 'pending' AND next_attempt_at > now() \
            AND ($1::bigint IS NULL OR run_id = $1)",
     )
     .bind(run)
     .fetch_one(pool)
     .await
-    .context("looking for the next due submission")
+    .context("looking for the next due submission")?;
+    Ok(ms.map(millis))
 }
 
 /// Gives rows left pending by a release without deadlines the deadline of this instance's
@@ -539,8 +782,8 @@ mod tests {
     #[test]
     fn a_stored_row_makes_the_same_request_as_the_judge() {
         let req = stored_request(
-            "mRELxtHc",
-            "460",
+            Some("mRELxtHc"),
+            Some("460"),
             Some("1".into()),
             Some("8".into()),
             "2023-02-01T00:00:00+08:00".into(),
@@ -548,8 +791,8 @@ mod tests {
         .unwrap();
         assert_eq!(req.backfill_now.to_string(), "12.5");
         assert!(stored_request(
-            "abc",
-            "460",
+            Some("abc"),
+            Some("460"),
             Some("1".into()),
             Some("8".into()),
             String::new()
@@ -557,13 +800,16 @@ mod tests {
         .unwrap_err()
         .contains("4 to 32"));
         assert!(stored_request(
-            "abcd",
-            "460",
+            Some("abcd"),
+            Some("460"),
             Some("9".into()),
             Some("8".into()),
             String::new()
         )
         .unwrap_err()
         .contains("no longer make a rate"));
+        assert!(stored_request(None, Some("460"), None, None, String::new())
+            .unwrap_err()
+            .contains("app_id is null"));
     }
 }

@@ -9,15 +9,21 @@
 //! - the renewer extends the lease of every row still held, so that only a dead or cut-off
 //!   instance's rows pass to another instance.
 //!
-//! An instance starts a request only while its lease will outlast the request's timeout: one
-//! that cannot renew (its database is gone) stops sending before another can take its rows, so
-//! a lost session never causes a second send. Planning belongs to `cycle`.
+//! The lease is a fence. A claim and a renewal say which rows they leased and for how long, by
+//! the database's clock; this instance holds each row until then on its boot clock
+//! ([`Mono`]), which keeps counting through a pause. A row a renewal did not return is no
+//! longer this instance's and leaves its hands at once. A request starts only while its row's
+//! lease has at least the request timeout left, so an instance that could not renew (its
+//! database is gone, or it was paused) stops sending before another can take its rows, and
+//! one that resumes finds its leases passed. A duplicate is then possible only for requests
+//! already on the wire when it stalled: at most `max_in_flight`. Every time written to a row is
+//! the database's (see `queue::record`). Planning belongs to `cycle`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use rand::Rng;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -27,12 +33,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{Breaker, Gate};
+use crate::clock::Mono;
 use crate::config::ProviderSettings;
 use crate::cycle::Context;
 use crate::metrics;
 use crate::outcomes::{self, State};
 use crate::provider::{BackfillRequest, Class, Exchange};
-use crate::queue::{self, Claimed, Outcome};
+use crate::queue::{self, Attempt, Claimed, Disposition, Outcome};
 
 /// The longest wait between two attempts of a pair, whatever the backoff doubling reaches.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -42,6 +49,9 @@ const POLL: Duration = Duration::from_secs(2);
 /// Lease beyond the request timeout: a dead instance's rows are taken this long after its last
 /// renewal plus one request timeout.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
+/// A request starts only while its lease has the request timeout and this much more left: the
+/// margin covers the time from the check to the request's first byte, and the outcome write.
+const START_MARGIN: Duration = Duration::from_secs(2);
 /// How often held leases are renewed: well inside the margin, so that one slow renewal does
 /// not pause sending.
 const RENEW_EVERY: Duration = Duration::from_secs(3);
@@ -118,13 +128,14 @@ pub async fn close_run(pool: &PgPool, run_id: i64) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Rows this instance holds a lease on, and since when, for the renewer and the dispatcher.
+/// Rows this instance holds a lease on, each until when on the boot clock, for the renewer and
+/// the dispatcher.
 #[derive(Debug, Default)]
 struct Held {
-    rows: HashMap<i64, Instant>,
-    /// When the last successful renewal was sent: every row held then is leased until this
-    /// instant plus the lease.
-    renewed: Option<Instant>,
+    rows: HashMap<i64, Mono>,
+    /// Rows whose outcome the writer is recording: a renewal skips them (they are locked), and
+    /// that is not a lost lease.
+    writing: HashSet<i64>,
 }
 
 type SharedHeld = Arc<Mutex<Held>>;
@@ -134,11 +145,48 @@ fn lock_held(h: &SharedHeld) -> std::sync::MutexGuard<'_, Held> {
 }
 
 impl Held {
-    /// The instant until which this instance's lease on `id` surely lasts.
-    fn valid_until(&self, id: i64, lease: Duration) -> Option<Instant> {
-        let claimed = *self.rows.get(&id)?;
-        Some(self.renewed.map_or(claimed, |r| r.max(claimed)) + lease)
+    /// Takes the leases a claim or renewal wrote, held from `sent` (when its statement left:
+    /// the database wrote them later, so they surely last at least this long).
+    fn lease(&mut self, sent: Mono, leases: &[queue::Leased]) {
+        for l in leases {
+            let until = sent + l.lasts;
+            self.rows
+                .entry(l.id)
+                .and_modify(|u| *u = (*u).max(until))
+                .or_insert(until);
+        }
     }
+
+    /// After a renewal of `asked` that returned `renewed`: the rows it did not return leave
+    /// this instance's hands. Returns how many of those were lost (not being recorded).
+    fn renewed(&mut self, sent: Mono, asked: &[i64], renewed: &[queue::Leased]) -> usize {
+        let kept: HashSet<i64> = renewed.iter().map(|l| l.id).collect();
+        let mut lost = 0;
+        for id in asked.iter().filter(|id| !kept.contains(id)) {
+            if self.rows.remove(id).is_some() && !self.writing.contains(id) {
+                lost += 1;
+            }
+        }
+        let still: Vec<queue::Leased> = renewed
+            .iter()
+            .filter(|l| self.rows.contains_key(&l.id))
+            .cloned()
+            .collect();
+        self.lease(sent, &still);
+        lost
+    }
+
+    /// Until when this instance's lease on `id` surely lasts; `None` when it holds none.
+    fn valid_until(&self, id: i64) -> Option<Mono> {
+        self.rows.get(&id).copied()
+    }
+}
+
+/// A claimed row waiting for its request, with its deadline on the boot clock.
+#[derive(Debug, Clone)]
+struct Ready {
+    row: Claimed,
+    deadline: Option<Mono>,
 }
 
 /// Messages to the writer.
@@ -153,6 +201,8 @@ enum ToWriter {
 
 /// One finished request, reported back to the dispatcher.
 struct Attempted {
+    /// False when the request was not sent after all: its lease lapsed before it could start.
+    sent: bool,
     /// An outage failure (connection, timeout, 5xx/429) and its cause; any other result means
     /// the provider is reachable.
     outage: Option<(String, Option<Duration>)>,
@@ -227,7 +277,7 @@ struct Dispatcher {
     owner: String,
     scope: Scope,
     /// Claimed, not yet started.
-    ready: VecDeque<Claimed>,
+    ready: VecDeque<Ready>,
     in_flight: JoinSet<Attempted>,
     breaker: Breaker,
     out: mpsc::UnboundedSender<ToWriter>,
@@ -298,8 +348,8 @@ impl Dispatcher {
 
     /// Hands every claimed, unstarted row back to the queue.
     fn release_ready(&mut self) {
-        for row in std::mem::take(&mut self.ready) {
-            self.emit(Outcome::released(row.id, row.run_id));
+        for r in std::mem::take(&mut self.ready) {
+            self.emit(Outcome::released(r.row.id, r.row.run_id));
         }
     }
 
@@ -396,50 +446,56 @@ impl Dispatcher {
 
     /// Starts requests for ready rows while the breaker, the bound and the leases allow.
     fn start_requests(&mut self) {
-        let max = self.ctx.settings.provider.max_in_flight;
-        let lease = lease(&self.ctx.settings.provider);
-        let needed = self.ctx.settings.provider.request_timeout + Duration::from_secs(2);
+        let provider = &self.ctx.settings.provider;
+        let (max, needed) = (
+            provider.max_in_flight,
+            provider.request_timeout + START_MARGIN,
+        );
         while self.in_flight.len() < max {
-            let now = Instant::now();
-            let probe = match self.breaker.gate(now) {
+            let probe = match self.breaker.gate(Instant::now()) {
                 Gate::Send => false,
                 Gate::Probe => true,
                 Gate::WaitUntil(_) | Gate::AwaitProbe => return,
             };
-            let Some(row) = self.ready.pop_front() else {
+            let Some(ready) = self.ready.pop_front() else {
                 return;
             };
-            let valid = lock_held(&self.held).valid_until(row.id, lease);
-            match valid {
+            let now = Mono::now();
+            match lock_held(&self.held).valid_until(ready.row.id) {
                 Some(until) if until >= now + needed => {}
                 Some(until) if until > now => {
                     // Renewals are failing: wait for one, or for the lease to lapse.
-                    self.ready.push_front(row);
+                    self.ready.push_front(ready);
                     return;
                 }
-                _ => {
-                    // The lease lapsed: the row may be another instance's now. Forget it.
-                    lock_held(&self.held).rows.remove(&row.id);
-                    continue;
-                }
+                // The lease lapsed, or a renewal did not return the row: it may be another
+                // instance's now. Forget it.
+                _ => continue,
             }
-            if let Some(outcome) = self.unsendable(&row) {
+            if let Some(outcome) = self.unsendable(&ready, now) {
                 self.emit(outcome);
                 continue;
             }
+            let Ready { row, .. } = ready;
             let request = row.request.clone().expect("unsendable() checked it");
             if probe {
                 self.breaker.probe_started();
             }
-            let (ctx, out) = (self.ctx.clone(), self.out.clone());
+            let job = Job {
+                ctx: self.ctx.clone(),
+                out: self.out.clone(),
+                held: self.held.clone(),
+                was_probe: probe,
+            };
             self.in_flight
-                .spawn(async move { attempt(ctx, row, request, probe, out).await });
+                .spawn(async move { attempt(job, row, request).await });
         }
     }
 
     /// The outcome of a row that must not be sent: its run was stopped, it no longer makes a
     /// request, or its deadline passed while it waited.
-    fn unsendable(&self, row: &Claimed) -> Option<Outcome> {
+    fn unsendable(&self, ready: &Ready, now: Mono) -> Option<Outcome> {
+        let row = &ready.row;
         if self.stopped_runs.contains(&row.run_id) {
             let why =
                 "not sent: the provider refused the account or this host earlier in the cycle";
@@ -462,13 +518,10 @@ impl Dispatcher {
                 why.clone(),
             ));
         }
-        let deadline = row.deadline.filter(|d| *d <= Utc::now())?;
-        let tries = match row.attempts {
-            0 => String::new(),
-            n => format!(" after {n} attempts"),
-        };
-        let why = format!("deadline {} passed{tries}", deadline.to_rfc3339());
-        Some(Outcome::unsent(row.id, row.run_id, State::Failed, why))
+        ready
+            .deadline
+            .filter(|d| *d <= now)
+            .map(|_| Outcome::expired(row.id, row.run_id))
     }
 
     /// Claims more rows when the page runs low, in the background.
@@ -494,28 +547,30 @@ impl Dispatcher {
         let (lease, run) = (lease(&self.ctx.settings.provider), self.run_filter());
         let (held, after) = (self.held.clone(), self.cursor);
         self.claim = Some(tokio::spawn(async move {
-            let at = Instant::now();
-            let (rows, cursor) = queue::claim(&pool, &owner, limit, lease, run, after).await?;
+            let sent = Mono::now();
+            let page = queue::claim(&pool, &owner, limit, lease, run, after).await?;
             tracing::debug!(
-                rows = rows.len(),
-                ms = at.elapsed().as_secs_f64() * 1000.0,
+                rows = page.rows.len(),
+                ms = Mono::now().since(sent).as_secs_f64() * 1000.0,
                 "claimed"
             );
-            if rows.is_empty() {
+            if page.rows.is_empty() {
                 if after.is_some() {
                     // Nothing after the cursor: look again from the head.
-                    return Ok(Claim::Rows(rows, None));
+                    return Ok(Claim::Rows(Vec::new(), None));
                 }
-                let due = queue::next_due(&pool, run).await?;
-                return Ok(Claim::Idle(
-                    due.map(|d| (d - Utc::now()).to_std().unwrap_or_default()),
-                ));
+                return Ok(Claim::Idle(queue::next_due(&pool, run).await?));
             }
-            let mut h = lock_held(&held);
-            for r in &rows {
-                h.rows.insert(r.id, at);
-            }
-            Ok(Claim::Rows(rows, cursor))
+            lock_held(&held).lease(sent, &page.leases);
+            let rows = page
+                .rows
+                .into_iter()
+                .map(|row| Ready {
+                    deadline: row.deadline_in.map(|d| sent + d),
+                    row,
+                })
+                .collect();
+            Ok(Claim::Rows(rows, page.cursor))
         }));
     }
 
@@ -572,6 +627,12 @@ impl Dispatcher {
 
     fn on_attempted(&mut self, a: Attempted) {
         let now = Instant::now();
+        if !a.sent {
+            if a.was_probe {
+                self.breaker.probe_abandoned(now);
+            }
+            return;
+        }
         if let Some((cause, retry_after)) = &a.outage {
             if self.breaker.outage(now, cause, *retry_after) {
                 let wait = self
@@ -609,16 +670,16 @@ impl Dispatcher {
                 tracing::error!("stopping the cycle: {why}");
                 let reason = format!("not sent: {why}");
                 let ready = std::mem::take(&mut self.ready);
-                for row in ready {
-                    if row.run_id == run_id {
+                for r in ready {
+                    if r.row.run_id == run_id {
                         self.emit(Outcome::unsent(
-                            row.id,
-                            row.run_id,
+                            r.row.id,
+                            r.row.run_id,
                             State::Failed,
                             reason.clone(),
                         ));
                     } else {
-                        self.ready.push_back(row);
+                        self.ready.push_back(r);
                     }
                 }
                 let _ = self.out.send(ToWriter::FailRun { run_id, reason });
@@ -630,7 +691,7 @@ impl Dispatcher {
 /// What a claim brought back.
 enum Claim {
     /// Rows, and where the next claim resumes.
-    Rows(Vec<Claimed>, queue::ClaimCursor),
+    Rows(Vec<Ready>, queue::ClaimCursor),
     /// Nothing due now; the next row is due after this wait (or unknown).
     Idle(Option<Duration>),
 }
@@ -660,17 +721,35 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
     }
 }
 
+/// What a request task needs besides its row.
+struct Job {
+    ctx: Context,
+    out: mpsc::UnboundedSender<ToWriter>,
+    held: SharedHeld,
+    was_probe: bool,
+}
+
 /// Sends one row once and turns the answer into its outcome: done, or due again after a
 /// backoff, or failed when the deadline or `max_attempts` comes first.
-async fn attempt(
-    ctx: Context,
-    row: Claimed,
-    request: BackfillRequest,
-    was_probe: bool,
-    out: mpsc::UnboundedSender<ToWriter>,
-) -> Attempted {
-    let started = Utc::now();
-    let ex = metrics::timed_request(ctx.client.submit_backfill(&request)).await;
+async fn attempt(job: Job, row: Claimed, request: BackfillRequest) -> Attempted {
+    let started = Mono::now();
+    // Checked again here, where the request leaves: a process paused between the dispatcher's
+    // check and this line must not send a row whose lease has lapsed meanwhile.
+    let timeout = job.ctx.settings.provider.request_timeout;
+    let lease_left = lock_held(&job.held)
+        .valid_until(row.id)
+        .is_some_and(|until| until >= started + timeout);
+    if !lease_left {
+        record(&job.out, Outcome::released(row.id, row.run_id)).await;
+        return Attempted {
+            sent: false,
+            outage: None,
+            stop: None,
+            clock: None,
+            was_probe: job.was_probe,
+        };
+    }
+    let ex = metrics::timed_request(job.ctx.client.submit_backfill(&request)).await;
     tracing::debug!(
         app_id = request.app_id.as_str(),
         mcc = request.mcc.as_str(),
@@ -678,92 +757,86 @@ async fn attempt(
         "attempt: {}",
         ex.error.as_deref().unwrap_or("succeeded")
     );
-    let (outcome, mut result) = judge_answer(&ctx.settings.provider, &row, &ex, started);
-    result.was_probe = was_probe;
+    let (outcome, mut result) = judge_answer(&job.ctx.settings.provider, &row, &ex, started);
+    result.was_probe = job.was_probe;
     // The request's slot is held until its outcome is recorded: requests sent but not yet
     // recorded (those a kill -9 would send again) never exceed max_in_flight, and while the
     // database cannot record, no new request starts.
-    let (ack, recorded) = oneshot::channel();
-    let _ = out.send(ToWriter::Outcome(outcome, Some(ack)));
-    let _ = recorded.await;
+    record(&job.out, outcome).await;
     result
 }
 
-/// What an answer means for the row (done, due again after a backoff, or failed because the
-/// deadline or `max_attempts` comes first) and for the dispatcher (an outage, a stop).
+/// Hands an outcome to the writer and waits until it is recorded (or the writer is gone).
+async fn record(out: &mpsc::UnboundedSender<ToWriter>, outcome: Outcome) {
+    let (ack, recorded) = oneshot::channel();
+    let _ = out.send(ToWriter::Outcome(outcome, Some(ack)));
+    let _ = recorded.await;
+}
+
+/// What an answer means for the row (done, due again after a backoff, or failed because
+/// `max_attempts` is reached; the deadline is judged by the database when the outcome is
+/// written) and for the dispatcher (an outage, a stop).
 fn judge_answer<T>(
     provider: &ProviderSettings,
     row: &Claimed,
     ex: &Exchange<T>,
-    started: DateTime<Utc>,
+    started: Mono,
 ) -> (Outcome, Attempted) {
     let attempts = u32::try_from(row.attempts).unwrap_or(0) + 1;
     let cause = ex.error.clone().unwrap_or_else(|| "no error".into());
-    let mut outcome = Outcome {
-        id: row.id,
-        run_id: row.run_id,
-        state: State::Failed,
-        supersedable: false,
-        reason: None,
-        attempt_at: Some(started),
-        provider_status: ex.provider_status.clone(),
-        provider_reason: ex.reason.clone(),
-        http_status: ex.http_status.map(i32::from),
-        error: ex.error.clone(),
-        next_attempt_at: None,
-        done_at: Some(Utc::now()),
+    let disposition = match ex.class {
+        Class::Success => Disposition::Succeeded,
+        Class::Rejected(_) => Disposition::Failed(None),
+        Class::Transient if provider.max_attempts.is_some_and(|max| attempts >= max) => {
+            Disposition::Failed(Some(format!(
+                "gave up after {}: {cause}",
+                count(attempts, "attempt")
+            )))
+        }
+        Class::Transient => Disposition::Retry(
+            backoff(provider.retry_backoff, attempts).max(ex.retry_after.unwrap_or_default()),
+        ),
     };
-    let mut result = Attempted {
-        outage: ex.is_outage().then(|| (cause.clone(), ex.retry_after)),
-        stop: None,
-        clock: (ex.provider_status.as_deref() == Some("-16")).then_some(ex.timestamp),
-        was_probe: false,
-    };
-    match ex.class {
-        Class::Success => outcome.state = State::Succeeded,
-        Class::Rejected(rejection) if rejection.stops_the_cycle() => {
-            let why = format!(
+    let stop = match ex.class {
+        Class::Rejected(rejection) if rejection.stops_the_cycle() => Some((
+            row.run_id,
+            format!(
                 "provider status {} ({}): {}",
                 ex.provider_status.as_deref().unwrap_or("?"),
                 ex.reason.as_deref().unwrap_or("no reason given"),
                 rejection.advice()
-            );
-            result.stop = Some((row.run_id, why));
-        }
-        Class::Rejected(_) => {}
-        Class::Transient => {
-            let wait =
-                backoff(provider.retry_backoff, attempts).max(ex.retry_after.unwrap_or_default());
-            retry_or_give_up(&mut outcome, provider, row, attempts, wait, &cause);
-        }
-    }
+            ),
+        )),
+        _ => None,
+    };
+    let outcome = Outcome {
+        id: row.id,
+        run_id: row.run_id,
+        disposition,
+        attempt: Some(Attempt {
+            started: Some(started),
+            provider_status: ex.provider_status.clone(),
+            provider_reason: ex.reason.clone(),
+            http_status: ex.http_status.map(i32::from),
+            error: ex.error.clone(),
+        }),
+    };
+    let result = Attempted {
+        sent: true,
+        outage: ex.is_outage().then_some((cause, ex.retry_after)),
+        stop,
+        clock: (ex.provider_status.as_deref() == Some("-16")).then_some(ex.timestamp),
+        was_probe: false,
+    };
     (outcome, result)
 }
 
-/// After a transient failure: due again after `wait`, unless `max_attempts` or the deadline
-/// comes first (a deadline expiry is superseded instead when a newer tick exists).
-fn retry_or_give_up(
-    outcome: &mut Outcome,
-    provider: &ProviderSettings,
-    row: &Claimed,
-    attempts: u32,
-    wait: Duration,
-    cause: &str,
-) {
-    let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-    if provider.max_attempts.is_some_and(|max| attempts >= max) {
-        outcome.reason = Some(format!("gave up after {attempts} attempts: {cause}"));
-    } else if let Some(deadline) = row.deadline.filter(|d| next >= *d) {
-        outcome.supersedable = true;
-        outcome.reason = Some(format!(
-            "deadline {} passed after {attempts} attempts: {cause}",
-            deadline.to_rfc3339()
-        ));
+/// `n` and the noun, agreeing in number: "1 attempt", "3 attempts".
+pub fn count(n: u32, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
     } else {
-        outcome.state = State::Pending;
-        outcome.supersedable = true;
-        outcome.next_attempt_at = Some(next);
-        outcome.done_at = None;
+        format!("{n} {noun}s")
     }
 }
 
@@ -827,21 +900,27 @@ impl Group {
         // In id order, as every statement that locks several rows does: no deadlock.
         self.outcomes.sort_unstable_by_key(|o| o.id);
         let batch = &self.outcomes;
+        lock_held(held).writing.extend(batch.iter().map(|o| o.id));
         let written = retry_db("recording outcomes", || queue::record(pool, owner, batch)).await;
         {
             let mut h = lock_held(held);
             for o in batch {
                 h.rows.remove(&o.id);
+                h.writing.remove(&o.id);
             }
         }
         for ack in self.acks {
             let _ = ack.send(());
         }
-        let lost = batch.len() - written.len();
+        let lost = batch
+            .iter()
+            .filter(|o| o.attempt.is_some())
+            .count()
+            .saturating_sub(written.iter().filter(|w| by_attempt(batch, w.id)).count());
         if lost > 0 {
             tracing::warn!(
                 lost,
-                "outcomes not recorded: the lease on those rows had passed to another instance"
+                "answers not recorded: the lease on those rows had passed to another instance, which sends them again"
             );
         }
         account(batch, &written);
@@ -890,6 +969,13 @@ async fn close_runs(pool: PgPool, mut rx: mpsc::UnboundedReceiver<i64>, closed: 
     }
 }
 
+/// Whether the outcome for `id` in the batch recorded an attempt.
+fn by_attempt(batch: &[Outcome], id: i64) -> bool {
+    batch
+        .binary_search_by_key(&id, |o| o.id)
+        .is_ok_and(|i| batch[i].attempt.is_some())
+}
+
 /// Counts each final state in the metrics and logs each failure, once its write is done.
 fn account(batch: &[Outcome], written: &[queue::Written]) {
     let by_id: HashMap<i64, &Outcome> = batch.iter().map(|o| (o.id, o)).collect();
@@ -897,13 +983,18 @@ fn account(batch: &[Outcome], written: &[queue::Written]) {
         let Some(o) = by_id.get(&w.id) else {
             continue;
         };
-        metrics::record_outcome(w.state.as_str(), o.provider_status.as_deref());
+        let attempt = o.attempt.as_ref();
+        metrics::record_outcome(
+            w.state.as_str(),
+            attempt.and_then(|a| a.provider_status.as_deref()),
+        );
         if w.state == State::Failed {
-            let why = o
-                .reason
-                .as_deref()
-                .or(o.error.as_deref())
-                .unwrap_or("failed");
+            let why = match &o.disposition {
+                Disposition::Failed(Some(r)) | Disposition::Unsent(_, r) => Some(r.as_str()),
+                _ => None,
+            }
+            .or(attempt.and_then(|a| a.error.as_deref()))
+            .unwrap_or("deadline passed");
             tracing::warn!(id = w.id, run_id = w.run_id, "submission failed: {why}");
         }
     }
@@ -940,7 +1031,9 @@ where
     }
 }
 
-/// Extends the leases of held rows every few seconds until stopped.
+/// Extends the leases of held rows every few seconds until stopped. A row the renewal does
+/// not return leaves this instance's hands at once; a renewal that fails changes nothing, and
+/// the leases run out on the boot clock.
 async fn renew_leases(
     pool: PgPool,
     owner: String,
@@ -958,10 +1051,16 @@ async fn renew_leases(
         if ids.is_empty() {
             continue;
         }
-        let at = Instant::now();
+        let sent = Mono::now();
         match queue::renew(&pool, &owner, &ids, lease).await {
-            Ok(_) => {
-                lock_held(&held).renewed = Some(at);
+            Ok(renewed) => {
+                let lost = lock_held(&held).renewed(sent, &ids, &renewed);
+                if lost > 0 {
+                    tracing::warn!(
+                        lost,
+                        "lost the lease on {lost} rows: another instance took them after this one could not renew in time; this one does not send them"
+                    );
+                }
                 if failing {
                     tracing::info!("leases renewed again");
                 }
@@ -995,17 +1094,54 @@ mod tests {
         }
     }
 
+    fn leased(id: i64, secs: u64) -> queue::Leased {
+        queue::Leased {
+            id,
+            lasts: Duration::from_secs(secs),
+        }
+    }
+
     #[test]
-    fn a_lease_lasts_from_the_later_of_claim_and_renewal() {
-        let t0 = Instant::now();
-        let lease = Duration::from_secs(25);
+    fn a_lease_lasts_from_when_its_statement_was_sent() {
+        let t0 = Mono::now();
         let mut h = Held::default();
-        h.rows.insert(1, t0);
-        assert_eq!(h.valid_until(1, lease), Some(t0 + lease));
-        h.renewed = Some(t0 + Duration::from_secs(5));
-        assert_eq!(h.valid_until(1, lease), Some(t0 + Duration::from_secs(30)));
-        h.rows.insert(2, t0 + Duration::from_secs(9));
-        assert_eq!(h.valid_until(2, lease), Some(t0 + Duration::from_secs(34)));
-        assert_eq!(h.valid_until(3, lease), None);
+        h.lease(t0, &[leased(1, 25)]);
+        assert_eq!(h.valid_until(1), Some(t0 + Duration::from_secs(25)));
+        h.lease(t0 + Duration::from_secs(9), &[leased(2, 25)]);
+        assert_eq!(h.valid_until(2), Some(t0 + Duration::from_secs(34)));
+        assert_eq!(h.valid_until(3), None);
+    }
+
+    #[test]
+    fn a_row_a_renewal_does_not_return_leaves_at_once_and_only_returned_rows_are_extended() {
+        let t0 = Mono::now();
+        let mut h = Held::default();
+        h.lease(t0, &[leased(1, 25), leased(2, 25), leased(3, 25)]);
+        h.writing.insert(3);
+        let t1 = t0 + Duration::from_secs(3);
+        // Row 2 was taken by another instance; row 3 is being recorded (locked, skipped).
+        let lost = h.renewed(t1, &[1, 2, 3], &[leased(1, 25)]);
+        assert_eq!(lost, 1, "only row 2 was lost");
+        assert_eq!(h.valid_until(1), Some(t1 + Duration::from_secs(25)));
+        assert_eq!(h.valid_until(2), None);
+        assert_eq!(h.valid_until(3), None);
+    }
+
+    #[test]
+    fn a_renewal_never_shortens_a_lease_nor_brings_back_a_row_recorded_meanwhile() {
+        let t0 = Mono::now();
+        let mut h = Held::default();
+        h.lease(t0 + Duration::from_secs(10), &[leased(1, 25)]);
+        let lost = h.renewed(t0, &[1, 2], &[leased(1, 5), leased(2, 25)]);
+        assert_eq!(lost, 0);
+        assert_eq!(h.valid_until(1), Some(t0 + Duration::from_secs(35)));
+        assert_eq!(h.valid_until(2), None, "recorded while the renewal ran");
+    }
+
+    #[test]
+    fn counts_agree_in_number() {
+        assert_eq!(count(1, "attempt"), "1 attempt");
+        assert_eq!(count(0, "attempt"), "0 attempts");
+        assert_eq!(count(3, "attempt"), "3 attempts");
     }
 }

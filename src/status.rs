@@ -68,6 +68,7 @@ const STATUS: &str = "WITH latest AS ( \
             backfill_number, cardinal_number \
         FROM report_submissions \
         WHERE ($1::text IS NULL OR app_id = $1) AND state <> 'superseded' \
+            AND app_id IS NOT NULL AND mcc IS NOT NULL \
         ORDER BY app_id, mcc, scheduled_for DESC, id DESC) \
     SELECT l.app_id, l.mcc, l.scheduled_for, (l.rate * 100)::int, l.state, l.provider_status, \
         l.detail, l.backfill_number::text, l.cardinal_number::text, \
