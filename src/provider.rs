@@ -216,6 +216,12 @@ impl ProviderClient {
             .timeout(settings.request_timeout)
             .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(90))
+            // A request given up on must not reach the provider later: without this, the
+            // kernel goes on retransmitting a timed-out request for minutes after a network
+            // partition, and a provider that gets it once the partition heals takes it twice
+            // (the retry too). With it, data unacknowledged for the request timeout aborts
+            // the connection.
+            .tcp_user_timeout(settings.request_timeout)
             .tcp_keepalive(Duration::from_secs(60))
             .user_agent(concat!("backfill-reporter/", env!("CARGO_PKG_VERSION")))
             // Config allows http:// for a loopback host only.

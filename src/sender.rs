@@ -52,6 +52,8 @@ const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// A request starts only while its lease has the request timeout and this much more left: the
 /// margin covers the time from the check to the request's first byte, and the outcome write.
 const START_MARGIN: Duration = Duration::from_secs(2);
+/// The longest wait between two tries of a database step the sender cannot do without.
+const DB_RETRY_CAP: Duration = Duration::from_secs(5);
 /// How often held leases are renewed: well inside the margin, so that one slow renewal does
 /// not pause sending.
 const RENEW_EVERY: Duration = Duration::from_secs(3);
@@ -1022,8 +1024,11 @@ where
                 if failures == 1 {
                     tracing::warn!("{what} failed, retrying with backoff: {e:#}");
                 }
+                // At most a few seconds: the step holds outcomes (and so in-flight slots) or a
+                // run's close, which must follow the database's return closely.
                 tokio::time::sleep(
-                    backoff(Duration::from_millis(200), failures).max(Duration::from_millis(100)),
+                    backoff(Duration::from_millis(200), failures)
+                        .clamp(Duration::from_millis(100), DB_RETRY_CAP),
                 )
                 .await;
             }
