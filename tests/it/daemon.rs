@@ -62,7 +62,7 @@ impl SteppedDaemon {
         let clock_reads = Arc::new(AtomicUsize::new(0));
         let clock: Clock = {
             let (offset_ms, clock_reads) = (offset_ms.clone(), clock_reads.clone());
-            Arc::new(move || {
+            Clock::manual(move || {
                 clock_reads.fetch_add(1, SeqCst);
                 Utc::now() + chrono::Duration::milliseconds(offset_ms.load(SeqCst))
             })
@@ -331,15 +331,16 @@ async fn a_slow_provider_does_not_hold_back_the_next_tick(pool: PgPool) {
 
 #[sqlx::test]
 async fn after_downtime_one_catch_up_cycle_runs_for_the_latest_missed_tick(pool: PgPool) {
-    // Daily at midnight UTC, on a wall clock that reads noon: the latest tick is 12 hours
-    // past and the next 12 hours ahead, whatever the real time of day.
+    // Daily at midnight UTC, on a clock that reads noon yesterday: the latest tick is 12 hours
+    // past and the next 12 hours ahead, whatever the real time of day. Every tick is in the
+    // database's past, so it agrees that each is due.
     let config = TestConfig {
         cron: "0 0 * * *".into(),
         timezone: "UTC".into(),
         ..TestConfig::default()
     };
     let app = TestApp::with(pool, config).await;
-    let noon = today_at(12, 0, 0);
+    let noon = today_at(12, 0, 0) - chrono::Duration::days(1);
     let latest = noon - chrono::Duration::hours(12);
     let next = noon + chrono::Duration::hours(12);
     app.seed("downtime", 460, latest - chrono::Duration::hours(1), 10, 4)
@@ -378,14 +379,15 @@ async fn after_downtime_one_catch_up_cycle_runs_for_the_latest_missed_tick(pool:
 async fn after_a_wall_clock_jump_the_next_tick_fires_on_time_and_a_long_jump_runs_one_catch_up(
     pool: PgPool,
 ) {
-    // On the hour, in UTC, on a wall clock that reads 10:30 at the start.
+    // On the hour, in UTC, on a clock that reads 10:30 two days ago at the start: every tick
+    // the test steps to is in the database's past.
     let config = TestConfig {
         cron: "0 0 * * * *".into(),
         timezone: "UTC".into(),
         ..TestConfig::default()
     };
     let app = TestApp::with(pool, config).await;
-    let hour = today_at(11, 0, 0);
+    let hour = today_at(11, 0, 0) - chrono::Duration::days(2);
     app.seed("jumpApp1", 460, hour - chrono::Duration::minutes(30), 10, 4)
         .await;
     let daemon = SteppedDaemon::start(&app, hour - chrono::Duration::minutes(30));

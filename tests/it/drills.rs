@@ -284,9 +284,7 @@ async fn two_instances_share_the_work_and_send_every_pair_exactly_once(pool: PgP
 
 #[sqlx::test]
 async fn a_database_stopped_for_two_minutes_is_waited_out_and_its_tick_reported(_pool: PgPool) {
-    let Some(server) = PgServer::start() else {
-        return;
-    };
+    let server = PgServer::start();
     let admin = PgPool::connect(&server.url("postgres")).await.unwrap();
     sqlx::query("CREATE DATABASE drill")
         .execute(&admin)

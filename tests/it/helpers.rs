@@ -145,6 +145,26 @@ impl TestApp {
 
     /// Writes the config file from `c` (the file the binary and `settings()` read).
     pub fn write_config(&self, c: &TestConfig) {
+        std::fs::write(&self.config_path, self.config_text(c, &self.db_url)).unwrap();
+    }
+
+    /// Writes the config of another instance, `<name>.toml` beside the main one: `c`, with
+    /// the database reached at `db_url` (a proxy in front of it, say). Returns its path.
+    pub fn instance_config(&self, name: &str, c: &TestConfig, db_url: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, self.config_text(c, db_url)).unwrap();
+        path
+    }
+
+    /// The test database's URL with its host and port replaced by `addr` (a proxy).
+    pub fn db_url_via(&self, addr: std::net::SocketAddr) -> String {
+        let mut url = reqwest::Url::parse(&self.db_url).expect("the test database URL");
+        url.set_ip_host(addr.ip()).unwrap();
+        url.set_port(Some(addr.port())).unwrap();
+        url.to_string()
+    }
+
+    fn config_text(&self, c: &TestConfig, db_url: &str) -> String {
         let query = c
             .query
             .as_ref()
@@ -157,7 +177,7 @@ impl TestApp {
         if let Some(d) = &c.retry_deadline {
             retries.push_str(&format!("retry_deadline = {d:?}\n"));
         }
-        let text = format!(
+        format!(
             "[provider]\nbase_url = {base:?}\napi_key = {API_KEY:?}\napi_secret_file = {secret:?}\n\
              request_timeout = {rt:?}\nmax_in_flight = {mif}\n{retries}retry_backoff = {rb:?}\n\
              [database]\nurl = {db:?}\n\
@@ -168,14 +188,13 @@ impl TestApp {
             rt = c.request_timeout,
             mif = c.max_in_flight,
             rb = c.retry_backoff,
-            db = self.db_url,
+            db = db_url,
             w = c.window,
             mc = c.min_cardinal,
             apps = c.apps,
             cron = c.cron,
             tz = c.timezone,
-        );
-        std::fs::write(&self.config_path, text).unwrap();
+        )
     }
 
     /// The settings of the config file alone: the test process's own environment (DATABASE_URL
@@ -252,9 +271,7 @@ impl TestApp {
 
     /// The binary with `--config` set and an environment that cannot override the file.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = isolated(BIN);
-        cmd.arg("--config").arg(&self.config_path).args(args);
-        cmd
+        command_with(&self.config_path, args)
     }
 
     /// Runs the binary to completion.
@@ -298,10 +315,41 @@ impl TestApp {
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
+
+    /// The one text value `sql` selects.
+    pub async fn count_text(&self, sql: &str) -> String {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
 }
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_backfill-reporter");
+
+/// The binary with `--config config` and an environment that cannot override the file.
+pub fn command_with(config: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = isolated(BIN);
+    cmd.arg("--config").arg(config).args(args);
+    cmd
+}
+
+/// Makes `cmd` read a wall clock `offset` off the real one ("+2m", "-120s"), as on a host whose
+/// clock is wrong, with libfaketime (Debian's `faketime`, which `scripts/test-db` installs).
+/// Its boot and monotonic clocks are left alone: only the wall clock is wrong on such a host.
+pub fn skew_clock(cmd: &mut Command, offset: &str) {
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ]
+    .iter()
+    .map(|d| std::path::Path::new(d).join("faketime/libfaketimeMT.so.1"))
+    .find(|p| p.exists())
+    .expect("libfaketime is not installed: run scripts/test-db (or apt-get install faketime)");
+    cmd.env("LD_PRELOAD", lib)
+        .env("FAKETIME", offset)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("FAKETIME_DONT_RESET", "1");
+}
 
 /// `program` with an environment that cannot override a config file (the test process's
 /// DATABASE_URL, credentials, systemd's sockets), RUST_LOG at info, no stdin, killed when
@@ -343,6 +391,11 @@ impl Daemon {
         for (name, value) in env {
             command.env(name, value);
         }
+        Self::spawn(command)
+    }
+
+    /// Starts `command` (the binary, with `run` or `run --once`), its stderr collected.
+    pub fn spawn(mut command: Command) -> Self {
         let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -13,6 +13,8 @@ mod daemon;
 mod db_tls;
 mod dist;
 mod drills;
+mod fence;
+mod harness;
 mod metrics;
 mod migrations;
 mod process;
