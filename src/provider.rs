@@ -144,8 +144,8 @@ pub struct Exchange<T> {
     pub body: Option<String>,
     /// The Timestamp that was signed, so a -16 can be logged next to the local clock.
     pub timestamp: i64,
-    /// The `Retry-After` of a 429 or 503, in either of its forms, at most [`MAX_RETRY_AFTER`]:
-    /// how long the provider asked us to stay away.
+    /// The `Retry-After` of a 408, 429 or 5xx, in either of its forms, at most
+    /// [`MAX_RETRY_AFTER`]: how long the provider asked us to stay away.
     pub retry_after: Option<Duration>,
     /// How the request failed before any HTTP answer was complete, if it did.
     pub transport: Option<Transport>,
@@ -319,7 +319,7 @@ impl<T: DeserializeOwned> Exchange<T> {
                 .get(name)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         };
-        if matches!(http, 429 | 503) {
+        if try_again_later(http) {
             self.retry_after = header(reqwest::header::RETRY_AFTER)
                 .and_then(|v| parse_retry_after(&v, chrono::Utc::now()));
         }
@@ -352,8 +352,19 @@ impl<T: DeserializeOwned> Exchange<T> {
         }
     }
 
-    /// Classes the answer by its body: the documented JSON's `status` first, the HTTP status
-    /// where the body is not that JSON or contradicts it.
+    /// Classes the answer. The rule, as README's "What is sent" states it:
+    ///
+    /// 1. a status the provider's pages document (`0`, `-1`, `-2`, `-16`, `-18`, `-22`) in the
+    ///    body decides, whatever the HTTP code a gateway put on it: a `-1` on HTTP 401 still
+    ///    stops the cycle, a `-18` on HTTP 503 is retried. A `0` on a non-2xx answer contradicts
+    ///    itself, and the HTTP status decides;
+    /// 2. an HTTP 408, 429 or 5xx whose body carries no documented status (not JSON, or a
+    ///    gateway's own JSON such as Spring's `{"status":429,"error":"Too Many Requests"}`,
+    ///    whose numeric `status` is the HTTP code again, not the provider's) is transient,
+    ///    retried no sooner than its `Retry-After`;
+    /// 3. anything else: an undocumented status is a rejection (as is a redirect, see
+    ///    [`Exchange::read`]), a body that is not the documented JSON is classed by its HTTP
+    ///    status.
     fn judge(&mut self, text: String) {
         let http = self.http_status.unwrap_or_default();
         let parsed = serde_json::from_str::<Envelope>(&text);
@@ -361,30 +372,32 @@ impl<T: DeserializeOwned> Exchange<T> {
         let envelope = match parsed {
             Ok(envelope) => envelope,
             Err(e) => {
-                let (class, what) = http_class(http);
-                self.class = class;
-                self.error = Some(clean(
-                    &format!("HTTP {http}{what} with a body that is not the documented JSON: {e}"),
-                    MAX_ERROR_CHARS,
-                ));
+                self.by_http(
+                    http,
+                    &format!("with a body that is not the documented JSON: {e}"),
+                );
                 return;
             }
         };
         let status = clean(envelope.status.trim(), MAX_STATUS_CHARS);
+        let documented = documented(&status);
+        if documented.is_none() && try_again_later(http) {
+            // A gateway's body: its `status` and text are not the provider's to record.
+            self.by_http(
+                http,
+                &format!("with a body whose status {status} the provider does not document"),
+            );
+            return;
+        }
         let reason = envelope.reason.0.map(|r| clean(&r, MAX_REASON_CHARS));
         self.provider_status = Some(status.clone());
         self.reason = reason.clone();
         let success_http = (200..=299).contains(&http);
-        if !success_http && classify(&status) == Class::Success {
-            // A "0" on an error page contradicts itself: believe the HTTP status.
-            let (class, what) = http_class(http);
-            self.class = class;
-            self.error = Some(format!("HTTP {http}{what} with provider status 0"));
+        if !success_http && documented == Some(Class::Success) {
+            self.by_http(http, "with provider status 0");
             return;
         }
-        // The provider's own status says more than the HTTP code a gateway put on it: a -1 on
-        // HTTP 401 still stops the cycle, a -22 on HTTP 400 is still about the parameters.
-        self.class = classify(&status);
+        self.class = documented.unwrap_or(Class::Rejected(Rejection::Other));
         if self.class != Class::Success {
             let on = if success_http {
                 String::new()
@@ -410,6 +423,22 @@ impl<T: DeserializeOwned> Exchange<T> {
             }
         }
     }
+
+    /// Classes the answer by its HTTP status alone, `detail` saying why the body did not decide.
+    fn by_http(&mut self, http: u16, detail: &str) {
+        let (class, what) = http_class(http);
+        self.class = class;
+        self.error = Some(clean(
+            &format!("HTTP {http}{what} {detail}"),
+            MAX_ERROR_CHARS,
+        ));
+    }
+}
+
+/// HTTP statuses that say "not now" rather than "no": a timeout (408), throttling (429) and
+/// server or gateway errors (5xx). Their `Retry-After` is honoured.
+fn try_again_later(http: u16) -> bool {
+    matches!(http, 408 | 429 | 500..=599)
 }
 
 /// The class of an HTTP status when the body does not say more, with a word on what it means.
@@ -506,14 +535,19 @@ fn sensitive(hex: String) -> reqwest::header::HeaderValue {
 /// Maps the provider's top-level status to a class. Statuses not documented for these two calls
 /// (other endpoints add -10, -26 … -29) are rejections: retrying cannot change them.
 pub fn classify(status: &str) -> Class {
-    match status.trim() {
+    documented(status).unwrap_or(Class::Rejected(Rejection::Other))
+}
+
+/// The class of a status the two pages document, `None` for any other.
+fn documented(status: &str) -> Option<Class> {
+    Some(match status.trim() {
         "0" => Class::Success,
         "-1" => Class::Rejected(Rejection::Authentication),
         "-2" => Class::Rejected(Rejection::IpRestricted),
         "-22" => Class::Rejected(Rejection::Parameters),
         "-16" | "-18" => Class::Transient,
-        _ => Class::Rejected(Rejection::Other),
-    }
+        _ => return None,
+    })
 }
 
 fn transport_kind(e: &reqwest::Error) -> Transport {

@@ -19,4 +19,5 @@ mod process;
 mod provider_client;
 mod reload;
 mod status;
+mod throttling;
 mod unit_file;
