@@ -550,19 +550,26 @@ fn validate_base_url(raw: &str) -> anyhow::Result<String> {
              authenticated by provider.api_key and the signature"
         );
     }
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback(&url) => {}
-        "http" => bail!(
-            "http:// is allowed for a loopback host only (127.0.0.1, ::1, localhost): the \
-             signing headers would cross the network in cleartext; use https://"
-        ),
-        other => bail!("scheme {other:?} is not https"),
-    }
+    https_unless_loopback(&url, "the signing headers")?;
     if url.query().is_some() || url.fragment().is_some() {
         bail!("must not carry a query or fragment");
     }
     Ok(trimmed.to_owned())
+}
+
+/// https, or http to this machine only, for every URL the daemon sends something secret to:
+/// over http, `what` would cross the network in cleartext. (The url crate has already
+/// lowercased the scheme, so `HTTP://` is http.)
+fn https_unless_loopback(url: &reqwest::Url, what: &str) -> anyhow::Result<()> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(url) => Ok(()),
+        "http" => bail!(
+            "http:// is allowed for a loopback host only (127.0.0.1, ::1, localhost): {what} \
+             would cross the network in cleartext; use https://"
+        ),
+        other => bail!("scheme {other:?} is not https"),
+    }
 }
 
 fn is_loopback(url: &reqwest::Url) -> bool {
@@ -868,9 +875,8 @@ fn alarm_settings(
         // Never echoed: the URL is the webhook's credential.
         let parsed = reqwest::Url::parse(url.expose_secret().trim())
             .map_err(|_| anyhow::anyhow!("alarm.webhook_url is not a URL"))?;
-        if !matches!(parsed.scheme(), "https" | "http") {
-            bail!("alarm.webhook_url must be an http or https URL");
-        }
+        https_unless_loopback(&parsed, "the webhook's token (in its URL) and the alerts")
+            .context("alarm.webhook_url")?;
     }
     Ok(AlarmSettings {
         drop_points,
@@ -997,6 +1003,30 @@ mod tests {
             s.alarm.webhook_url.unwrap().expose_secret(),
             "https://hooks.example/T1/B1/FROMCRED"
         );
+    }
+
+    #[test]
+    fn a_webhook_url_is_https_or_loopback_like_the_base_url() {
+        for ok in [
+            "https://hooks.example/T000/B000/XXXX",
+            "http://127.0.0.1:9000/hook",
+            "http://[::1]/hook",
+            "http://localhost/hook",
+        ] {
+            parse(&format!("{MINIMAL}[alarm]\nwebhook_url = {ok:?}\n")).unwrap();
+        }
+        for bad in [
+            "http://hooks.example/T000/B000/SECRETTOKEN",
+            "http://10.0.0.5/SECRETTOKEN",
+        ] {
+            let err = format!(
+                "{:#}",
+                parse(&format!("{MINIMAL}[alarm]\nwebhook_url = {bad:?}\n")).unwrap_err()
+            );
+            assert!(err.contains("alarm.webhook_url"), "{err}");
+            assert!(err.contains("loopback host only"), "{err}");
+            assert!(!err.contains("SECRETTOKEN"), "{err}");
+        }
     }
 
     #[test]

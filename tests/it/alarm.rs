@@ -446,3 +446,100 @@ async fn run_once_logs_one_warn_line_naming_the_country_the_numbers_and_the_base
         warns[0]
     );
 }
+
+/// Every request a [`Recorder`] got: method, path and headers (lowercase names).
+type Seen = Arc<Mutex<Vec<(String, String, axum::http::HeaderMap)>>>;
+
+/// A local HTTP server that records every request, whatever its method or path, and answers
+/// each with `http` and, when given, a `Location`.
+struct Recorder {
+    url: String,
+    seen: Seen,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Recorder {
+    async fn start(http: u16, location: Option<String>) -> Self {
+        let seen = Seen::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let record = seen.clone();
+        let app = Router::new().fallback(move |req: axum::extract::Request| {
+            let (record, location) = (record.clone(), location.clone());
+            async move {
+                let (parts, _) = req.into_parts();
+                record.lock().unwrap().push((
+                    parts.method.to_string(),
+                    parts.uri.path().to_owned(),
+                    parts.headers,
+                ));
+                let mut answer = axum::response::Response::new(axum::body::Body::empty());
+                *answer.status_mut() = StatusCode::from_u16(http).unwrap();
+                if let Some(to) = location {
+                    answer.headers_mut().insert("location", to.parse().unwrap());
+                }
+                answer
+            }
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url: format!("http://{addr}/hooks/T000/B000/secret-token"),
+            seen,
+            task,
+        }
+    }
+
+    fn seen(&self) -> Vec<(String, String, axum::http::HeaderMap)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[sqlx::test]
+async fn a_webhook_that_redirects_is_not_followed_and_the_alert_stays_unsent(pool: PgPool) {
+    let elsewhere = Recorder::start(200, None).await;
+    let app = app_with_alarm(pool, "baseline_samples = 4").await;
+    healthy_history(&app).await;
+    for (n, http) in [(4, 302), (5, 307)] {
+        let redirect = Recorder::start(http, Some(format!("{}/collect", elsewhere.url))).await;
+        let text = std::fs::read_to_string(&app.config_path).unwrap();
+        let text = match text.find("webhook_url") {
+            Some(at) => text[..at].to_owned(),
+            None => text,
+        };
+        std::fs::write(
+            &app.config_path,
+            format!("{text}webhook_url = {:?}\n", redirect.url),
+        )
+        .unwrap();
+
+        let report = run_tick(&app, n, &COLLAPSED).await;
+
+        assert!(report.all_good());
+        // Three tries, each answered with the redirect; none reaches the other host.
+        eventually(Duration::from_secs(15), "three tries", || async {
+            redirect.seen().len() == 3
+        })
+        .await;
+        for (method, path, headers) in redirect.seen() {
+            assert_eq!(
+                (method.as_str(), path.as_str()),
+                ("POST", "/hooks/T000/B000/secret-token")
+            );
+            assert!(headers.get("referer").is_none(), "{headers:?}");
+        }
+        assert!(
+            elsewhere.seen().is_empty(),
+            "HTTP {http}: the redirect was followed: {:?}",
+            elsewhere.seen()
+        );
+        assert_eq!(alerts_sent(&app).await, 0, "HTTP {http}: marked as sent");
+    }
+}
