@@ -540,7 +540,8 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 /// `provider.base_url`: https, or http to this machine only. The signing headers in cleartext
 /// let anyone on the path replay requests and brute-force a short secret offline. The URL is
 /// never echoed: it may carry a password, which is refused too (the API is authenticated by
-/// its headers, and `check` prints the URL).
+/// its headers, and `check` prints the URL). It is returned as the url crate writes it, scheme
+/// and host in lowercase, so that `HTTP://127.0.0.1` is the http it was judged to be.
 fn validate_base_url(raw: &str) -> anyhow::Result<String> {
     let trimmed = raw.trim().trim_end_matches('/');
     let url = reqwest::Url::parse(trimmed).map_err(|e| anyhow::anyhow!("not a URL: {e}"))?;
@@ -554,7 +555,7 @@ fn validate_base_url(raw: &str) -> anyhow::Result<String> {
     if url.query().is_some() || url.fragment().is_some() {
         bail!("must not carry a query or fragment");
     }
-    Ok(trimmed.to_owned())
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 /// https, or http to this machine only, for every URL the daemon sends something secret to:
@@ -1377,6 +1378,14 @@ mod tests {
         ] {
             let s = parse(&format!("{MINIMAL}base_url = {ok:?}\n")).unwrap();
             assert_eq!(s.provider.base_url, ok);
+        }
+        for (written, read) in [
+            ("HTTP://127.0.0.1:8080/otp/", "http://127.0.0.1:8080/otp"),
+            ("Https://API.example.com/otp", "https://api.example.com/otp"),
+            ("https://api.example.com", "https://api.example.com"),
+        ] {
+            let s = parse(&format!("{MINIMAL}base_url = {written:?}\n")).unwrap();
+            assert_eq!(s.provider.base_url, read);
         }
         for (bad, why) in [
             ("http://api.example.com/otp", "loopback host only"),

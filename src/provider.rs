@@ -212,14 +212,16 @@ impl std::fmt::Debug for ProviderClient {
 
 impl ProviderClient {
     pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
+        // Config allows http:// for a loopback host only; a scheme is compared as the url crate
+        // reads it, in lowercase, whatever case it was written in.
+        let cleartext = reqwest::Url::parse(&settings.base_url).is_ok_and(|u| u.scheme() == "http");
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_keepalive(Duration::from_secs(60))
             .user_agent(concat!("backfill-reporter/", env!("CARGO_PKG_VERSION")))
-            // Config allows http:// for a loopback host only.
-            .https_only(!settings.base_url.starts_with("http://"))
+            .https_only(!cleartext)
             // A redirect would carry Api-Key, Timestamp and Sign to wherever it points (reqwest
             // strips only the standard credential headers), and a 302 turns the POST into a
             // bodiless GET whose `"status":"0"` would read as success: a 3xx is an answer.

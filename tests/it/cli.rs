@@ -3,7 +3,7 @@
 use sqlx::PgPool;
 
 use crate::fake_provider::{docs_record_example, Scripted};
-use crate::helpers::{isolated, Output, TestApp, API_SECRET, BIN};
+use crate::helpers::{isolated, Output, TestApp, TestConfig, API_SECRET, BIN};
 
 #[sqlx::test]
 async fn record_prints_a_readable_summary_and_exits_0_when_found(pool: PgPool) {
@@ -288,6 +288,33 @@ async fn check_refuses_cleartext_to_a_remote_provider_and_a_password_in_base_url
         assert!(!format!("{out}{err}").contains("hunter2"), "{out}{err}");
     }
     assert!(app.provider.received().is_empty());
+}
+
+#[sqlx::test]
+async fn a_base_url_scheme_in_capitals_is_http_all_the_way_to_the_provider(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let upper = app.provider.base_url.replace("http://", "HTTP://");
+    app.write_config(&TestConfig {
+        base_url: Some(upper),
+        max_attempts: Some(1),
+        ..app.config.clone()
+    });
+    app.seed_recent("capsUrl1").await;
+
+    let checked = app.run(&["check", "--offline"]).await;
+    let Output { code, out, err } = app.run(&["run", "--once"]).await;
+
+    assert_eq!(checked.code, 0, "{}", checked.err);
+    assert!(
+        checked
+            .out
+            .contains(&format!("provider {} with", app.provider.base_url)),
+        "{}",
+        checked.out
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(app.submissions_in("succeeded").await, 1);
+    assert_eq!(app.provider.backfill_bodies().len(), 1);
 }
 
 #[sqlx::test]
