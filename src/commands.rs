@@ -4,6 +4,7 @@
 //! be reached, [`EXIT_UNREACHABLE`].
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use comfy_table::{presets, Table};
@@ -26,6 +27,39 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 
 /// Rows of its own submissions that `run --once` prints.
 const ONCE_TABLE_ROWS: i64 = 50;
+
+/// `print!` for the commands, through [`write_out`]; `?` after it.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_out(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for the commands, through [`write_out`]; `?` after it.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes to standard output. Once its reader has gone (`run --once --dry-run | head -1`), it
+/// writes nothing more and says nothing, as grep and rg do, and the command ends with its own
+/// exit code; `println!` would panic there (exit 101), since Rust ignores SIGPIPE. Any other
+/// write error (a full disk) ends the command.
+fn write_out(args: std::fmt::Arguments) -> anyhow::Result<()> {
+    use std::io::Write;
+    static READER_GONE: AtomicBool = AtomicBool::new(false);
+    if READER_GONE.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    match std::io::stdout().lock().write_fmt(args) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            READER_GONE.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        written => written.context("writing to standard output"),
+    }
+}
 
 /// The exit code for an error that ended a command.
 pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
@@ -95,7 +129,7 @@ fn opt(v: &Option<String>) -> String {
 async fn dry_run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&settings.database).await?;
     let plan = cycle::preview(&pool, settings, cycle::now_tick()).await?;
-    print_plan(&plan);
+    print_plan(&plan)?;
     let invalid = plan
         .pairs
         .iter()
@@ -107,12 +141,12 @@ async fn dry_run(settings: &Settings) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_plan(plan: &Preview) {
-    println!(
+fn print_plan(plan: &Preview) -> anyhow::Result<()> {
+    outln!(
         "dry run for window [{}, {}); nothing is sent or written",
         plan.window.0.to_rfc3339(),
         plan.window.1.to_rfc3339()
-    );
+    )?;
     let mut t = table(&[
         "app",
         "mcc",
@@ -140,7 +174,7 @@ fn print_plan(plan: &Preview) {
             action,
         ]);
     }
-    println!("{t}");
+    outln!("{t}")
 }
 
 async fn run_once(settings: Settings) -> anyhow::Result<ExitCode> {
@@ -154,12 +188,12 @@ async fn run_once(settings: Settings) -> anyhow::Result<ExitCode> {
         .context("an ad-hoc run is never claimed by another instance")?;
     crate::alarm::wait_for_notifications(std::time::Duration::from_secs(10)).await;
     let t = &report.tally;
-    println!(
+    outln!(
         "run {} at {}: {t}, {} left pending",
         report.run_id,
         tick.to_rfc3339(),
         t.pending
-    );
+    )?;
     if t.pending > 0 {
         eprintln!(
             "interrupted: {} pairs stay pending; a running daemon (or the next run) sends them before their deadline",
@@ -173,12 +207,12 @@ async fn run_once(settings: Settings) -> anyhow::Result<ExitCode> {
         run_id: Some(report.run_id),
         ..HistoryFilter::default()
     };
-    print_history(outcomes::history(&ctx.pool, &filter).await?);
+    print_history(outcomes::history(&ctx.pool, &filter).await?)?;
     if t.pairs > ONCE_TABLE_ROWS {
-        println!(
+        outln!(
             "(the first {ONCE_TABLE_ROWS} of {} rows, failed and invalid first; `backfill-reporter history --limit {}` shows them all)",
             t.pairs, t.pairs
-        );
+        )?;
     }
     Ok(if report.all_good() {
         ExitCode::SUCCESS
@@ -191,34 +225,35 @@ async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&settings.database).await?;
     let applied = db::migrate(&pool).await?;
     if applied.is_empty() {
-        println!(
+        outln!(
             "database is up to date ({} migrations)",
             db::MIGRATOR.iter().count()
-        );
+        )?;
     }
     for m in applied {
-        println!("applied {m}");
+        outln!("applied {m}")?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
-    println!("config {}: valid", settings.path.display());
+    outln!("config {}: valid", settings.path.display())?;
     settings.provider.secret()?;
     ProviderClient::new(&settings.provider)?;
-    println!(
+    outln!(
         "provider {} with api key {}: secret set",
-        settings.provider.base_url, settings.provider.api_key
-    );
+        settings.provider.base_url,
+        settings.provider.api_key
+    )?;
     if offline {
         // What ExecStartPre runs: a bad config never starts, but a database outage cannot stop
         // the start (the daemon waits it out).
-        println!("database and source not checked (--offline)");
+        outln!("database and source not checked (--offline)")?;
         return Ok(ExitCode::SUCCESS);
     }
     let options = db::connect_options(&settings.database)?;
     let pool = db::connect(&settings.database).await?;
-    println!("database {}: connected", db::describe(&options));
+    outln!("database {}: connected", db::describe(&options))?;
     // Only the default source can be waiting for its table: a custom query is checked as it is.
     let unmigrated = settings.source.query.is_none()
         && sqlx::query_scalar::<_, bool>("SELECT to_regclass('otp_counts') IS NULL")
@@ -227,7 +262,7 @@ async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
             .context("looking for the otp_counts table")?;
     if unmigrated {
         // `run` applies the migrations that create it; a first start must not be refused.
-        println!("source otp_counts: not created yet; `run` or `migrate` creates it");
+        outln!("source otp_counts: not created yet; `run` or `migrate` creates it")?;
     } else {
         source::check_columns(&pool, &settings.source).await?;
         let which = if settings.source.query.is_some() {
@@ -235,15 +270,15 @@ async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
         } else {
             "otp_counts"
         };
-        println!("source {which}: columns app_id, mcc, backfill_number, cardinal_number present");
+        outln!("source {which}: columns app_id, mcc, backfill_number, cardinal_number present")?;
     }
     let tz = settings.schedule.timezone;
-    println!(
+    outln!(
         "schedule {:?} in {tz}, next five fire times:",
         settings.schedule.cron.to_string()
-    );
+    )?;
     for t in settings.schedule.cron.upcoming(chrono::Utc::now(), tz, 5) {
-        println!("  {}", t.to_rfc3339());
+        outln!("  {}", t.to_rfc3339())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -256,11 +291,11 @@ async fn history(settings: &Settings, filter: &HistoryFilter) -> anyhow::Result<
         Mcc::parse(mcc).map_err(|e| anyhow::anyhow!("--mcc: {e}"))?;
     }
     let pool = db::connect(&settings.database).await?;
-    print_history(outcomes::history(&pool, filter).await?);
+    print_history(outcomes::history(&pool, filter).await?)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_history(rows: Vec<outcomes::HistoryRow>) {
+fn print_history(rows: Vec<outcomes::HistoryRow>) -> anyhow::Result<()> {
     let mut t = table(&[
         "tick (UTC)",
         "app",
@@ -290,7 +325,7 @@ fn print_history(rows: Vec<outcomes::HistoryRow>) {
             opt(&r.detail),
         ]);
     }
-    println!("{t}");
+    outln!("{t}")
 }
 
 async fn record(
@@ -312,9 +347,9 @@ async fn record(
         // see what came back even when it is an error or not what the page documents.
         if let Some(body) = &ex.body {
             if body.ends_with('\n') {
-                print!("{body}");
+                out!("{body}")?;
             } else {
-                println!("{body}");
+                outln!("{body}")?;
             }
         }
     }
@@ -333,7 +368,7 @@ async fn record(
         return Ok(ExitCode::from(EXIT_FAILED));
     }
     if !json {
-        print!("{}", render_record(&ex.data.unwrap_or_default()));
+        out!("{}", render_record(&ex.data.unwrap_or_default()))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -346,16 +381,16 @@ async fn status(settings: &Settings, app_id: Option<&str>, json: bool) -> anyhow
     let pool = db::connect(&settings.database).await?;
     let rows = crate::status::rows(&pool, app_id).await?;
     if json {
-        println!("{}", crate::status::render_json(&rows));
+        outln!("{}", crate::status::render_json(&rows))?;
     } else {
         let color = crate::status::use_color(
             std::io::stdout().is_terminal(),
             std::env::var_os("NO_COLOR").as_deref(),
         );
-        print!(
+        out!(
             "{}",
             crate::status::render_table(&rows, &settings.alarm, color)
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -454,3 +454,58 @@ async fn an_unreachable_database_exits_3_a_config_error_2_and_check_offline_need
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("bogus"), "{err}");
 }
+
+/// Runs the binary with its stdout a pipe whose reader has gone before anything is written,
+/// as `… | head -1` is once `head` has its line.
+async fn with_reader_gone(app: &TestApp, args: &[&str]) -> Output {
+    let mut child = app
+        .command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the command finishes within 60 s")
+        .unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        out: String::new(),
+        err: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[sqlx::test]
+async fn every_command_exits_quietly_with_its_own_code_when_its_reader_has_gone(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.seed_recent("pipeApp1").await;
+    app.provider
+        .put_record("1234566", docs_record_example()["data"].clone());
+    for (args, code) in [
+        (&["run", "--once", "--dry-run"][..], 0),
+        (&["run", "--once"], 0),
+        (&["history"], 0),
+        (&["status"], 0),
+        (&["status", "--json"], 0),
+        (&["record", "1234566"], 0),
+        (&["record", "1234566", "--json"], 0),
+        (&["check"], 0),
+        (&["check", "--offline"], 0),
+        (&["migrate"], 0),
+    ] {
+        let Output { code: got, err, .. } = with_reader_gone(&app, args).await;
+
+        assert_eq!(got, code, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            !err.to_lowercase().contains("broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        app.submissions_in("succeeded").await,
+        1,
+        "run --once did its work"
+    );
+}
