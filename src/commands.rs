@@ -122,10 +122,6 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
-fn opt(v: &Option<String>) -> String {
-    v.clone().unwrap_or_else(|| "-".to_owned())
-}
-
 async fn dry_run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&settings.database).await?;
     let plan = cycle::preview(&pool, settings, cycle::now_tick()).await?;
@@ -159,14 +155,14 @@ fn print_plan(plan: &Preview) -> anyhow::Result<()> {
     for (row, verdict) in &plan.pairs {
         let action = match verdict {
             Verdict::Send(_) => "send".to_owned(),
-            Verdict::Skip(why) => format!("skip: {why}"),
-            Verdict::Invalid(why) => format!("invalid: {why}"),
+            Verdict::Skip(why) => format!("skip: {}", shown_text(why)),
+            Verdict::Invalid(why) => format!("invalid: {}", shown_text(why)),
         };
         t.add_row(vec![
-            opt(&row.app_id),
-            opt(&row.mcc),
-            opt(&row.backfill_number),
-            opt(&row.cardinal_number),
+            shown(&row.app_id),
+            shown(&row.mcc),
+            shown(&row.backfill_number),
+            shown(&row.cardinal_number),
             verdict
                 .rate()
                 .map_or_else(|| "-".to_owned(), |r| r.to_string()),
@@ -243,7 +239,7 @@ async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
     outln!(
         "provider {} with api key {}: secret set",
         settings.provider.base_url,
-        settings.provider.api_key
+        shown_text(&settings.provider.api_key)
     )?;
     if offline {
         // What ExecStartPre runs: a bad config never starts, but a database outage cannot stop
@@ -312,17 +308,17 @@ fn print_history(rows: Vec<outcomes::HistoryRow>) -> anyhow::Result<()> {
     for r in rows {
         t.add_row(vec![
             r.scheduled_for.format("%Y-%m-%d %H:%M:%S").to_string(),
-            r.app_id,
-            r.mcc,
-            opt(&r.backfill_number),
-            opt(&r.cardinal_number),
+            shown_text(&r.app_id),
+            shown_text(&r.mcc),
+            shown(&r.backfill_number),
+            shown(&r.cardinal_number),
             r.rate.map_or_else(|| "-".to_owned(), |r| r.to_string()),
             r.state,
             r.attempts.to_string(),
-            opt(&r.provider_status),
+            shown(&r.provider_status),
             r.http_status
                 .map_or_else(|| "-".to_owned(), |h| h.to_string()),
-            opt(&r.detail),
+            shown(&r.detail),
         ]);
     }
     outln!("{t}")
@@ -346,11 +342,7 @@ async fn record(
         // As received, before anything can fail on it: the operator debugging a delivery must
         // see what came back even when it is an error or not what the page documents.
         if let Some(body) = &ex.body {
-            if body.ends_with('\n') {
-                out!("{body}")?;
-            } else {
-                outln!("{body}")?;
-            }
+            outln!("{}", for_terminal(body))?;
         }
     }
     if ex.class != Class::Success {
@@ -371,6 +363,18 @@ async fn record(
         out!("{}", render_record(&ex.data.unwrap_or_default()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A provider's body as received, but safe for a terminal: JSON through
+/// [`provider::clean_json`] (the same value, so `jq` reads what the provider sent), anything
+/// else line by line through [`shown_text`]; without its final newline.
+fn for_terminal(body: &str) -> String {
+    let body = body.strip_suffix('\n').unwrap_or(body);
+    if serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok() {
+        provider::clean_json(body)
+    } else {
+        body.lines().map(shown_text).collect::<Vec<_>>().join("\n")
+    }
 }
 
 async fn status(settings: &Settings, app_id: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
@@ -532,12 +536,19 @@ fn settled(s: &Settlement) -> String {
     )
 }
 
-/// Provider text for the terminal, or "-" where the provider sent none.
+/// The most characters of one text that a command prints: a provider's reason is capped at
+/// 500 and an error at 1,000 when stored, a source's value at nothing.
+const SHOWN_CHARS: usize = 1000;
+
+/// Text from outside (the provider, the source, the database: an app id can hold an ESC or a
+/// right-to-left override) for the terminal, [`provider::clean`]ed so that it cannot drive it.
+fn shown_text(text: &str) -> String {
+    provider::clean(text, SHOWN_CHARS)
+}
+
+/// [`shown_text`], or "-" where there is none.
 fn shown(text: &Option<String>) -> String {
-    text.as_deref().map_or_else(
-        || "-".to_owned(),
-        |s| provider::clean(s, provider::MAX_REASON_CHARS),
-    )
+    text.as_deref().map_or_else(|| "-".to_owned(), shown_text)
 }
 
 fn number(n: &Option<i64>) -> String {

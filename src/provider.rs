@@ -474,19 +474,54 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<V
     Ok(body)
 }
 
-/// Provider text made fit for one log line and one database field: control characters (and
-/// the Unicode line and bidi controls) escaped, so that a `\n` in a reason cannot start a
-/// forged log line, and at most `max` characters, so that a reason cannot fill the log.
+/// Provider text made fit for one log line, one database field and a terminal: characters
+/// that [drive a terminal](drives_a_terminal) escaped as Rust writes them (`\n`, `\u{1b}`,
+/// `\u{202e}`), so that a `\n` in a reason cannot start a forged log line nor an ESC recolour
+/// or clear the screen, and at most `max` characters, so that a reason cannot fill the log.
+/// Everything the commands print that came from outside (the provider, the source, the
+/// database) goes through it, or through [`clean_json`] when it is JSON.
 pub fn clean(text: &str, max: usize) -> String {
+    escape(text, max, false)
+}
+
+/// JSON made safe for a terminal without changing its value: the characters [`clean`]
+/// escapes are written as JSON escapes (`\u001b`, `\u202e`), which serde leaves raw for
+/// everything but C0. Newlines, carriage returns and tabs are left alone: in valid JSON they
+/// can only be whitespace between tokens (inside a string serde has escaped them already).
+pub fn clean_json(json: &str) -> String {
+    escape(json, usize::MAX, true)
+}
+
+/// Whether a character can drive a terminal or reorder what it shows: the C0 and C1 controls
+/// (ESC starts a sequence; U+009B is one by itself), DEL, the line and paragraph separators,
+/// and the bidirectional marks, embeddings, overrides and isolates (a right-to-left override
+/// turns the rest of a line around).
+pub fn drives_a_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// [`clean`] and [`clean_json`]: one rule, in Rust's escape syntax or JSON's.
+fn escape(text: &str, max: usize, json: bool) -> String {
     let mut out = String::with_capacity(text.len().min(max));
     let mut used = 0;
     for c in text.chars() {
-        let escaped = c.is_control()
-            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        let piece: String = if escaped {
-            c.escape_default().collect()
-        } else {
+        let piece: String = if !drives_a_terminal(c) || (json && matches!(c, '\n' | '\r' | '\t')) {
             c.to_string()
+        } else if json {
+            // Every character the rule names is in the Basic Multilingual Plane.
+            format!("\\u{:04x}", u32::from(c))
+        } else {
+            c.escape_default().collect()
         };
         let len = piece.chars().count();
         if used + len > max {
@@ -744,11 +779,35 @@ mod tests {
             "bad\\n2026-01-01T00:00:00Z  INFO forged\\r\\u{1b}[31m"
         );
         assert_eq!(clean("a\u{2028}b\u{202e}c", 500), "a\\u{2028}b\\u{202e}c");
+        assert_eq!(
+            clean("\u{9b}31m\u{200f}\u{7f}", 500),
+            "\\u{9b}31m\\u{200f}\\u{7f}"
+        );
         assert_eq!(clean("参数异常", 500), "参数异常");
         let long = clean(&"x".repeat(10_000), 500);
         assert_eq!(long.chars().count(), 501);
         assert!(long.ends_with('…'));
         // An escape is never cut in half.
         assert_eq!(clean("ab\n", 3), "ab…");
+    }
+
+    #[test]
+    fn clean_json_escapes_the_same_characters_in_json_syntax_keeping_the_value() {
+        let value = serde_json::json!({"app": "rtl\u{202e}Shop\u{1b}[2J\u{9b}1m\u{2066}x\u{7f}"});
+        let pretty = serde_json::to_string_pretty(&value).unwrap();
+        let cleaned = clean_json(&pretty);
+        assert!(
+            !cleaned.chars().any(|c| drives_a_terminal(c) && c != '\n'),
+            "{cleaned:?}"
+        );
+        assert!(
+            cleaned.contains(r"rtl\u202eShop\u001b[2J\u009b1m\u2066x\u007f"),
+            "{cleaned}"
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&cleaned).unwrap(),
+            value
+        );
+        assert_eq!(clean_json("{\r\n\t\"a\": 1\n}"), "{\r\n\t\"a\": 1\n}");
     }
 }

@@ -150,6 +150,12 @@ pub fn sparkline(rates: &[Rate]) -> String {
         .collect()
 }
 
+/// An app id (or any text from the report tables) for the terminal: it may hold an ESC or a
+/// right-to-left override, which [`clean`](crate::provider::clean) escapes.
+fn shown(text: &str) -> String {
+    crate::provider::clean(text, 64)
+}
+
 /// Cuts `s` to `width` characters, marking a cut with "…".
 fn fit(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
@@ -248,8 +254,8 @@ fn pair_line(r: &StatusRow, paint: Paint) -> String {
     };
     format!(
         "{} {} {} {} {} {} {} {}",
-        pad(&r.app_id, 9),
-        pad(&r.mcc, 3),
+        pad(&shown(&r.app_id), 9),
+        pad(&shown(&r.mcc), 3),
         pad(&r.country, 14),
         pad_left(&pct(r.rate), 5),
         pad_left(&pct(r.baseline), 5),
@@ -280,8 +286,8 @@ fn legend(out: &mut String, pairs: usize, firing: usize, alarm: &AlarmSettings) 
 fn alarm_lines(out: &mut String, r: &StatusRow, paint: Paint) {
     let head = format!(
         "ALARM {} {} {}: {}% vs baseline {}%",
-        r.app_id,
-        r.mcc,
+        shown(&r.app_id),
+        shown(&r.mcc),
         r.country,
         pct(r.rate),
         pct(r.baseline),
@@ -298,9 +304,12 @@ fn alarm_lines(out: &mut String, r: &StatusRow, paint: Paint) {
     let _ = writeln!(out, "{}", fit(&detail, 79));
 }
 
-/// The rows as one JSON array.
+/// The rows as one JSON array, [safe for a terminal](crate::provider::clean_json) with the same
+/// values: an app id may hold a right-to-left override or a C1 control, which serde leaves raw.
 pub fn render_json(rows: &[StatusRow]) -> String {
-    serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".to_owned())
+    crate::provider::clean_json(
+        &serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".to_owned()),
+    )
 }
 
 #[cfg(test)]

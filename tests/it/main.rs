@@ -19,5 +19,6 @@ mod process;
 mod provider_client;
 mod reload;
 mod status;
+mod terminal;
 mod throttling;
 mod unit_file;
