@@ -401,17 +401,7 @@ fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
         return match e.span() {
             Some(span) => {
                 let (line, column) = position(text, span.start);
-                // The key before `=` on that line, when there is one: never the value.
-                let key = text
-                    .lines()
-                    .nth(line - 1)
-                    .and_then(|l| l.split_once('='))
-                    .map(|(k, _)| k.trim())
-                    .filter(|k| {
-                        !k.is_empty()
-                            && k.chars()
-                                .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c))
-                    });
+                let key = key_on_line(text, span.start);
                 match key {
                     Some(key) => {
                         anyhow::anyhow!("line {line}, column {column} ({key}): {message}")
@@ -452,6 +442,60 @@ fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
         Some(v) => anyhow::anyhow!("line {line}: {}: {message}", v.path),
         None => anyhow::anyhow!("line {line}: {message}"),
     }
+}
+
+/// The key before `=` on the line of `offset`, for an error in text that is not valid TOML:
+/// never a value, and nothing from inside a string. A multi-line secret (`"""…"""`) may hold
+/// a line like `s3cr3t=…`, and an array of strings a line like `"s3cr3t=…",`: their `=` is
+/// inside a string, so they name no key.
+fn key_on_line(text: &str, offset: usize) -> Option<&str> {
+    let start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[start..].split('\n').next().unwrap_or_default();
+    let equals = start + line.find('=')?;
+    if in_string_at(text, start) || in_string_at(text, equals) {
+        return None;
+    }
+    Some(text[start..equals].trim()).filter(|k| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c))
+    })
+}
+
+/// Whether byte `offset` of TOML text lies inside a string: a small lexer for the four string
+/// forms (basic and literal, each on one line or several, escapes in the basic ones) and
+/// comments, enough to tell a key from string content in text that does not parse.
+fn in_string_at(text: &str, offset: usize) -> bool {
+    const OPENINGS: [&[u8]; 4] = [b"\"\"\"", b"'''", b"\"", b"'"];
+    let bytes = &text.as_bytes()[..offset.min(text.len())];
+    let mut closing: Option<&[u8]> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &bytes[i..];
+        match closing {
+            None if rest[0] == b'#' => {
+                i += rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            }
+            None => {
+                closing = OPENINGS.into_iter().find(|open| rest.starts_with(open));
+                i += closing.map_or(1, <[u8]>::len);
+            }
+            Some(close) if close[0] == b'"' && rest[0] == b'\\' => i += 2,
+            Some(close) if rest.starts_with(close) => {
+                closing = None;
+                i += close.len();
+            }
+            // A one-line string ends at its line even when unterminated (that is the error).
+            Some(close) if close.len() == 1 && rest[0] == b'\n' => {
+                closing = None;
+                i += 1;
+            }
+            Some(_) => i += 1,
+        }
+    }
+    closing.is_some()
 }
 
 /// A value of the config file: its dotted key, where it is, and whether it sits under a key
@@ -1150,6 +1194,29 @@ mod tests {
             }
             assert!(err.contains("line "), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_syntax_error_inside_a_multi_line_secret_shows_nothing_from_the_string() {
+        for text in [
+            // The issue's case: an invalid escape on a line of a """ secret holding an `=`.
+            "[provider]\napi_key = \"k1234\"\napi_secret = \"\"\"\nhunter2=abc\\q\n\"\"\"\n",
+            "[provider]\napi_key = \"k1234\"\napi_secret = \"\"\"\nline one\nhunter2 = more\\q\n\"\"\"\n",
+            "[provider]\napi_secret = \"\"\"a \\\"\"\" quote\nhunter2 = x\\q\"\"\"\n",
+            "[database]\nurl = '''\npostgres://u:hunter2@db/x?a=b\n",
+            "[provider]\napi_secret = [\n  \"hunter2=x\\q\",\n]\n",
+            "[provider] # a \" in a comment\napi_secret = \"\"\"\nhunter2=x\\q\"\"\"\n",
+        ] {
+            let err = format!("{:#}", parse(text).unwrap_err());
+            assert!(!err.contains("hunter2"), "{text:?} leaked: {err}");
+            assert!(err.contains("line "), "{text:?}: {err}");
+        }
+        // Outside a string, the key is still named.
+        let err = format!(
+            "{:#}",
+            parse("[provider]\napi_key = \"k\\q\"\n").unwrap_err()
+        );
+        assert!(err.contains("(api_key)"), "{err}");
     }
 
     #[test]

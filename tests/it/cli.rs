@@ -387,6 +387,22 @@ async fn a_secret_in_an_inline_table_or_under_a_quoted_key_is_not_echoed(pool: P
 }
 
 #[sqlx::test]
+async fn a_syntax_error_inside_a_multi_line_secret_prints_nothing_from_the_string(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let text = format!(
+        "[provider]\nbase_url = {:?}\napi_key = \"bDqJFiq9\"\napi_secret = \"\"\"\nfirst line\ns3cr3tPart=rest\\q\n\"\"\"\n",
+        app.provider.base_url
+    );
+    std::fs::write(&app.config_path, text).unwrap();
+
+    let Output { code, out, err } = app.run(&["check", "--offline"]).await;
+
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("line 6"), "{err}");
+    assert!(!format!("{out}{err}").contains("s3cr3t"), "{err}");
+}
+
+#[sqlx::test]
 async fn a_reason_with_a_newline_cannot_forge_a_log_line_and_is_stored_capped(pool: PgPool) {
     let app = TestApp::new(pool).await;
     app.seed_recent("forgApp1").await;
