@@ -443,7 +443,8 @@ fn verification_header(r: &Record) -> Vec<Line> {
         ("channel", shown(&v.channel)),
         ("receiver", shown(&v.ori_receiver)),
         ("matched", matched),
-        ("verified", shown(&v.verified_date)),
+        // `verifiedDate` is the page's 校验时间, the time of the check, whatever its result.
+        ("checked at", shown(&v.verified_date)),
     ]
 }
 
@@ -462,9 +463,9 @@ fn sms_leg(s: &SmsLeg) -> Vec<Line> {
         number(&s.mnc)
     );
     let cost = format!(
-        "{} in total for {} charged parts (currency not stated by the provider); {}",
+        "{} in total for {} (currency not stated by the provider); {}",
         shown(&s.pay),
-        number(&s.charge_cnt),
+        counted(&s.charge_cnt, "charged part", "charged parts"),
         settled(&s.settlement)
     );
     vec![
@@ -476,7 +477,14 @@ fn sms_leg(s: &SmsLeg) -> Vec<Line> {
 }
 
 fn call_leg(c: &CallLeg) -> Vec<Line> {
-    let status = format!("{} ({})", c.status_in_words(), shown(&c.termination_reason));
+    // The page: terminationCode 0 success, any other a failure; terminationReason describes it.
+    let status = match (*c.termination_code, c.termination_reason.as_deref()) {
+        (Some(code), Some(why)) => {
+            format!("{} (code {code}: {})", c.status_in_words(), shown_text(why))
+        }
+        (Some(code), None) => format!("{} (code {code})", c.status_in_words()),
+        (None, _) => format!("{} ({})", c.status_in_words(), shown(&c.termination_reason)),
+    };
     let times = format!(
         "submitted {}, called {}, ringing {}, answered {}, hung up {}",
         shown(&c.submit_time),
@@ -525,15 +533,26 @@ fn sna_leg(s: &SnaLeg) -> Vec<Line> {
     ]
 }
 
-/// The settlement every leg carries, in the currency the provider names for it.
+/// The settlement every leg carries, in the page's words: `settlePay` the total and
+/// `settlePrice` the unit price in the settlement currency (`settleCurrency`), `quoteExchange`
+/// the quoted exchange rate.
 fn settled(s: &Settlement) -> String {
+    let currency = shown(&s.settle_currency);
     format!(
-        "settled {} {} (unit {}, exchange {})",
+        "settled {} {currency} in total (unit price {} {currency}, quoted exchange rate {})",
         shown(&s.settle_pay),
-        shown(&s.settle_currency),
         shown(&s.settle_price),
         shown(&s.quote_exchange)
     )
+}
+
+/// A count with its noun in agreement ("1 charged part", "2 charged parts").
+fn counted(n: &Option<i64>, one: &str, many: &str) -> String {
+    match n {
+        Some(1) => format!("1 {one}"),
+        Some(n) => format!("{n} {many}"),
+        None => format!("an unreported number of {many}"),
+    }
 }
 
 /// The most characters of one text that a command prints: a provider's reason is capped at

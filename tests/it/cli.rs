@@ -20,16 +20,45 @@ async fn record_prints_a_readable_summary_and_exits_0_when_found(pool: PgPool) {
         "order      1234566",
         "channel    call",
         "matched    verified (0)",
+        "checked at 2022-07-12T13:39:47+08:00",
         "sms #1",
         "status   success (successR)",
-        "0.000002 in total for 1 charged parts",
-        "settled 0.01368 EUR",
+        "0.000002 in total for 1 charged part (currency not stated by the provider)",
+        "settled 0.01368 EUR in total (unit price 0.01 EUR, quoted exchange rate 0.938)",
         "call #1",
-        "failed (100005) (Temporarily Unavailable)",
+        "status   failed (code 100005: Temporarily Unavailable)",
         "billing 20+20",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
+    for wrong in ["charged parts", "unit 0.01", ") (", "verified 2022"] {
+        assert!(!out.contains(wrong), "{wrong:?} in:\n{out}");
+    }
+}
+
+#[sqlx::test]
+async fn record_says_verification_failed_never_verified_when_the_check_failed(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let mut data = docs_record_example()["data"].clone();
+    data["verifications"]["matched"] = 2.into();
+    data["sms"][0]["chargeCnt"] = 2.into();
+    data["call"][0]["terminationReason"] = serde_json::Value::Null;
+    app.provider.put_record("1234566", data);
+
+    let Output { code, out, err } = app.run(&["record", "1234566"]).await;
+
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("matched    verification failed (2)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("checked at 2022-07-12T13:39:47+08:00\n"),
+        "{out}"
+    );
+    assert!(!out.contains("verified"), "{out}");
+    assert!(out.contains("for 2 charged parts"), "{out}");
+    assert!(out.contains("status   failed (code 100005)\n"), "{out}");
 }
 
 #[sqlx::test]
@@ -223,7 +252,7 @@ async fn record_reads_a_leg_with_both_currency_keys_and_legs_sent_as_objects(poo
     assert!(out.contains("settled 0.01368 USD"), "{out}");
     assert!(out.contains("call #1"), "{out}");
     assert!(
-        out.contains("failed (100005) (Temporarily Unavailable)"),
+        out.contains("failed (code 100005: Temporarily Unavailable)"),
         "{out}"
     );
 }
