@@ -35,7 +35,7 @@ pub enum Command {
     /// Run the reporter: on the configured schedule until stopped, or once with --once
     Run {
         /// Run one cycle now and exit: 0 when every pair succeeded or was skipped, 1 when any
-        /// failed or was invalid, 2 on a config or database error
+        /// failed or was invalid, 2 on a config error, 3 when the database cannot be reached
         #[arg(long)]
         once: bool,
         /// With --once: print what would be sent, skipped or refused; send and write nothing

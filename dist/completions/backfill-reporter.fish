@@ -39,7 +39,7 @@ complete -c backfill-reporter -n "__fish_backfill_reporter_needs_command" -f -a 
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand run" -l config -d 'The TOML config file [default: /etc/backfill-reporter/config.toml]' -r -F
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand run" -l log-format -d 'Log format on stderr: text for people and journald, json for log shippers' -r -f -a "text\t''
 json\t''"
-complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand run" -l once -d 'Run one cycle now and exit: 0 when every pair succeeded or was skipped, 1 when any failed or was invalid, 2 on a config or database error'
+complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand run" -l once -d 'Run one cycle now and exit: 0 when every pair succeeded or was skipped, 1 when any failed or was invalid, 2 on a config error, 3 when the database cannot be reached'
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand run" -l dry-run -d 'With --once: print what would be sent, skipped or refused; send and write nothing'
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand run" -s h -l help -d 'Print help'
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand record" -l app-id -d 'The application the send belongs to (appId, 4-32 characters)' -r

@@ -157,6 +157,29 @@ async fn help_and_version_work_without_a_config() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("backfill-reporter "));
 }
 
+#[tokio::test]
+async fn run_help_and_its_man_page_give_exit_3_for_an_unreachable_database() {
+    let out = isolated(BIN)
+        .args(["run", "--help"])
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).replace('\n', " ");
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    let page = include_str!("../../dist/man/backfill-reporter-run.1");
+
+    assert!(out.status.success());
+    assert!(
+        help.contains("2 on a config error, 3 when the database cannot be reached"),
+        "{help}"
+    );
+    assert!(!help.contains("config or database error"), "{help}");
+    assert!(
+        page.contains("3 when the database cannot be reached"),
+        "{page}"
+    );
+}
+
 #[sqlx::test]
 async fn check_validates_everything_and_prints_the_next_five_fire_times(pool: PgPool) {
     let app = TestApp::new(pool).await;
