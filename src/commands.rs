@@ -294,6 +294,7 @@ async fn history(settings: &Settings, filter: &HistoryFilter) -> anyhow::Result<
 fn print_history(rows: Vec<outcomes::HistoryRow>) -> anyhow::Result<()> {
     let mut t = table(&[
         "tick (UTC)",
+        "callbackTime sent",
         "app",
         "mcc",
         "backfilled",
@@ -308,6 +309,7 @@ fn print_history(rows: Vec<outcomes::HistoryRow>) -> anyhow::Result<()> {
     for r in rows {
         t.add_row(vec![
             r.scheduled_for.format("%Y-%m-%d %H:%M:%S").to_string(),
+            shown_text(&r.callback_time),
             shown_text(&r.app_id),
             shown_text(&r.mcc),
             shown(&r.backfill_number),

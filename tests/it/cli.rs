@@ -157,6 +157,25 @@ async fn help_and_version_work_without_a_config() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("backfill-reporter "));
 }
 
+#[sqlx::test]
+async fn history_shows_the_callback_time_that_was_sent_beside_the_tick(pool: PgPool) {
+    let app = TestApp::new(pool).await; // schedule.timezone Asia/Shanghai
+    app.seed_recent("cbTime01").await;
+    assert_eq!(app.run(&["run", "--once"]).await.code, 0);
+    let sent = app.provider.backfill_bodies()[0]["callbackTime"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let Output { code, out, err } = app.run(&["history"]).await;
+
+    assert_eq!(code, 0, "{err}");
+    assert!(sent.ends_with("+08:00"), "{sent}");
+    assert!(out.contains("callbackTime sent"), "{out}");
+    let row = out.lines().find(|l| l.contains("cbTime01")).unwrap();
+    assert!(row.contains(&format!("| {sent} |")), "{sent} not in {row}");
+}
+
 #[tokio::test]
 async fn run_help_and_its_man_page_give_exit_3_for_an_unreachable_database() {
     let out = isolated(BIN)
