@@ -80,8 +80,9 @@ pub enum Command {
         #[arg(long, value_enum)]
         state: Option<State>,
     },
-    /// Show every (app, MCC) pair: country, latest rate and outcome, baseline, the last 24
-    /// submitted rates as a sparkline, and whether its route-health alarm is firing
+    /// Show every (app, MCC) pair: country, latest rate and outcome, baseline, the rates the
+    /// provider accepted at the last 24 ticks as a sparkline (· where it accepted none), and
+    /// whether its route-health alarm is firing
     Status {
         /// Only this application
         #[arg(long, value_name = "ID")]
