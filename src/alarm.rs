@@ -1,9 +1,11 @@
-//! Route-health alarm. The provider routes OTP traffic by the backfill rate, so a country whose
-//! rate collapses is usually a country whose delivery broke. Each new rate of a run is compared,
-//! in one set-based statement, with its pair's baseline (the median of its last succeeded
-//! reports); a drop of more than `[alarm] drop_points` is logged, recorded with the submission,
-//! and sent once per pair to `[alarm] webhook_url` until the pair recovers. Nothing here may
-//! delay or fail a report: errors are logged, the webhook is called from a background task.
+//! Route-health alarm. The provider's page says only that it receives the backfill rate, not
+//! what it does with it; this project's reading is that a country whose rate collapses is
+//! usually a country whose delivery broke, so the rates are watched here. Each new rate of a
+//! run is compared, in one set-based statement, with its pair's baseline (the median of its
+//! last succeeded reports); a drop of more than `[alarm] drop_points` is logged, recorded with
+//! the submission, and sent once per pair to `[alarm] webhook_url` until the pair recovers.
+//! Nothing here may delay or fail a report: errors are logged, the webhook is called from a
+//! background task.
 
 use std::sync::LazyLock;
 use std::time::Duration;

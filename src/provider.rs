@@ -96,7 +96,8 @@ pub enum Class {
 pub enum Rejection {
     /// -1: key, secret or signature wrong. Every further request fails the same way.
     Authentication,
-    /// -2: this host's address is not on the account's allow-list. Same for every request.
+    /// -2, "ip限制" (IP restriction): all the page says. Read here as this host's address not
+    /// being one the account accepts, which is the same for every request.
     IpRestricted,
     /// -22: this request's parameters.
     Parameters,
@@ -117,7 +118,8 @@ impl Rejection {
                 "check provider.api_key and the API secret (and that the account is active)"
             }
             Self::IpRestricted => {
-                "add this host's public IP address to the allow-list in the provider's console"
+                "the provider's page says only \"ip限制\" (IP restriction); most likely this \
+                 host's public address is not one the account accepts: check with the provider"
             }
             Self::Parameters => "the provider refused this request's parameters",
             Self::Other => "the provider refused the request",

@@ -258,6 +258,27 @@ async fn json_logs_are_one_object_per_line_with_the_cycle_summary(pool: PgPool) 
 }
 
 #[sqlx::test]
+async fn a_minus_2_is_explained_with_the_pages_words_and_no_more(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.seed_recent("ipLimit1").await;
+    app.provider
+        .script_all(vec![Scripted::Status("-2", "ip limited")]);
+
+    let Output { code, out, err } = app.run(&["run", "--once"]).await;
+
+    assert_eq!(code, 1, "{out}\n{err}");
+    let stop = err
+        .lines()
+        .find(|l| l.contains("stopping the cycle"))
+        .unwrap_or_else(|| panic!("no stop line in {err}"));
+    assert!(stop.contains("provider status -2 (ip limited)"), "{stop}");
+    assert!(stop.contains("\"ip限制\" (IP restriction)"), "{stop}");
+    for claim in ["allow-list", "console"] {
+        assert!(!stop.contains(claim), "claims {claim:?}: {stop}");
+    }
+}
+
+#[sqlx::test]
 async fn record_json_prints_the_body_as_received_even_when_the_provider_refuses(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let refusal = serde_json::json!({"status": "-1", "reason": "auth", "trace": "a1b2"});

@@ -12,6 +12,7 @@ mod cycle;
 mod daemon;
 mod db_tls;
 mod dist;
+mod docs;
 mod drills;
 mod metrics;
 mod migrations;
