@@ -19,6 +19,11 @@ use crate::schedule::Schedule;
 /// Where the config is read from when neither `--config` nor `BACKFILL_REPORTER_CONFIG` names it.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/backfill-reporter/config.toml";
 
+/// `provider.api_key` in the shipped example (and so in the package's conffile). Refused, so
+/// that an unedited copy never starts sending: the key of the pages' worked example, which it
+/// once held, is a real-looking key that some account may own.
+pub const API_KEY_PLACEHOLDER: &str = "YOUR_API_KEY";
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -249,6 +254,12 @@ impl RawProvider {
             .context("provider.api_key is not set (or BACKFILL_REPORTER_API_KEY)")?;
         if api_key.trim().is_empty() || api_key.chars().any(|c| c.is_control()) {
             bail!("provider.api_key is empty or has control characters");
+        }
+        if api_key.trim().eq_ignore_ascii_case(API_KEY_PLACEHOLDER) {
+            bail!(
+                "provider.api_key is still the example's placeholder {API_KEY_PLACEHOLDER:?}: put \
+                 your account's API key there (or in BACKFILL_REPORTER_API_KEY)"
+            );
         }
         let api_secret = Self::secret(self.api_secret, self.api_secret_file, outside, warnings)?;
         Ok(ProviderSettings {
@@ -957,14 +968,19 @@ mod tests {
 
     #[test]
     fn the_shipped_example_config_is_valid_and_states_the_defaults() {
-        let env =
-            |name: &str| (name == "BACKFILL_REPORTER_API_SECRET").then(|| "s3cret".to_owned());
+        // As an operator fills it in: the key from the environment, the secret too.
+        let env = |name: &str| match name {
+            "BACKFILL_REPORTER_API_SECRET" => Some("s3cret".to_owned()),
+            "BACKFILL_REPORTER_API_KEY" => Some("acctKey1".to_owned()),
+            _ => None,
+        };
         let example = from_toml(
             include_str!("../config.example.toml"),
             Path::new("config.example.toml"),
             &env,
         )
         .unwrap();
+        assert_eq!(example.provider.api_key, "acctKey1");
         let defaults = parse(MINIMAL).unwrap();
         assert_eq!(
             example.provider.request_timeout,
@@ -992,6 +1008,29 @@ mod tests {
         );
         assert_eq!(example.database.keep, defaults.database.keep);
         assert_eq!(example.source.window, defaults.source.window);
+    }
+
+    #[test]
+    fn the_examples_placeholder_key_is_refused_and_the_pages_example_key_is_not() {
+        let example = include_str!("../config.example.toml");
+        assert!(example.contains("api_key = \"YOUR_API_KEY\""), "{example}");
+        assert!(
+            !example.contains("bDqJFiq9"),
+            "the pages' sample key is not shipped"
+        );
+        let env =
+            |name: &str| (name == "BACKFILL_REPORTER_API_SECRET").then(|| "s3cret".to_owned());
+        let err = format!(
+            "{:#}",
+            from_toml(example, Path::new("config.example.toml"), &env).unwrap_err()
+        );
+        assert!(err.contains("provider.api_key"), "{err}");
+        assert!(err.contains("put your account's API key there"), "{err}");
+        for placeholder in ["YOUR_API_KEY", " your_api_key "] {
+            let text = format!("[provider]\napi_key = {placeholder:?}\napi_secret = \"x\"\n");
+            assert!(parse(&text).is_err(), "{placeholder:?}");
+        }
+        assert_eq!(parse(MINIMAL).unwrap().provider.api_key, "bDqJFiq9");
     }
 
     #[test]

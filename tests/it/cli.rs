@@ -257,6 +257,36 @@ async fn json_logs_are_one_object_per_line_with_the_cycle_summary(pool: PgPool) 
     );
 }
 
+#[tokio::test]
+async fn the_unedited_example_config_is_refused_until_the_accounts_key_is_put_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"),
+        &config,
+    )
+    .unwrap();
+    for args in [&["check", "--offline"][..], &["check"], &["run"]] {
+        let out = isolated(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("BACKFILL_REPORTER_API_SECRET", "s3cret")
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("provider.api_key"), "{args:?}: {err}");
+        assert!(err.contains("\"YOUR_API_KEY\""), "{args:?}: {err}");
+        assert!(
+            err.contains("put your account's API key there"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 #[sqlx::test]
 async fn a_minus_2_is_explained_with_the_pages_words_and_no_more(pool: PgPool) {
     let app = TestApp::new(pool).await;
