@@ -277,7 +277,11 @@ impl RawProvider {
                 MAX_IN_FLIGHT,
             )?,
             max_attempts: at_least("provider.max_attempts", self.max_attempts, 1)?,
-            retry_backoff: duration(self.retry_backoff, "500ms", "provider.retry_backoff")?,
+            retry_backoff: bounded_duration(
+                "provider.retry_backoff",
+                duration(self.retry_backoff, "500ms", "provider.retry_backoff")?,
+                RETRY_BACKOFF,
+            )?,
             retry_deadline: self
                 .retry_deadline
                 .map(|d| {
@@ -651,6 +655,10 @@ const MAX_IN_FLIGHT: (usize, usize) = (1, 1024);
 const MAX_CONNECTIONS: (u32, u32) = (2, 100);
 /// A leap year: a longer window is a typo (`3660d`), and its query would scan everything.
 const WINDOW: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(366 * 86_400));
+/// The first retry's delay. Zero doubles to zero: every failure retried at once, a busy loop
+/// against a provider that is down (and the breaker's first probe at its 1 s floor). Above the
+/// backoff's 60 s cap there is nothing left to double.
+const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(60));
 /// A retry deadline under a second cannot fit one request; over a year is a typo.
 const RETRY_DEADLINE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(366 * 86_400));
@@ -730,9 +738,31 @@ fn duration(raw: Option<String>, default: &str, key: &str) -> anyhow::Result<Dur
     })
 }
 
+/// The most a secret file may hold. An API secret is a few dozen bytes, a database or webhook
+/// URL a few hundred; a path that names a device (`/dev/zero`) or a log by mistake would
+/// otherwise be read until memory runs out.
+const MAX_SECRET_FILE_BYTES: usize = 4096;
+
 fn read_secret_file(path: &Path) -> anyhow::Result<SecretString> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading secret file {}", path.display()))?;
+    use std::io::Read;
+    let reading = || format!("reading secret file {}", path.display());
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(MAX_SECRET_FILE_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .with_context(reading)?;
+    if bytes.len() > MAX_SECRET_FILE_BYTES {
+        bail!(
+            "secret file {} holds more than {} KiB: not a secret (is it the right file?)",
+            path.display(),
+            MAX_SECRET_FILE_BYTES / 1024
+        );
+    }
+    // The text is never quoted: it is the secret, or part of it.
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("secret file {} is not UTF-8 text", path.display()))?;
     // Editors and `echo` add a final newline that is not part of the secret.
     Ok(SecretString::from(
         text.trim_end_matches(['\n', '\r']).to_owned(),
@@ -1187,6 +1217,31 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_file_over_4_kib_is_refused_naming_its_key_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_file = |path: &Path| {
+            format!(
+                "[provider]\napi_key = \"bDqJFiq9\"\napi_secret_file = {:?}\n",
+                path.display().to_string()
+            )
+        };
+        let exact = file_with_mode(dir.path(), "exact", &"s".repeat(4096), 0o600);
+        let secret = parse(&with_file(&exact))
+            .unwrap()
+            .provider
+            .api_secret
+            .unwrap();
+        assert_eq!(secret.expose_secret().len(), 4096);
+        let large = file_with_mode(dir.path(), "large", &"s".repeat(64 * 1024), 0o600);
+        for path in [large.as_path(), Path::new("/dev/zero")] {
+            let err = format!("{:#}", parse(&with_file(path)).unwrap_err());
+            assert!(err.contains("provider.api_secret_file"), "{err}");
+            assert!(err.contains("holds more than 4 KiB"), "{err}");
+            assert!(!err.contains("sss"), "{err}");
+        }
+    }
+
+    #[test]
     fn secrets_never_show_in_debug_output() {
         let s = parse(&format!(
             "{MINIMAL}[database]\nurl = \"postgres://u:hunter2@db/x\"\n"
@@ -1459,6 +1514,21 @@ mod tests {
                 "source.window",
                 "allowed 1s to 366d",
             ),
+            (
+                "retry_backoff = \"0s\"\n",
+                "provider.retry_backoff",
+                "allowed 10ms to 1m",
+            ),
+            (
+                "retry_backoff = \"9ms\"\n",
+                "provider.retry_backoff",
+                "allowed 10ms to 1m",
+            ),
+            (
+                "retry_backoff = \"61s\"\n",
+                "provider.retry_backoff",
+                "allowed 10ms to 1m",
+            ),
         ] {
             let err = format!("{:#}", parse(&format!("{MINIMAL}{extra}")).unwrap_err());
             assert!(err.contains(key) && err.contains(range), "{extra}: {err}");
@@ -1468,6 +1538,8 @@ mod tests {
             "request_timeout = \"5m\"\nmax_in_flight = 1024\nmax_attempts = 1000\n",
             "[database]\nmax_connections = 2\n[source]\nwindow = \"366d\"\n",
             "[database]\nmax_connections = 100\n[source]\nwindow = \"1s\"\n",
+            "retry_backoff = \"10ms\"\n",
+            "retry_backoff = \"60s\"\n",
         ] {
             parse(&format!("{MINIMAL}{extra}")).unwrap();
         }

@@ -473,12 +473,31 @@ async fn each_out_of_range_setting_exits_2_naming_the_key_and_the_range(pool: Pg
             "window = \"400d\"",
             "source.window = \"400d\" is out of range: allowed 1s to 366d",
         ),
+        (
+            "retry_backoff = \"10ms\"",
+            "retry_backoff = \"0s\"",
+            "provider.retry_backoff = \"0s\" is out of range: allowed 10ms to 1m",
+        ),
     ] {
         let Output { code, err, .. } = check_with(&app, from, to).await;
 
         assert_eq!(code, 2, "{to}: {err}");
         assert!(err.contains(expected), "{to}: {err}");
     }
+}
+
+#[sqlx::test]
+async fn a_secret_file_over_4_kib_exits_2_naming_its_key(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let secret = app.dir.path().join("api_secret");
+    std::fs::write(&secret, "x".repeat(64 * 1024)).unwrap();
+
+    let Output { code, out, err } = app.run(&["check", "--offline"]).await;
+
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("provider.api_secret_file"), "{err}");
+    assert!(err.contains("holds more than 4 KiB"), "{err}");
+    assert!(!err.contains("xxx"), "{err}");
 }
 
 #[sqlx::test]
