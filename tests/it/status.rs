@@ -1,36 +1,29 @@
 //! `status` through the binary: one line per pair that fits 80 columns, the collapsing country
 //! flagged, no colour when not on a terminal, and `--json` with an `alarm` field per row.
 
-use backfill_reporter::cycle;
-use backfill_reporter::outcomes::Trigger;
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
-use crate::alarm::app_with_alarm;
+use crate::alarm::{app_with_alarm, run_tick};
 use crate::fake_provider::Scripted;
-use crate::helpers::{utc, Output, TestApp, TestConfig};
+use crate::helpers::{Output, TestApp, TestConfig};
 
 /// Five hourly ticks: demoShop/460 at 80% then 10%, demoShop/510 at 60%, demoBank/404 once.
 async fn history(app: &TestApp) {
-    for n in 0..5 {
-        let tick = utc("2026-02-01T00:00:00+08:00") + chrono::Duration::hours(n);
-        let bucket = tick - chrono::Duration::minutes(5);
-        let backfilled_460 = if n == 4 { 4 } else { 32 };
-        app.seed("demoShop", 460, bucket, 40, backfilled_460).await;
-        app.seed("demoShop", 510, bucket, 50, 30).await;
-        if n == 4 {
-            app.seed("demoBank", 404, bucket, 8, 7).await;
-        }
-        cycle::run(
-            &app.ctx(),
-            tick,
-            Trigger::Schedule,
-            &CancellationToken::new(),
+    for n in 0..4 {
+        run_tick(
+            app,
+            n,
+            &[("demoShop", 460, 40, 32), ("demoShop", 510, 50, 30)],
         )
-        .await
-        .unwrap();
+        .await;
     }
+    let last = [
+        ("demoShop", 460, 40, 4),
+        ("demoShop", 510, 50, 30),
+        ("demoBank", 404, 8, 7),
+    ];
+    run_tick(app, 4, &last).await;
 }
 
 #[sqlx::test]
@@ -151,21 +144,12 @@ async fn the_sparkline_plots_only_accepted_rates_and_marks_the_ticks_without_one
         ],
     );
     for n in 0..5 {
-        let tick = utc("2026-02-01T00:00:00+08:00") + chrono::Duration::hours(n);
-        let bucket = tick - chrono::Duration::minutes(5);
-        match n {
-            2 => app.seed("gapShop1", 460, bucket, 40, 4).await,
-            3 => app.seed("gapShop1", 460, bucket, 0, 0).await,
-            _ => app.seed("gapShop1", 460, bucket, 40, 32).await,
-        }
-        cycle::run(
-            &app.ctx(),
-            tick,
-            Trigger::Schedule,
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let (sent, backfilled) = match n {
+            2 => (40, 4),
+            3 => (0, 0),
+            _ => (40, 32),
+        };
+        run_tick(&app, n, &[("gapShop1", 460, sent, backfilled)]).await;
     }
     let states: Vec<String> = app
         .submissions()
