@@ -1,9 +1,11 @@
-//! Route-health alarm. The provider routes OTP traffic by the backfill rate, so a country whose
-//! rate collapses is usually a country whose delivery broke. Each new rate of a run is compared,
-//! in one set-based statement, with its pair's baseline (the median of its last succeeded
-//! reports); a drop of more than `[alarm] drop_points` is logged, recorded with the submission,
-//! and sent once per pair to `[alarm] webhook_url` until the pair recovers. Nothing here may
-//! delay or fail a report: errors are logged, the webhook is called from a background task.
+//! Route-health alarm. The provider's page says only that it receives the backfill rate, not
+//! what it does with it; this project's reading is that a country whose rate collapses is
+//! usually a country whose delivery broke, so the rates are watched here. Each new rate of a
+//! run is compared, in one set-based statement, with its pair's baseline (the median of its
+//! last succeeded reports); a drop of more than `[alarm] drop_points` is logged, recorded with
+//! the submission, and sent once per pair to `[alarm] webhook_url` until the pair recovers.
+//! Nothing here may delay or fail a report: errors are logged, the webhook is called from a
+//! background task.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -378,11 +380,15 @@ fn recovery_text(recovered: &[PairAlarm]) -> String {
 }
 
 /// POSTs the payload, retrying a few times; `true` once a 2xx answer came. The URL is never
-/// logged: it is the webhook's credential.
+/// logged: it is the webhook's credential. A redirect is never followed: it would take the
+/// alert (307) or a bodiless GET (302) to a host nobody configured, announcing the webhook's
+/// secret path in `Referer`, and count as delivered; a 3xx is a failure like any other non-2xx.
 async fn post(url: &SecretString, payload: &Payload<'_>) -> bool {
     let client = match reqwest::Client::builder()
         .timeout(WEBHOOK_TIMEOUT)
         .user_agent(concat!("backfill-reporter/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
         .build()
     {
         Ok(c) => c,
@@ -396,6 +402,9 @@ async fn post(url: &SecretString, payload: &Payload<'_>) -> bool {
         let outcome = client.post(url.expose_secret()).json(payload).send().await;
         let problem = match outcome {
             Ok(r) if r.status().is_success() => return true,
+            Ok(r) if r.status().is_redirection() => {
+                format!("HTTP {} (a redirect, not followed)", r.status())
+            }
             Ok(r) => format!("HTTP {}", r.status()),
             // without_url: reqwest's Display names the URL, which holds the token.
             Err(e) => e.without_url().to_string(),

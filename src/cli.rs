@@ -34,8 +34,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the reporter: on the configured schedule until stopped, or once with --once
     Run {
-        /// Run one cycle now and exit: 0 when every pair succeeded or was skipped, 1 when any
-        /// failed or was invalid, 2 on a config or database error
+        /// Run one cycle now and exit (within --deadline): 0 when every pair succeeded, was
+        /// skipped or superseded, 1 when any failed, was invalid or was left pending
+        /// (interrupted), 2 on a config error, 3 when the database cannot be reached
         #[arg(long)]
         once: bool,
         /// With --once: print what would be sent, skipped or refused; send and write nothing
@@ -85,8 +86,9 @@ pub enum Command {
         #[arg(long, value_enum)]
         state: Option<State>,
     },
-    /// Show every (app, MCC) pair: country, latest rate and outcome, baseline, the last 24
-    /// submitted rates as a sparkline, and whether its route-health alarm is firing
+    /// Show every (app, MCC) pair: country, latest rate and outcome, baseline, the rates the
+    /// provider accepted at the last 24 ticks as a sparkline (· where it accepted none), and
+    /// whether its route-health alarm is firing
     Status {
         /// Only this application
         #[arg(long, value_name = "ID")]

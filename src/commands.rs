@@ -4,6 +4,7 @@
 //! be reached, [`EXIT_UNREACHABLE`].
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use comfy_table::{presets, Table};
@@ -26,6 +27,39 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 
 /// Rows of its own submissions that `run --once` prints.
 const ONCE_TABLE_ROWS: i64 = 50;
+
+/// `print!` for the commands, through [`write_out`]; `?` after it.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_out(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for the commands, through [`write_out`]; `?` after it.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes to standard output. Once its reader has gone (`run --once --dry-run | head -1`), it
+/// writes nothing more and says nothing, as grep and rg do, and the command ends with its own
+/// exit code; `println!` would panic there (exit 101), since Rust ignores SIGPIPE. Any other
+/// write error (a full disk) ends the command.
+fn write_out(args: std::fmt::Arguments) -> anyhow::Result<()> {
+    use std::io::Write;
+    static READER_GONE: AtomicBool = AtomicBool::new(false);
+    if READER_GONE.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    match std::io::stdout().lock().write_fmt(args) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            READER_GONE.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        written => written.context("writing to standard output"),
+    }
+}
 
 /// The exit code for an error that ended a command.
 pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
@@ -90,15 +124,11 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
-fn opt(v: &Option<String>) -> String {
-    v.clone().unwrap_or_else(|| "-".to_owned())
-}
-
 async fn dry_run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&settings.database).await?;
     let tick = outcomes::now_tick(&pool).await?;
     let plan = cycle::preview(&pool, settings, tick).await?;
-    print_plan(&plan);
+    print_plan(&plan)?;
     let invalid = plan
         .pairs
         .iter()
@@ -110,12 +140,12 @@ async fn dry_run(settings: &Settings) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_plan(plan: &Preview) {
-    println!(
+fn print_plan(plan: &Preview) -> anyhow::Result<()> {
+    outln!(
         "dry run for window [{}, {}); nothing is sent or written",
         plan.window.0.to_rfc3339(),
         plan.window.1.to_rfc3339()
-    );
+    )?;
     let mut t = table(&[
         "app",
         "mcc",
@@ -128,14 +158,14 @@ fn print_plan(plan: &Preview) {
     for (row, verdict) in &plan.pairs {
         let action = match verdict {
             Verdict::Send(_) => "send".to_owned(),
-            Verdict::Skip(why) => format!("skip: {why}"),
-            Verdict::Invalid(why) => format!("invalid: {why}"),
+            Verdict::Skip(why) => format!("skip: {}", shown_text(why)),
+            Verdict::Invalid(why) => format!("invalid: {}", shown_text(why)),
         };
         t.add_row(vec![
-            opt(&row.app_id),
-            opt(&row.mcc),
-            opt(&row.backfill_number),
-            opt(&row.cardinal_number),
+            shown(&row.app_id),
+            shown(&row.mcc),
+            shown(&row.backfill_number),
+            shown(&row.cardinal_number),
             verdict
                 .rate()
                 .map_or_else(|| "-".to_owned(), |r| r.to_string()),
@@ -143,7 +173,7 @@ fn print_plan(plan: &Preview) {
             action,
         ]);
     }
-    println!("{t}");
+    outln!("{t}")
 }
 
 async fn run_once(settings: Settings, deadline: std::time::Duration) -> anyhow::Result<ExitCode> {
@@ -157,12 +187,12 @@ async fn run_once(settings: Settings, deadline: std::time::Duration) -> anyhow::
         .context("an ad-hoc run is never claimed by another instance")?;
     crate::alarm::wait_for_notifications(std::time::Duration::from_secs(10)).await;
     let t = &report.tally;
-    println!(
+    outln!(
         "run {} at {}: {t}, {} left pending",
         report.run_id,
         tick.to_rfc3339(),
         t.pending
-    );
+    )?;
     if t.pending > 0 {
         eprintln!(
             "interrupted: {} pairs stay pending; a running daemon (or the next run) sends them before their deadline",
@@ -176,12 +206,12 @@ async fn run_once(settings: Settings, deadline: std::time::Duration) -> anyhow::
         run_id: Some(report.run_id),
         ..HistoryFilter::default()
     };
-    print_history(outcomes::history(&ctx.pool, &filter).await?);
+    print_history(outcomes::history(&ctx.pool, &filter).await?)?;
     if t.pairs > ONCE_TABLE_ROWS {
-        println!(
+        outln!(
             "(the first {ONCE_TABLE_ROWS} of {} rows, failed and invalid first; `backfill-reporter history --limit {}` shows them all)",
             t.pairs, t.pairs
-        );
+        )?;
     }
     Ok(if report.all_good() {
         ExitCode::SUCCESS
@@ -194,34 +224,35 @@ async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&settings.database).await?;
     let applied = db::migrate(&pool).await?;
     if applied.is_empty() {
-        println!(
+        outln!(
             "database is up to date ({} migrations)",
             db::MIGRATOR.iter().count()
-        );
+        )?;
     }
     for m in applied {
-        println!("applied {m}");
+        outln!("applied {m}")?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
-    println!("config {}: valid", settings.path.display());
+    outln!("config {}: valid", settings.path.display())?;
     settings.provider.secret()?;
     ProviderClient::new(&settings.provider)?;
-    println!(
+    outln!(
         "provider {} with api key {}: secret set",
-        settings.provider.base_url, settings.provider.api_key
-    );
+        settings.provider.base_url,
+        shown_text(&settings.provider.api_key)
+    )?;
     if offline {
         // What ExecStartPre runs: a bad config never starts, but a database outage cannot stop
         // the start (the daemon waits it out).
-        println!("database and source not checked (--offline)");
+        outln!("database and source not checked (--offline)")?;
         return Ok(ExitCode::SUCCESS);
     }
     let options = db::connect_options(&settings.database)?;
     let pool = db::connect(&settings.database).await?;
-    println!("database {}: connected", db::describe(&options));
+    outln!("database {}: connected", db::describe(&options))?;
     // Only the default source can be waiting for its table: a custom query is checked as it is.
     let unmigrated = settings.source.query.is_none()
         && sqlx::query_scalar::<_, bool>("SELECT to_regclass('otp_counts') IS NULL")
@@ -230,7 +261,7 @@ async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
             .context("looking for the otp_counts table")?;
     if unmigrated {
         // `run` applies the migrations that create it; a first start must not be refused.
-        println!("source otp_counts: not created yet; `run` or `migrate` creates it");
+        outln!("source otp_counts: not created yet; `run` or `migrate` creates it")?;
     } else {
         source::check_columns(&pool, &settings.source).await?;
         let which = if settings.source.query.is_some() {
@@ -238,15 +269,15 @@ async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
         } else {
             "otp_counts"
         };
-        println!("source {which}: columns app_id, mcc, backfill_number, cardinal_number present");
+        outln!("source {which}: columns app_id, mcc, backfill_number, cardinal_number present")?;
     }
     let tz = settings.schedule.timezone;
-    println!(
+    outln!(
         "schedule {:?} in {tz}, next five fire times:",
         settings.schedule.cron.to_string()
-    );
+    )?;
     for t in settings.schedule.cron.upcoming(chrono::Utc::now(), tz, 5) {
-        println!("  {}", t.to_rfc3339());
+        outln!("  {}", t.to_rfc3339())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -259,13 +290,14 @@ async fn history(settings: &Settings, filter: &HistoryFilter) -> anyhow::Result<
         Mcc::parse(mcc).map_err(|e| anyhow::anyhow!("--mcc: {e}"))?;
     }
     let pool = db::connect(&settings.database).await?;
-    print_history(outcomes::history(&pool, filter).await?);
+    print_history(outcomes::history(&pool, filter).await?)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_history(rows: Vec<outcomes::HistoryRow>) {
+fn print_history(rows: Vec<outcomes::HistoryRow>) -> anyhow::Result<()> {
     let mut t = table(&[
         "tick (UTC)",
+        "callbackTime sent",
         "app",
         "mcc",
         "backfilled",
@@ -280,20 +312,23 @@ fn print_history(rows: Vec<outcomes::HistoryRow>) {
     for r in rows {
         t.add_row(vec![
             r.scheduled_for.format("%Y-%m-%d %H:%M:%S").to_string(),
-            r.app_id.unwrap_or_else(|| "(null)".into()),
-            r.mcc.unwrap_or_else(|| "(null)".into()),
-            opt(&r.backfill_number),
-            opt(&r.cardinal_number),
+            shown_text(&r.callback_time),
+            r.app_id
+                .as_deref()
+                .map_or_else(|| "(null)".into(), shown_text),
+            r.mcc.as_deref().map_or_else(|| "(null)".into(), shown_text),
+            shown(&r.backfill_number),
+            shown(&r.cardinal_number),
             r.rate.map_or_else(|| "-".to_owned(), |r| r.to_string()),
             r.state,
             r.attempts.to_string(),
-            opt(&r.provider_status),
+            shown(&r.provider_status),
             r.http_status
                 .map_or_else(|| "-".to_owned(), |h| h.to_string()),
-            opt(&r.detail),
+            shown(&r.detail),
         ]);
     }
-    println!("{t}");
+    outln!("{t}")
 }
 
 async fn record(
@@ -314,11 +349,7 @@ async fn record(
         // As received, before anything can fail on it: the operator debugging a delivery must
         // see what came back even when it is an error or not what the page documents.
         if let Some(body) = &ex.body {
-            if body.ends_with('\n') {
-                print!("{body}");
-            } else {
-                println!("{body}");
-            }
+            outln!("{}", for_terminal(body))?;
         }
     }
     if ex.class != Class::Success {
@@ -336,9 +367,21 @@ async fn record(
         return Ok(ExitCode::from(EXIT_FAILED));
     }
     if !json {
-        print!("{}", render_record(&ex.data.unwrap_or_default()));
+        out!("{}", render_record(&ex.data.unwrap_or_default()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A provider's body as received, but safe for a terminal: JSON through
+/// [`provider::clean_json`] (the same value, so `jq` reads what the provider sent), anything
+/// else line by line through [`shown_text`]; without its final newline.
+fn for_terminal(body: &str) -> String {
+    let body = body.strip_suffix('\n').unwrap_or(body);
+    if serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok() {
+        provider::clean_json(body)
+    } else {
+        body.lines().map(shown_text).collect::<Vec<_>>().join("\n")
+    }
 }
 
 async fn status(settings: &Settings, app_id: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
@@ -349,16 +392,16 @@ async fn status(settings: &Settings, app_id: Option<&str>, json: bool) -> anyhow
     let pool = db::connect(&settings.database).await?;
     let rows = crate::status::rows(&pool, app_id).await?;
     if json {
-        println!("{}", crate::status::render_json(&rows));
+        outln!("{}", crate::status::render_json(&rows))?;
     } else {
         let color = crate::status::use_color(
             std::io::stdout().is_terminal(),
             std::env::var_os("NO_COLOR").as_deref(),
         );
-        print!(
+        out!(
             "{}",
             crate::status::render_table(&rows, &settings.alarm, color)
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -407,7 +450,8 @@ fn verification_header(r: &Record) -> Vec<Line> {
         ("channel", shown(&v.channel)),
         ("receiver", shown(&v.ori_receiver)),
         ("matched", matched),
-        ("verified", shown(&v.verified_date)),
+        // `verifiedDate` is the page's 校验时间, the time of the check, whatever its result.
+        ("checked at", shown(&v.verified_date)),
     ]
 }
 
@@ -426,9 +470,9 @@ fn sms_leg(s: &SmsLeg) -> Vec<Line> {
         number(&s.mnc)
     );
     let cost = format!(
-        "{} in total for {} charged parts (currency not stated by the provider); {}",
+        "{} in total for {} (currency not stated by the provider); {}",
         shown(&s.pay),
-        number(&s.charge_cnt),
+        counted(&s.charge_cnt, "charged part", "charged parts"),
         settled(&s.settlement)
     );
     vec![
@@ -440,7 +484,14 @@ fn sms_leg(s: &SmsLeg) -> Vec<Line> {
 }
 
 fn call_leg(c: &CallLeg) -> Vec<Line> {
-    let status = format!("{} ({})", c.status_in_words(), shown(&c.termination_reason));
+    // The page: terminationCode 0 success, any other a failure; terminationReason describes it.
+    let status = match (*c.termination_code, c.termination_reason.as_deref()) {
+        (Some(code), Some(why)) => {
+            format!("{} (code {code}: {})", c.status_in_words(), shown_text(why))
+        }
+        (Some(code), None) => format!("{} (code {code})", c.status_in_words()),
+        (None, _) => format!("{} ({})", c.status_in_words(), shown(&c.termination_reason)),
+    };
     let times = format!(
         "submitted {}, called {}, ringing {}, answered {}, hung up {}",
         shown(&c.submit_time),
@@ -489,23 +540,41 @@ fn sna_leg(s: &SnaLeg) -> Vec<Line> {
     ]
 }
 
-/// The settlement every leg carries, in the currency the provider names for it.
+/// The settlement every leg carries, in the page's words: `settlePay` the total and
+/// `settlePrice` the unit price in the settlement currency (`settleCurrency`), `quoteExchange`
+/// the quoted exchange rate.
 fn settled(s: &Settlement) -> String {
+    let currency = shown(&s.settle_currency);
     format!(
-        "settled {} {} (unit {}, exchange {})",
+        "settled {} {currency} in total (unit price {} {currency}, quoted exchange rate {})",
         shown(&s.settle_pay),
-        shown(&s.settle_currency),
         shown(&s.settle_price),
         shown(&s.quote_exchange)
     )
 }
 
-/// Provider text for the terminal, or "-" where the provider sent none.
+/// A count with its noun in agreement ("1 charged part", "2 charged parts").
+fn counted(n: &Option<i64>, one: &str, many: &str) -> String {
+    match n {
+        Some(1) => format!("1 {one}"),
+        Some(n) => format!("{n} {many}"),
+        None => format!("an unreported number of {many}"),
+    }
+}
+
+/// The most characters of one text that a command prints: a provider's reason is capped at
+/// 500 and an error at 1,000 when stored, a source's value at nothing.
+const SHOWN_CHARS: usize = 1000;
+
+/// Text from outside (the provider, the source, the database: an app id can hold an ESC or a
+/// right-to-left override) for the terminal, [`provider::clean`]ed so that it cannot drive it.
+fn shown_text(text: &str) -> String {
+    provider::clean(text, SHOWN_CHARS)
+}
+
+/// [`shown_text`], or "-" where there is none.
 fn shown(text: &Option<String>) -> String {
-    text.as_deref().map_or_else(
-        || "-".to_owned(),
-        |s| provider::clean(s, provider::MAX_REASON_CHARS),
-    )
+    text.as_deref().map_or_else(|| "-".to_owned(), shown_text)
 }
 
 fn number(n: &Option<i64>) -> String {

@@ -19,6 +19,11 @@ use crate::schedule::Schedule;
 /// Where the config is read from when neither `--config` nor `BACKFILL_REPORTER_CONFIG` names it.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/backfill-reporter/config.toml";
 
+/// `provider.api_key` in the shipped example (and so in the package's conffile). Refused, so
+/// that an unedited copy never starts sending: the key of the pages' worked example, which it
+/// once held, is a real-looking key that some account may own.
+pub const API_KEY_PLACEHOLDER: &str = "YOUR_API_KEY";
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -250,6 +255,12 @@ impl RawProvider {
         if api_key.trim().is_empty() || api_key.chars().any(|c| c.is_control()) {
             bail!("provider.api_key is empty or has control characters");
         }
+        if api_key.trim().eq_ignore_ascii_case(API_KEY_PLACEHOLDER) {
+            bail!(
+                "provider.api_key is still the example's placeholder {API_KEY_PLACEHOLDER:?}: put \
+                 your account's API key there (or in BACKFILL_REPORTER_API_KEY)"
+            );
+        }
         let api_secret = Self::secret(self.api_secret, self.api_secret_file, outside, warnings)?;
         Ok(ProviderSettings {
             base_url,
@@ -266,7 +277,11 @@ impl RawProvider {
                 MAX_IN_FLIGHT,
             )?,
             max_attempts: at_least("provider.max_attempts", self.max_attempts, 1)?,
-            retry_backoff: duration(self.retry_backoff, "500ms", "provider.retry_backoff")?,
+            retry_backoff: bounded_duration(
+                "provider.retry_backoff",
+                duration(self.retry_backoff, "500ms", "provider.retry_backoff")?,
+                RETRY_BACKOFF,
+            )?,
             retry_deadline: self
                 .retry_deadline
                 .map(|d| {
@@ -401,17 +416,7 @@ fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
         return match e.span() {
             Some(span) => {
                 let (line, column) = position(text, span.start);
-                // The key before `=` on that line, when there is one: never the value.
-                let key = text
-                    .lines()
-                    .nth(line - 1)
-                    .and_then(|l| l.split_once('='))
-                    .map(|(k, _)| k.trim())
-                    .filter(|k| {
-                        !k.is_empty()
-                            && k.chars()
-                                .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c))
-                    });
+                let key = key_on_line(text, span.start);
                 match key {
                     Some(key) => {
                         anyhow::anyhow!("line {line}, column {column} ({key}): {message}")
@@ -452,6 +457,60 @@ fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
         Some(v) => anyhow::anyhow!("line {line}: {}: {message}", v.path),
         None => anyhow::anyhow!("line {line}: {message}"),
     }
+}
+
+/// The key before `=` on the line of `offset`, for an error in text that is not valid TOML:
+/// never a value, and nothing from inside a string. A multi-line secret (`"""…"""`) may hold
+/// a line like `s3cr3t=…`, and an array of strings a line like `"s3cr3t=…",`: their `=` is
+/// inside a string, so they name no key.
+fn key_on_line(text: &str, offset: usize) -> Option<&str> {
+    let start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[start..].split('\n').next().unwrap_or_default();
+    let equals = start + line.find('=')?;
+    if in_string_at(text, start) || in_string_at(text, equals) {
+        return None;
+    }
+    Some(text[start..equals].trim()).filter(|k| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c))
+    })
+}
+
+/// Whether byte `offset` of TOML text lies inside a string: a small lexer for the four string
+/// forms (basic and literal, each on one line or several, escapes in the basic ones) and
+/// comments, enough to tell a key from string content in text that does not parse.
+fn in_string_at(text: &str, offset: usize) -> bool {
+    const OPENINGS: [&[u8]; 4] = [b"\"\"\"", b"'''", b"\"", b"'"];
+    let bytes = &text.as_bytes()[..offset.min(text.len())];
+    let mut closing: Option<&[u8]> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &bytes[i..];
+        match closing {
+            None if rest[0] == b'#' => {
+                i += rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            }
+            None => {
+                closing = OPENINGS.into_iter().find(|open| rest.starts_with(open));
+                i += closing.map_or(1, <[u8]>::len);
+            }
+            Some(close) if close[0] == b'"' && rest[0] == b'\\' => i += 2,
+            Some(close) if rest.starts_with(close) => {
+                closing = None;
+                i += close.len();
+            }
+            // A one-line string ends at its line even when unterminated (that is the error).
+            Some(close) if close.len() == 1 && rest[0] == b'\n' => {
+                closing = None;
+                i += 1;
+            }
+            Some(_) => i += 1,
+        }
+    }
+    closing.is_some()
 }
 
 /// A value of the config file: its dotted key, where it is, and whether it sits under a key
@@ -540,7 +599,8 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 /// `provider.base_url`: https, or http to this machine only. The signing headers in cleartext
 /// let anyone on the path replay requests and brute-force a short secret offline. The URL is
 /// never echoed: it may carry a password, which is refused too (the API is authenticated by
-/// its headers, and `check` prints the URL).
+/// its headers, and `check` prints the URL). It is returned as the url crate writes it, scheme
+/// and host in lowercase, so that `HTTP://127.0.0.1` is the http it was judged to be.
 fn validate_base_url(raw: &str) -> anyhow::Result<String> {
     let trimmed = raw.trim().trim_end_matches('/');
     let url = reqwest::Url::parse(trimmed).map_err(|e| anyhow::anyhow!("not a URL: {e}"))?;
@@ -550,19 +610,26 @@ fn validate_base_url(raw: &str) -> anyhow::Result<String> {
              authenticated by provider.api_key and the signature"
         );
     }
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback(&url) => {}
-        "http" => bail!(
-            "http:// is allowed for a loopback host only (127.0.0.1, ::1, localhost): the \
-             signing headers would cross the network in cleartext; use https://"
-        ),
-        other => bail!("scheme {other:?} is not https"),
-    }
+    https_unless_loopback(&url, "the signing headers")?;
     if url.query().is_some() || url.fragment().is_some() {
         bail!("must not carry a query or fragment");
     }
-    Ok(trimmed.to_owned())
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// https, or http to this machine only, for every URL the daemon sends something secret to:
+/// over http, `what` would cross the network in cleartext. (The url crate has already
+/// lowercased the scheme, so `HTTP://` is http.)
+fn https_unless_loopback(url: &reqwest::Url, what: &str) -> anyhow::Result<()> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(url) => Ok(()),
+        "http" => bail!(
+            "http:// is allowed for a loopback host only (127.0.0.1, ::1, localhost): {what} \
+             would cross the network in cleartext; use https://"
+        ),
+        other => bail!("scheme {other:?} is not https"),
+    }
 }
 
 fn is_loopback(url: &reqwest::Url) -> bool {
@@ -588,6 +655,10 @@ const MAX_IN_FLIGHT: (usize, usize) = (1, 1024);
 const MAX_CONNECTIONS: (u32, u32) = (2, 100);
 /// A leap year: a longer window is a typo (`3660d`), and its query would scan everything.
 const WINDOW: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(366 * 86_400));
+/// The first retry's delay. Zero doubles to zero: every failure retried at once, a busy loop
+/// against a provider that is down (and the breaker's first probe at its 1 s floor). Above the
+/// backoff's 60 s cap there is nothing left to double.
+const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(60));
 /// A retry deadline under a second cannot fit one request; over a year is a typo.
 const RETRY_DEADLINE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(366 * 86_400));
@@ -667,9 +738,31 @@ fn duration(raw: Option<String>, default: &str, key: &str) -> anyhow::Result<Dur
     })
 }
 
+/// The most a secret file may hold. An API secret is a few dozen bytes, a database or webhook
+/// URL a few hundred; a path that names a device (`/dev/zero`) or a log by mistake would
+/// otherwise be read until memory runs out.
+const MAX_SECRET_FILE_BYTES: usize = 4096;
+
 fn read_secret_file(path: &Path) -> anyhow::Result<SecretString> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading secret file {}", path.display()))?;
+    use std::io::Read;
+    let reading = || format!("reading secret file {}", path.display());
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(MAX_SECRET_FILE_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .with_context(reading)?;
+    if bytes.len() > MAX_SECRET_FILE_BYTES {
+        bail!(
+            "secret file {} holds more than {} KiB: not a secret (is it the right file?)",
+            path.display(),
+            MAX_SECRET_FILE_BYTES / 1024
+        );
+    }
+    // The text is never quoted: it is the secret, or part of it.
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("secret file {} is not UTF-8 text", path.display()))?;
     // Editors and `echo` add a final newline that is not part of the secret.
     Ok(SecretString::from(
         text.trim_end_matches(['\n', '\r']).to_owned(),
@@ -868,9 +961,8 @@ fn alarm_settings(
         // Never echoed: the URL is the webhook's credential.
         let parsed = reqwest::Url::parse(url.expose_secret().trim())
             .map_err(|_| anyhow::anyhow!("alarm.webhook_url is not a URL"))?;
-        if !matches!(parsed.scheme(), "https" | "http") {
-            bail!("alarm.webhook_url must be an http or https URL");
-        }
+        https_unless_loopback(&parsed, "the webhook's token (in its URL) and the alerts")
+            .context("alarm.webhook_url")?;
     }
     Ok(AlarmSettings {
         drop_points,
@@ -906,14 +998,19 @@ mod tests {
 
     #[test]
     fn the_shipped_example_config_is_valid_and_states_the_defaults() {
-        let env =
-            |name: &str| (name == "BACKFILL_REPORTER_API_SECRET").then(|| "s3cret".to_owned());
+        // As an operator fills it in: the key from the environment, the secret too.
+        let env = |name: &str| match name {
+            "BACKFILL_REPORTER_API_SECRET" => Some("s3cret".to_owned()),
+            "BACKFILL_REPORTER_API_KEY" => Some("acctKey1".to_owned()),
+            _ => None,
+        };
         let example = from_toml(
             include_str!("../config.example.toml"),
             Path::new("config.example.toml"),
             &env,
         )
         .unwrap();
+        assert_eq!(example.provider.api_key, "acctKey1");
         let defaults = parse(MINIMAL).unwrap();
         assert_eq!(
             example.provider.request_timeout,
@@ -941,6 +1038,29 @@ mod tests {
         );
         assert_eq!(example.database.keep, defaults.database.keep);
         assert_eq!(example.source.window, defaults.source.window);
+    }
+
+    #[test]
+    fn the_examples_placeholder_key_is_refused_and_the_pages_example_key_is_not() {
+        let example = include_str!("../config.example.toml");
+        assert!(example.contains("api_key = \"YOUR_API_KEY\""), "{example}");
+        assert!(
+            !example.contains("bDqJFiq9"),
+            "the pages' sample key is not shipped"
+        );
+        let env =
+            |name: &str| (name == "BACKFILL_REPORTER_API_SECRET").then(|| "s3cret".to_owned());
+        let err = format!(
+            "{:#}",
+            from_toml(example, Path::new("config.example.toml"), &env).unwrap_err()
+        );
+        assert!(err.contains("provider.api_key"), "{err}");
+        assert!(err.contains("put your account's API key there"), "{err}");
+        for placeholder in ["YOUR_API_KEY", " your_api_key "] {
+            let text = format!("[provider]\napi_key = {placeholder:?}\napi_secret = \"x\"\n");
+            assert!(parse(&text).is_err(), "{placeholder:?}");
+        }
+        assert_eq!(parse(MINIMAL).unwrap().provider.api_key, "bDqJFiq9");
     }
 
     #[test]
@@ -997,6 +1117,30 @@ mod tests {
             s.alarm.webhook_url.unwrap().expose_secret(),
             "https://hooks.example/T1/B1/FROMCRED"
         );
+    }
+
+    #[test]
+    fn a_webhook_url_is_https_or_loopback_like_the_base_url() {
+        for ok in [
+            "https://hooks.example/T000/B000/XXXX",
+            "http://127.0.0.1:9000/hook",
+            "http://[::1]/hook",
+            "http://localhost/hook",
+        ] {
+            parse(&format!("{MINIMAL}[alarm]\nwebhook_url = {ok:?}\n")).unwrap();
+        }
+        for bad in [
+            "http://hooks.example/T000/B000/SECRETTOKEN",
+            "http://10.0.0.5/SECRETTOKEN",
+        ] {
+            let err = format!(
+                "{:#}",
+                parse(&format!("{MINIMAL}[alarm]\nwebhook_url = {bad:?}\n")).unwrap_err()
+            );
+            assert!(err.contains("alarm.webhook_url"), "{err}");
+            assert!(err.contains("loopback host only"), "{err}");
+            assert!(!err.contains("SECRETTOKEN"), "{err}");
+        }
     }
 
     #[test]
@@ -1073,6 +1217,31 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_file_over_4_kib_is_refused_naming_its_key_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_file = |path: &Path| {
+            format!(
+                "[provider]\napi_key = \"bDqJFiq9\"\napi_secret_file = {:?}\n",
+                path.display().to_string()
+            )
+        };
+        let exact = file_with_mode(dir.path(), "exact", &"s".repeat(4096), 0o600);
+        let secret = parse(&with_file(&exact))
+            .unwrap()
+            .provider
+            .api_secret
+            .unwrap();
+        assert_eq!(secret.expose_secret().len(), 4096);
+        let large = file_with_mode(dir.path(), "large", &"s".repeat(64 * 1024), 0o600);
+        for path in [large.as_path(), Path::new("/dev/zero")] {
+            let err = format!("{:#}", parse(&with_file(path)).unwrap_err());
+            assert!(err.contains("provider.api_secret_file"), "{err}");
+            assert!(err.contains("holds more than 4 KiB"), "{err}");
+            assert!(!err.contains("sss"), "{err}");
+        }
+    }
+
+    #[test]
     fn secrets_never_show_in_debug_output() {
         let s = parse(&format!(
             "{MINIMAL}[database]\nurl = \"postgres://u:hunter2@db/x\"\n"
@@ -1119,6 +1288,29 @@ mod tests {
             }
             assert!(err.contains("line "), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_syntax_error_inside_a_multi_line_secret_shows_nothing_from_the_string() {
+        for text in [
+            // The issue's case: an invalid escape on a line of a """ secret holding an `=`.
+            "[provider]\napi_key = \"k1234\"\napi_secret = \"\"\"\nhunter2=abc\\q\n\"\"\"\n",
+            "[provider]\napi_key = \"k1234\"\napi_secret = \"\"\"\nline one\nhunter2 = more\\q\n\"\"\"\n",
+            "[provider]\napi_secret = \"\"\"a \\\"\"\" quote\nhunter2 = x\\q\"\"\"\n",
+            "[database]\nurl = '''\npostgres://u:hunter2@db/x?a=b\n",
+            "[provider]\napi_secret = [\n  \"hunter2=x\\q\",\n]\n",
+            "[provider] # a \" in a comment\napi_secret = \"\"\"\nhunter2=x\\q\"\"\"\n",
+        ] {
+            let err = format!("{:#}", parse(text).unwrap_err());
+            assert!(!err.contains("hunter2"), "{text:?} leaked: {err}");
+            assert!(err.contains("line "), "{text:?}: {err}");
+        }
+        // Outside a string, the key is still named.
+        let err = format!(
+            "{:#}",
+            parse("[provider]\napi_key = \"k\\q\"\n").unwrap_err()
+        );
+        assert!(err.contains("(api_key)"), "{err}");
     }
 
     #[test]
@@ -1322,6 +1514,21 @@ mod tests {
                 "source.window",
                 "allowed 1s to 366d",
             ),
+            (
+                "retry_backoff = \"0s\"\n",
+                "provider.retry_backoff",
+                "allowed 10ms to 1m",
+            ),
+            (
+                "retry_backoff = \"9ms\"\n",
+                "provider.retry_backoff",
+                "allowed 10ms to 1m",
+            ),
+            (
+                "retry_backoff = \"61s\"\n",
+                "provider.retry_backoff",
+                "allowed 10ms to 1m",
+            ),
         ] {
             let err = format!("{:#}", parse(&format!("{MINIMAL}{extra}")).unwrap_err());
             assert!(err.contains(key) && err.contains(range), "{extra}: {err}");
@@ -1331,6 +1538,8 @@ mod tests {
             "request_timeout = \"5m\"\nmax_in_flight = 1024\nmax_attempts = 1000\n",
             "[database]\nmax_connections = 2\n[source]\nwindow = \"366d\"\n",
             "[database]\nmax_connections = 100\n[source]\nwindow = \"1s\"\n",
+            "retry_backoff = \"10ms\"\n",
+            "retry_backoff = \"60s\"\n",
         ] {
             parse(&format!("{MINIMAL}{extra}")).unwrap();
         }
@@ -1347,6 +1556,14 @@ mod tests {
         ] {
             let s = parse(&format!("{MINIMAL}base_url = {ok:?}\n")).unwrap();
             assert_eq!(s.provider.base_url, ok);
+        }
+        for (written, read) in [
+            ("HTTP://127.0.0.1:8080/otp/", "http://127.0.0.1:8080/otp"),
+            ("Https://API.example.com/otp", "https://api.example.com/otp"),
+            ("https://api.example.com", "https://api.example.com"),
+        ] {
+            let s = parse(&format!("{MINIMAL}base_url = {written:?}\n")).unwrap();
+            assert_eq!(s.provider.base_url, read);
         }
         for (bad, why) in [
             ("http://api.example.com/otp", "loopback host only"),

@@ -21,7 +21,7 @@ impl AppId {
                 crate::excerpt::quoted(raw)
             ));
         }
-        if raw.trim() != raw || raw.chars().any(is_control) {
+        if raw.trim() != raw || raw.chars().any(drives_a_terminal) {
             return Err(format!(
                 "appId {} has surrounding whitespace or control characters",
                 crate::excerpt::quoted(raw)
@@ -41,12 +41,22 @@ impl fmt::Display for AppId {
     }
 }
 
-/// A control character, or one of the Unicode characters that reorder or break what a terminal
-/// shows (bidi overrides and isolates, line and paragraph separators): in an id, only ever a
-/// data error, or an attempt to make a log line lie.
-pub fn is_control(c: char) -> bool {
+/// Whether a character can drive a terminal or reorder what it shows: the C0 and C1 controls
+/// (ESC starts a sequence; U+009B is one by itself), DEL, the line and paragraph separators,
+/// and the bidirectional marks, embeddings, overrides and isolates (a right-to-left override
+/// turns the rest of a line around).
+pub fn drives_a_terminal(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// A mobile country code: exactly three ASCII digits, sent as a JSON string ("460").

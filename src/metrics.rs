@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -23,6 +23,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
 use crate::config::MetricsSettings;
 use crate::outcomes::{RunSummary, Trigger};
@@ -30,6 +31,20 @@ use crate::provider::{Class, Exchange};
 
 /// How long a scrape waits for the two counts it reads from the database.
 const SCRAPE_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a client may take to send a request's headers, counted from the connection (or
+/// the previous answer, on a kept-alive one). A scraper sends its request at once; a client that
+/// sends half a request line and waits (slowloris) is closed after this.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most connections the endpoint holds open at once; one more is closed as soon as it is
+/// accepted. Each holds a file descriptor, and the provider's connections need theirs: under
+/// the unit's limit of 1,024 the metrics port must never take more than this many.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// The longest one connection is served, whatever it does: an answer read a byte a minute must
+/// not hold its slot either. A scraper reconnects for its next scrape.
+const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CycleLabels {
@@ -367,13 +382,52 @@ pub async fn serve(
         .route("/metrics", get(scrape))
         .route("/healthz", get(healthz))
         .with_state(pool);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("metrics endpoint stopped: {e}");
-        }
-    });
+    let task = tokio::spawn(accept_connections(listener, app));
     tracing::info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            "metrics.listen {addr} is not a loopback address: /metrics and /healthz have no \
+             authentication, so anyone who can reach this address can read them; keep it on \
+             loopback or a private interface"
+        );
+    }
     Ok(Some(MetricsServer { addr, task }))
+}
+
+/// Serves each connection with hyper's HTTP/1 builder, so that a header-read timeout applies
+/// ([`HEADER_READ_TIMEOUT`]; `axum::serve` takes no settings), at most [`MAX_CONNECTIONS`] at
+/// once and each for at most [`MAX_CONNECTION_LIFE`]. Prometheus speaks HTTP/1.1.
+async fn accept_connections(listener: tokio::net::TcpListener, app: Router) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, or a connection reset before it was accepted: wait
+                // a little rather than spin; the listener itself stays good.
+                tracing::debug!("metrics endpoint: accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(
+                "metrics endpoint: {MAX_CONNECTIONS} connections open, closing one more"
+            );
+            continue;
+        };
+        let connection = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(app.clone()),
+        );
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(MAX_CONNECTION_LIFE, connection).await;
+            drop(slot);
+        });
+    }
 }
 
 async fn scrape(State(pool): State<PgPool>) -> impl IntoResponse {

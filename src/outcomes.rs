@@ -348,6 +348,8 @@ pub struct HistoryFilter {
 #[derive(Debug, Clone)]
 pub struct HistoryRow {
     pub scheduled_for: DateTime<Utc>,
+    /// The `callbackTime` sent (or to be sent), in the schedule's zone, exactly as sent.
+    pub callback_time: String,
     /// NULL for a source row that had none (recorded as invalid).
     pub app_id: Option<String>,
     pub mcc: Option<String>,
@@ -366,7 +368,7 @@ pub async fn history(pool: &PgPool, filter: &HistoryFilter) -> anyhow::Result<Ve
     let rows = sqlx::query(
         "SELECT scheduled_for, app_id, mcc, backfill_number::text, cardinal_number::text, \
              (rate * 100)::int, state, attempts, provider_status, http_status, \
-             COALESCE(reason, provider_reason, error) \
+             COALESCE(reason, provider_reason, error), callback_time \
          FROM report_submissions \
          WHERE ($1::text IS NULL OR app_id = $1) AND ($2::text IS NULL OR mcc = $2) \
            AND ($3::text IS NULL OR state = $3) AND ($5::bigint IS NULL OR run_id = $5) \
@@ -395,6 +397,7 @@ pub async fn history(pool: &PgPool, filter: &HistoryFilter) -> anyhow::Result<Ve
             provider_status: r.get(8),
             http_status: r.get(9),
             detail: r.get(10),
+            callback_time: r.get(11),
         })
         .collect())
 }

@@ -12,7 +12,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ProviderSettings;
-use crate::domain::{AppId, Mcc};
+use crate::domain::{drives_a_terminal, AppId, Mcc};
 use crate::rate::{Rate, RateError};
 use crate::record::{Lenient, Record};
 
@@ -96,7 +96,8 @@ pub enum Class {
 pub enum Rejection {
     /// -1: key, secret or signature wrong. Every further request fails the same way.
     Authentication,
-    /// -2: this host's address is not on the account's allow-list. Same for every request.
+    /// -2, "ip限制" (IP restriction): all the page says. Read here as this host's address not
+    /// being one the account accepts, which is the same for every request.
     IpRestricted,
     /// -22: this request's parameters.
     Parameters,
@@ -117,7 +118,8 @@ impl Rejection {
                 "check provider.api_key and the API secret (and that the account is active)"
             }
             Self::IpRestricted => {
-                "add this host's public IP address to the allow-list in the provider's console"
+                "the provider's page says only \"ip限制\" (IP restriction); most likely this \
+                 host's public address is not one the account accepts: check with the provider"
             }
             Self::Parameters => "the provider refused this request's parameters",
             Self::Other => "the provider refused the request",
@@ -144,8 +146,8 @@ pub struct Exchange<T> {
     pub body: Option<String>,
     /// The Timestamp that was signed, so a -16 can be logged next to the local clock.
     pub timestamp: i64,
-    /// The `Retry-After` of a 429 or 503, in either of its forms, at most [`MAX_RETRY_AFTER`]:
-    /// how long the provider asked us to stay away.
+    /// The `Retry-After` of a 408, 429 or 5xx, in either of its forms, at most
+    /// [`MAX_RETRY_AFTER`]: how long the provider asked us to stay away.
     pub retry_after: Option<Duration>,
     /// How the request failed before any HTTP answer was complete, if it did.
     pub transport: Option<Transport>,
@@ -212,6 +214,9 @@ impl std::fmt::Debug for ProviderClient {
 
 impl ProviderClient {
     pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
+        // Config allows http:// for a loopback host only; a scheme is compared as the url crate
+        // reads it, in lowercase, whatever case it was written in.
+        let cleartext = reqwest::Url::parse(&settings.base_url).is_ok_and(|u| u.scheme() == "http");
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
@@ -224,8 +229,7 @@ impl ProviderClient {
             .tcp_user_timeout(settings.request_timeout)
             .tcp_keepalive(Duration::from_secs(60))
             .user_agent(concat!("backfill-reporter/", env!("CARGO_PKG_VERSION")))
-            // Config allows http:// for a loopback host only.
-            .https_only(!settings.base_url.starts_with("http://"))
+            .https_only(!cleartext)
             // A redirect would carry Api-Key, Timestamp and Sign to wherever it points (reqwest
             // strips only the standard credential headers), and a 302 turns the POST into a
             // bodiless GET whose `"status":"0"` would read as success: a 3xx is an answer.
@@ -325,7 +329,7 @@ impl<T: DeserializeOwned> Exchange<T> {
                 .get(name)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         };
-        if matches!(http, 429 | 503) {
+        if try_again_later(http) {
             self.retry_after = header(reqwest::header::RETRY_AFTER)
                 .and_then(|v| parse_retry_after(&v, chrono::Utc::now()));
         }
@@ -358,8 +362,19 @@ impl<T: DeserializeOwned> Exchange<T> {
         }
     }
 
-    /// Classes the answer by its body: the documented JSON's `status` first, the HTTP status
-    /// where the body is not that JSON or contradicts it.
+    /// Classes the answer. The rule, as README's "What is sent" states it:
+    ///
+    /// 1. a status the provider's pages document (`0`, `-1`, `-2`, `-16`, `-18`, `-22`) in the
+    ///    body decides, whatever the HTTP code a gateway put on it: a `-1` on HTTP 401 still
+    ///    stops the cycle, a `-18` on HTTP 503 is retried. A `0` on a non-2xx answer contradicts
+    ///    itself, and the HTTP status decides;
+    /// 2. an HTTP 408, 429 or 5xx whose body carries no documented status (not JSON, or a
+    ///    gateway's own JSON such as Spring's `{"status":429,"error":"Too Many Requests"}`,
+    ///    whose numeric `status` is the HTTP code again, not the provider's) is transient,
+    ///    retried no sooner than its `Retry-After`;
+    /// 3. anything else: an undocumented status is a rejection (as is a redirect, see
+    ///    [`Exchange::read`]), a body that is not the documented JSON is classed by its HTTP
+    ///    status.
     fn judge(&mut self, text: String) {
         let http = self.http_status.unwrap_or_default();
         let parsed = serde_json::from_str::<Envelope>(&text);
@@ -367,30 +382,32 @@ impl<T: DeserializeOwned> Exchange<T> {
         let envelope = match parsed {
             Ok(envelope) => envelope,
             Err(e) => {
-                let (class, what) = http_class(http);
-                self.class = class;
-                self.error = Some(clean(
-                    &format!("HTTP {http}{what} with a body that is not the documented JSON: {e}"),
-                    MAX_ERROR_CHARS,
-                ));
+                self.by_http(
+                    http,
+                    &format!("with a body that is not the documented JSON: {e}"),
+                );
                 return;
             }
         };
         let status = clean(envelope.status.trim(), MAX_STATUS_CHARS);
+        let documented = documented(&status);
+        if documented.is_none() && try_again_later(http) {
+            // A gateway's body: its `status` and text are not the provider's to record.
+            self.by_http(
+                http,
+                &format!("with a body whose status {status} the provider does not document"),
+            );
+            return;
+        }
         let reason = envelope.reason.0.map(|r| clean(&r, MAX_REASON_CHARS));
         self.provider_status = Some(status.clone());
         self.reason = reason.clone();
         let success_http = (200..=299).contains(&http);
-        if !success_http && classify(&status) == Class::Success {
-            // A "0" on an error page contradicts itself: believe the HTTP status.
-            let (class, what) = http_class(http);
-            self.class = class;
-            self.error = Some(format!("HTTP {http}{what} with provider status 0"));
+        if !success_http && documented == Some(Class::Success) {
+            self.by_http(http, "with provider status 0");
             return;
         }
-        // The provider's own status says more than the HTTP code a gateway put on it: a -1 on
-        // HTTP 401 still stops the cycle, a -22 on HTTP 400 is still about the parameters.
-        self.class = classify(&status);
+        self.class = documented.unwrap_or(Class::Rejected(Rejection::Other));
         if self.class != Class::Success {
             let on = if success_http {
                 String::new()
@@ -416,6 +433,22 @@ impl<T: DeserializeOwned> Exchange<T> {
             }
         }
     }
+
+    /// Classes the answer by its HTTP status alone, `detail` saying why the body did not decide.
+    fn by_http(&mut self, http: u16, detail: &str) {
+        let (class, what) = http_class(http);
+        self.class = class;
+        self.error = Some(clean(
+            &format!("HTTP {http}{what} {detail}"),
+            MAX_ERROR_CHARS,
+        ));
+    }
+}
+
+/// HTTP statuses that say "not now" rather than "no": a timeout (408), throttling (429) and
+/// server or gateway errors (5xx). Their `Retry-After` is honoured.
+fn try_again_later(http: u16) -> bool {
+    matches!(http, 408 | 429 | 500..=599)
 }
 
 /// The class of an HTTP status when the body does not say more, with a word on what it means.
@@ -449,18 +482,36 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<V
     Ok(body)
 }
 
-/// Provider text made fit for one log line and one database field: control characters (and
-/// the Unicode line and bidi controls) escaped, so that a `\n` in a reason cannot start a
-/// forged log line, and at most `max` characters, so that a reason cannot fill the log.
+/// Provider text made fit for one log line, one database field and a terminal: characters
+/// that [drive a terminal](drives_a_terminal) escaped as Rust writes them (`\n`, `\u{1b}`,
+/// `\u{202e}`), so that a `\n` in a reason cannot start a forged log line nor an ESC recolour
+/// or clear the screen, and at most `max` characters, so that a reason cannot fill the log.
+/// Everything the commands print that came from outside (the provider, the source, the
+/// database) goes through it, or through [`clean_json`] when it is JSON.
 pub fn clean(text: &str, max: usize) -> String {
+    escape(text, max, false)
+}
+
+/// JSON made safe for a terminal without changing its value: the characters [`clean`]
+/// escapes are written as JSON escapes (`\u001b`, `\u202e`), which serde leaves raw for
+/// everything but C0. Newlines, carriage returns and tabs are left alone: in valid JSON they
+/// can only be whitespace between tokens (inside a string serde has escaped them already).
+pub fn clean_json(json: &str) -> String {
+    escape(json, usize::MAX, true)
+}
+
+/// [`clean`] and [`clean_json`]: one rule, in Rust's escape syntax or JSON's.
+fn escape(text: &str, max: usize, json: bool) -> String {
     let mut out = String::with_capacity(text.len().min(max));
     let mut used = 0;
     for c in text.chars() {
-        let escaped = crate::domain::is_control(c);
-        let piece: String = if escaped {
-            c.escape_default().collect()
-        } else {
+        let piece: String = if !drives_a_terminal(c) || (json && matches!(c, '\n' | '\r' | '\t')) {
             c.to_string()
+        } else if json {
+            // Every character the rule names is in the Basic Multilingual Plane.
+            format!("\\u{:04x}", u32::from(c))
+        } else {
+            c.escape_default().collect()
         };
         let len = piece.chars().count();
         if used + len > max {
@@ -511,14 +562,19 @@ fn sensitive(hex: String) -> reqwest::header::HeaderValue {
 /// Maps the provider's top-level status to a class. Statuses not documented for these two calls
 /// (other endpoints add -10, -26 … -29) are rejections: retrying cannot change them.
 pub fn classify(status: &str) -> Class {
-    match status.trim() {
+    documented(status).unwrap_or(Class::Rejected(Rejection::Other))
+}
+
+/// The class of a status the two pages document, `None` for any other.
+fn documented(status: &str) -> Option<Class> {
+    Some(match status.trim() {
         "0" => Class::Success,
         "-1" => Class::Rejected(Rejection::Authentication),
         "-2" => Class::Rejected(Rejection::IpRestricted),
         "-22" => Class::Rejected(Rejection::Parameters),
         "-16" | "-18" => Class::Transient,
-        _ => Class::Rejected(Rejection::Other),
-    }
+        _ => return None,
+    })
 }
 
 fn transport_kind(e: &reqwest::Error) -> Transport {
@@ -713,11 +769,35 @@ mod tests {
             "bad\\n2026-01-01T00:00:00Z  INFO forged\\r\\u{1b}[31m"
         );
         assert_eq!(clean("a\u{2028}b\u{202e}c", 500), "a\\u{2028}b\\u{202e}c");
+        assert_eq!(
+            clean("\u{9b}31m\u{200f}\u{7f}", 500),
+            "\\u{9b}31m\\u{200f}\\u{7f}"
+        );
         assert_eq!(clean("参数异常", 500), "参数异常");
         let long = clean(&"x".repeat(10_000), 500);
         assert_eq!(long.chars().count(), 501);
         assert!(long.ends_with('…'));
         // An escape is never cut in half.
         assert_eq!(clean("ab\n", 3), "ab…");
+    }
+
+    #[test]
+    fn clean_json_escapes_the_same_characters_in_json_syntax_keeping_the_value() {
+        let value = serde_json::json!({"app": "rtl\u{202e}Shop\u{1b}[2J\u{9b}1m\u{2066}x\u{7f}"});
+        let pretty = serde_json::to_string_pretty(&value).unwrap();
+        let cleaned = clean_json(&pretty);
+        assert!(
+            !cleaned.chars().any(|c| drives_a_terminal(c) && c != '\n'),
+            "{cleaned:?}"
+        );
+        assert!(
+            cleaned.contains(r"rtl\u202eShop\u001b[2J\u009b1m\u2066x\u007f"),
+            "{cleaned}"
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&cleaned).unwrap(),
+            value
+        );
+        assert_eq!(clean_json("{\r\n\t\"a\": 1\n}"), "{\r\n\t\"a\": 1\n}");
     }
 }

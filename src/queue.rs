@@ -220,8 +220,9 @@ pub fn is_numeric(v: &str) -> bool {
         && frac.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Marks pending rows of older ticks of this run's pairs as superseded: the provider keeps the
-/// last value it gets, so sending an old one after the new one would overwrite it. Rows under a
+/// Marks pending rows of older ticks of this run's pairs as superseded: an older rate sent after
+/// a newer one could only replace the newer one (this project's reading; the provider's page
+/// does not say what it does with several reports of one pair). Rows under a
 /// live lease are being sent right now; their outcome write supersedes them if it must retry.
 pub async fn supersede_older(conn: &mut PgConnection, tick: DateTime<Utc>) -> anyhow::Result<u64> {
     let done = sqlx::query(

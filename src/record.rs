@@ -126,14 +126,15 @@ pub struct SnaLeg {
 }
 
 impl Verification {
-    /// `matched`, in words, as the page's table lists the codes.
+    /// `matched`, in words, as the page's table lists the codes: -1 未校验, 0 校验成功,
+    /// 1 发送中, 2 校验失败, 3 不存在的verificationId.
     pub fn matched_in_words(&self) -> String {
         match *self.matched {
             Some(-1) => "not checked".to_owned(),
             Some(0) => "verified".to_owned(),
             Some(1) => "sending".to_owned(),
-            Some(2) => "failed".to_owned(),
-            Some(3) => "no such verification".to_owned(),
+            Some(2) => "verification failed".to_owned(),
+            Some(3) => "no such verificationId".to_owned(),
             Some(other) => format!("unknown ({other})"),
             None => "not reported".to_owned(),
         }
@@ -149,11 +150,11 @@ impl SmsLeg {
 
 impl CallLeg {
     /// `terminationCode`, in words. The page documents 0 (success) and "any other is a
-    /// failure", so a failure is shown with its code rather than guessed at.
+    /// failure"; which failure is the code's and `terminationReason`'s to say.
     pub fn status_in_words(&self) -> String {
         match *self.termination_code {
             Some(0) => "success".to_owned(),
-            Some(code) => format!("failed ({code})"),
+            Some(_) => "failed".to_owned(),
             None => "not reported".to_owned(),
         }
     }
@@ -328,10 +329,14 @@ mod tests {
         assert_eq!(sna(Some(7)).status_in_words(), "unknown (7)");
         assert_eq!(sms(None).status_in_words(), "not reported");
         assert_eq!(call(Some(0)).status_in_words(), "success");
-        assert_eq!(call(Some(100_005)).status_in_words(), "failed (100005)");
+        assert_eq!(call(Some(100_005)).status_in_words(), "failed");
         assert_eq!(call(None).status_in_words(), "not reported");
         assert_eq!(matched(Some(0)).matched_in_words(), "verified");
-        assert_eq!(matched(Some(3)).matched_in_words(), "no such verification");
+        assert_eq!(matched(Some(2)).matched_in_words(), "verification failed");
+        assert_eq!(
+            matched(Some(3)).matched_in_words(),
+            "no such verificationId"
+        );
         assert_eq!(matched(Some(9)).matched_in_words(), "unknown (9)");
         assert_eq!(matched(None).matched_in_words(), "not reported");
     }

@@ -1,5 +1,6 @@
 //! `status`: the state of every (app, MCC) pair at a glance: country, latest rate and outcome,
-//! baseline, a sparkline of the last 24 submitted rates and the route-health alarm. Reads the
+//! baseline, a sparkline of the rates the provider accepted at the last 24 ticks (a gap where
+//! it accepted none) and the route-health alarm. Reads the
 //! report tables only (one query); the rendering is pure so that the 80-column layout, the
 //! colours and the JSON are tested without a database.
 
@@ -14,8 +15,12 @@ use crate::config::AlarmSettings;
 use crate::mcc;
 use crate::rate::Rate;
 
-/// How many submitted rates the sparkline shows.
+/// How many ticks the sparkline shows.
 pub const SPARK_LEN: usize = 24;
+
+/// A tick in the sparkline without a rate the provider accepted: failed, pending, skipped,
+/// invalid or superseded. Visible, and not a block that a rate of 0 would also draw.
+pub const GAP: char = '·';
 
 /// One pair, as `status --json` prints it. Rates are numbers in percent.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -40,9 +45,10 @@ pub struct StatusRow {
     /// The latest baseline the pair was judged against.
     #[serde(serialize_with = "percent_opt")]
     pub baseline: Option<Rate>,
-    /// Up to the last 24 submitted rates, oldest first.
+    /// The pair's last 24 ticks, oldest first: the rate the provider accepted, or `None` (JSON
+    /// `null`) where it accepted none.
     #[serde(serialize_with = "percents")]
-    pub rates: Vec<Rate>,
+    pub rates: Vec<Option<Rate>>,
     /// true: the alarm is firing; false: judged and fine; null: never judged (no baseline yet).
     pub alarm: Option<bool>,
     pub alarm_since: Option<DateTime<Utc>>,
@@ -56,8 +62,8 @@ fn percent_opt<S: serde::Serializer>(rate: &Option<Rate>, s: S) -> Result<S::Ok,
     }
 }
 
-fn percents<S: serde::Serializer>(rates: &[Rate], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(rates.iter().map(|r| r.percent()))
+fn percents<S: serde::Serializer>(rates: &[Option<Rate>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(rates.iter().map(|r| r.map(Rate::percent)))
 }
 
 /// The latest row of each pair with its sparkline, baseline and alarm. Superseded rows
@@ -76,10 +82,10 @@ const STATUS: &str = "WITH latest AS ( \
         a.since, b.baseline IS NOT NULL AS judged \
     FROM latest l \
     LEFT JOIN LATERAL ( \
-        SELECT array_agg((x.rate * 100)::int ORDER BY x.scheduled_for) AS rates FROM ( \
-            SELECT s.rate, s.scheduled_for FROM report_submissions s \
-            WHERE s.app_id = l.app_id AND s.mcc = l.mcc AND s.rate IS NOT NULL \
-              AND s.state IN ('succeeded', 'failed', 'pending') \
+        SELECT array_agg(CASE WHEN x.state = 'succeeded' THEN (x.rate * 100)::int END \
+            ORDER BY x.scheduled_for) AS rates FROM ( \
+            SELECT s.rate, s.state, s.scheduled_for FROM report_submissions s \
+            WHERE s.app_id = l.app_id AND s.mcc = l.mcc \
             ORDER BY s.scheduled_for DESC LIMIT $2) x) h ON true \
     LEFT JOIN LATERAL ( \
         SELECT s.baseline FROM report_submissions s \
@@ -117,9 +123,9 @@ fn status_row(r: &sqlx::postgres::PgRow) -> StatusRow {
         backfill_number: r.get(7),
         cardinal_number: r.get(8),
         rates: r
-            .get::<Vec<i32>, _>(9)
+            .get::<Vec<Option<i32>>, _>(9)
             .into_iter()
-            .filter_map(Rate::from_hundredths)
+            .map(|h| h.and_then(Rate::from_hundredths))
             .collect(),
         baseline: r.get::<Option<i32>, _>(10).and_then(Rate::from_hundredths),
         alarm: if firing {
@@ -141,14 +147,22 @@ fn pct(v: Option<Rate>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-/// One block per rate on an absolute 0–100 scale (▁ below 12.5, █ from 87.5), oldest first, so
-/// that a collapse shows as a step down at the right end whatever the pair's usual level.
-pub fn sparkline(rates: &[Rate]) -> String {
+/// One block per accepted rate on an absolute 0–100 scale (▁ below 12.5, █ from 87.5), oldest
+/// first, so that a collapse shows as a step down at the right end whatever the pair's usual
+/// level; [`GAP`] for a tick without one. A failed or pending rate is not plotted: the provider
+/// never took it.
+pub fn sparkline(rates: &[Option<Rate>]) -> String {
     const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     rates
         .iter()
-        .map(|r| BLOCKS[usize::from(r.hundredths() / 1250).min(7)])
+        .map(|r| r.map_or(GAP, |r| BLOCKS[usize::from(r.hundredths() / 1250).min(7)]))
         .collect()
+}
+
+/// An app id (or any text from the report tables) for the terminal: it may hold an ESC or a
+/// right-to-left override, which [`clean`](crate::provider::clean) escapes.
+fn shown(text: &str) -> String {
+    crate::provider::clean(text, 64)
 }
 
 /// Cuts `s` to `width` characters, marking a cut with "…".
@@ -199,7 +213,7 @@ pub fn render_table(rows: &[StatusRow], alarm: &AlarmSettings, color: bool) -> S
         pad("COUNTRY", 14),
         pad_left("RATE", 5),
         pad_left("BASE", 5),
-        pad("LAST 24 RATES (0-100)", SPARK_LEN),
+        pad("ACCEPTED, 24 TICKS", SPARK_LEN),
         pad("OUTCOME", 7),
     );
     for r in rows {
@@ -249,8 +263,8 @@ fn pair_line(r: &StatusRow, paint: Paint) -> String {
     };
     format!(
         "{} {} {} {} {} {} {} {}",
-        pad(&r.app_id, 9),
-        pad(&r.mcc, 3),
+        pad(&shown(&r.app_id), 9),
+        pad(&shown(&r.mcc), 3),
         pad(&r.country, 14),
         pad_left(&pct(r.rate), 5),
         pad_left(&pct(r.baseline), 5),
@@ -275,14 +289,18 @@ fn legend(out: &mut String, pairs: usize, firing: usize, alarm: &AlarmSettings) 
         "succeeded reports; ALARM: the rate fell more than {} points below it.",
         alarm.drop_points
     );
+    let _ = writeln!(
+        out,
+        "ACCEPTED: the rates the provider took at the last {SPARK_LEN} ticks; {GAP}: none taken."
+    );
 }
 
 /// The numbers behind a firing alarm, in two lines.
 fn alarm_lines(out: &mut String, r: &StatusRow, paint: Paint) {
     let head = format!(
         "ALARM {} {} {}: {}% vs baseline {}%",
-        r.app_id,
-        r.mcc,
+        shown(&r.app_id),
+        shown(&r.mcc),
         r.country,
         pct(r.rate),
         pct(r.baseline),
@@ -299,9 +317,12 @@ fn alarm_lines(out: &mut String, r: &StatusRow, paint: Paint) {
     let _ = writeln!(out, "{}", fit(&detail, 79));
 }
 
-/// The rows as one JSON array.
+/// The rows as one JSON array, [safe for a terminal](crate::provider::clean_json) with the same
+/// values: an app id may hold a right-to-left override or a C1 control, which serde leaves raw.
 pub fn render_json(rows: &[StatusRow]) -> String {
-    serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".to_owned())
+    crate::provider::clean_json(
+        &serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".to_owned()),
+    )
 }
 
 #[cfg(test)]
@@ -315,8 +336,12 @@ mod tests {
             .collect()
     }
 
+    fn accepted(rates: &[f64]) -> Vec<Option<Rate>> {
+        pcts(rates).into_iter().map(Some).collect()
+    }
+
     fn row(app: &str, mcc: &str, rates: &[f64], alarm: Option<bool>) -> StatusRow {
-        let rates = pcts(rates);
+        let rates = accepted(rates);
         let country = mcc::lookup(mcc);
         StatusRow {
             app_id: app.into(),
@@ -326,7 +351,7 @@ mod tests {
             tick: DateTime::parse_from_rfc3339("2026-02-01T00:00:00Z")
                 .unwrap()
                 .with_timezone(&Utc),
-            rate: rates.last().copied(),
+            rate: rates.last().copied().flatten(),
             state: "succeeded".into(),
             provider_status: Some("0".into()),
             detail: None,
@@ -342,10 +367,13 @@ mod tests {
     #[test]
     fn the_sparkline_maps_0_to_100_onto_eight_blocks() {
         assert_eq!(
-            sparkline(&pcts(&[0.0, 12.49, 12.5, 50.0, 87.49, 87.5, 100.0])),
+            sparkline(&accepted(&[0.0, 12.49, 12.5, 50.0, 87.49, 87.5, 100.0])),
             "▁▁▂▅▇██"
         );
         assert_eq!(sparkline(&[]), "");
+        let mut gappy = accepted(&[80.0, 0.0, 80.0]);
+        gappy.insert(1, None);
+        assert_eq!(sparkline(&gappy), "▇·▁▇");
     }
 
     #[test]

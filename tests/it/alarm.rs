@@ -26,17 +26,30 @@ fn tick(n: i64) -> DateTime<Utc> {
 }
 
 /// How a test webhook answers.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Answer {
     Ok,
     Fail,
     Hang,
+    /// This 3xx, with this `Location`.
+    Redirect(u16, String),
 }
 
-/// A local HTTP server standing in for a chat webhook: records every JSON body it gets.
+/// One request a [`Webhook`] got, whatever its method or path.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: axum::http::HeaderMap,
+    /// The body as JSON, `Null` when it is none.
+    pub body: Value,
+}
+
+/// A local HTTP server standing in for a chat webhook: records every request it gets (any
+/// method, any path, so that a redirected GET shows too) and answers as told.
 pub struct Webhook {
     pub url: String,
-    bodies: Arc<Mutex<Vec<Value>>>,
+    requests: Arc<Mutex<Vec<Request>>>,
     answer: Arc<Mutex<Answer>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -47,49 +60,71 @@ impl Drop for Webhook {
     }
 }
 
-type Shared = (Arc<Mutex<Vec<Value>>>, Arc<Mutex<Answer>>);
+type Shared = (Arc<Mutex<Vec<Request>>>, Arc<Mutex<Answer>>);
 
-async fn receive(State((bodies, answer)): State<Shared>, body: String) -> StatusCode {
-    bodies
-        .lock()
-        .unwrap()
-        .push(serde_json::from_str(&body).unwrap_or(Value::Null));
-    let answer = *answer.lock().unwrap();
+async fn receive(
+    State((requests, answer)): State<Shared>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    requests.lock().unwrap().push(Request {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    });
+    let answer = answer.lock().unwrap().clone();
     match answer {
-        Answer::Ok => StatusCode::OK,
-        Answer::Fail => StatusCode::INTERNAL_SERVER_ERROR,
+        Answer::Ok => StatusCode::OK.into_response(),
+        Answer::Fail => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         Answer::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
-            StatusCode::OK
+            StatusCode::OK.into_response()
         }
+        Answer::Redirect(http, to) => (
+            StatusCode::from_u16(http).unwrap(),
+            [(axum::http::header::LOCATION, to)],
+        )
+            .into_response(),
     }
 }
 
 impl Webhook {
     pub async fn start(answer: Answer) -> Self {
-        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(Vec::new()));
         let answer = Arc::new(Mutex::new(answer));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Router::new()
-            .route(
-                "/hooks/T000/B000/secret-token",
-                axum::routing::post(receive),
-            )
-            .with_state((bodies.clone(), answer.clone()));
+            .fallback(receive)
+            .with_state((requests.clone(), answer.clone()));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         Self {
             url: format!("http://{addr}/hooks/T000/B000/secret-token"),
-            bodies,
+            requests,
             answer,
             task,
         }
     }
 
+    /// Every request, in order of arrival.
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// The JSON bodies POSTed to the hook's URL.
     pub fn bodies(&self) -> Vec<Value> {
-        self.bodies.lock().unwrap().clone()
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path == "/hooks/T000/B000/secret-token")
+            .map(|r| r.body)
+            .collect()
     }
 
     pub fn answer(&self, answer: Answer) {
@@ -121,7 +156,7 @@ pub fn append_config(app: &TestApp, text: &str) {
 }
 
 /// Seeds `backfilled` of `sent` for each (app, mcc) in the window of tick `n`, then runs it.
-async fn run_tick(
+pub async fn run_tick(
     app: &TestApp,
     n: i64,
     pairs: &[(&str, i32, i64, i64)],
@@ -445,4 +480,34 @@ async fn run_once_logs_one_warn_line_naming_the_country_the_numbers_and_the_base
         "{}",
         warns[0]
     );
+}
+
+#[sqlx::test]
+async fn a_webhook_that_redirects_is_not_followed_and_the_alert_stays_unsent(pool: PgPool) {
+    let elsewhere = Webhook::start(Answer::Ok).await;
+    let hook = Webhook::start(Answer::Ok).await;
+    let app = app_with_webhook(pool, &hook).await;
+    for (n, http) in [(4, 302), (5, 307)] {
+        let tries = hook.requests().len();
+        hook.answer(Answer::Redirect(http, elsewhere.url.clone()));
+
+        let report = run_tick(&app, n, &COLLAPSED).await;
+
+        assert!(report.all_good());
+        // Three tries, each answered with the redirect; none reaches the other host.
+        eventually(Duration::from_secs(15), "three tries", || async {
+            hook.requests().len() == tries + 3
+        })
+        .await;
+        for r in &hook.requests()[tries..] {
+            assert_eq!(r.method, "POST");
+            assert!(r.headers.get("referer").is_none(), "{:?}", r.headers);
+        }
+        assert!(
+            elsewhere.requests().is_empty(),
+            "HTTP {http}: the redirect was followed: {:?}",
+            elsewhere.requests()
+        );
+        assert_eq!(alerts_sent(&app).await, 0, "HTTP {http}: marked as sent");
+    }
 }

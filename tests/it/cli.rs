@@ -3,7 +3,7 @@
 use sqlx::PgPool;
 
 use crate::fake_provider::{docs_record_example, Scripted};
-use crate::helpers::{isolated, Output, TestApp, API_SECRET, BIN};
+use crate::helpers::{isolated, Output, TestApp, TestConfig, API_SECRET, BIN};
 
 #[sqlx::test]
 async fn record_prints_a_readable_summary_and_exits_0_when_found(pool: PgPool) {
@@ -20,16 +20,45 @@ async fn record_prints_a_readable_summary_and_exits_0_when_found(pool: PgPool) {
         "order      1234566",
         "channel    call",
         "matched    verified (0)",
+        "checked at 2022-07-12T13:39:47+08:00",
         "sms #1",
         "status   success (successR)",
-        "0.000002 in total for 1 charged parts",
-        "settled 0.01368 EUR",
+        "0.000002 in total for 1 charged part (currency not stated by the provider)",
+        "settled 0.01368 EUR in total (unit price 0.01 EUR, quoted exchange rate 0.938)",
         "call #1",
-        "failed (100005) (Temporarily Unavailable)",
+        "status   failed (code 100005: Temporarily Unavailable)",
         "billing 20+20",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
+    for wrong in ["charged parts", "unit 0.01", ") (", "verified 2022"] {
+        assert!(!out.contains(wrong), "{wrong:?} in:\n{out}");
+    }
+}
+
+#[sqlx::test]
+async fn record_says_verification_failed_never_verified_when_the_check_failed(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let mut data = docs_record_example()["data"].clone();
+    data["verifications"]["matched"] = 2.into();
+    data["sms"][0]["chargeCnt"] = 2.into();
+    data["call"][0]["terminationReason"] = serde_json::Value::Null;
+    app.provider.put_record("1234566", data);
+
+    let Output { code, out, err } = app.run(&["record", "1234566"]).await;
+
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("matched    verification failed (2)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("checked at 2022-07-12T13:39:47+08:00\n"),
+        "{out}"
+    );
+    assert!(!out.contains("verified"), "{out}");
+    assert!(out.contains("for 2 charged parts"), "{out}");
+    assert!(out.contains("status   failed (code 100005)\n"), "{out}");
 }
 
 #[sqlx::test]
@@ -129,6 +158,48 @@ async fn help_and_version_work_without_a_config() {
 }
 
 #[sqlx::test]
+async fn history_shows_the_callback_time_that_was_sent_beside_the_tick(pool: PgPool) {
+    let app = TestApp::new(pool).await; // schedule.timezone Asia/Shanghai
+    app.seed_recent("cbTime01").await;
+    assert_eq!(app.run(&["run", "--once"]).await.code, 0);
+    let sent = app.provider.backfill_bodies()[0]["callbackTime"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let Output { code, out, err } = app.run(&["history"]).await;
+
+    assert_eq!(code, 0, "{err}");
+    assert!(sent.ends_with("+08:00"), "{sent}");
+    assert!(out.contains("callbackTime sent"), "{out}");
+    let row = out.lines().find(|l| l.contains("cbTime01")).unwrap();
+    assert!(row.contains(&format!("| {sent} |")), "{sent} not in {row}");
+}
+
+#[tokio::test]
+async fn run_help_and_its_man_page_give_exit_3_for_an_unreachable_database() {
+    let out = isolated(BIN)
+        .args(["run", "--help"])
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).replace('\n', " ");
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    let page = include_str!("../../dist/man/backfill-reporter-run.1");
+
+    assert!(out.status.success());
+    assert!(
+        help.contains("2 on a config error, 3 when the database cannot be reached"),
+        "{help}"
+    );
+    assert!(!help.contains("config or database error"), "{help}");
+    assert!(
+        page.contains("3 when the database cannot be reached"),
+        "{page}"
+    );
+}
+
+#[sqlx::test]
 async fn check_validates_everything_and_prints_the_next_five_fire_times(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let Output { code, out, err } = app.run(&["check"]).await;
@@ -186,6 +257,57 @@ async fn json_logs_are_one_object_per_line_with_the_cycle_summary(pool: PgPool) 
     );
 }
 
+#[tokio::test]
+async fn the_unedited_example_config_is_refused_until_the_accounts_key_is_put_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"),
+        &config,
+    )
+    .unwrap();
+    for args in [&["check", "--offline"][..], &["check"], &["run"]] {
+        let out = isolated(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("BACKFILL_REPORTER_API_SECRET", "s3cret")
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("provider.api_key"), "{args:?}: {err}");
+        assert!(err.contains("\"YOUR_API_KEY\""), "{args:?}: {err}");
+        assert!(
+            err.contains("put your account's API key there"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[sqlx::test]
+async fn a_minus_2_is_explained_with_the_pages_words_and_no_more(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.seed_recent("ipLimit1").await;
+    app.provider
+        .script_all(vec![Scripted::Status("-2", "ip limited")]);
+
+    let Output { code, out, err } = app.run(&["run", "--once"]).await;
+
+    assert_eq!(code, 1, "{out}\n{err}");
+    let stop = err
+        .lines()
+        .find(|l| l.contains("stopping the cycle"))
+        .unwrap_or_else(|| panic!("no stop line in {err}"));
+    assert!(stop.contains("provider status -2 (ip limited)"), "{stop}");
+    assert!(stop.contains("\"ip限制\" (IP restriction)"), "{stop}");
+    for claim in ["allow-list", "console"] {
+        assert!(!stop.contains(claim), "claims {claim:?}: {stop}");
+    }
+}
+
 #[sqlx::test]
 async fn record_json_prints_the_body_as_received_even_when_the_provider_refuses(pool: PgPool) {
     let app = TestApp::new(pool).await;
@@ -223,7 +345,7 @@ async fn record_reads_a_leg_with_both_currency_keys_and_legs_sent_as_objects(poo
     assert!(out.contains("settled 0.01368 USD"), "{out}");
     assert!(out.contains("call #1"), "{out}");
     assert!(
-        out.contains("failed (100005) (Temporarily Unavailable)"),
+        out.contains("failed (code 100005: Temporarily Unavailable)"),
         "{out}"
     );
 }
@@ -291,6 +413,33 @@ async fn check_refuses_cleartext_to_a_remote_provider_and_a_password_in_base_url
 }
 
 #[sqlx::test]
+async fn a_base_url_scheme_in_capitals_is_http_all_the_way_to_the_provider(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let upper = app.provider.base_url.replace("http://", "HTTP://");
+    app.write_config(&TestConfig {
+        base_url: Some(upper),
+        max_attempts: Some(1),
+        ..app.config.clone()
+    });
+    app.seed_recent("capsUrl1").await;
+
+    let checked = app.run(&["check", "--offline"]).await;
+    let Output { code, out, err } = app.run(&["run", "--once"]).await;
+
+    assert_eq!(checked.code, 0, "{}", checked.err);
+    assert!(
+        checked
+            .out
+            .contains(&format!("provider {} with", app.provider.base_url)),
+        "{}",
+        checked.out
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(app.submissions_in("succeeded").await, 1);
+    assert_eq!(app.provider.backfill_bodies().len(), 1);
+}
+
+#[sqlx::test]
 async fn each_out_of_range_setting_exits_2_naming_the_key_and_the_range(pool: PgPool) {
     let app = TestApp::new(pool).await;
     for (from, to, expected) in [
@@ -324,12 +473,31 @@ async fn each_out_of_range_setting_exits_2_naming_the_key_and_the_range(pool: Pg
             "window = \"400d\"",
             "source.window = \"400d\" is out of range: allowed 1s to 366d",
         ),
+        (
+            "retry_backoff = \"10ms\"",
+            "retry_backoff = \"0s\"",
+            "provider.retry_backoff = \"0s\" is out of range: allowed 10ms to 1m",
+        ),
     ] {
         let Output { code, err, .. } = check_with(&app, from, to).await;
 
         assert_eq!(code, 2, "{to}: {err}");
         assert!(err.contains(expected), "{to}: {err}");
     }
+}
+
+#[sqlx::test]
+async fn a_secret_file_over_4_kib_exits_2_naming_its_key(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let secret = app.dir.path().join("api_secret");
+    std::fs::write(&secret, "x".repeat(64 * 1024)).unwrap();
+
+    let Output { code, out, err } = app.run(&["check", "--offline"]).await;
+
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("provider.api_secret_file"), "{err}");
+    assert!(err.contains("holds more than 4 KiB"), "{err}");
+    assert!(!err.contains("xxx"), "{err}");
 }
 
 #[sqlx::test]
@@ -357,6 +525,22 @@ async fn a_secret_in_an_inline_table_or_under_a_quoted_key_is_not_echoed(pool: P
             "{err}"
         );
     }
+}
+
+#[sqlx::test]
+async fn a_syntax_error_inside_a_multi_line_secret_prints_nothing_from_the_string(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let text = format!(
+        "[provider]\nbase_url = {:?}\napi_key = \"bDqJFiq9\"\napi_secret = \"\"\"\nfirst line\ns3cr3tPart=rest\\q\n\"\"\"\n",
+        app.provider.base_url
+    );
+    std::fs::write(&app.config_path, text).unwrap();
+
+    let Output { code, out, err } = app.run(&["check", "--offline"]).await;
+
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("line 6"), "{err}");
+    assert!(!format!("{out}{err}").contains("s3cr3t"), "{err}");
 }
 
 #[sqlx::test]
@@ -426,4 +610,59 @@ async fn an_unreachable_database_exits_3_a_config_error_2_and_check_offline_need
     let Output { code, err, .. } = app.run(&["check", "--offline"]).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("bogus"), "{err}");
+}
+
+/// Runs the binary with its stdout a pipe whose reader has gone before anything is written,
+/// as `… | head -1` is once `head` has its line.
+async fn with_reader_gone(app: &TestApp, args: &[&str]) -> Output {
+    let mut child = app
+        .command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the command finishes within 60 s")
+        .unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        out: String::new(),
+        err: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[sqlx::test]
+async fn every_command_exits_quietly_with_its_own_code_when_its_reader_has_gone(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.seed_recent("pipeApp1").await;
+    app.provider
+        .put_record("1234566", docs_record_example()["data"].clone());
+    for (args, code) in [
+        (&["run", "--once", "--dry-run"][..], 0),
+        (&["run", "--once"], 0),
+        (&["history"], 0),
+        (&["status"], 0),
+        (&["status", "--json"], 0),
+        (&["record", "1234566"], 0),
+        (&["record", "1234566", "--json"], 0),
+        (&["check"], 0),
+        (&["check", "--offline"], 0),
+        (&["migrate"], 0),
+    ] {
+        let Output { code: got, err, .. } = with_reader_gone(&app, args).await;
+
+        assert_eq!(got, code, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            !err.to_lowercase().contains("broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        app.submissions_in("succeeded").await,
+        1,
+        "run --once did its work"
+    );
 }

@@ -63,6 +63,13 @@ async fn tokio_cron_scheduler_fires_an_hour_off_after_a_dst_change_and_ours_does
         .unwrap();
 
     let local = ours.with_timezone(&Berlin);
+    println!(
+        "pattern {pattern:?} in Europe/Berlin, after its first firing at {}: tokio-cron-scheduler's \
+         next tick {}, croner's (Schedule::next_after) {}",
+        first.with_timezone(&Berlin).to_rfc3339(),
+        theirs.with_timezone(&Berlin).to_rfc3339(),
+        local.to_rfc3339()
+    );
     assert_eq!(
         (local.hour(), local.minute(), local.second()),
         (fire.hour(), fire.minute(), fire.second())

@@ -7,6 +7,9 @@
 //!
 //! Every request is checked in this order, and the first failure answers:
 //!
+//! 0. throttling, when [`FakeProvider::throttle`] set a capacity: a request beyond it is
+//!    answered at once as a Spring gateway does, HTTP 429 with `Retry-After: 1` and a JSON body
+//!    whose numeric `status` is that 429 (`{"status":429,"error":"Too Many Requests",…}`);
 //! 1. route: `POST {base}/backfillRate` or `POST {base}/verification/orderId/record`, base
 //!    path `/otp`; anything else is HTTP 404 (still recorded);
 //! 2. headers: `Content-Type` (`-22`), `Api-Key` (`-1`), `Timestamp` parseable (`-1`),
@@ -249,6 +252,10 @@ struct Inner {
     /// connection dropped mid-answer; see [`FakeProvider::fail_randomly`].
     failure_rate: f64,
     failures: u64,
+    /// Requests served at once, at most; `None`: no limit. See [`FakeProvider::throttle`].
+    capacity: Option<usize>,
+    /// Requests being served now (throttled ones aside).
+    busy: usize,
     received: Vec<Received>,
     script_all: VecDeque<Scripted>,
     /// Keyed by appId (backfillRate) or orderId (record); one namespace for both.
@@ -377,6 +384,14 @@ impl FakeProvider {
         self.shared.lock().failure_rate = rate;
     }
 
+    /// Serves at most `capacity` requests at once, as a throttling gateway in front of the
+    /// provider does: each request beyond it is answered HTTP 429 with `Retry-After: 1` and a
+    /// Spring-style JSON body (`{"status":429,"error":"Too Many Requests",…}`) before any
+    /// check, and recorded with `answered_http` 429.
+    pub fn throttle(&self, capacity: usize) {
+        self.shared.lock().capacity = Some(capacity);
+    }
+
     /// Sets the allowed |now − Timestamp| in seconds (default 300).
     pub fn set_max_skew(&self, secs: i64) {
         self.shared.lock().max_skew = secs;
@@ -445,6 +460,9 @@ async fn handle(
         });
         inner.received.len() - 1
     };
+    let Some(_slot) = Slot::take(&shared) else {
+        return finish(&shared, idx, too_many_requests(&path));
+    };
 
     let answer = decide(
         &shared,
@@ -457,6 +475,50 @@ async fn handle(
     )
     .await;
     finish(&shared, idx, answer)
+}
+
+/// One of the requests a throttled fake serves at once, given back when dropped.
+struct Slot(Arc<Shared>);
+
+impl Slot {
+    /// A slot, or `None` when the fake is throttled and every slot is taken.
+    fn take(shared: &Arc<Shared>) -> Option<Slot> {
+        let mut inner = shared.lock();
+        if inner
+            .capacity
+            .is_some_and(|capacity| inner.busy >= capacity)
+        {
+            return None;
+        }
+        inner.busy += 1;
+        Some(Slot(shared.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        inner.busy = inner.busy.saturating_sub(1);
+    }
+}
+
+/// What Spring Boot's default error handler answers to a throttled request: the HTTP code
+/// again as a JSON *number* `status`, no `reason`.
+fn too_many_requests(path: &str) -> Answer {
+    let body = json!({
+        "timestamp": chrono::Utc::now().to_rfc3339(),
+        "status": 429,
+        "error": "Too Many Requests",
+        "path": path,
+    });
+    Answer::Reply {
+        http: 429,
+        headers: vec![
+            ("content-type", "application/json".to_string()),
+            ("retry-after", "1".to_string()),
+        ],
+        body: body.to_string(),
+    }
 }
 
 async fn decide(

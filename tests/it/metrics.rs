@@ -216,3 +216,115 @@ async fn without_metrics_listen_no_endpoint_is_opened(pool: PgPool) {
     assert_eq!(code, 0, "{log}");
     assert!(!log.contains("metrics on"), "{log}");
 }
+
+/// Connections the server side holds open on 127.0.0.1:`port` (TCP state ESTABLISHED with that
+/// local port), from /proc/net/tcp: what the daemon's file descriptors pay for. The file is not
+/// read atomically (a socket that moves meanwhile can be listed twice), so peers are counted once.
+fn held_open(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    let peers: std::collections::HashSet<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().take(4).collect();
+            (fields.len() == 4 && fields[1] == local && fields[3] == "01").then(|| fields[2])
+        })
+        .collect();
+    peers.len()
+}
+
+#[sqlx::test]
+async fn half_requests_are_closed_by_the_header_timeout_and_never_held_beyond_the_cap(
+    pool: PgPool,
+) {
+    use backfill_reporter::metrics::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CLIENTS: usize = 200;
+    let app = TestApp::new(pool).await;
+    append_config(&app, "[metrics]\nlisten = \"127.0.0.1:0\"");
+    let daemon = Daemon::start(&app);
+    let base = endpoint(&daemon).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+
+    // Slowloris: half a request line on each connection, then silence.
+    let started = tokio::time::Instant::now();
+    let mut watchers = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(b"GET /metr").await.unwrap();
+        watchers.push(tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            started.elapsed()
+        }));
+    }
+    let closed = || watchers.iter().filter(|w| w.is_finished()).count();
+    let limit = HEADER_READ_TIMEOUT + Duration::from_secs(3);
+    eventually(limit, "the connections over the cap closed", || {
+        let closed = closed();
+        async move { closed >= CLIENTS - MAX_CONNECTIONS }
+    })
+    .await;
+    // Until the last is closed, count what the daemon holds (the kernel's accept queue, which
+    // costs the daemon nothing, is empty by now).
+    let peak = AtomicUsize::new(0);
+    eventually(Duration::from_secs(20), "every half request closed", || {
+        let h = held_open(port);
+        peak.fetch_max(h, Ordering::Relaxed);
+        let closed = closed();
+        async move { closed == CLIENTS }
+    })
+    .await;
+    let mut closed_after = Vec::new();
+    for w in watchers {
+        closed_after.push(w.await.unwrap());
+    }
+    let scrape = get(&format!("{base}/metrics")).await;
+    let Stopped { code, log } = daemon.stop().await;
+
+    let peak = peak.into_inner();
+    let at_once = closed_after
+        .iter()
+        .filter(|d| **d < HEADER_READ_TIMEOUT)
+        .count();
+    let last = closed_after.iter().max().unwrap();
+    println!(
+        "{CLIENTS} half requests: at most {peak} held open by the daemon (cap {MAX_CONNECTIONS}), \
+         {at_once} closed at once, the last after {:.1}s",
+        last.as_secs_f64()
+    );
+    assert_eq!(code, 0, "{log}");
+    assert!(peak <= MAX_CONNECTIONS, "{peak} connections held open");
+    assert!(
+        at_once >= CLIENTS - MAX_CONNECTIONS,
+        "{at_once} closed over the cap"
+    );
+    assert!(
+        *last < HEADER_READ_TIMEOUT + Duration::from_secs(3),
+        "the last half request lived {last:?}"
+    );
+    assert_eq!(scrape.status, 200, "the endpoint still serves a scrape");
+}
+
+#[sqlx::test]
+async fn a_metrics_address_beyond_loopback_is_warned_about_once(pool: PgPool) {
+    let app = TestApp::with(pool, TestConfig::every_two_seconds()).await;
+    append_config(&app, "[metrics]\nlisten = \"0.0.0.0:0\"");
+
+    let daemon = Daemon::start(&app);
+    endpoint(&daemon).await;
+    daemon.wait_log("cycle for", Duration::from_secs(15)).await;
+    let Stopped { code, log } = daemon.stop().await;
+
+    assert_eq!(code, 0, "{log}");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("is not a loopback address"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("WARN"), "{log}");
+    assert!(warnings[0].contains("no authentication"), "{log}");
+}

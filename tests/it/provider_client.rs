@@ -426,6 +426,95 @@ async fn a_documented_json_body_on_an_http_error_is_classed_by_its_status() {
 }
 
 #[tokio::test]
+async fn an_http_408_429_or_5xx_whose_body_has_no_documented_status_is_transient() {
+    let fake = FakeProvider::start(API_KEY, API_SECRET).await;
+    let client = client_for(&fake).await;
+    // Spring Boot's default error body: the HTTP code again, as a JSON number `status`.
+    let spring = |http: u16, error: &str| {
+        serde_json::json!({"timestamp": "2026-01-01T00:00:00.000+00:00", "status": http,
+            "error": error, "path": "/otp/backfillRate"})
+    };
+    let with_retry_after = |http: u16, body: serde_json::Value| Scripted::Reply {
+        http,
+        headers: vec![
+            ("content-type", "application/json".into()),
+            ("retry-after", "1".into()),
+        ],
+        body: body.to_string(),
+    };
+    let cases: Vec<(Scripted, Class, Option<&str>, Option<Duration>)> = vec![
+        (
+            with_retry_after(429, spring(429, "Too Many Requests")),
+            Class::Transient,
+            None,
+            Some(Duration::from_secs(1)),
+        ),
+        (
+            Scripted::json(500, spring(500, "Internal Server Error")),
+            Class::Transient,
+            None,
+            None,
+        ),
+        (
+            with_retry_after(503, spring(503, "Service Unavailable")),
+            Class::Transient,
+            None,
+            Some(Duration::from_secs(1)),
+        ),
+        (
+            Scripted::json(408, spring(408, "Request Timeout")),
+            Class::Transient,
+            None,
+            None,
+        ),
+        // A status other endpoints use, on a 502: the gateway's code decides.
+        (
+            Scripted::json(502, serde_json::json!({"status": "-29", "reason": "?"})),
+            Class::Transient,
+            None,
+            None,
+        ),
+        // Everything else as before: a documented status decides on any HTTP code, an
+        // undocumented one on a 2xx or another 4xx is a rejection.
+        (
+            with_retry_after(503, serde_json::json!({"status": "-22", "reason": "param"})),
+            Class::Rejected(Rejection::Parameters),
+            Some("-22"),
+            Some(Duration::from_secs(1)),
+        ),
+        (
+            Scripted::json(400, spring(400, "Bad Request")),
+            Class::Rejected(Rejection::Other),
+            Some("400"),
+            None,
+        ),
+        (
+            Scripted::json(
+                200,
+                serde_json::json!({"status": "-10", "reason": "balance"}),
+            ),
+            Class::Rejected(Rejection::Other),
+            Some("-10"),
+            None,
+        ),
+    ];
+    for (script, class, status, retry_after) in cases {
+        fake.script_all(vec![script.clone()]);
+
+        let ex = client.submit_backfill(&body()).await;
+
+        assert_eq!(ex.class, class, "{script:?}: {ex:?}");
+        assert_eq!(ex.provider_status.as_deref(), status, "{script:?}");
+        assert_eq!(ex.retry_after, retry_after, "{script:?}");
+        let error = ex.error.unwrap();
+        if status.is_none() {
+            assert!(error.contains("the provider does not document"), "{error}");
+        }
+    }
+    assert_eq!(fake.received().len(), 8, "one request per case");
+}
+
+#[tokio::test]
 async fn a_redirect_is_not_followed_and_its_location_is_in_the_reason() {
     let fake = FakeProvider::start(API_KEY, API_SECRET).await;
     let elsewhere = FakeProvider::start(API_KEY, API_SECRET).await;

@@ -1,35 +1,29 @@
 //! `status` through the binary: one line per pair that fits 80 columns, the collapsing country
 //! flagged, no colour when not on a terminal, and `--json` with an `alarm` field per row.
 
-use backfill_reporter::cycle;
-use backfill_reporter::outcomes::Trigger;
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
-use crate::alarm::app_with_alarm;
-use crate::helpers::{utc, Output, TestApp};
+use crate::alarm::{app_with_alarm, run_tick};
+use crate::fake_provider::Scripted;
+use crate::helpers::{Output, TestApp, TestConfig};
 
 /// Five hourly ticks: demoShop/460 at 80% then 10%, demoShop/510 at 60%, demoBank/404 once.
 async fn history(app: &TestApp) {
-    for n in 0..5 {
-        let tick = utc("2026-02-01T00:00:00+08:00") + chrono::Duration::hours(n);
-        let bucket = tick - chrono::Duration::minutes(5);
-        let backfilled_460 = if n == 4 { 4 } else { 32 };
-        app.seed("demoShop", 460, bucket, 40, backfilled_460).await;
-        app.seed("demoShop", 510, bucket, 50, 30).await;
-        if n == 4 {
-            app.seed("demoBank", 404, bucket, 8, 7).await;
-        }
-        cycle::run(
-            &app.ctx(),
-            tick,
-            Trigger::Schedule,
-            &CancellationToken::new(),
+    for n in 0..4 {
+        run_tick(
+            app,
+            n,
+            &[("demoShop", 460, 40, 32), ("demoShop", 510, 50, 30)],
         )
-        .await
-        .unwrap();
+        .await;
     }
+    let last = [
+        ("demoShop", 460, 40, 4),
+        ("demoShop", 510, 50, 30),
+        ("demoBank", 404, 8, 7),
+    ];
+    run_tick(app, 4, &last).await;
 }
 
 #[sqlx::test]
@@ -46,7 +40,7 @@ async fn status_shows_each_pair_with_its_country_sparkline_and_the_collapse_flag
     }
     let lines: Vec<&str> = out.lines().collect();
     assert!(
-        lines[0].starts_with("APP       MCC COUNTRY         RATE  BASE LAST 24 RATES"),
+        lines[0].starts_with("APP       MCC COUNTRY         RATE  BASE ACCEPTED, 24 TICKS"),
         "{out}"
     );
     assert_eq!(
@@ -62,12 +56,12 @@ async fn status_shows_each_pair_with_its_country_sparkline_and_the_collapse_flag
         "demoShop  510 Indonesia         60    60                    ▅▅▅▅▅ ok      ok"
     );
     assert!(out.contains("3 pairs, 1 alarm firing."), "{out}");
-    assert_eq!(lines[6], "ALARM demoShop 460 China: 10% vs baseline 80%");
+    assert_eq!(lines[7], "ALARM demoShop 460 China: 10% vs baseline 80%");
     assert!(
-        lines[7].starts_with("      4 of 40 codes typed back; firing since "),
+        lines[8].starts_with("      4 of 40 codes typed back; firing since "),
         "{out}"
     );
-    assert!(lines[7].ends_with(" UTC"), "{out}");
+    assert!(lines[8].ends_with(" UTC"), "{out}");
 }
 
 #[sqlx::test]
@@ -130,4 +124,53 @@ async fn status_on_an_empty_database_says_so(pool: PgPool) {
     let Output { code, out, .. } = app.run(&["status", "--json"]).await;
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "[]");
+}
+
+#[sqlx::test]
+async fn the_sparkline_plots_only_accepted_rates_and_marks_the_ticks_without_one(pool: PgPool) {
+    let window = TestConfig {
+        window: "1h".into(),
+        ..TestConfig::default()
+    };
+    let app = TestApp::with(pool, window).await;
+    // Five hourly ticks at 80%, but the provider refuses tick 2's report (a 10% rate) and
+    // tick 3 has too few codes to send.
+    app.provider.script(
+        "gapShop1",
+        vec![
+            Scripted::Status("0", "success"),
+            Scripted::Status("0", "success"),
+            Scripted::Status("-22", "param"),
+        ],
+    );
+    for n in 0..5 {
+        let (sent, backfilled) = match n {
+            2 => (40, 4),
+            3 => (0, 0),
+            _ => (40, 32),
+        };
+        run_tick(&app, n, &[("gapShop1", 460, sent, backfilled)]).await;
+    }
+    let states: Vec<String> = app
+        .submissions()
+        .await
+        .into_iter()
+        .map(|s| s.state)
+        .collect();
+    assert_eq!(
+        states,
+        ["succeeded", "succeeded", "failed", "skipped", "succeeded"]
+    );
+
+    let table = app.run(&["status"]).await.out;
+    let json = app.run(&["status", "--json"]).await.out;
+
+    let line = table.lines().find(|l| l.starts_with("gapShop1")).unwrap();
+    assert!(line.contains(" ▇▇··▇ ok "), "{table}");
+    assert!(table.contains("·: none taken."), "{table}");
+    let rows: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        rows[0]["rates"],
+        serde_json::json!([80.0, 80.0, null, null, 80.0])
+    );
 }
