@@ -179,6 +179,10 @@ fn lost_connection(e: &sqlx::Error) -> bool {
         // A certificate the client refuses arrives as InvalidData: a config problem.
         sqlx::Error::Io(io) => io.kind() != std::io::ErrorKind::InvalidData,
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        // Garbage where the server's answer should be: seen when a proxy or pooler in front of
+        // a restarting server accepts the connection and then drops it (SSLRequest answered
+        // 0x00). Waited out like an outage, never taken for a config error.
+        sqlx::Error::Protocol(_) => true,
         // 08: connection exception; 57P01-57P03: server shutting down or starting.
         sqlx::Error::Database(d) => d
             .code()

@@ -379,9 +379,9 @@ impl Harness {
         }
     }
 
-    /// Stops every instance; returns their logs, joined, and how many of the stops (SIGTERM,
-    /// here or for a clock change) did not end with exit 0.
-    async fn shut_down(&mut self) -> (String, usize) {
+    /// Stops every instance; returns their logs, joined, and for each stop (SIGTERM, here or
+    /// for a clock change) that did not end with exit 0, its code and the end of its log.
+    async fn shut_down(&mut self) -> (String, Vec<String>) {
         for i in 0..INSTANCES {
             self.stop(i);
         }
@@ -390,10 +390,15 @@ impl Harness {
             .iter_mut()
             .flat_map(|s| s.logs.drain(..))
             .collect();
-        let mut bad = 0;
+        let mut bad = Vec::new();
         while let Some(stopped) = self.stopping.join_next().await {
             let (code, log) = stopped.unwrap();
-            bad += usize::from(code != 0);
+            if code != 0 {
+                bad.push(format!(
+                    "an instance exited {code} on SIGTERM:\n{}",
+                    tail(&log, 30)
+                ));
+            }
             logs.push(log);
         }
         (logs.join("\n---\n"), bad)
@@ -587,11 +592,7 @@ pub async fn run_seed(seed: u64) -> (Vec<Event>, Verdict, String) {
         .filter(|a| rows.iter().any(|r| r.callback_time == a.key.2))
         .collect();
     let mut verdict = check(&rows, &accepted, &h.applied);
-    if bad_exits > 0 {
-        verdict
-            .lost
-            .push(format!("{bad_exits} instances did not exit 0 on SIGTERM"));
-    }
+    verdict.lost.extend(bad_exits);
     (events, verdict, logs)
 }
 
