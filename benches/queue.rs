@@ -43,7 +43,7 @@ async fn memory() -> anyhow::Result<()> {
         let (addr, accepted) = provider(Duration::ZERO).await;
         let dir = tempfile::tempdir()?;
         let in_flight = support::env_or("BENCH_IN_FLIGHT", 32);
-        let config = write_config(dir.path(), addr, &db.url, in_flight, "0 0 1 1 *");
+        let config = write_config(dir.path(), addr, &db.url, Some(in_flight), "0 0 1 1 *");
         let (wall, peak_kb) = run_measured(binary(&config, &["run", "--once"])).await?;
         let (span, succeeded) = run_span(&pool).await?;
         anyhow::ensure!(
@@ -71,7 +71,7 @@ async fn latency() -> anyhow::Result<()> {
     seed_pairs(&pool, Utc::now(), pairs).await?;
     let (addr, _) = provider(latency).await;
     let dir = tempfile::tempdir()?;
-    let config = write_config(dir.path(), addr, &db.url, in_flight, "0 0 1 1 *");
+    let config = write_config(dir.path(), addr, &db.url, Some(in_flight), "0 0 1 1 *");
     let (wall, _) = run_measured(binary(&config, &["run", "--once"])).await?;
     let (span, succeeded) = run_span(&pool).await?;
     anyhow::ensure!(succeeded as usize == pairs);
@@ -109,7 +109,7 @@ async fn instances() -> anyhow::Result<()> {
         seed_pairs(&pool, tick, pairs).await?;
         let (addr, accepted) = provider(latency).await;
         let dir = tempfile::tempdir()?;
-        let config = write_config(dir.path(), addr, &db.url, in_flight, "0 0 1 1 *");
+        let config = write_config(dir.path(), addr, &db.url, Some(in_flight), "0 0 1 1 *");
         let mut daemons = Vec::new();
         for _ in 0..k {
             daemons.push(binary(&config, &["run"]).spawn()?);

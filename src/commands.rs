@@ -398,6 +398,9 @@ async fn status(settings: &Settings, app_id: Option<&str>, json: bool) -> anyhow
             std::io::stdout().is_terminal(),
             std::env::var_os("NO_COLOR").as_deref(),
         );
+        if let Some(span) = crate::status::last_tick(&pool, &settings.schedule).await? {
+            outln!("{span}")?;
+        }
         out!(
             "{}",
             crate::status::render_table(&rows, &settings.alarm, color)

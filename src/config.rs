@@ -49,10 +49,19 @@ struct RawProvider {
     api_secret: Option<SecretString>,
     api_secret_file: Option<PathBuf>,
     request_timeout: Option<String>,
+    concurrency: Option<RawConcurrency>,
     max_in_flight: Option<usize>,
     max_attempts: Option<u32>,
     retry_backoff: Option<String>,
     retry_deadline: Option<String>,
+}
+
+/// `concurrency = "adaptive"` or a number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawConcurrency {
+    Fixed(usize),
+    Word(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,13 +113,57 @@ pub struct ProviderSettings {
     /// ask for it through [`ProviderSettings::secret`], so `history` or `migrate` work without.
     pub api_secret: Option<SecretString>,
     pub request_timeout: Duration,
-    /// Requests in flight at once, per instance.
+    /// How many requests to keep on the wire: found by measuring the provider, or fixed.
+    pub concurrency: Concurrency,
+    /// The hard ceiling on requests in flight at once, per instance (a request counts until its
+    /// outcome is recorded, so this also bounds what a crash sends twice).
     pub max_in_flight: usize,
     /// A cap on attempts per submission; `None` retries until the deadline.
     pub max_attempts: Option<u32>,
     pub retry_backoff: Duration,
     /// How long after its tick a submission may still be sent; `None`: until the next tick.
     pub retry_deadline: Option<Duration>,
+}
+
+/// `provider.concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrency {
+    /// Measured from the provider's answers (see `concurrency`), up to `max_in_flight`.
+    Adaptive,
+    /// Always this many.
+    Fixed(usize),
+}
+
+/// The default ceiling: the adaptive limit stays near the provider's capacity, far below it
+/// for most deployments; it is this high so that 240,000 pairs fit a 10-minute schedule at
+/// 100 ms a request from one instance, and it bounds what a crash sends twice.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+
+impl Concurrency {
+    fn from_raw(raw: Option<RawConcurrency>, max_in_flight: usize) -> anyhow::Result<Self> {
+        match raw {
+            None => Ok(Self::Adaptive),
+            Some(RawConcurrency::Word(w)) if w == "adaptive" => Ok(Self::Adaptive),
+            Some(RawConcurrency::Word(w)) => bail!(
+                "provider.concurrency = {:?}: expected \"adaptive\" or a number of requests",
+                crate::provider::clean(&w, 32)
+            ),
+            Some(RawConcurrency::Fixed(n)) if (1..=max_in_flight).contains(&n) => {
+                Ok(Self::Fixed(n))
+            }
+            Some(RawConcurrency::Fixed(n)) => bail!(
+                "provider.concurrency = {n} is out of range: allowed 1 to provider.max_in_flight ({max_in_flight})"
+            ),
+        }
+    }
+
+    /// The fixed number, `None` when adaptive.
+    pub fn fixed(self) -> Option<usize> {
+        match self {
+            Self::Adaptive => None,
+            Self::Fixed(n) => Some(n),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -262,6 +315,12 @@ impl RawProvider {
             );
         }
         let api_secret = Self::secret(self.api_secret, self.api_secret_file, outside, warnings)?;
+        let max_in_flight = bounded(
+            "provider.max_in_flight",
+            self.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
+            MAX_IN_FLIGHT,
+        )?;
+        let concurrency = Concurrency::from_raw(self.concurrency, max_in_flight)?;
         Ok(ProviderSettings {
             base_url,
             api_key,
@@ -271,11 +330,8 @@ impl RawProvider {
                 duration(self.request_timeout, "10s", "provider.request_timeout")?,
                 REQUEST_TIMEOUT,
             )?,
-            max_in_flight: bounded(
-                "provider.max_in_flight",
-                self.max_in_flight.unwrap_or(8),
-                MAX_IN_FLIGHT,
-            )?,
+            max_in_flight,
+            concurrency,
             max_attempts: at_least("provider.max_attempts", self.max_attempts, 1)?,
             retry_backoff: bounded_duration(
                 "provider.retry_backoff",
@@ -1020,6 +1076,7 @@ mod tests {
             example.provider.max_in_flight,
             defaults.provider.max_in_flight
         );
+        assert_eq!(example.provider.concurrency, defaults.provider.concurrency);
         assert_eq!(
             example.provider.max_attempts,
             defaults.provider.max_attempts
@@ -1064,11 +1121,35 @@ mod tests {
     }
 
     #[test]
+    fn concurrency_is_adaptive_or_a_number_up_to_the_ceiling() {
+        let with =
+            |line: &str| parse(&MINIMAL.replace("[provider]", &format!("[provider]\n{line}")));
+        assert_eq!(
+            with("concurrency = \"adaptive\"")
+                .unwrap()
+                .provider
+                .concurrency,
+            Concurrency::Adaptive
+        );
+        assert_eq!(
+            with("concurrency = 12").unwrap().provider.concurrency,
+            Concurrency::Fixed(12)
+        );
+        let err = format!("{:#}", with("concurrency = 300").unwrap_err());
+        assert!(err.contains("provider.concurrency = 300 is out of range: allowed 1 to provider.max_in_flight (256)"), "{err}");
+        let err = format!("{:#}", with("concurrency = \"fast\"").unwrap_err());
+        assert!(err.contains("expected \"adaptive\" or a number"), "{err}");
+        let err = format!("{:#}", with("concurrency = 0").unwrap_err());
+        assert!(err.contains("out of range"), "{err}");
+    }
+
+    #[test]
     fn defaults_fill_every_optional_key() {
         let s = parse(MINIMAL).unwrap();
         assert_eq!(s.provider.base_url, "https://api.itniotech.com/otp");
         assert_eq!(s.provider.request_timeout, Duration::from_secs(10));
-        assert_eq!(s.provider.max_in_flight, 8);
+        assert_eq!(s.provider.max_in_flight, 256);
+        assert_eq!(s.provider.concurrency, Concurrency::Adaptive);
         assert_eq!(s.provider.max_attempts, None);
         assert_eq!(s.provider.retry_deadline, None);
         assert_eq!(s.database.keep, Duration::from_secs(90 * 86_400));

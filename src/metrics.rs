@@ -83,6 +83,9 @@ struct Metrics {
     last_success: Gauge<f64, AtomicU64>,
     pending: Gauge,
     alarms_firing: Gauge,
+    concurrency_limit: Gauge,
+    rtt_baseline: Gauge<f64, AtomicU64>,
+    tick_projection: Gauge<f64, AtomicU64>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -137,6 +140,24 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Pairs (app, MCC) whose route-health alarm is firing, counted at scrape time",
         alarms_firing.clone(),
     );
+    let concurrency_limit = Gauge::default();
+    registry.register(
+        "concurrency_limit",
+        "Requests this instance may have on the wire to the provider now (adaptive, at most provider.max_in_flight)",
+        concurrency_limit.clone(),
+    );
+    let rtt_baseline = Gauge::<f64, AtomicU64>::default();
+    registry.register(
+        "provider_rtt_baseline_seconds",
+        "The provider's round trip when nothing queues, as the adaptive limit measures it (0: not measured yet)",
+        rtt_baseline.clone(),
+    );
+    let tick_projection = Gauge::<f64, AtomicU64>::default();
+    registry.register(
+        "tick_projected_overrun_seconds",
+        "How long after the next tick the current tick's pending rows will be done at the pace so far (0: it fits)",
+        tick_projection.clone(),
+    );
     registry.register(
         "build",
         "The running version",
@@ -153,8 +174,25 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         last_success,
         pending,
         alarms_firing,
+        concurrency_limit,
+        rtt_baseline,
+        tick_projection,
     }
 });
+
+/// The adaptive concurrency limit and the provider's RTT baseline, as they are now.
+pub fn record_concurrency(limit: usize, baseline: Option<Duration>) {
+    let m = &*METRICS;
+    m.concurrency_limit
+        .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    m.rtt_baseline
+        .set(baseline.map_or(0.0, |b| b.as_secs_f64()));
+}
+
+/// How long after the next tick the current one is projected to end (zero when it fits).
+pub fn record_tick_projection(overrun: Duration) {
+    METRICS.tick_projection.set(overrun.as_secs_f64());
+}
 
 /// A cycle's result, as counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

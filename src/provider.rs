@@ -168,13 +168,31 @@ pub enum Transport {
 
 impl<T> Exchange<T> {
     /// Whether this failure says the provider (or the way to it) is down, rather than that it
-    /// refused this request: no connection, a timeout, a broken connection, HTTP 5xx or 429.
+    /// refused this request: no connection, a timeout, a broken connection, HTTP 5xx.
     /// A circuit breaker counts these; a rejection or a -16 says the provider is up.
     pub fn is_outage(&self) -> bool {
         matches!(
             self.transport,
             Some(Transport::Connect | Transport::Timeout | Transport::Broken)
-        ) || matches!(self.http_status, Some(429 | 500..=599))
+        ) || matches!(self.http_status, Some(500..=599))
+    }
+
+    /// How the answer bears on the adaptive concurrency limit: the provider asked us to slow
+    /// down (429, 503, a `Retry-After`) or did not answer in time; or it processed the
+    /// request, and its round trip measures it; or neither (no connection). A 429 is back
+    /// pressure, not an outage: a throttling provider is up, and wants fewer requests at once.
+    pub fn load_signal(&self) -> crate::concurrency::Signal {
+        use crate::concurrency::Signal;
+        if self.transport == Some(Transport::Timeout)
+            || matches!(self.http_status, Some(429 | 503))
+            || self.retry_after.is_some()
+        {
+            Signal::BackPressure
+        } else if self.transport.is_none() {
+            Signal::Answered
+        } else {
+            Signal::Nothing
+        }
     }
 }
 
@@ -712,17 +730,40 @@ mod tests {
     }
 
     #[test]
-    fn outages_are_no_connection_a_timeout_a_broken_link_5xx_and_429() {
+    fn outages_are_no_connection_a_timeout_a_broken_link_and_5xx_not_429() {
         for t in [Transport::Connect, Transport::Timeout, Transport::Broken] {
             assert!(exchange(Some(t), None).is_outage(), "{t:?}");
         }
         assert!(!exchange(Some(Transport::Local), None).is_outage());
-        for http in [429, 500, 502, 503, 504, 599] {
+        for http in [500, 502, 503, 504, 599] {
             assert!(exchange(None, Some(http)).is_outage(), "{http}");
         }
-        for http in [200, 302, 400, 401, 403, 404, 408] {
+        for http in [200, 302, 400, 401, 403, 404, 408, 429] {
             assert!(!exchange(None, Some(http)).is_outage(), "{http}");
         }
+    }
+
+    #[test]
+    fn throttling_and_timeouts_are_back_pressure_and_an_answer_measures_the_provider() {
+        use crate::concurrency::Signal;
+        assert_eq!(
+            exchange(None, Some(429)).load_signal(),
+            Signal::BackPressure
+        );
+        assert_eq!(
+            exchange(None, Some(503)).load_signal(),
+            Signal::BackPressure
+        );
+        assert_eq!(
+            exchange(Some(Transport::Timeout), None).load_signal(),
+            Signal::BackPressure
+        );
+        assert_eq!(exchange(None, Some(200)).load_signal(), Signal::Answered);
+        assert_eq!(exchange(None, Some(400)).load_signal(), Signal::Answered);
+        assert_eq!(
+            exchange(Some(Transport::Connect), None).load_signal(),
+            Signal::Nothing
+        );
     }
 
     #[test]

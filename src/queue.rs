@@ -513,8 +513,8 @@ impl Disposition {
 /// One attempt's answer, as stored with the row.
 #[derive(Debug, Clone, Default)]
 pub struct Attempt {
-    /// How long before the write the request started (it becomes `first_attempt_at` on the
-    /// database's clock).
+    /// When the request left, on the boot clock: the write turns it into `first_attempt_at` on
+    /// the database's clock (`now()` less the time since).
     pub started: Option<Mono>,
     pub provider_status: Option<String>,
     pub provider_reason: Option<String>,
@@ -619,22 +619,26 @@ const RECORD: &str = "WITH w AS MATERIALIZED ( \
          WHERE s.id = d.id AND s.state = (SELECT 'pending'::text) AND s.lease_owner = $1 \
          RETURNING s.id, s.run_id, s.state";
 
-/// Writes a group of outcomes in one statement. Rows whose lease `owner` no longer holds are
-/// left alone (another instance owns them now) and are missing from the result.
-pub async fn record(
-    pool: &PgPool,
-    owner: &str,
-    outcomes: &[Outcome],
-) -> anyhow::Result<Vec<Written>> {
-    if outcomes.is_empty() {
-        return Ok(Vec::new());
-    }
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds the outcomes as RECORD's arrays `$2` to `$12`, one element per outcome.
+fn bind_outcomes<'q>(query: PgQuery<'q>, outcomes: &[Outcome]) -> PgQuery<'q> {
     let now = Mono::now();
     let col = |f: &dyn Fn(&Outcome) -> Option<String>| outcomes.iter().map(f).collect::<Vec<_>>();
     let attempt = |f: fn(&Attempt) -> Option<String>| col(&|o| o.attempt.as_ref().and_then(f));
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    let rows = sqlx::query(RECORD)
-        .bind(owner)
+    let elapsed: Vec<Option<i64>> = outcomes
+        .iter()
+        .map(|o| Some(o.attempt.as_ref()?.started.map_or(0, |s| ms(now.since(s)))))
+        .collect();
+    let wait: Vec<Option<i64>> = outcomes
+        .iter()
+        .map(|o| match o.disposition {
+            Disposition::Retry(wait) => Some(ms(wait)),
+            _ => None,
+        })
+        .collect();
+    query
         .bind(outcomes.iter().map(|o| o.id).collect::<Vec<_>>())
         .bind(col(&|o| Some(o.disposition.kind().to_owned())))
         .bind(col(&|o| match &o.disposition {
@@ -652,24 +656,8 @@ pub async fn record(
             Disposition::Unsent(_, reason) => Some(reason.clone()),
             _ => None,
         }))
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| {
-                    let a = o.attempt.as_ref()?;
-                    Some(a.started.map_or(0, |s| ms(now.since(s))))
-                })
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| match o.disposition {
-                    Disposition::Retry(wait) => Some(ms(wait)),
-                    _ => None,
-                })
-                .collect::<Vec<_>>(),
-        )
+        .bind(elapsed)
+        .bind(wait)
         .bind(attempt(|a| a.provider_status.clone()))
         .bind(attempt(|a| a.provider_reason.clone()))
         .bind(
@@ -679,6 +667,19 @@ pub async fn record(
                 .collect::<Vec<_>>(),
         )
         .bind(attempt(|a| a.error.clone()))
+}
+
+/// Writes a group of outcomes in one statement. Rows whose lease `owner` no longer holds are
+/// left alone (another instance owns them now) and are missing from the result.
+pub async fn record(
+    pool: &PgPool,
+    owner: &str,
+    outcomes: &[Outcome],
+) -> anyhow::Result<Vec<Written>> {
+    if outcomes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = bind_outcomes(sqlx::query(RECORD).bind(owner), outcomes)
         .bind(REPLACED)
         .fetch_all(pool)
         .await

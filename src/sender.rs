@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{Breaker, Gate};
 use crate::clock::Mono;
+use crate::concurrency::{Change, Limiter, Signal};
 use crate::config::ProviderSettings;
 use crate::cycle::Context;
 use crate::metrics;
@@ -205,7 +206,7 @@ enum ToWriter {
 struct Attempted {
     /// False when the request was not sent after all: its lease lapsed before it could start.
     sent: bool,
-    /// An outage failure (connection, timeout, 5xx/429) and its cause; any other result means
+    /// An outage failure (connection, timeout, 5xx) and its cause; any other result means
     /// the provider is reachable.
     outage: Option<(String, Option<Duration>)>,
     /// A rejection about the account or host (-1, -2): stop the run, with this reason.
@@ -251,10 +252,16 @@ pub async fn work_with(
         held.clone(),
         background.clone(),
     ));
+    let limiter: SharedLimiter = Arc::new(Mutex::new(limiter_for(&first.settings.provider)));
     if scope == Scope::All {
         tokio::spawn(listen(first.pool.clone(), wake.clone(), background.clone()));
+        tokio::spawn(crate::pace::watch(
+            ctx.clone(),
+            limiter.clone(),
+            background.clone(),
+        ));
     }
-    let mut dispatcher = Dispatcher::new(ctx, owner, scope, out_tx, held);
+    let mut dispatcher = Dispatcher::new(ctx, owner, scope, out_tx, held, limiter);
     dispatcher.run(shutdown, wake, closed).await;
     drop(dispatcher);
     // The writer ends once every outcome sent to it is recorded; while the database is
@@ -295,6 +302,27 @@ struct Dispatcher {
     stopped_runs: HashSet<i64>,
     /// While the breaker is open nothing is claimed, so overdue rows are expired in SQL.
     last_expiry: Instant,
+    /// How many requests may be on the wire (see `concurrency`), shared with the requests,
+    /// which report their answers to it.
+    limiter: SharedLimiter,
+    /// Rung by a request as soon as its answer comes, before its outcome is recorded: the
+    /// limit may admit another at once.
+    answered: Arc<Notify>,
+}
+
+type SharedLimiter = Arc<Mutex<Limiter>>;
+
+fn lock_limiter(l: &SharedLimiter) -> std::sync::MutexGuard<'_, Limiter> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The limiter for `provider`'s settings, starting now.
+fn limiter_for(provider: &ProviderSettings) -> Limiter {
+    Limiter::new(
+        provider.concurrency.fixed(),
+        provider.max_in_flight,
+        Mono::now(),
+    )
 }
 
 impl Dispatcher {
@@ -304,6 +332,7 @@ impl Dispatcher {
         scope: Scope,
         out: mpsc::UnboundedSender<ToWriter>,
         held: SharedHeld,
+        limiter: SharedLimiter,
     ) -> Self {
         let ctx = ctx_rx.borrow().clone();
         let first_probe = ctx
@@ -328,6 +357,8 @@ impl Dispatcher {
             clock_warned: false,
             stopped_runs: HashSet::new(),
             last_expiry: Instant::now(),
+            limiter,
+            answered: Arc::new(Notify::new()),
         }
     }
 
@@ -358,9 +389,7 @@ impl Dispatcher {
     async fn run(&mut self, shutdown: CancellationToken, wake: Arc<Notify>, closed: Arc<Notify>) {
         let mut draining: Option<Instant> = None;
         loop {
-            if self.ctx_rx.has_changed().unwrap_or(false) {
-                self.ctx = self.ctx_rx.borrow_and_update().clone();
-            }
+            self.take_reload();
             if draining.is_none() {
                 self.start_requests();
                 self.start_claim();
@@ -398,6 +427,7 @@ impl Dispatcher {
                     self.take_claim(result);
                 }
                 () = wake.notified() => self.idle_until = None,
+                () = self.answered.notified() => {}
                 () = closed.notified() => {}
                 () = tokio::time::sleep_until(timer) => {
                     if draining.is_some_and(|d| Instant::now() >= d) {
@@ -409,6 +439,19 @@ impl Dispatcher {
             }
         }
         self.release_ready();
+    }
+
+    /// Takes a reloaded context; a changed concurrency setting starts the limit anew.
+    fn take_reload(&mut self) {
+        if !self.ctx_rx.has_changed().unwrap_or(false) {
+            return;
+        }
+        let old = self.ctx.settings.provider.clone();
+        self.ctx = self.ctx_rx.borrow_and_update().clone();
+        let new = &self.ctx.settings.provider;
+        if (old.concurrency, old.max_in_flight) != (new.concurrency, new.max_in_flight) {
+            *lock_limiter(&self.limiter) = limiter_for(new);
+        }
     }
 
     /// For `run --once`: whether its run has been closed (by this instance or another).
@@ -443,6 +486,9 @@ impl Dispatcher {
         if let Gate::WaitUntil(t) = self.breaker.gate(now) {
             at = at.min(t);
         }
+        if let Some(hold) = lock_limiter(&self.limiter).held_until() {
+            at = at.min(now + Mono::now().until(hold));
+        }
         at
     }
 
@@ -453,7 +499,7 @@ impl Dispatcher {
             provider.max_in_flight,
             provider.request_timeout + START_MARGIN,
         );
-        while self.in_flight.len() < max {
+        while self.in_flight.len() < max && lock_limiter(&self.limiter).admits(Mono::now()) {
             let probe = match self.breaker.gate(Instant::now()) {
                 Gate::Send => false,
                 Gate::Probe => true,
@@ -483,10 +529,13 @@ impl Dispatcher {
             if probe {
                 self.breaker.probe_started();
             }
+            lock_limiter(&self.limiter).started();
             let job = Job {
                 ctx: self.ctx.clone(),
                 out: self.out.clone(),
                 held: self.held.clone(),
+                limiter: self.limiter.clone(),
+                answered: self.answered.clone(),
                 was_probe: probe,
             };
             self.in_flight
@@ -627,6 +676,22 @@ impl Dispatcher {
         });
     }
 
+    /// A -16 names this host's clock once, until an answer without one.
+    fn warn_clock(&mut self, clock: Option<i64>) {
+        match clock {
+            Some(ts) if !self.clock_warned => {
+                self.clock_warned = true;
+                tracing::warn!(
+                    local_clock = %Utc::now().to_rfc3339(),
+                    signed_timestamp = ts,
+                    "provider says the timestamp expired (-16): check that this host's clock is synchronised (NTP)"
+                );
+            }
+            Some(_) => {}
+            None => self.clock_warned = false,
+        }
+    }
+
     fn on_attempted(&mut self, a: Attempted) {
         let now = Instant::now();
         if !a.sent {
@@ -655,18 +720,7 @@ impl Dispatcher {
                 open_for.as_secs_f64()
             );
         }
-        match a.clock {
-            Some(ts) if !self.clock_warned => {
-                self.clock_warned = true;
-                tracing::warn!(
-                    local_clock = %Utc::now().to_rfc3339(),
-                    signed_timestamp = ts,
-                    "provider says the timestamp expired (-16): check that this host's clock is synchronised (NTP)"
-                );
-            }
-            Some(_) => {}
-            None => self.clock_warned = false,
-        }
+        self.warn_clock(a.clock);
         if let Some((run_id, why)) = a.stop {
             if self.stopped_runs.insert(run_id) {
                 tracing::error!("stopping the cycle: {why}");
@@ -728,7 +782,39 @@ struct Job {
     ctx: Context,
     out: mpsc::UnboundedSender<ToWriter>,
     held: SharedHeld,
+    limiter: SharedLimiter,
+    answered: Arc<Notify>,
     was_probe: bool,
+}
+
+impl Job {
+    /// Reports the answer (or its absence) to the limiter, logs a change of the limit, and
+    /// wakes the dispatcher: the place on the wire is free before the outcome is recorded.
+    fn answered(&self, rtt: Duration, signal: Signal) {
+        let (change, limit, baseline) = {
+            let mut l = lock_limiter(&self.limiter);
+            let change = l.answered(Mono::now(), rtt, signal);
+            (change, l.limit(), l.baseline())
+        };
+        metrics::record_concurrency(limit, baseline);
+        let baseline_ms = baseline.map_or(0.0, |b| b.as_secs_f64() * 1000.0);
+        match change {
+            Some(Change::Moved { from, to }) => tracing::debug!(
+                from,
+                to,
+                baseline_ms,
+                "concurrency limit {from} -> {to} (provider RTT baseline {baseline_ms:.0} ms)"
+            ),
+            Some(Change::Settled { limit }) => tracing::info!(
+                limit,
+                baseline_ms,
+                "concurrency settled at {limit} requests on the wire (provider RTT baseline {baseline_ms:.0} ms, ceiling provider.max_in_flight = {})",
+                self.ctx.settings.provider.max_in_flight
+            ),
+            None => {}
+        }
+        self.answered.notify_one();
+    }
 }
 
 /// Sends one row once and turns the answer into its outcome: done, or due again after a
@@ -742,6 +828,7 @@ async fn attempt(job: Job, row: Claimed, request: BackfillRequest) -> Attempted 
         .valid_until(row.id)
         .is_some_and(|until| until >= started + timeout);
     if !lease_left {
+        job.answered(Duration::ZERO, Signal::Nothing);
         record(&job.out, Outcome::released(row.id, row.run_id)).await;
         return Attempted {
             sent: false,
@@ -752,6 +839,7 @@ async fn attempt(job: Job, row: Claimed, request: BackfillRequest) -> Attempted 
         };
     }
     let ex = metrics::timed_request(job.ctx.client.submit_backfill(&request)).await;
+    job.answered(Mono::now().since(started), ex.load_signal());
     tracing::debug!(
         app_id = request.app_id.as_str(),
         mcc = request.mcc.as_str(),

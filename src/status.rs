@@ -459,3 +459,70 @@ mod tests {
         assert_eq!(Rate::from_hundredths(-1), None);
     }
 }
+
+/// The latest scheduled tick that ran: how long from its claim until its last pair was done (so
+/// far, while it runs), against the schedule's interval after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TickSpan {
+    pub tick: DateTime<Utc>,
+    pub pairs: i64,
+    pub took: std::time::Duration,
+    pub interval: std::time::Duration,
+    pub done: bool,
+}
+
+/// One line of at most 80 columns: "last tick 2026-01-31 20:00:00 UTC took 4m 10s of its 10m
+/// interval (240000 pairs)".
+impl std::fmt::Display for TickSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = |d: std::time::Duration| {
+            humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))
+        };
+        write!(
+            f,
+            "last tick {} {} {} of its {} interval ({} pairs)",
+            self.tick.format("%Y-%m-%d %H:%M:%S UTC"),
+            if self.done { "took" } else { "running for" },
+            secs(self.took),
+            secs(self.interval),
+            self.pairs,
+        )
+    }
+}
+
+/// A run as [`last_tick`] reads it.
+#[derive(sqlx::FromRow)]
+struct LastRun {
+    scheduled_for: DateTime<Utc>,
+    started_at: DateTime<Utc>,
+    ended: DateTime<Utc>,
+    done: bool,
+    pairs: i64,
+}
+
+/// The latest scheduled tick that was run (a tick recorded as not run is passed over).
+pub async fn last_tick(
+    pool: &PgPool,
+    schedule: &crate::config::ScheduleSettings,
+) -> anyhow::Result<Option<TickSpan>> {
+    let run: Option<LastRun> = sqlx::query_as(
+        "SELECT r.scheduled_for, r.started_at, COALESCE(r.finished_at, now()) AS ended, \
+             r.finished_at IS NOT NULL AS done, \
+             (SELECT count(*) FROM report_submissions s WHERE s.run_id = r.id) AS pairs \
+         FROM report_runs r \
+         WHERE r.trigger = 'schedule' AND COALESCE(r.note, '') NOT LIKE 'not run:%' \
+         ORDER BY r.scheduled_for DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
+    .context("reading the last tick from report_runs")?;
+    Ok(run.map(|r| TickSpan {
+        tick: r.scheduled_for,
+        pairs: r.pairs,
+        took: (r.ended - r.started_at).to_std().unwrap_or_default(),
+        interval: (schedule.next_tick(r.scheduled_for) - r.scheduled_for)
+            .to_std()
+            .unwrap_or_default(),
+        done: r.done,
+    }))
+}

@@ -103,6 +103,81 @@ pub async fn provider(latency: Duration) -> (SocketAddr, Arc<AtomicU64>) {
     (addr, count)
 }
 
+/// What the capacity stand-in does with a request beyond its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Excess {
+    /// Waits for a free place (a provider that queues).
+    Queued,
+    /// Answered at once `HTTP 429`, `Retry-After: 1`, with a Spring-style JSON body.
+    Throttled,
+}
+
+/// What the capacity stand-in counted.
+#[derive(Debug, Default)]
+pub struct Served {
+    pub accepted: AtomicU64,
+    pub throttled: AtomicU64,
+}
+
+/// A loopback provider that serves `capacity` requests at once, each in `latency`, checks
+/// every signature, and queues or throttles the excess.
+pub async fn capacity_provider(
+    capacity: usize,
+    latency: Duration,
+    excess: Excess,
+) -> (SocketAddr, Arc<Served>) {
+    let served = Arc::new(Served::default());
+    let places = Arc::new(tokio::sync::Semaphore::new(capacity));
+    let s = served.clone();
+    let app = axum::Router::new().route(
+        "/otp/backfillRate",
+        post(move |headers: HeaderMap, body: String| {
+            let (s, places) = (s.clone(), places.clone());
+            async move {
+                let permit = match excess {
+                    Excess::Queued => places.acquire_owned().await.ok(),
+                    Excess::Throttled => places.try_acquire_owned().ok(),
+                };
+                let Some(_permit) = permit else {
+                    s.throttled.fetch_add(1, Ordering::Relaxed);
+                    return axum::response::Response::builder()
+                        .status(429)
+                        .header("retry-after", "1")
+                        .header("content-type", "application/json")
+                        .body(axum::body::Body::from(
+                            r#"{"timestamp":"2026-12-05T00:00:00.000+00:00","status":429,"error":"Too Many Requests","path":"/otp/backfillRate"}"#,
+                        ))
+                        .unwrap();
+                };
+                tokio::time::sleep(latency).await;
+                let ok = signed(&headers) && serde_json::from_str::<serde_json::Value>(&body).is_ok();
+                if ok {
+                    s.accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                let answer = if ok {
+                    r#"{"status":"0","reason":"success"}"#
+                } else {
+                    r#"{"status":"-1","reason":"bad sign"}"#
+                };
+                axum::response::Response::new(axum::body::Body::from(answer))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, served)
+}
+
+fn signed(headers: &HeaderMap) -> bool {
+    let ts = headers
+        .get("timestamp")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let want = hex::encode(Md5::digest(format!("{KEY}{SECRET}{ts}")));
+    headers.get("sign").and_then(|v| v.to_str().ok()) == Some(want.as_str())
+}
+
 /// `n` pairs (apps × MCCs) with counts in the hour before `at`.
 pub async fn seed_pairs(
     pool: &PgPool,
@@ -121,14 +196,18 @@ pub async fn seed_pairs(
     Ok(())
 }
 
-/// Writes a config for the binary into `dir`; returns its path.
+/// Writes a config for the binary into `dir`; returns its path. `in_flight`: a fixed number of
+/// requests at once (`concurrency` and `max_in_flight`), or `None` for the defaults (adaptive).
 pub fn write_config(
     dir: &Path,
     provider: SocketAddr,
     db_url: &str,
-    max_in_flight: usize,
+    in_flight: Option<usize>,
     cron: &str,
 ) -> PathBuf {
+    let pace = in_flight.map_or_else(String::new, |n| {
+        format!("max_in_flight = {n}\nconcurrency = {n}\n")
+    });
     let secret = dir.join("secret");
     std::fs::write(&secret, SECRET).unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -137,7 +216,7 @@ pub fn write_config(
         &path,
         format!(
             "[provider]\nbase_url = \"http://{provider}/otp\"\napi_key = \"{KEY}\"\n\
-             api_secret_file = \"{}\"\nmax_in_flight = {max_in_flight}\n\
+             api_secret_file = \"{}\"\n{pace}\
              [database]\nurl = \"{db_url}\"\nmax_connections = 8\n\
              [schedule]\ncron = \"{cron}\"\ntimezone = \"UTC\"\n",
             secret.display()

@@ -30,6 +30,8 @@ pub struct TestConfig {
     pub min_cardinal: u64,
     pub apps: Vec<String>,
     pub max_in_flight: usize,
+    /// `provider.concurrency` when set ("adaptive" or a number); the default otherwise.
+    pub concurrency: Option<String>,
     pub max_attempts: Option<u32>,
     pub request_timeout: String,
     pub retry_backoff: String,
@@ -48,6 +50,7 @@ impl Default for TestConfig {
             min_cardinal: 1,
             apps: Vec::new(),
             max_in_flight: 4,
+            concurrency: None,
             max_attempts: None,
             request_timeout: "5s".into(),
             retry_backoff: "10ms".into(),
@@ -176,6 +179,14 @@ impl TestApp {
         }
         if let Some(d) = &c.retry_deadline {
             retries.push_str(&format!("retry_deadline = {d:?}\n"));
+        }
+        if let Some(c) = &c.concurrency {
+            let value = if c.parse::<usize>().is_ok() {
+                c.clone()
+            } else {
+                format!("{c:?}")
+            };
+            retries.push_str(&format!("concurrency = {value}\n"));
         }
         format!(
             "[provider]\nbase_url = {base:?}\napi_key = {API_KEY:?}\napi_secret_file = {secret:?}\n\

@@ -18,6 +18,7 @@ mod fence;
 mod harness;
 mod metrics;
 mod migrations;
+mod pace;
 mod process;
 mod provider_client;
 mod reload;

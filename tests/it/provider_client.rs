@@ -8,6 +8,8 @@ use backfill_reporter::domain::{AppId, Mcc};
 use backfill_reporter::provider::{BackfillRequest, Class, ProviderClient, Rejection};
 use secrecy::SecretString;
 
+use backfill_reporter::concurrency::Signal;
+
 use crate::fake_provider::{self, FakeProvider, Scripted};
 use crate::helpers::{API_KEY, API_SECRET};
 
@@ -17,6 +19,7 @@ fn settings(base_url: &str, secret: &str, timeout: Duration) -> ProviderSettings
         api_key: API_KEY.to_owned(),
         api_secret: Some(SecretString::from(secret.to_owned())),
         request_timeout: timeout,
+        concurrency: backfill_reporter::config::Concurrency::Fixed(1),
         max_in_flight: 1,
         max_attempts: Some(1),
         retry_backoff: Duration::from_millis(1),
@@ -596,7 +599,7 @@ async fn the_providers_reason_is_escaped_and_capped() {
 }
 
 #[tokio::test]
-async fn a_429_or_503_keeps_its_retry_after_and_counts_as_an_outage() {
+async fn a_429_or_503_keeps_its_retry_after_a_503_is_an_outage_and_both_are_back_pressure() {
     let fake = FakeProvider::start(API_KEY, API_SECRET).await;
     let client = client_for(&fake).await;
     let in_90s = (chrono::Utc::now() + chrono::Duration::seconds(90))
@@ -633,9 +636,14 @@ async fn a_429_or_503_keeps_its_retry_after_and_counts_as_an_outage() {
         "an HTTP-date 90 s ahead: {wait:?}"
     );
     assert_eq!(third.retry_after, Some(Duration::from_secs(600)));
-    assert!(first.is_outage() && second.is_outage() && third.is_outage());
+    // A throttling provider is up: a 429 slows this instance down, it opens no breaker.
+    assert!(!first.is_outage() && second.is_outage() && third.is_outage());
+    for throttled in [&first, &second, &third] {
+        assert_eq!(throttled.load_signal(), Signal::BackPressure);
+    }
     assert_eq!(rejected.retry_after, None);
     assert!(!rejected.is_outage());
+    assert_eq!(rejected.load_signal(), Signal::Answered);
 }
 
 #[tokio::test]

@@ -38,7 +38,12 @@ async fn status_shows_each_pair_with_its_country_sparkline_and_the_collapse_flag
     for line in out.lines() {
         assert!(line.chars().count() <= 79, "too wide: {line:?}");
     }
-    let lines: Vec<&str> = out.lines().collect();
+    let all: Vec<&str> = out.lines().collect();
+    assert!(
+        all[0].starts_with("last tick ") && all[0].ends_with(" of its 10m interval (3 pairs)"),
+        "the last tick against its interval first: {out}"
+    );
+    let lines = &all[1..];
     assert!(
         lines[0].starts_with("APP       MCC COUNTRY         RATE  BASE ACCEPTED, 24 TICKS"),
         "{out}"
