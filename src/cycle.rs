@@ -186,6 +186,10 @@ pub struct Planned {
     pub first_invalid: Option<String>,
     /// Older pending rows of these pairs that this tick replaced.
     pub superseded: u64,
+    /// Time spent reading the source (its query, fetched through the cursor), and planning
+    /// the whole tick (claim to commit): the source's share of a tick, for operators sizing it.
+    pub read: Duration,
+    pub took: Duration,
 }
 
 /// What planning a tick came to.
@@ -210,6 +214,7 @@ pub async fn plan(
     within: Option<Duration>,
 ) -> anyhow::Result<Plan> {
     let settings = &ctx.settings;
+    let started = std::time::Instant::now();
     let window = window(tick, settings.source.window);
     let callback_time = callback_time(tick, settings.schedule.timezone);
     let mut tx = ctx
@@ -240,6 +245,7 @@ pub async fn plan(
     let evaluation = alarm::judge_in(&mut tx, settings, run_id).await;
     queue::notify(&mut tx).await?;
     tx.commit().await.context("committing the claim")?;
+    planned.took = started.elapsed();
     alarm::announce(&ctx.pool, settings, &evaluation);
     planned.report(tick);
     if planned.pending == 0 {
@@ -274,13 +280,17 @@ async fn queue_window(
     settings: &Settings,
     rows: TickRows<'_>,
 ) -> anyhow::Result<Planned> {
+    let reading = std::time::Instant::now();
     let mut cursor = Cursor::open(tx, &settings.source, rows.window.0, rows.window.1).await?;
     let mut planned = Planned {
         run_id: rows.run_id,
+        read: reading.elapsed(),
         ..Planned::default()
     };
     loop {
+        let reading = std::time::Instant::now();
         let batch = cursor.next(tx, BATCH).await?;
+        planned.read += reading.elapsed();
         if batch.is_empty() {
             return Ok(planned);
         }
@@ -345,11 +355,15 @@ impl Planned {
             run_id = self.run_id,
             pairs = self.pairs,
             to_send = self.pending,
-            "tick {tick} claimed: {} pairs, {} to send, {} skipped, {} invalid",
+            read_ms = self.read.as_millis() as u64,
+            planned_ms = self.took.as_millis() as u64,
+            "tick {tick} claimed: {} pairs, {} to send, {} skipped, {} invalid; planned in {:.1}s, {:.1}s of it reading the source",
             self.pairs,
             self.pending,
             self.skipped,
-            self.invalid
+            self.invalid,
+            self.took.as_secs_f64(),
+            self.read.as_secs_f64()
         );
     }
 }
