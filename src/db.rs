@@ -350,6 +350,8 @@ mod tests {
     fn options(url: &str) -> PgConnectOptions {
         connect_options(&DatabaseSettings {
             url: Some(SecretString::from(url.to_owned())),
+            pooler: crate::config::Pooler::None,
+            direct_url: None,
             max_connections: 2,
             statement_timeout: Duration::from_secs(60),
             keep: Duration::from_secs(86_400),
@@ -408,6 +410,8 @@ mod tests {
             url: Some(SecretString::from(
                 "postgres://u@db.example.com/x?pasword=hunter2".to_owned(),
             )),
+            pooler: crate::config::Pooler::None,
+            direct_url: None,
             max_connections: 2,
             statement_timeout: Duration::from_secs(60),
             keep: Duration::from_secs(86_400),
