@@ -11,6 +11,10 @@
 //! one part, `BENCH_PAIRS=10000,100000,240000` the memory sizes. Needs the database of
 //! `scripts/test-db` or DATABASE_URL; each part works in a database of its own, dropped after.
 
+// Benchmarks arrange and inspect the database with sqlx's own types; the product may not
+// (clippy.toml).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 mod support;
 
 use std::time::Duration;

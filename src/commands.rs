@@ -36,7 +36,13 @@ pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
     })
 }
 
+/// Runs the command. An error that shows a transaction pooler the config does not mention is
+/// returned as that, alone: whatever statement met it first is not what to fix.
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    dispatch(cli).await.map_err(db::explain)
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = config::resolve_path(cli.config.as_deref());
     let settings = config::load(&path)?;
     for warning in &settings.warnings {

@@ -25,8 +25,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rand::Rng;
-use sqlx::postgres::PgListener;
-use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -36,6 +34,7 @@ use crate::breaker::{Breaker, Gate};
 use crate::clock::Mono;
 use crate::config::ProviderSettings;
 use crate::cycle::Context;
+use crate::db::Db;
 use crate::metrics;
 use crate::outcomes::{self, State};
 use crate::provider::{BackfillRequest, Class, Exchange};
@@ -92,7 +91,7 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
 
 /// Closes the run if nothing of it is pending, and logs its summary; the one instance that
 /// closes it logs it.
-pub async fn close_run(pool: &PgPool, run_id: i64) -> anyhow::Result<bool> {
+pub async fn close_run(pool: &Db, run_id: i64) -> anyhow::Result<bool> {
     if !outcomes::close_if_done(pool, run_id).await? {
         return Ok(false);
     }
@@ -252,7 +251,15 @@ pub async fn work_with(
         background.clone(),
     ));
     if scope == Scope::All {
-        tokio::spawn(listen(first.pool.clone(), wake.clone(), background.clone()));
+        if first.pool.can_listen() {
+            tokio::spawn(listen(first.pool.clone(), wake.clone(), background.clone()));
+        } else {
+            tracing::info!(
+                "through a transaction pooler without database.direct_url, NOTIFY cannot reach \
+                 this instance: it looks for queued rows every {}s instead",
+                POLL.as_secs()
+            );
+        }
     }
     let mut dispatcher = Dispatcher::new(ctx, owner, scope, out_tx, held);
     dispatcher.run(shutdown, wake, closed).await;
@@ -700,21 +707,11 @@ enum Claim {
 
 /// Wakes the dispatcher on every `NOTIFY` (a tick was queued, by any instance). Reconnects
 /// after a failure; meanwhile the dispatcher's poll finds new rows a little later.
-async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
+async fn listen(pool: Db, wake: Arc<Notify>, stop: CancellationToken) {
     loop {
-        let connected = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(queue::CHANNEL).await?;
-            loop {
-                listener.recv().await?;
-                wake.notify_one();
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
-        };
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = connected => {}
+            _ = pool.listen(queue::CHANNEL, || wake.notify_one()) => {}
         }
         tokio::select! {
             () = stop.cancelled() => return,
@@ -846,7 +843,7 @@ pub fn count(n: u32, noun: &str) -> String {
 /// A write that fails (database down) is retried with backoff until it succeeds: the rows stay
 /// leased to this instance meanwhile, and the lease guard keeps a late write harmless.
 async fn write_outcomes(
-    pool: PgPool,
+    pool: Db,
     owner: String,
     mut rx: mpsc::UnboundedReceiver<ToWriter>,
     held: SharedHeld,
@@ -894,7 +891,7 @@ impl Group {
 
     async fn write(
         mut self,
-        pool: &PgPool,
+        pool: &Db,
         owner: &str,
         held: &SharedHeld,
         close: &mpsc::UnboundedSender<i64>,
@@ -954,7 +951,7 @@ impl Group {
 
 /// Closes each run handed over once nothing of it is pending; coalesces repeats, so that a
 /// busy run is checked once per round, not once per write.
-async fn close_runs(pool: PgPool, mut rx: mpsc::UnboundedReceiver<i64>, closed: Arc<Notify>) {
+async fn close_runs(pool: Db, mut rx: mpsc::UnboundedReceiver<i64>, closed: Arc<Notify>) {
     let mut runs = Vec::new();
     while let Some(first) = rx.recv().await {
         runs.push(first);
@@ -1040,7 +1037,7 @@ where
 /// not return leaves this instance's hands at once; a renewal that fails changes nothing, and
 /// the leases run out on the boot clock.
 async fn renew_leases(
-    pool: PgPool,
+    pool: Db,
     owner: String,
     lease: Duration,
     held: SharedHeld,

@@ -50,7 +50,7 @@ impl BenchDb {
             url: url.to_string(),
         };
         let pool = db.pool().await?;
-        backfill_reporter::db::migrate(&pool).await?;
+        backfill_reporter::db::migrate(&pool.clone().into()).await?;
         pool.close().await;
         Ok(db)
     }

@@ -3,17 +3,24 @@
 //! not even when it does not parse. A server that is not on this machine is reached over TLS
 //! with a verified certificate unless the URL says otherwise.
 
+// The one module that holds sqlx's pool, connections and transactions (see clippy.toml).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::{ConnectOptions, Connection, Executor};
 
-use crate::config::DatabaseSettings;
+use crate::config::{DatabaseSettings, Pooler};
 
+mod handle;
 mod migrate;
 
+use handle::Setup;
+pub use handle::{Db, Tx};
 pub use migrate::{migrate, MIGRATOR};
 
 /// Options for the configured database, with the application name set so that operators see
@@ -25,11 +32,63 @@ pub use migrate::{migrate, MIGRATOR};
 /// default here is `verify-full`; an `sslmode` written in the URL is the operator's choice and
 /// is kept, weaker or not. `database.ca_file` adds certificates to trust.
 pub fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {
-    let url = settings.url()?;
-    refuse_unknown_parameters(url.expose_secret())?;
+    let options = url_options(settings, settings.url()?, "database.url")?;
+    Ok(match settings.pooler {
+        // A server session of its own: the limits go in the startup packet, no round trip.
+        Pooler::None => options.options(limits(settings)),
+        // A pooler refuses startup parameters it does not track (PgBouncer answers
+        // "unsupported startup parameter"): the limits are set per transaction or per session
+        // instead ([`setup_sql`]), and extra_float_digits, which changes nothing since
+        // PostgreSQL 12 and which stock PgBouncer refuses too, is not sent.
+        Pooler::Transaction | Pooler::Session => options.extra_float_digits(None),
+    })
+}
+
+/// What bounds every statement and every transaction left idle, so that no query, lock wait or
+/// forgotten transaction can stall a cycle (or hold a lock) unseen; and the plans.
+fn limits(settings: &DatabaseSettings) -> [(&'static str, String); 3] {
+    let timeout = format!("{}ms", settings.statement_timeout.as_millis());
+    [
+        ("statement_timeout", timeout.clone()),
+        ("idle_in_transaction_session_timeout", timeout),
+        // The queue's statements take ids and arrays: one generic plan each, made once per
+        // connection (once per execution through a transaction pooler), instead of a custom
+        // plan per execution (3 ms of a 3.5 ms outcome write). The source query, whose best
+        // plan depends on the window, sets it back for its transaction (`source::Cursor`).
+        ("plan_cache_mode", "force_generic_plan".to_owned()),
+    ]
+}
+
+/// [`limits`] as SQL, for a pooler that refuses them as startup options: `BEGIN; SET LOCAL …`
+/// that opens every transaction through a transaction pooler (one round trip: a simple query
+/// may hold several statements), or the `SET …` a session-mode pooler's connection runs once.
+fn setup_sql(settings: &DatabaseSettings, pooler: Pooler) -> String {
+    let scope = if pooler == Pooler::Transaction {
+        "SET LOCAL"
+    } else {
+        "SET"
+    };
+    let sets: Vec<String> = limits(settings)
+        .iter()
+        .map(|(key, value)| format!("{scope} {key} = '{value}'"))
+        .collect();
+    match pooler {
+        Pooler::Transaction => format!("BEGIN; {}", sets.join("; ")),
+        Pooler::Session => sets.join("; "),
+        Pooler::None => String::new(),
+    }
+}
+
+/// Options for `url` (`key` names it in errors), before the limits.
+fn url_options(
+    settings: &DatabaseSettings,
+    url: &SecretString,
+    key: &str,
+) -> anyhow::Result<PgConnectOptions> {
+    refuse_unknown_parameters(url.expose_secret(), key)?;
     // sqlx's parse error may quote the URL; replace it rather than chain it.
     let mut options = PgConnectOptions::from_str(url.expose_secret()).map_err(|_| {
-        anyhow::anyhow!("database.url is not a valid PostgreSQL URL (postgres://user@host/db)")
+        anyhow::anyhow!("{key} is not a valid PostgreSQL URL (postgres://user@host/db)")
     })?;
     if tls_required_by_default(url.expose_secret(), &options) {
         options = options.ssl_mode(PgSslMode::VerifyFull);
@@ -37,20 +96,8 @@ pub fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectO
     if let Some(ca) = &settings.ca_file {
         options = options.ssl_root_cert(ca);
     }
-    let timeout = format!("{}ms", settings.statement_timeout.as_millis());
     Ok(options
         .application_name("backfill-reporter")
-        // Bounds every statement and every transaction left idle, so that no query, lock wait
-        // or forgotten transaction can stall a cycle (or hold a lock) unseen.
-        .options([
-            ("statement_timeout", timeout.as_str()),
-            ("idle_in_transaction_session_timeout", timeout.as_str()),
-            // The queue's statements take ids and arrays: one generic plan each, made once
-            // per connection, instead of a plan per execution (3 ms of a 3.5 ms outcome
-            // write). The source query, whose best plan depends on the window, sets it back
-            // for its transaction (`source::Cursor::open`).
-            ("plan_cache_mode", "force_generic_plan"),
-        ])
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)))
 }
@@ -78,15 +125,15 @@ const URL_PARAMETERS: [&str; 18] = [
     "options",
 ];
 
-fn refuse_unknown_parameters(url: &str) -> anyhow::Result<()> {
+fn refuse_unknown_parameters(url: &str, key: &str) -> anyhow::Result<()> {
     let Ok(url) = reqwest::Url::parse(url) else {
         return Ok(()); // refused by the parse that follows, without echo
     };
-    for (key, _) in url.query_pairs() {
-        if !URL_PARAMETERS.contains(&&*key) && !key.starts_with("options[") {
+    for (name, _) in url.query_pairs() {
+        if !URL_PARAMETERS.contains(&&*name) && !name.starts_with("options[") {
             anyhow::bail!(
-                "database.url has an unknown parameter {:?} (its value is not shown); known: {}",
-                crate::provider::clean(&key, 64),
+                "{key} has an unknown parameter {:?} (its value is not shown); known: {}",
+                crate::provider::clean(&name, 64),
                 URL_PARAMETERS.join(", ")
             );
         }
@@ -175,6 +222,8 @@ fn lost_connection(e: &sqlx::Error) -> bool {
         // A certificate the client refuses arrives as InvalidData: a config problem.
         sqlx::Error::Io(io) => io.kind() != std::io::ErrorKind::InvalidData,
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        // A pooler refusing a startup parameter says 08P01 as well, but no wait will fix it.
+        sqlx::Error::Database(d) if d.message().contains(REFUSED_PARAMETER) => false,
         // 08: connection exception; 57P01-57P03: server shutting down or starting.
         sqlx::Error::Database(d) => d
             .code()
@@ -183,53 +232,184 @@ fn lost_connection(e: &sqlx::Error) -> bool {
     }
 }
 
-fn pool_options(settings: &DatabaseSettings) -> PgPoolOptions {
-    PgPoolOptions::new()
-        .max_connections(settings.max_connections)
+/// What PgBouncer answers to a startup parameter it does not track.
+const REFUSED_PARAMETER: &str = "unsupported startup parameter";
+
+/// The database answered as a transaction-mode pooler does while `database.pooler` says
+/// otherwise. Its message is the whole story: [`explain`] drops the context around it, which
+/// would blame whatever statement met it first.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "the database answers like a connection pooler (PgBouncer, RDS Proxy, Supavisor), not a \
+     PostgreSQL session of its own: {sign}; set [database] pooler = \"transaction\" (\"session\" \
+     for a pooler in session mode), and direct_url for migrations and LISTEN (README: \
+     \"Connection poolers\")"
+)]
+pub struct PoolerSuspected {
+    sign: String,
+}
+
+/// The sign of a transaction pooler in an error, if it is one: a startup parameter refused
+/// (only a pooler does that, and only "none" sends them), or a named statement that already
+/// exists or no longer does (only a server connection that changes hands between
+/// transactions loses or shares them).
+fn pooler_sign(pooler: Pooler, e: &sqlx::Error) -> Option<String> {
+    let sqlx::Error::Database(d) = e else {
+        return None;
+    };
+    let named = matches!(d.code().as_deref(), Some("42P05" | "26000"))
+        && d.message().contains("prepared statement");
+    let refused = pooler == Pooler::None && d.message().contains(REFUSED_PARAMETER);
+    (pooler != Pooler::Transaction && (named || refused)).then(|| crate::excerpt::line(d.message()))
+}
+
+/// `e`, or the error that says the database sits behind a transaction pooler when it shows
+/// the signs and `pooler` does not expect one.
+fn suspect(pooler: Pooler, e: sqlx::Error) -> sqlx::Error {
+    match pooler_sign(pooler, &e) {
+        Some(sign) => sqlx::Error::Configuration(Box::new(PoolerSuspected { sign })),
+        None => e,
+    }
+}
+
+/// The error as a command prints it: a suspected pooler alone, in its one line.
+pub fn explain(e: anyhow::Error) -> anyhow::Error {
+    match e
+        .chain()
+        .find_map(|c| c.downcast_ref::<PoolerSuspected>())
+        .cloned()
+    {
+        Some(suspected) => suspected.into(),
+        None => e,
+    }
+}
+
+fn pool_options(max_connections: u32, pooler: Pooler, setup: &Setup) -> PgPoolOptions {
+    let options = PgPoolOptions::new()
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         // No ping before every statement (a round trip each): a connection that died is found
         // by the statement itself, and every database step of the daemon is retried.
-        .test_before_acquire(false)
+        .test_before_acquire(false);
+    match pooler {
+        Pooler::None => options,
+        Pooler::Session => {
+            let setup = setup.clone();
+            options.after_connect(move |conn, _| {
+                let sql = setup.sql();
+                Box::pin(async move { conn.execute(&*sql).await.map(drop) })
+            })
+        }
+        // A connection handed back while it still knows a named statement left its
+        // transaction before the end (a task dropped midway): its names would collide on a
+        // server connection another client used since, so it is closed rather than reused.
+        // sqlx's statement cache stays on: without it, names are still used, never closed.
+        Pooler::Transaction => options.after_release(|conn, _| {
+            Box::pin(async move { Ok(conn.cached_statements_size() == 0) })
+        }),
+    }
 }
 
 /// Says once, at connection, when TLS with a verified certificate is required by default.
-fn log_tls_choice(settings: &DatabaseSettings, options: &PgConnectOptions) {
-    if let Some(url) = &settings.url {
-        if tls_required_by_default(url.expose_secret(), options) {
-            tracing::info!(
-                "database host {} is not local: requiring TLS with a verified certificate \
-                 (sslmode=verify-full); set database.ca_file for a private CA, or write another \
-                 sslmode in database.url to choose otherwise",
-                options.get_host()
-            );
-        }
+fn log_tls_choice(url: &SecretString, options: &PgConnectOptions, key: &str) {
+    if tls_required_by_default(url.expose_secret(), options) {
+        tracing::info!(
+            "database host {} is not local: requiring TLS with a verified certificate \
+             (sslmode=verify-full); set database.ca_file for a private CA, or write another \
+             sslmode in {key} to choose otherwise",
+            options.get_host()
+        );
     }
 }
 
 /// A pool for the configured database; fails fast when the server does not answer.
-pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Db> {
     let options = connect_options(settings)?;
     let target = describe(&options);
-    log_tls_choice(settings, &options);
-    pool_options(settings)
+    log_tls_choice(settings.url()?, &options, "database.url");
+    let setup = Setup::new(setup_sql(settings, settings.pooler));
+    let pool = pool_options(settings.max_connections, settings.pooler, &setup)
         .connect_with(options)
         .await
-        // sqlx's Display already includes its source; chaining it would print the cause twice.
-        .map_err(|e| {
-            let message = format!("connecting to PostgreSQL at {target}: {e}");
-            if lost_connection(&e) {
-                Unreachable(message).into()
-            } else {
-                anyhow::anyhow!(message)
-            }
-        })
+        .map_err(|e| connect_error(settings.pooler, &target, e))?;
+    Ok(Db {
+        pool,
+        pooler: settings.pooler,
+        setup,
+        direct: direct(settings)?,
+    })
+}
+
+/// sqlx's Display already includes its source; chaining it would print the cause twice.
+fn connect_error(pooler: Pooler, target: &str, e: sqlx::Error) -> anyhow::Error {
+    let context = format!("connecting to PostgreSQL at {target}");
+    if let Some(sign) = pooler_sign(pooler, &e) {
+        return anyhow::Error::new(PoolerSuspected { sign }).context(context);
+    }
+    let message = format!("{context}: {e}");
+    if lost_connection(&e) {
+        Unreachable(message).into()
+    } else {
+        anyhow::anyhow!(message)
+    }
 }
 
 /// A pool that connects on first use: the daemon starts (and waits out an outage) without one.
-pub fn connect_lazy(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+pub fn connect_lazy(settings: &DatabaseSettings) -> anyhow::Result<Db> {
     let options = connect_options(settings)?;
-    log_tls_choice(settings, &options);
-    Ok(pool_options(settings).connect_lazy_with(options))
+    log_tls_choice(settings.url()?, &options, "database.url");
+    let setup = Setup::new(setup_sql(settings, settings.pooler));
+    Ok(Db {
+        pool: pool_options(settings.max_connections, settings.pooler, &setup)
+            .connect_lazy_with(options),
+        pooler: settings.pooler,
+        setup,
+        direct: direct(settings)?,
+    })
+}
+
+/// Connections over `database.direct_url`: one for `LISTEN`, two for a migration (its lock's
+/// session and its statements).
+const DIRECT_CONNECTIONS: u32 = 3;
+
+/// The pool over `database.direct_url`, with a pooler, connected on first use. It is treated
+/// as a session-mode pooler's (limits set after connecting, not as startup options), which a
+/// server accepts as well: managed services often offer a session-mode pooler as the way
+/// around their transaction-mode one.
+fn direct(settings: &DatabaseSettings) -> anyhow::Result<Option<Arc<Db>>> {
+    let Some(url) = settings
+        .direct_url
+        .as_ref()
+        .filter(|_| settings.pooler != Pooler::None)
+    else {
+        return Ok(None);
+    };
+    let options = url_options(settings, url, "database.direct_url")?.extra_float_digits(None);
+    log_tls_choice(url, &options, "database.direct_url");
+    let setup = Setup::new(setup_sql(settings, Pooler::Session));
+    Ok(Some(Arc::new(Db {
+        pool: pool_options(DIRECT_CONNECTIONS, Pooler::Session, &setup).connect_lazy_with(options),
+        pooler: Pooler::Session,
+        setup,
+        direct: None,
+    })))
+}
+
+impl Db {
+    /// Takes new settings (a rotated URL, another CA or `statement_timeout`): tried once, then
+    /// used for every new connection. The pooler, `direct_url` and the pool size wait for a
+    /// restart (the caller keeps the old ones in `settings`).
+    pub async fn reconfigure(&self, settings: &DatabaseSettings) -> anyhow::Result<()> {
+        let options = connect_options(settings)?;
+        let conn = options
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("the new database settings do not connect: {e}"))?;
+        let _ = conn.close().await;
+        self.pool.set_connect_options(options);
+        self.setup.replace(setup_sql(settings, self.pooler));
+        Ok(())
+    }
 }
 
 #[cfg(test)]

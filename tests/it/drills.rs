@@ -293,7 +293,9 @@ async fn a_database_stopped_for_two_minutes_is_waited_out_and_its_tick_reported(
     admin.close().await;
     let url = server.url("drill");
     let pool = PgPool::connect(&url).await.unwrap();
-    backfill_reporter::db::migrate(&pool).await.unwrap();
+    backfill_reporter::db::migrate(&pool.clone().into())
+        .await
+        .unwrap();
     let app = TestApp::on(
         pool,
         url,
@@ -468,7 +470,7 @@ async fn retention_deletes_old_rows_in_batches_and_keeps_pending_and_recent_ones
     }
 
     let cutoff = backfill_reporter::retention::cutoff(now, Duration::from_secs(90 * 86_400));
-    let pruned = backfill_reporter::retention::prune(&app.pool, cutoff)
+    let pruned = backfill_reporter::retention::prune(&app.pool.clone().into(), cutoff)
         .await
         .unwrap();
 
