@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{Executor, PgConnection};
 
 use super::{Db, Tx};
@@ -23,14 +23,17 @@ const INDEX_LOCK: i64 = 0x6266_7269;
 pub async fn migrate(db: &Db) -> anyhow::Result<Vec<String>> {
     let db = db.direct.as_deref().unwrap_or(db);
     build_source_index_concurrently(db).await?;
-    let before = applied_versions(db).await?;
-    match db.pooler {
-        Pooler::Transaction => migrate_in_one_transaction(db).await,
-        Pooler::None | Pooler::Session => MIGRATOR
-            .run(&db.pool)
-            .await
-            .context("applying database migrations"),
-    }?;
+    let before = match db.pooler {
+        Pooler::Transaction => migrate_in_one_transaction(db).await?,
+        Pooler::None | Pooler::Session => {
+            let before = applied_versions(db).await?;
+            MIGRATOR
+                .run(&db.pool)
+                .await
+                .context("applying database migrations")?;
+            before
+        }
+    };
     Ok(MIGRATOR
         .iter()
         .filter(|m| !before.contains(&m.version))
@@ -43,14 +46,17 @@ pub async fn migrate(db: &Db) -> anyhow::Result<Vec<String>> {
 /// so that an instance that migrates over a server session of its own waits for this one and
 /// the reverse. Each migration keeps its own savepoint and bookkeeping row; should one fail,
 /// none is applied. A future `-- no-transaction` migration could not run here: it would need
-/// `direct_url`.
-async fn migrate_in_one_transaction(db: &Db) -> anyhow::Result<()> {
+/// `direct_url`. Returns the versions applied before, as read under the lock.
+async fn migrate_in_one_transaction(db: &Db) -> anyhow::Result<Vec<i64>> {
     let mut tx = db
         .begin()
         .await
         .context("starting the migration transaction")?;
     match apply_under_lock(&mut tx).await {
-        Ok(()) => tx.commit().await.context("committing the migrations"),
+        Ok(before) => {
+            tx.commit().await.context("committing the migrations")?;
+            Ok(before)
+        }
         Err(e) => {
             let _ = tx.rollback().await;
             Err(e)
@@ -58,7 +64,7 @@ async fn migrate_in_one_transaction(db: &Db) -> anyhow::Result<()> {
     }
 }
 
-async fn apply_under_lock(tx: &mut Tx) -> anyhow::Result<()> {
+async fn apply_under_lock(tx: &mut Tx) -> anyhow::Result<Vec<i64>> {
     let database: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(&mut *tx)
         .await
@@ -68,13 +74,22 @@ async fn apply_under_lock(tx: &mut Tx) -> anyhow::Result<()> {
         .execute(&mut *tx)
         .await
         .context("taking the migration lock")?;
+    let conn = tx.connection();
+    conn.ensure_migrations_table()
+        .await
+        .context("reading applied migrations")?;
+    let before = conn
+        .list_applied_migrations()
+        .await
+        .context("reading applied migrations")?;
     let mut unlocked = sqlx::migrate!();
     unlocked.set_locking(false);
     unlocked
         // `run` over a `&mut PgConnection` trips sqlx's "Acquire is not general enough".
-        .run_direct(tx.connection())
+        .run_direct(conn)
         .await
-        .context("applying database migrations")
+        .context("applying database migrations")?;
+    Ok(before.iter().map(|m| m.version).collect())
 }
 
 /// The key of sqlx's migration lock for `database` (`generate_lock_id` in sqlx-postgres).

@@ -417,17 +417,48 @@ mod tests {
     use super::*;
     use secrecy::SecretString;
 
-    fn options(url: &str) -> PgConnectOptions {
-        connect_options(&DatabaseSettings {
+    fn settings(url: &str, pooler: Pooler) -> DatabaseSettings {
+        DatabaseSettings {
             url: Some(SecretString::from(url.to_owned())),
-            pooler: crate::config::Pooler::None,
+            pooler,
             direct_url: None,
             max_connections: 2,
             statement_timeout: Duration::from_secs(60),
             keep: Duration::from_secs(86_400),
             ca_file: None,
-        })
-        .unwrap()
+        }
+    }
+
+    fn options(url: &str) -> PgConnectOptions {
+        connect_options(&settings(url, Pooler::None)).unwrap()
+    }
+
+    #[test]
+    fn the_limits_go_in_the_startup_packet_for_a_server_and_in_sql_for_a_pooler() {
+        let url = "postgres://u@localhost/x";
+        let server = options(url);
+        let startup = server.get_options().unwrap_or_default();
+        assert!(startup.contains("statement_timeout=60000ms"), "{startup}");
+        assert!(
+            startup.contains("plan_cache_mode=force_generic_plan"),
+            "{startup}"
+        );
+        for pooler in [Pooler::Transaction, Pooler::Session] {
+            let pooled = connect_options(&settings(url, pooler)).unwrap();
+            assert_eq!(pooled.get_options(), None, "{pooler:?}");
+        }
+        let s = settings(url, Pooler::Transaction);
+        assert_eq!(
+            setup_sql(&s, Pooler::Transaction),
+            "BEGIN; SET LOCAL statement_timeout = '60000ms'; \
+             SET LOCAL idle_in_transaction_session_timeout = '60000ms'; \
+             SET LOCAL plan_cache_mode = 'force_generic_plan'"
+        );
+        assert_eq!(
+            setup_sql(&s, Pooler::Session),
+            "SET statement_timeout = '60000ms'; SET idle_in_transaction_session_timeout = \
+             '60000ms'; SET plan_cache_mode = 'force_generic_plan'"
+        );
     }
 
     fn mode(url: &str) -> String {

@@ -15,7 +15,11 @@ use crate::helpers::{eventually, Daemon, Output, Stopped, TestApp, TestConfig};
 /// A yearly schedule whose latest tick (1 January, 00:00 UTC) was missed: the daemon runs it
 /// as its catch-up at start, and its deadline (the next 1 January) is far away. The source
 /// holds `pairs` pairs in the hour before that tick.
-async fn catch_up_app(pool: PgPool, config: TestConfig, pairs: i32) -> (TestApp, DateTime<Utc>) {
+pub(crate) async fn catch_up_app(
+    pool: PgPool,
+    config: TestConfig,
+    pairs: i32,
+) -> (TestApp, DateTime<Utc>) {
     let config = TestConfig {
         cron: "0 0 1 1 *".into(),
         timezone: "UTC".into(),
@@ -63,7 +67,7 @@ async fn start_mid_cycle(app: &TestApp, answered: usize) -> Daemon {
 }
 
 /// Successful submissions the provider received per pair.
-fn deliveries(app: &TestApp) -> HashMap<(String, String), usize> {
+pub(crate) fn deliveries(app: &TestApp) -> HashMap<(String, String), usize> {
     let mut seen = HashMap::new();
     for body in app.provider.backfill_bodies() {
         let key = (body["appId"].to_string(), body["mcc"].to_string());

@@ -8,6 +8,7 @@
 mod chaos;
 mod fake_provider;
 mod helpers;
+mod pgbouncer;
 
 mod alarm;
 mod cli;
@@ -21,6 +22,7 @@ mod fence;
 mod harness;
 mod metrics;
 mod migrations;
+mod pooler;
 mod process;
 mod provider_client;
 mod reload;

@@ -10,7 +10,7 @@ use crate::helpers::eventually;
 
 /// The operators' table as the first migration would create it, with rows, before the daemon
 /// was ever installed.
-async fn existing_otp_counts(pool: &PgPool) {
+pub(crate) async fn existing_otp_counts(pool: &PgPool) {
     sqlx::raw_sql(
         "CREATE TABLE otp_counts (app_id text NOT NULL, mcc integer NOT NULL, \
          bucket_start timestamptz NOT NULL, sent bigint NOT NULL DEFAULT 0, \
@@ -31,15 +31,15 @@ async fn connection(pool: &PgPool) -> PgConnection {
 
 /// The source index as the catalogue has it.
 #[derive(sqlx::FromRow)]
-struct Index {
+pub(crate) struct Index {
     /// False for an index an interrupted concurrent build left behind.
-    valid: bool,
-    definition: String,
+    pub(crate) valid: bool,
+    pub(crate) definition: String,
     /// Changes when the index is built again.
     oid: i64,
 }
 
-async fn source_index(pool: &PgPool) -> Index {
+pub(crate) async fn source_index(pool: &PgPool) -> Index {
     sqlx::query_as(
         "SELECT i.indisvalid AS valid, pg_get_indexdef(i.indexrelid) AS definition, \
              i.indexrelid::bigint AS oid \
