@@ -223,7 +223,7 @@ fn lost_connection(e: &sqlx::Error) -> bool {
         sqlx::Error::Io(io) => io.kind() != std::io::ErrorKind::InvalidData,
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
         // A pooler refusing a startup parameter says 08P01 as well, but no wait will fix it.
-        sqlx::Error::Database(d) if d.message().contains(REFUSED_PARAMETER) => false,
+        sqlx::Error::Database(d) if refused_parameter(d.message()) => false,
         // 08: connection exception; 57P01-57P03: server shutting down or starting.
         sqlx::Error::Database(d) => d
             .code()
@@ -232,8 +232,13 @@ fn lost_connection(e: &sqlx::Error) -> bool {
     }
 }
 
-/// What PgBouncer answers to a startup parameter it does not track.
-const REFUSED_PARAMETER: &str = "unsupported startup parameter";
+/// Whether the message is a pooler's refusal of a startup parameter: PgBouncer's
+/// ("unsupported startup parameter: options"), RDS Proxy's ("RDS Proxy currently doesn't
+/// support command-line options").
+fn refused_parameter(message: &str) -> bool {
+    message.contains("unsupported startup parameter")
+        || message.contains("support command-line options")
+}
 
 /// The database answered as a transaction-mode pooler does while `database.pooler` says
 /// otherwise. Its message is the whole story: [`explain`] drops the context around it, which
@@ -259,7 +264,7 @@ fn pooler_sign(pooler: Pooler, e: &sqlx::Error) -> Option<String> {
     };
     let named = matches!(d.code().as_deref(), Some("42P05" | "26000"))
         && d.message().contains("prepared statement");
-    let refused = pooler == Pooler::None && d.message().contains(REFUSED_PARAMETER);
+    let refused = pooler == Pooler::None && refused_parameter(d.message());
     (pooler != Pooler::Transaction && (named || refused)).then(|| crate::excerpt::line(d.message()))
 }
 
