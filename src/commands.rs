@@ -228,6 +228,14 @@ async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
     let options = db::connect_options(&settings.database)?;
     let pool = db::connect(&settings.database).await?;
     println!("database {}: connected", db::describe(&options));
+    match (settings.database.pooler, pool.check_direct().await?) {
+        (_, Some(direct)) => println!("database.direct_url {direct}: connected"),
+        (config::Pooler::Transaction, None) => println!(
+            "through a transaction pooler without database.direct_url: migrations go through \
+             it, and the queue is polled every 2 s instead of woken by NOTIFY"
+        ),
+        _ => {}
+    }
     // Only the default source can be waiting for its table: a custom query is checked as it is.
     let unmigrated = settings.source.query.is_none()
         && sqlx::query_scalar::<_, bool>("SELECT to_regclass('otp_counts') IS NULL")

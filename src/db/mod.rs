@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection, Executor};
@@ -401,6 +402,22 @@ fn direct(settings: &DatabaseSettings) -> anyhow::Result<Option<Arc<Db>>> {
 }
 
 impl Db {
+    /// Connects over `database.direct_url`, if set, as `check` does with `url`; returns where
+    /// it points, without the password.
+    pub async fn check_direct(&self) -> anyhow::Result<Option<String>> {
+        let Some(direct) = &self.direct else {
+            return Ok(None);
+        };
+        let target = describe(&direct.pool.connect_options());
+        direct
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| connect_error(Pooler::Session, &target, e))
+            .context("database.direct_url")?;
+        Ok(Some(target))
+    }
+
     /// Takes new settings (a rotated URL, another CA or `statement_timeout`): tried once, then
     /// used for every new connection. The pooler, `direct_url` and the pool size wait for a
     /// restart (the caller keeps the old ones in `settings`).

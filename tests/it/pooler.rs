@@ -64,6 +64,10 @@ async fn migrate_and_check_work_through_pgbouncer_alone(pool: PgPool) {
     for check in checks {
         assert_eq!(check.code, 0, "{check:?}");
         assert!(
+            check.out.contains("without database.direct_url"),
+            "{check:?}"
+        );
+        assert!(
             check.out.contains(
                 "source otp_counts: columns app_id, mcc, backfill_number, cardinal_number present"
             ),
@@ -81,8 +85,17 @@ async fn migrate_goes_around_the_pooler_over_direct_url(pool: PgPool) {
     app.write_config(&app.config.clone());
 
     let out = app.run(&["migrate"]).await;
+    let check = app.run(&["check"]).await;
 
     assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(check.code, 0, "{check:?}");
+    let port = reqwest::Url::parse(&direct).unwrap().port().unwrap();
+    assert!(
+        check.out.contains(&format!(
+            "database.direct_url backfill_test@127.0.0.1:{port}/"
+        )),
+        "{check:?}"
+    );
     // Over a session of its own, sqlx's migrator gives each migration its own transaction.
     assert_eq!(
         migration_transactions(&app).await,
