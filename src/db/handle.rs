@@ -188,6 +188,13 @@ impl Tx {
         &mut self.tx
     }
 
+    /// After a statement for which sqlx may have named statements of its own: closes them
+    /// (through a transaction pooler), then `result`, or the pooler suspected in it.
+    async fn after_named<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        self.forget_named().await?;
+        result.map_err(|e| super::suspect(self.pooler, e))
+    }
+
     /// Through a transaction pooler, closes the named statements sqlx prepared on its own
     /// (`describe`, type look-ups) while this transaction still holds the server connection:
     /// after it, another client's statement of the same name would collide with them.
@@ -196,6 +203,24 @@ impl Tx {
             self.tx.clear_cached_statements().await?;
         }
         Ok(())
+    }
+}
+
+/// What a future or stream of the pool yields, with the error turned into the pooler suspected
+/// in it, if any (see `db::suspect`).
+trait Suspected<'e>: Sized {
+    fn suspected(self, pooler: Pooler) -> Self;
+}
+
+impl<'e, T: Send + 'e> Suspected<'e> for BoxFuture<'e, Result<T, sqlx::Error>> {
+    fn suspected(self, pooler: Pooler) -> Self {
+        self.map_err(move |e| super::suspect(pooler, e)).boxed()
+    }
+}
+
+impl<'e, T: Send + 'e> Suspected<'e> for BoxStream<'e, Result<T, sqlx::Error>> {
+    fn suspected(self, pooler: Pooler) -> Self {
+        self.map_err(move |e| super::suspect(pooler, e)).boxed()
     }
 }
 
@@ -236,10 +261,7 @@ impl<'c> Executor<'c> for &'c Db {
                 .map_ok(|steps| futures::stream::iter(steps.into_iter().map(Ok)))
                 .try_flatten()
                 .boxed(),
-            Pooler::None | Pooler::Session => (&self.pool)
-                .fetch_many(query)
-                .map_err(move |e| super::suspect(pooler, e))
-                .boxed(),
+            Pooler::None | Pooler::Session => (&self.pool).fetch_many(query).suspected(pooler),
         }
     }
 
@@ -258,10 +280,7 @@ impl<'c> Executor<'c> for &'c Db {
                 Ok(steps.into_iter().find_map(Either::right))
             }
             .boxed(),
-            Pooler::None | Pooler::Session => (&self.pool)
-                .fetch_optional(query)
-                .map_err(move |e| super::suspect(pooler, e))
-                .boxed(),
+            Pooler::None | Pooler::Session => (&self.pool).fetch_optional(query).suspected(pooler),
         }
     }
 
@@ -281,10 +300,9 @@ impl<'c> Executor<'c> for &'c Db {
                 tx.end(prepared).await
             }
             .boxed(),
-            Pooler::None | Pooler::Session => (&self.pool)
-                .prepare_with(sql, parameters)
-                .map_err(move |e| super::suspect(pooler, e))
-                .boxed(),
+            Pooler::None | Pooler::Session => {
+                (&self.pool).prepare_with(sql, parameters).suspected(pooler)
+            }
         }
     }
 
@@ -303,10 +321,7 @@ impl<'c> Executor<'c> for &'c Db {
                 tx.end(described).await
             }
             .boxed(),
-            Pooler::None | Pooler::Session => (&self.pool)
-                .describe(sql)
-                .map_err(move |e| super::suspect(pooler, e))
-                .boxed(),
+            Pooler::None | Pooler::Session => (&self.pool).describe(sql).suspected(pooler),
         }
     }
 }
@@ -323,10 +338,7 @@ impl<'c> Executor<'c> for &'c mut Tx {
         let conn: &'c mut PgConnection = &mut self.tx;
         match pooler {
             Pooler::Transaction => conn.fetch_many(Unnamed(query)),
-            Pooler::None | Pooler::Session => conn
-                .fetch_many(query)
-                .map_err(move |e| super::suspect(pooler, e))
-                .boxed(),
+            Pooler::None | Pooler::Session => conn.fetch_many(query).suspected(pooler),
         }
     }
 
@@ -342,10 +354,7 @@ impl<'c> Executor<'c> for &'c mut Tx {
         let conn: &'c mut PgConnection = &mut self.tx;
         match pooler {
             Pooler::Transaction => conn.fetch_optional(Unnamed(query)),
-            Pooler::None | Pooler::Session => conn
-                .fetch_optional(query)
-                .map_err(move |e| super::suspect(pooler, e))
-                .boxed(),
+            Pooler::None | Pooler::Session => conn.fetch_optional(query).suspected(pooler),
         }
     }
 
@@ -359,8 +368,7 @@ impl<'c> Executor<'c> for &'c mut Tx {
     {
         async move {
             let prepared = (&mut *self.tx).prepare_with(sql, parameters).await;
-            self.forget_named().await?;
-            prepared.map_err(|e| super::suspect(self.pooler, e))
+            self.after_named(prepared).await
         }
         .boxed()
     }
@@ -376,8 +384,7 @@ impl<'c> Executor<'c> for &'c mut Tx {
     {
         async move {
             let described = (&mut *self.tx).describe(sql).await;
-            self.forget_named().await?;
-            described.map_err(|e| super::suspect(self.pooler, e))
+            self.after_named(described).await
         }
         .boxed()
     }

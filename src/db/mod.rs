@@ -529,17 +529,10 @@ mod tests {
 
     #[test]
     fn an_unknown_url_parameter_is_refused_without_its_value() {
-        let settings = DatabaseSettings {
-            url: Some(SecretString::from(
-                "postgres://u@db.example.com/x?pasword=hunter2".to_owned(),
-            )),
-            pooler: crate::config::Pooler::None,
-            direct_url: None,
-            max_connections: 2,
-            statement_timeout: Duration::from_secs(60),
-            keep: Duration::from_secs(86_400),
-            ca_file: None,
-        };
+        let settings = settings(
+            "postgres://u@db.example.com/x?pasword=hunter2",
+            Pooler::None,
+        );
         let err = format!("{:#}", connect_options(&settings).unwrap_err());
         assert!(err.contains("unknown parameter \"pasword\""), "{err}");
         assert!(!err.contains("hunter2"), "{err}");

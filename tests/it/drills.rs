@@ -67,13 +67,20 @@ async fn start_mid_cycle(app: &TestApp, answered: usize) -> Daemon {
 }
 
 /// Successful submissions the provider received per pair.
-pub(crate) fn deliveries(app: &TestApp) -> HashMap<(String, String), usize> {
+fn deliveries(app: &TestApp) -> HashMap<(String, String), usize> {
     let mut seen = HashMap::new();
     for body in app.provider.backfill_bodies() {
         let key = (body["appId"].to_string(), body["mcc"].to_string());
         *seen.entry(key).or_insert(0) += 1;
     }
     seen
+}
+
+/// The provider accepted each of `pairs` pairs exactly once.
+pub(crate) fn assert_each_sent_once(app: &TestApp, pairs: usize) {
+    let seen = deliveries(app);
+    assert_eq!(seen.len(), pairs, "every pair delivered");
+    assert!(seen.values().all(|n| *n == 1), "a pair was sent twice");
 }
 
 fn log_lines(log: &str, level: &str) -> Vec<String> {
@@ -272,9 +279,7 @@ async fn two_instances_share_the_work_and_send_every_pair_exactly_once(pool: PgP
     let (a, b) = (a.stop().await, b.stop().await);
 
     assert_eq!((a.code, b.code), (0, 0), "A:\n{}\nB:\n{}", a.log, b.log);
-    let seen = deliveries(&app);
-    assert_eq!(seen.len(), 400);
-    assert!(seen.values().all(|n| *n == 1), "a pair was sent twice");
+    assert_each_sent_once(&app, 400);
     let senders: Vec<(String, i64)> = sqlx::query_as(
         "SELECT attempted_by, count(*) FROM report_submissions GROUP BY 1 ORDER BY 2 DESC",
     )

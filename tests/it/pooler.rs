@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use backfill_reporter::db;
 use sqlx::PgPool;
 
-use crate::drills::{catch_up_app, deliveries};
+use crate::drills::{assert_each_sent_once, catch_up_app};
 use crate::helpers::{command_with, eventually, Daemon, Output, TestApp, TestConfig};
 use crate::migrations::{existing_otp_counts, source_index};
 use crate::pgbouncer::PgBouncer;
@@ -161,9 +161,7 @@ async fn run_once_sends_every_pair(pool: PgPool, pool_mode: &str) {
 
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(app.submissions_in("succeeded").await, 30, "{out:?}");
-    let seen = deliveries(&app);
-    assert_eq!(seen.len(), 30);
-    assert!(seen.values().all(|n| *n == 1), "a pair was sent twice");
+    assert_each_sent_once(&app, 30);
 }
 
 #[sqlx::test]
@@ -211,9 +209,7 @@ async fn two_daemons_through_pgbouncer_share_a_tick_and_send_each_pair_once(pool
     let (a, b) = (a.stop().await, b.stop().await);
 
     assert_eq!((a.code, b.code), (0, 0), "A:\n{}\nB:\n{}", a.log, b.log);
-    let seen = deliveries(&app);
-    assert_eq!(seen.len(), 400);
-    assert!(seen.values().all(|n| *n == 1), "a pair was sent twice");
+    assert_each_sent_once(&app, 400);
     let runs = app
         .count(&format!(
             "SELECT count(*) FROM report_runs WHERE scheduled_for = '{}'",
