@@ -307,12 +307,16 @@ _backfill__reporter() {
             return 0
             ;;
         backfill__subcmd__reporter__subcmd__run)
-            opts="-h --once --dry-run --config --log-format --help"
+            opts="-h --once --dry-run --deadline --config --log-format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --deadline)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -36,6 +36,7 @@ complete -c backfill-reporter -n "__fish_backfill_reporter_needs_command" -f -a 
 complete -c backfill-reporter -n "__fish_backfill_reporter_needs_command" -f -a "history" -d 'Show recent submissions, newest first'
 complete -c backfill-reporter -n "__fish_backfill_reporter_needs_command" -f -a "status" -d 'Show every (app, MCC) pair: country, latest rate and outcome, baseline, the last 24 submitted rates as a sparkline, and whether its route-health alarm is firing'
 complete -c backfill-reporter -n "__fish_backfill_reporter_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand run" -l deadline -d 'With --once: how long its pairs may be retried (while the provider is down, say); the run ends by then, its undelivered pairs failed with their last cause (or superseded by a newer tick). Never later than the schedule\'s next tick' -r
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand run" -l config -d 'The TOML config file [default: /etc/backfill-reporter/config.toml]' -r -F
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand run" -l log-format -d 'Log format on stderr: text for people and journald, json for log shippers' -r -f -a "text\t''
 json\t''"
