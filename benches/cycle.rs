@@ -8,6 +8,10 @@
 //! - window query: the default source query over a large `otp_counts`, with its plan, to show
 //!   that it reads only the window through the bucket_start index.
 
+// Benchmarks arrange and inspect the database with sqlx's own types; the product may not
+// (clippy.toml).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 mod support;
 
 use std::sync::atomic::Ordering;
@@ -39,7 +43,7 @@ async fn run(db_url: &str, pairs: usize, rows: usize) -> anyhow::Result<()> {
     let settings = config::from_toml(&text, std::path::Path::new("bench.toml"), &|_| None)?;
     let pool = PgPool::connect(db_url).await?;
     let ctx = Context::new(settings, pool.clone(), "bench:1".into())?;
-    let tick = backfill_reporter::outcomes::now_tick(&pool).await?;
+    let tick = backfill_reporter::outcomes::now_tick(&ctx.pool).await?;
     cycle_throughput(&ctx, pairs, tick).await?;
     assert_eq!(received.load(Ordering::Relaxed) as usize, pairs);
     window_query(&ctx, rows, tick).await

@@ -10,6 +10,9 @@
 //! `cargo bench --bench pace` (or `bench/run`); `BENCH_ONLY=small|big` picks one part. Needs the
 //! database of `scripts/test-db` or DATABASE_URL; each run works in a database of its own.
 
+// The benchmark measures from outside: its own connections, not the daemon's handle.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 mod support;
 
 use std::sync::atomic::Ordering;
@@ -60,7 +63,7 @@ async fn tick(
     seed_pairs(&pool, tick, pairs).await?;
     let (addr, served) = capacity_provider(capacity, latency, excess).await;
     let dir = tempfile::tempdir()?;
-    let config = write_config(dir.path(), addr, &db.url, None, "0 0 1 1 *");
+    let config = write_config(dir.path(), addr, &db.binary_url, None, "0 0 1 1 *");
     let mut daemons = Vec::new();
     for _ in 0..instances {
         daemons.push(binary(&config, &["run"]).spawn()?);

@@ -8,8 +8,14 @@
 //!   50 ms provider, 8 in flight each.
 //!
 //! `cargo bench --bench queue` (or `bench/run`); `BENCH_ONLY=memory|latency|instances` picks
-//! one part, `BENCH_PAIRS=10000,100000,240000` the memory sizes. Needs the database of
+//! one part, `BENCH_PAIRS=10000,100000,240000` the memory sizes, `BENCH_POOLER=transaction`
+//! (or `session`) puts a PgBouncer of its own in that mode between the binary and the
+//! database, with `[database] pooler` set to match. Needs the database of
 //! `scripts/test-db` or DATABASE_URL; each part works in a database of its own, dropped after.
+
+// Benchmarks arrange and inspect the database with sqlx's own types; the product may not
+// (clippy.toml).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 mod support;
 
@@ -21,6 +27,9 @@ use support::{binary, provider, run_measured, run_span, seed_pairs, write_config
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if let Some(mode) = support::pooler_mode() {
+        println!("through PgBouncer (pool_mode = {mode}), [database] pooler = \"{mode}\"");
+    }
     if only.is_empty() || only == "memory" {
         memory().await?;
     }
@@ -43,7 +52,13 @@ async fn memory() -> anyhow::Result<()> {
         let (addr, accepted) = provider(Duration::ZERO).await;
         let dir = tempfile::tempdir()?;
         let in_flight = support::env_or("BENCH_IN_FLIGHT", 32);
-        let config = write_config(dir.path(), addr, &db.url, Some(in_flight), "0 0 1 1 *");
+        let config = write_config(
+            dir.path(),
+            addr,
+            &db.binary_url,
+            Some(in_flight),
+            "0 0 1 1 *",
+        );
         let (wall, peak_kb) = run_measured(binary(&config, &["run", "--once"])).await?;
         let (span, succeeded) = run_span(&pool).await?;
         anyhow::ensure!(
@@ -71,7 +86,13 @@ async fn latency() -> anyhow::Result<()> {
     seed_pairs(&pool, Utc::now(), pairs).await?;
     let (addr, _) = provider(latency).await;
     let dir = tempfile::tempdir()?;
-    let config = write_config(dir.path(), addr, &db.url, Some(in_flight), "0 0 1 1 *");
+    let config = write_config(
+        dir.path(),
+        addr,
+        &db.binary_url,
+        Some(in_flight),
+        "0 0 1 1 *",
+    );
     let (wall, _) = run_measured(binary(&config, &["run", "--once"])).await?;
     let (span, succeeded) = run_span(&pool).await?;
     anyhow::ensure!(succeeded as usize == pairs);
@@ -109,7 +130,13 @@ async fn instances() -> anyhow::Result<()> {
         seed_pairs(&pool, tick, pairs).await?;
         let (addr, accepted) = provider(latency).await;
         let dir = tempfile::tempdir()?;
-        let config = write_config(dir.path(), addr, &db.url, Some(in_flight), "0 0 1 1 *");
+        let config = write_config(
+            dir.path(),
+            addr,
+            &db.binary_url,
+            Some(in_flight),
+            "0 0 1 1 *",
+        );
         let mut daemons = Vec::new();
         for _ in 0..k {
             daemons.push(binary(&config, &["run"]).spawn()?);

@@ -14,7 +14,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::Row;
+
+use crate::db::{Db, Tx};
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
@@ -80,7 +82,7 @@ pub struct Evaluation {
 /// inside the transaction that queues the run (before any sender can see, or lock, its rows).
 /// It never fails the cycle: an error is logged and rolled back to a savepoint, and the run is
 /// queued unjudged. [`announce`] the result once the transaction has committed.
-pub async fn judge_in(conn: &mut PgConnection, settings: &Settings, run_id: i64) -> Evaluation {
+pub async fn judge_in(conn: &mut Tx, settings: &Settings, run_id: i64) -> Evaluation {
     let judged = async {
         sqlx::query("SAVEPOINT route_health")
             .execute(&mut *conn)
@@ -109,7 +111,7 @@ pub async fn judge_in(conn: &mut PgConnection, settings: &Settings, run_id: i64)
 
 /// Logs the drops and recoveries of an evaluation and hands new alerts to the webhook, in the
 /// background; returns at once.
-pub fn announce(pool: &PgPool, settings: &Settings, evaluation: &Evaluation) {
+pub fn announce(pool: &Db, settings: &Settings, evaluation: &Evaluation) {
     report(settings, evaluation);
     notify(pool, settings, evaluation);
 }
@@ -170,7 +172,7 @@ const JUDGE_RUN: &str = "WITH cur AS ( \
 /// (`closed` runs although nothing reads it: PostgreSQL runs every data-modifying WITH.)
 #[tracing::instrument(skip_all, fields(run_id = run_id))]
 pub async fn judge_run(
-    conn: &mut PgConnection,
+    conn: &mut Tx,
     settings: &Settings,
     run_id: i64,
 ) -> anyhow::Result<Evaluation> {
@@ -290,7 +292,7 @@ struct Payload<'a> {
 
 /// Hands the alerts not sent yet, and the recoveries of alerts that were sent, to a background
 /// task; returns at once.
-fn notify(pool: &PgPool, settings: &Settings, evaluation: &Evaluation) {
+fn notify(pool: &Db, settings: &Settings, evaluation: &Evaluation) {
     let Some(url) = settings.alarm.webhook_url.clone() else {
         return;
     };
@@ -424,7 +426,7 @@ async fn post(url: &SecretString, payload: &Payload<'_>) -> bool {
 
 /// Marks the alarms the webhook took, so that the next run does not send them again; an alarm
 /// that recovered (and maybe fell again) in between keeps its own state.
-async fn mark_notified(pool: &PgPool, alerts: &[PairAlarm]) {
+async fn mark_notified(pool: &Db, alerts: &[PairAlarm]) {
     let result = sqlx::query(
         "UPDATE route_alarms a SET notified_at = now() \
          FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(app_id, mcc, since) \
@@ -456,7 +458,7 @@ pub async fn wait_for_notifications(limit: Duration) {
 }
 
 /// How many alarms are firing now (for the metrics gauge and `status`).
-pub async fn firing_count(pool: &PgPool) -> anyhow::Result<i64> {
+pub async fn firing_count(pool: &Db) -> anyhow::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM route_alarms")
         .fetch_one(pool)
         .await

@@ -18,9 +18,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::db::Db;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
 /// An instant on the boot clock: time since the machine booted, suspends included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -133,7 +133,7 @@ impl Clock {
     /// Reads the database's `now()` and anchors the estimate to it. The reading is placed half
     /// way through the round trip, so its error is at most half of it. A manual clock ignores
     /// it. Warns once when this host's clock is more than a few seconds off the database's.
-    pub async fn sync(&self, pool: &PgPool) -> anyhow::Result<()> {
+    pub async fn sync(&self, pool: &Db) -> anyhow::Result<()> {
         let Source::Database(c) = &self.0 else {
             return Ok(());
         };

@@ -70,7 +70,13 @@ pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
     })
 }
 
+/// Runs the command. An error that shows a transaction pooler the config does not mention is
+/// returned as that, alone: whatever statement met it first is not what to fix.
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    dispatch(cli).await.map_err(db::explain)
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = config::resolve_path(cli.config.as_deref());
     let settings = config::load(&path)?;
     for warning in &settings.warnings {
@@ -253,6 +259,14 @@ async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
     let options = db::connect_options(&settings.database)?;
     let pool = db::connect(&settings.database).await?;
     outln!("database {}: connected", db::describe(&options))?;
+    match (settings.database.pooler, pool.check_direct().await?) {
+        (_, Some(direct)) => outln!("database.direct_url {direct}: connected")?,
+        (config::Pooler::Transaction, None) => outln!(
+            "through a transaction pooler without database.direct_url: migrations go through \
+             it, and the queue is polled every 2 s instead of woken by NOTIFY"
+        )?,
+        _ => {}
+    }
     // Only the default source can be waiting for its table: a custom query is checked as it is.
     let unmigrated = settings.source.query.is_none()
         && sqlx::query_scalar::<_, bool>("SELECT to_regclass('otp_counts') IS NULL")

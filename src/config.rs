@@ -68,6 +68,8 @@ enum RawConcurrency {
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     url: Option<SecretString>,
+    direct_url: Option<SecretString>,
+    pooler: Option<String>,
     max_connections: Option<u32>,
     statement_timeout: Option<String>,
     keep: Option<String>,
@@ -170,6 +172,11 @@ impl Concurrency {
 pub struct DatabaseSettings {
     /// A secret because it may carry a password.
     pub url: Option<SecretString>,
+    /// What sits between the daemon and PostgreSQL: decides what a session may keep.
+    pub pooler: Pooler,
+    /// A connection that bypasses the pooler, for migrations, the index build and `LISTEN`
+    /// (used only with a pooler). A secret, as `url` is.
+    pub direct_url: Option<SecretString>,
     pub max_connections: u32,
     /// Set on every connection, so that no statement (and so no cycle) can hang unseen.
     pub statement_timeout: Duration,
@@ -178,6 +185,44 @@ pub struct DatabaseSettings {
     /// PEM certificates to trust for the server's TLS certificate, besides the public roots
     /// (a cloud provider's CA, or a private one); `sslrootcert` in the URL does the same.
     pub ca_file: Option<PathBuf>,
+}
+
+/// `database.pooler`: whether a connection pooler sits in front of PostgreSQL, and which kind.
+/// It decides what the daemon may keep in a session (see `db`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooler {
+    /// A session of PostgreSQL's own: startup options, cached named statements, `LISTEN` and
+    /// session advisory locks all hold.
+    None,
+    /// The pooler hands the server connection to another client after every transaction
+    /// (PgBouncer `pool_mode = transaction`, RDS Proxy, Supavisor's transaction port): nothing
+    /// may outlive a transaction.
+    Transaction,
+    /// The pooler keeps a server connection for the client's whole session but refuses
+    /// startup options it does not know (PgBouncer `pool_mode = session`).
+    Session,
+}
+
+impl Pooler {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Transaction => "transaction",
+            Self::Session => "session",
+        }
+    }
+
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        [Self::None, Self::Transaction, Self::Session]
+            .into_iter()
+            .find(|p| p.as_str() == text)
+            .with_context(|| {
+                format!(
+                    "database.pooler = {:?} is not one of \"none\", \"transaction\", \"session\"",
+                    crate::provider::clean(text, 32)
+                )
+            })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -262,7 +307,7 @@ pub fn from_toml(
     Ok(Settings {
         path: path.to_path_buf(),
         provider: raw.provider.validate(&outside, &mut warnings)?,
-        database: raw.database.validate(&outside)?,
+        database: raw.database.validate(&outside, &mut warnings)?,
         source: raw.source.validate()?,
         schedule: raw.schedule.validate()?,
         alarm: alarm_settings(raw.alarm, &credential)?,
@@ -287,6 +332,25 @@ impl Outside<'_> {
         self.var("CREDENTIALS_DIRECTORY")
             .map(|dir| PathBuf::from(dir).join(name))
             .filter(|path| path.exists())
+    }
+
+    /// A database URL, by precedence: the environment variable `env`, the systemd credential
+    /// `credential`, the file's value.
+    fn secret_url(
+        &self,
+        env: &str,
+        credential: &str,
+        file: Option<SecretString>,
+    ) -> anyhow::Result<Option<SecretString>> {
+        if let Some(url) = self.var(env) {
+            return Ok(Some(SecretString::from(url)));
+        }
+        match self.credential(credential) {
+            Some(path) => read_secret_file(&path)
+                .with_context(|| format!("systemd credential {credential}"))
+                .map(Some),
+            None => Ok(file),
+        }
     }
 }
 
@@ -379,19 +443,32 @@ impl RawProvider {
 }
 
 impl RawDatabase {
-    fn validate(self, outside: &Outside) -> anyhow::Result<DatabaseSettings> {
-        // Precedence: environment, credential, file.
-        let url = match outside.var("DATABASE_URL") {
-            Some(url) => Some(SecretString::from(url)),
-            None => match outside.credential("database_url") {
-                Some(path) => {
-                    Some(read_secret_file(&path).context("systemd credential database_url")?)
-                }
-                None => self.url,
-            },
-        };
+    fn validate(
+        self,
+        outside: &Outside,
+        warnings: &mut Vec<String>,
+    ) -> anyhow::Result<DatabaseSettings> {
+        let url = outside.secret_url("DATABASE_URL", "database_url", self.url)?;
+        let direct_url = outside.secret_url(
+            "BACKFILL_REPORTER_DIRECT_DATABASE_URL",
+            "direct_database_url",
+            self.direct_url,
+        )?;
+        let pooler = self
+            .pooler
+            .as_deref()
+            .map_or(Ok(Pooler::None), Pooler::parse)?;
+        if pooler == Pooler::None && direct_url.is_some() {
+            warnings.push(
+                "database.direct_url is set but database.pooler is \"none\": it is not used; \
+                 set database.pooler when database.url goes through a pooler"
+                    .to_owned(),
+            );
+        }
         Ok(DatabaseSettings {
             url,
+            pooler,
+            direct_url,
             max_connections: bounded(
                 "database.max_connections",
                 self.max_connections.unwrap_or(5),
@@ -577,12 +654,16 @@ struct SpannedValue {
     secret: bool,
 }
 
-/// Whether values under this key are never echoed: the API secret, the database URL (it may
+/// Whether values under this key are never echoed: the API secret, the database URLs (they may
 /// carry a password), and anything named like a secret.
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     // A webhook URL carries its token in the path (Slack's do).
-    key == "url" || key == "webhook_url" || key.contains("secret") || key.contains("password")
+    key == "url"
+        || key == "direct_url"
+        || key == "webhook_url"
+        || key.contains("secret")
+        || key.contains("password")
 }
 
 /// Every value in the document with its span, nested ones included; `None` when the text is
@@ -906,18 +987,20 @@ fn permission_warning(path: &Path, text: &str) -> Vec<String> {
     if raw.provider.api_secret.is_some() {
         secrets.push("the API secret (provider.api_secret)");
     }
-    let db_password = raw
-        .database
-        .url
-        .as_ref()
-        .and_then(|u| reqwest::Url::parse(u.expose_secret()).ok())
-        .is_some_and(|u| {
-            u.password().is_some()
-                || u.query_pairs()
-                    .any(|(k, v)| k == "password" && !v.is_empty())
-        });
-    if db_password {
+    let has_password = |url: &Option<SecretString>| {
+        url.as_ref()
+            .and_then(|u| reqwest::Url::parse(u.expose_secret()).ok())
+            .is_some_and(|u| {
+                u.password().is_some()
+                    || u.query_pairs()
+                        .any(|(k, v)| k == "password" && !v.is_empty())
+            })
+    };
+    if has_password(&raw.database.url) {
         secrets.push("a database password (database.url)");
+    }
+    if has_password(&raw.database.direct_url) {
+        secrets.push("a database password (database.direct_url)");
     }
     if raw.alarm.webhook_url.is_some() {
         secrets.push("a webhook URL (alarm.webhook_url)");
@@ -927,7 +1010,7 @@ fn permission_warning(path: &Path, text: &str) -> Vec<String> {
             "config file {} holds {} and is readable by {who} (mode {:04o}): the shipped \
              unit's DynamicUser must be able to read this file, so move the secret out of it \
              into a systemd credential (LoadCredential=api_secret:… or \
-             LoadCredential=database_url:…, or alarm_webhook_url, see the unit) rather than changing the mode",
+             LoadCredential=database_url:…, direct_database_url or alarm_webhook_url, see the unit) rather than changing the mode",
             path.display(),
             secrets.join(" and "),
             e.mode
@@ -1094,6 +1177,8 @@ mod tests {
             defaults.database.statement_timeout
         );
         assert_eq!(example.database.keep, defaults.database.keep);
+        assert_eq!(example.database.pooler, defaults.database.pooler);
+        assert!(example.database.direct_url.is_none());
         assert_eq!(example.source.window, defaults.source.window);
     }
 
@@ -1325,7 +1410,8 @@ mod tests {
     #[test]
     fn secrets_never_show_in_debug_output() {
         let s = parse(&format!(
-            "{MINIMAL}[database]\nurl = \"postgres://u:hunter2@db/x\"\n"
+            "{MINIMAL}[database]\nurl = \"postgres://u:hunter2@db/x\"\n\
+             pooler = \"transaction\"\ndirect_url = \"postgres://u:hunter2@db:5432/x\"\n"
         ))
         .unwrap();
         let debug = format!("{s:?}");
@@ -1362,6 +1448,8 @@ mod tests {
             "database.url = 123456\n",
             "[database]\n\"url\" = 123456\n",
             "[database]\nurl = [\"postgres://u:hunter2@db/x\"]\n",
+            "[database]\ndirect_url = postgres://u:hunter2@db/x\n",
+            "database = { direct_url = 123456 }\n",
         ] {
             let err = format!("{:#}", parse(text).unwrap_err());
             for secret in secrets {
@@ -1507,6 +1595,17 @@ mod tests {
             assert!(
                 warnings.iter().all(|w| !w.contains("hunter2")),
                 "{warnings:?}"
+            );
+            let text =
+                format!("[provider]\napi_key = \"k1234\"\n[database]\ndirect_url = {url:?}\n");
+            let path = file_with_mode(dir.path(), "d.toml", &text, 0o644);
+            let warnings = permission_warning(&path, &text);
+            assert_eq!(
+                warnings
+                    .iter()
+                    .any(|w| w.contains("a database password (database.direct_url)")),
+                secret,
+                "{url}: {warnings:?}"
             );
         }
     }
@@ -1674,6 +1773,78 @@ mod tests {
             );
             assert!(!err.contains("hunter2"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_pooler_is_none_unless_set_and_only_a_known_kind_is_accepted() {
+        assert_eq!(parse(MINIMAL).unwrap().database.pooler, Pooler::None);
+        for (text, kind) in [
+            ("none", Pooler::None),
+            ("transaction", Pooler::Transaction),
+            ("session", Pooler::Session),
+        ] {
+            let s = parse(&format!("{MINIMAL}[database]\npooler = {text:?}\n")).unwrap();
+            assert_eq!(s.database.pooler, kind);
+        }
+        let err = format!(
+            "{:#}",
+            parse(&format!("{MINIMAL}[database]\npooler = \"statement\"\n")).unwrap_err()
+        );
+        assert!(err.contains("database.pooler = \"statement\""), "{err}");
+        assert!(err.contains("\"transaction\""), "{err}");
+    }
+
+    #[test]
+    fn the_direct_url_comes_from_its_own_variable_credential_or_the_file() {
+        let text = format!(
+            "{MINIMAL}[database]\npooler = \"transaction\"\ndirect_url = \"postgres://u@db/file\"\n"
+        );
+        let direct = |s: &Settings| {
+            s.database
+                .direct_url
+                .as_ref()
+                .unwrap()
+                .expose_secret()
+                .to_owned()
+        };
+        assert_eq!(direct(&parse(&text).unwrap()), "postgres://u@db/file");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("direct_database_url"),
+            "postgres://u@db/cred\n",
+        )
+        .unwrap();
+        let cred = dir.path().to_str().unwrap().to_owned();
+        let from_cred = move |n: &str| (n == "CREDENTIALS_DIRECTORY").then(|| cred.clone());
+        let s = from_toml(&text, Path::new("t.toml"), &from_cred).unwrap();
+        assert_eq!(direct(&s), "postgres://u@db/cred");
+        let cred = dir.path().to_str().unwrap().to_owned();
+        let from_env = move |n: &str| match n {
+            "CREDENTIALS_DIRECTORY" => Some(cred.clone()),
+            "BACKFILL_REPORTER_DIRECT_DATABASE_URL" => Some("postgres://u@db/env".to_owned()),
+            _ => None,
+        };
+        let s = from_toml(&text, Path::new("t.toml"), &from_env).unwrap();
+        assert_eq!(direct(&s), "postgres://u@db/env");
+        // DATABASE_URL is the pooled URL only: it never becomes the direct one.
+        let pooled_only = |n: &str| (n == "DATABASE_URL").then(|| "postgres://u@pool/x".to_owned());
+        let s = from_toml(&text, Path::new("t.toml"), &pooled_only).unwrap();
+        assert_eq!(direct(&s), "postgres://u@db/file");
+    }
+
+    #[test]
+    fn a_direct_url_without_a_pooler_is_unused_and_said_so() {
+        let s = parse(&format!(
+            "{MINIMAL}[database]\ndirect_url = \"postgres://u@db/x\"\n"
+        ))
+        .unwrap();
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.contains("database.direct_url is set but database.pooler is \"none\"")),
+            "{:?}",
+            s.warnings
+        );
     }
 
     #[test]

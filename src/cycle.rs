@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::db::{Db, Tx};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -30,7 +30,8 @@ pub const BATCH: usize = 1000;
 /// What a cycle needs: the database, the provider and the settings in force.
 #[derive(Clone, Debug)]
 pub struct Context {
-    pub pool: PgPool,
+    /// The database's pool, behind the handle every statement goes through.
+    pub pool: Db,
     pub client: ProviderClient,
     pub settings: Arc<Settings>,
     /// `host:pid`, stored with each run so that operators running several instances can tell.
@@ -39,10 +40,10 @@ pub struct Context {
 
 impl Context {
     /// The one way to build a context: the provider client from the settings, over `pool`.
-    pub fn new(settings: Settings, pool: PgPool, instance: String) -> anyhow::Result<Self> {
+    pub fn new(settings: Settings, pool: impl Into<Db>, instance: String) -> anyhow::Result<Self> {
         Ok(Self {
             client: ProviderClient::new(&settings.provider)?,
-            pool,
+            pool: pool.into(),
             settings: Arc::new(settings),
             instance,
         })
@@ -276,7 +277,7 @@ fn judge_batch<'a>(
 
 /// Streams the window from the source and queues it, batch by batch, in the claim transaction.
 async fn queue_window(
-    tx: &mut PgConnection,
+    tx: &mut Tx,
     settings: &Settings,
     rows: TickRows<'_>,
 ) -> anyhow::Result<Planned> {
@@ -378,7 +379,7 @@ pub struct Preview {
 
 /// Reads the window as [`plan`] would and judges it, inside a transaction that is rolled back.
 pub async fn preview(
-    pool: &PgPool,
+    pool: &Db,
     settings: &Settings,
     tick: DateTime<Utc>,
 ) -> anyhow::Result<Preview> {

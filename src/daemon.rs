@@ -560,31 +560,33 @@ async fn maintain(ctx: watch::Receiver<Context>, clock: Clock, stop: Cancellatio
 
 /// Reads and validates the config again (credentials included) and builds a new context over
 /// the same pool. A new database URL or CA (a rotated `database_url` credential, say) is tried
-/// once and then used for every new connection; the pool size waits for a restart.
+/// once and then used for every new connection; the pool size, the pooler and `direct_url`
+/// wait for a restart.
 async fn reload_context(ctx: &Context, path: &std::path::Path) -> anyhow::Result<Context> {
     use secrecy::ExposeSecret;
-    use sqlx::{ConnectOptions, Connection};
     let mut new = config::load(path)?;
     for warning in &new.warnings {
         tracing::warn!("{warning}");
     }
     let old_db = &ctx.settings.database;
-    let url = |d: &config::DatabaseSettings| d.url.as_ref().map(|u| u.expose_secret().to_owned());
-    if url(old_db) != url(&new.database)
+    let url = |u: &Option<secrecy::SecretString>| u.as_ref().map(|u| u.expose_secret().to_owned());
+    if old_db.max_connections != new.database.max_connections {
+        tracing::warn!("database.max_connections takes effect at the next restart");
+    }
+    if old_db.pooler != new.database.pooler
+        || url(&old_db.direct_url) != url(&new.database.direct_url)
+    {
+        tracing::warn!("database.pooler and database.direct_url take effect at the next restart");
+    }
+    new.database.max_connections = old_db.max_connections;
+    new.database.pooler = old_db.pooler;
+    new.database.direct_url = old_db.direct_url.clone();
+    if url(&old_db.url) != url(&new.database.url)
         || old_db.ca_file != new.database.ca_file
         || old_db.statement_timeout != new.database.statement_timeout
     {
-        let options = db::connect_options(&new.database)?;
-        let conn = options
-            .connect()
-            .await
-            .map_err(|e| anyhow::anyhow!("the new database settings do not connect: {e}"))?;
-        let _ = conn.close().await;
-        ctx.pool.set_connect_options(options);
+        ctx.pool.reconfigure(&new.database).await?;
         tracing::info!("database settings reloaded: new connections use them");
-    }
-    if old_db.max_connections != new.database.max_connections {
-        tracing::warn!("database.max_connections takes effect at the next restart");
     }
     if let Err(e) = source::check_columns(&ctx.pool, &new.source).await {
         if !db::is_unreachable(&e) {
@@ -592,6 +594,5 @@ async fn reload_context(ctx: &Context, path: &std::path::Path) -> anyhow::Result
         }
         tracing::warn!("the source query could not be checked now (database unreachable); it is checked before every cycle");
     }
-    new.database.max_connections = old_db.max_connections;
     Context::new(new, ctx.pool.clone(), ctx.instance.clone())
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::db::Db;
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -22,7 +23,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
 use crate::config::MetricsSettings;
@@ -403,10 +403,7 @@ impl Drop for MetricsServer {
 /// Starts the endpoint when `[metrics] listen` is set (`None` otherwise). A port that cannot
 /// be bound is an error: the operator asked for it, and a silent absence would look like an
 /// outage to the monitoring.
-pub async fn serve(
-    settings: &MetricsSettings,
-    pool: PgPool,
-) -> anyhow::Result<Option<MetricsServer>> {
+pub async fn serve(settings: &MetricsSettings, pool: Db) -> anyhow::Result<Option<MetricsServer>> {
     let Some(listen) = settings.listen else {
         return Ok(None);
     };
@@ -468,7 +465,7 @@ async fn accept_connections(listener: tokio::net::TcpListener, app: Router) {
     }
 }
 
-async fn scrape(State(pool): State<PgPool>) -> impl IntoResponse {
+async fn scrape(State(pool): State<Db>) -> impl IntoResponse {
     let counts = tokio::time::timeout(
         SCRAPE_QUERY_TIMEOUT,
         sqlx::query_as::<_, (i64, i64)>(

@@ -5,7 +5,9 @@
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::Row;
+
+use crate::db::{Db, Tx};
 
 use crate::rate::Rate;
 
@@ -95,7 +97,7 @@ pub enum Claim {
 /// Inserts the run once the database's clock has reached the tick: a scheduled tick is
 /// claimed by one instance only, and by none before it is due.
 pub async fn claim_run(
-    conn: &mut PgConnection,
+    conn: &mut Tx,
     tick: DateTime<Utc>,
     trigger: Trigger,
     window: (DateTime<Utc>, DateTime<Utc>),
@@ -129,7 +131,7 @@ pub async fn claim_run(
 
 /// The database's time truncated to the second: the tick of an ad-hoc run, so that its window
 /// and `callbackTime` do not depend on this host's clock.
-pub async fn now_tick(pool: &PgPool) -> anyhow::Result<DateTime<Utc>> {
+pub async fn now_tick(pool: &Db) -> anyhow::Result<DateTime<Utc>> {
     sqlx::query_scalar("SELECT date_trunc('second', now())")
         .fetch_one(pool)
         .await
@@ -185,7 +187,7 @@ impl RunSummary {
 /// Closes the run when none of its rows is pending any more: counts its submissions into
 /// `report_runs` and sets `finished_at`. False when rows are still pending, or when another
 /// instance closed it first: exactly one closer logs the summary.
-pub async fn close_if_done(pool: &PgPool, run_id: i64) -> anyhow::Result<bool> {
+pub async fn close_if_done(pool: &Db, run_id: i64) -> anyhow::Result<bool> {
     let closed = sqlx::query(
         "WITH open AS (SELECT id FROM report_runs WHERE id = $1 AND finished_at IS NULL \
                  AND NOT EXISTS (SELECT 1 FROM report_submissions \
@@ -211,7 +213,7 @@ pub async fn close_if_done(pool: &PgPool, run_id: i64) -> anyhow::Result<bool> {
 
 /// The run's tallies counted from its submissions (pending included), its attempts, and its
 /// failures by cause.
-pub async fn summary(pool: &PgPool, run_id: i64) -> anyhow::Result<RunSummary> {
+pub async fn summary(pool: &Db, run_id: i64) -> anyhow::Result<RunSummary> {
     let row = sqlx::query(
         "SELECT r.scheduled_for, count(s.id), \
              count(*) FILTER (WHERE s.state = 'succeeded'), \
@@ -257,7 +259,7 @@ pub async fn summary(pool: &PgPool, run_id: i64) -> anyhow::Result<RunSummary> {
 
 /// The run's failed pairs grouped by cause: the provider's status, else the HTTP status, else
 /// the local error, else (never sent) the reason.
-async fn failure_causes(pool: &PgPool, run_id: i64) -> anyhow::Result<Vec<(String, i64)>> {
+async fn failure_causes(pool: &Db, run_id: i64) -> anyhow::Result<Vec<(String, i64)>> {
     sqlx::query_as(
         "SELECT CASE WHEN attempts = 0 THEN COALESCE(reason, 'not sent') \
                  ELSE COALESCE('status ' || provider_status, 'HTTP ' || http_status, error, reason) \
@@ -272,7 +274,7 @@ async fn failure_causes(pool: &PgPool, run_id: i64) -> anyhow::Result<Vec<(Strin
 }
 
 /// Runs still open; those with nothing pending are closed by the next [`close_if_done`].
-pub async fn open_runs(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
+pub async fn open_runs(pool: &Db) -> anyhow::Result<Vec<i64>> {
     sqlx::query_scalar("SELECT id FROM report_runs WHERE finished_at IS NULL ORDER BY id")
         .fetch_all(pool)
         .await
@@ -280,7 +282,7 @@ pub async fn open_runs(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
 }
 
 /// Whether the run is closed (every submission has its final state).
-pub async fn is_closed(pool: &PgPool, run_id: i64) -> anyhow::Result<bool> {
+pub async fn is_closed(pool: &Db, run_id: i64) -> anyhow::Result<bool> {
     sqlx::query_scalar("SELECT finished_at IS NOT NULL FROM report_runs WHERE id = $1")
         .bind(run_id)
         .fetch_one(pool)
@@ -289,7 +291,7 @@ pub async fn is_closed(pool: &PgPool, run_id: i64) -> anyhow::Result<bool> {
 }
 
 /// Writes why a run was claimed late, for operators reading `report_runs`.
-pub async fn set_note(pool: &PgPool, run_id: i64, note: &str) -> anyhow::Result<()> {
+pub async fn set_note(pool: &Db, run_id: i64, note: &str) -> anyhow::Result<()> {
     sqlx::query("UPDATE report_runs SET note = $2 WHERE id = $1")
         .bind(run_id)
         .bind(note)
@@ -302,7 +304,7 @@ pub async fn set_note(pool: &PgPool, run_id: i64, note: &str) -> anyhow::Result<
 /// Records a scheduled tick that was never run (replaced by a later one while the database
 /// could not be reached) as a closed run with no pairs and the reason, so that the gap shows.
 pub async fn record_missed(
-    pool: &PgPool,
+    pool: &Db,
     tick: DateTime<Utc>,
     window: (DateTime<Utc>, DateTime<Utc>),
     instance: &str,
@@ -326,7 +328,7 @@ pub async fn record_missed(
 }
 
 /// The latest scheduled tick any instance claimed.
-pub async fn last_scheduled_tick(pool: &PgPool) -> anyhow::Result<Option<DateTime<Utc>>> {
+pub async fn last_scheduled_tick(pool: &Db) -> anyhow::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar("SELECT max(scheduled_for) FROM report_runs WHERE trigger = 'schedule'")
         .fetch_one(pool)
         .await
@@ -364,7 +366,7 @@ pub struct HistoryRow {
 }
 
 /// Recent submissions, newest first.
-pub async fn history(pool: &PgPool, filter: &HistoryFilter) -> anyhow::Result<Vec<HistoryRow>> {
+pub async fn history(pool: &Db, filter: &HistoryFilter) -> anyhow::Result<Vec<HistoryRow>> {
     let rows = sqlx::query(
         "SELECT scheduled_for, app_id, mcc, backfill_number::text, cardinal_number::text, \
              (rate * 100)::int, state, attempts, provider_status, http_status, \

@@ -7,8 +7,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::concurrency::Limiter;
@@ -69,7 +69,7 @@ struct OpenTick {
     pending: i64,
 }
 
-async fn latest(pool: &PgPool) -> anyhow::Result<Option<OpenTick>> {
+async fn latest(pool: &Db) -> anyhow::Result<Option<OpenTick>> {
     use anyhow::Context as _;
     sqlx::query_as(
         "SELECT r.id AS run, r.scheduled_for AS tick, now() AS now, \

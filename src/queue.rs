@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::Row;
+
+use crate::db::{Db, Tx};
 
 use crate::clock::Mono;
 use crate::domain::{AppId, Mcc};
@@ -69,7 +71,7 @@ pub struct Enqueued {
 /// one by one, and a row refused alone is recorded as invalid with the refusal, its columns
 /// quoted in the reason.
 pub async fn enqueue(
-    conn: &mut PgConnection,
+    conn: &mut Tx,
     tick: TickRows<'_>,
     rows: &[NewSubmission],
 ) -> anyhow::Result<Enqueued> {
@@ -84,7 +86,7 @@ pub async fn enqueue(
     }
 }
 
-async fn savepoint(conn: &mut PgConnection) -> anyhow::Result<()> {
+async fn savepoint(conn: &mut Tx) -> anyhow::Result<()> {
     sqlx::query("SAVEPOINT enqueue")
         .execute(conn)
         .await
@@ -94,10 +96,7 @@ async fn savepoint(conn: &mut PgConnection) -> anyhow::Result<()> {
 
 /// Ends the savepoint after `result`: `Ok(Err(e))` when the database refused the step (rolled
 /// back to the savepoint, the transaction goes on), `Err` when the connection is gone.
-async fn settle<T>(
-    conn: &mut PgConnection,
-    result: anyhow::Result<T>,
-) -> anyhow::Result<anyhow::Result<T>> {
+async fn settle<T>(conn: &mut Tx, result: anyhow::Result<T>) -> anyhow::Result<anyhow::Result<T>> {
     let (sql, result) = match result {
         Ok(v) => ("RELEASE SAVEPOINT enqueue", Ok(v)),
         Err(e) if crate::db::is_unreachable(&e) => return Err(e),
@@ -112,7 +111,7 @@ async fn settle<T>(
 
 /// The batch refused as a whole: each row alone, and a row refused alone as invalid.
 async fn one_by_one(
-    conn: &mut PgConnection,
+    conn: &mut Tx,
     tick: TickRows<'_>,
     rows: &[NewSubmission],
 ) -> anyhow::Result<Enqueued> {
@@ -161,7 +160,7 @@ fn refused_row(row: &NewSubmission, e: &anyhow::Error) -> NewSubmission {
 }
 
 async fn insert(
-    conn: &mut PgConnection,
+    conn: &mut Tx,
     tick: TickRows<'_>,
     rows: &[NewSubmission],
 ) -> anyhow::Result<Enqueued> {
@@ -224,7 +223,7 @@ pub fn is_numeric(v: &str) -> bool {
 /// a newer one could only replace the newer one (this project's reading; the provider's page
 /// does not say what it does with several reports of one pair). Rows under a
 /// live lease are being sent right now; their outcome write supersedes them if it must retry.
-pub async fn supersede_older(conn: &mut PgConnection, tick: DateTime<Utc>) -> anyhow::Result<u64> {
+pub async fn supersede_older(conn: &mut Tx, tick: DateTime<Utc>) -> anyhow::Result<u64> {
     let done = sqlx::query(
         "UPDATE report_submissions s SET state = 'superseded', reason = $2, finished_at = now(), \
              lease_owner = NULL, lease_expires_at = NULL \
@@ -242,7 +241,7 @@ pub async fn supersede_older(conn: &mut PgConnection, tick: DateTime<Utc>) -> an
 }
 
 /// Wakes idle senders of every instance when the surrounding transaction commits.
-pub async fn notify(conn: &mut PgConnection) -> anyhow::Result<()> {
+pub async fn notify(conn: &mut Tx) -> anyhow::Result<()> {
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(CHANNEL)
         .execute(conn)
@@ -301,7 +300,7 @@ fn millis(ms: i64) -> Duration {
 /// index (which would otherwise fill with rows being sent), and becomes due again by itself if
 /// its owner dies. Rows locked by a concurrent claim are skipped, never waited on.
 pub async fn claim(
-    pool: &PgPool,
+    pool: &Db,
     owner: &str,
     limit: usize,
     lease: Duration,
@@ -423,7 +422,7 @@ fn stored_request(
 /// missing from the answer is no longer this owner's (another instance took it after the
 /// lease lapsed, or it is being finished) and must not be sent by it.
 pub async fn renew(
-    pool: &PgPool,
+    pool: &Db,
     owner: &str,
     ids: &[i64],
     lease: Duration,
@@ -671,11 +670,7 @@ fn bind_outcomes<'q>(query: PgQuery<'q>, outcomes: &[Outcome]) -> PgQuery<'q> {
 
 /// Writes a group of outcomes in one statement. Rows whose lease `owner` no longer holds are
 /// left alone (another instance owns them now) and are missing from the result.
-pub async fn record(
-    pool: &PgPool,
-    owner: &str,
-    outcomes: &[Outcome],
-) -> anyhow::Result<Vec<Written>> {
+pub async fn record(pool: &Db, owner: &str, outcomes: &[Outcome]) -> anyhow::Result<Vec<Written>> {
     if outcomes.is_empty() {
         return Ok(Vec::new());
     }
@@ -698,7 +693,7 @@ pub async fn record(
 /// Fails the run's pending rows that nobody holds: the provider refused the account or host
 /// (-1, -2), so every request would fail the same way. Rows under another instance's live
 /// lease are left to it.
-pub async fn fail_unsent(pool: &PgPool, run_id: i64, reason: &str) -> anyhow::Result<u64> {
+pub async fn fail_unsent(pool: &Db, run_id: i64, reason: &str) -> anyhow::Result<u64> {
     let done = sqlx::query(
         "UPDATE report_submissions SET state = 'failed', reason = $2, finished_at = now(), \
              lease_owner = NULL, lease_expires_at = NULL \
@@ -717,7 +712,7 @@ pub async fn fail_unsent(pool: &PgPool, run_id: i64, reason: &str) -> anyhow::Re
 /// tick of the pair exists, failed otherwise. Returns each row's run and final state. Needed
 /// while nothing claims them (the provider is unreachable); otherwise the claim finds them
 /// first.
-pub async fn expire(pool: &PgPool, run: Option<i64>) -> anyhow::Result<Vec<(i64, State)>> {
+pub async fn expire(pool: &Db, run: Option<i64>) -> anyhow::Result<Vec<(i64, State)>> {
     let rows: Vec<(i64, String)> = sqlx::query_as(
         "WITH x AS ( \
              SELECT s.id, EXISTS (SELECT 1 FROM report_submissions n \
@@ -748,7 +743,7 @@ pub async fn expire(pool: &PgPool, run: Option<i64>) -> anyhow::Result<Vec<(i64,
 
 /// How long until the next pending row becomes due, by the database's clock, if one is due
 /// later; rows due already but leased are found by the next poll once their lease expires.
-pub async fn next_due(pool: &PgPool, run: Option<i64>) -> anyhow::Result<Option<Duration>> {
+pub async fn next_due(pool: &Db, run: Option<i64>) -> anyhow::Result<Option<Duration>> {
     let ms: Option<i64> = sqlx::query_scalar(
         "SELECT (extract(epoch FROM min(next_attempt_at) - now()) * 1000)::bigint \
          FROM report_submissions \
@@ -764,7 +759,7 @@ pub async fn next_due(pool: &PgPool, run: Option<i64>) -> anyhow::Result<Option<
 
 /// Gives rows left pending by a release without deadlines the deadline of this instance's
 /// schedule (the next tick), once, at start.
-pub async fn fill_deadlines(pool: &PgPool, deadline: DateTime<Utc>) -> anyhow::Result<u64> {
+pub async fn fill_deadlines(pool: &Db, deadline: DateTime<Utc>) -> anyhow::Result<u64> {
     let done = sqlx::query(
         "UPDATE report_submissions SET deadline = $1, \
              next_attempt_at = COALESCE(next_attempt_at, created_at) \

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+use crate::db::Db;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
 /// Rows per delete: small enough that one statement takes milliseconds.
 pub const BATCH: i64 = 5_000;
@@ -30,7 +30,7 @@ pub fn cutoff(now: DateTime<Utc>, keep: Duration) -> DateTime<Utc> {
 /// ask whether a run is empty (a probe that would walk the index entries the deletes just left
 /// dead). An unfinished run still has pending rows and is kept.
 #[tracing::instrument(skip_all, fields(%cutoff), err)]
-pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Pruned> {
+pub async fn prune(pool: &Db, cutoff: DateTime<Utc>) -> anyhow::Result<Pruned> {
     let mut pruned = Pruned::default();
     loop {
         let runs = old_runs(pool, cutoff).await?;
@@ -61,7 +61,7 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Prune
 }
 
 /// Up to 100 finished runs scheduled before `cutoff` without pending rows, oldest first.
-pub async fn old_runs(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Vec<i64>> {
+pub async fn old_runs(pool: &Db, cutoff: DateTime<Utc>) -> anyhow::Result<Vec<i64>> {
     sqlx::query_scalar(
         "SELECT id FROM report_runs r WHERE scheduled_for < $1 AND finished_at IS NOT NULL \
            AND NOT EXISTS (SELECT 1 FROM report_submissions s \
@@ -76,7 +76,7 @@ pub async fn old_runs(pool: &PgPool, cutoff: DateTime<Utc>) -> anyhow::Result<Ve
 
 /// One batch: at most [`BATCH`] submissions of the run, one short statement. Rows another
 /// transaction holds are skipped, never waited on.
-pub async fn delete_submissions(pool: &PgPool, run_id: i64) -> anyhow::Result<u64> {
+pub async fn delete_submissions(pool: &Db, run_id: i64) -> anyhow::Result<u64> {
     let done = sqlx::query(
         "WITH doomed AS (SELECT id FROM report_submissions \
              WHERE run_id = $1 AND state <> 'pending' LIMIT $2 FOR UPDATE SKIP LOCKED) \
@@ -92,7 +92,7 @@ pub async fn delete_submissions(pool: &PgPool, run_id: i64) -> anyhow::Result<u6
 
 /// The run, once its submissions are gone (a row still there keeps it: the foreign key would
 /// otherwise delete it with the run in one long statement).
-pub async fn delete_run(pool: &PgPool, run_id: i64) -> anyhow::Result<u64> {
+pub async fn delete_run(pool: &Db, run_id: i64) -> anyhow::Result<u64> {
     let done = sqlx::query(
         "DELETE FROM report_runs r WHERE id = $1 \
          AND NOT EXISTS (SELECT 1 FROM report_submissions s WHERE s.run_id = r.id)",

@@ -25,8 +25,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rand::Rng;
-use sqlx::postgres::PgListener;
-use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -37,6 +35,7 @@ use crate::clock::Mono;
 use crate::concurrency::{Change, Limiter, Signal};
 use crate::config::ProviderSettings;
 use crate::cycle::Context;
+use crate::db::Db;
 use crate::metrics;
 use crate::outcomes::{self, State};
 use crate::provider::{BackfillRequest, Class, Exchange};
@@ -93,7 +92,7 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
 
 /// Closes the run if nothing of it is pending, and logs its summary; the one instance that
 /// closes it logs it.
-pub async fn close_run(pool: &PgPool, run_id: i64) -> anyhow::Result<bool> {
+pub async fn close_run(pool: &Db, run_id: i64) -> anyhow::Result<bool> {
     if !outcomes::close_if_done(pool, run_id).await? {
         return Ok(false);
     }
@@ -254,12 +253,7 @@ pub async fn work_with(
     ));
     let limiter: SharedLimiter = Arc::new(Mutex::new(limiter_for(&first.settings.provider)));
     if scope == Scope::All {
-        tokio::spawn(listen(first.pool.clone(), wake.clone(), background.clone()));
-        tokio::spawn(crate::pace::watch(
-            ctx.clone(),
-            limiter.clone(),
-            background.clone(),
-        ));
+        watch_queue(&ctx, &wake, &limiter, &background);
     }
     let mut dispatcher = Dispatcher::new(ctx, owner, scope, out_tx, held, limiter);
     dispatcher.run(shutdown, wake, closed).await;
@@ -278,6 +272,31 @@ pub async fn work_with(
     background.cancel();
     let _ = renewer.await;
     Ok(())
+}
+
+/// The daemon's watchers beside its dispatcher: `NOTIFY` for new ticks (or a word that the
+/// poll stands in for it), and the pace of the current tick.
+fn watch_queue(
+    ctx: &tokio::sync::watch::Receiver<Context>,
+    wake: &Arc<Notify>,
+    limiter: &SharedLimiter,
+    stop: &CancellationToken,
+) {
+    let pool = ctx.borrow().pool.clone();
+    if pool.can_listen() {
+        tokio::spawn(listen(pool, wake.clone(), stop.clone()));
+    } else {
+        tracing::info!(
+            "through a transaction pooler without database.direct_url, NOTIFY cannot reach \
+             this instance: it looks for queued rows every {}s instead",
+            POLL.as_secs()
+        );
+    }
+    tokio::spawn(crate::pace::watch(
+        ctx.clone(),
+        limiter.clone(),
+        stop.clone(),
+    ));
 }
 
 struct Dispatcher {
@@ -754,21 +773,11 @@ enum Claim {
 
 /// Wakes the dispatcher on every `NOTIFY` (a tick was queued, by any instance). Reconnects
 /// after a failure; meanwhile the dispatcher's poll finds new rows a little later.
-async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
+async fn listen(pool: Db, wake: Arc<Notify>, stop: CancellationToken) {
     loop {
-        let connected = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(queue::CHANNEL).await?;
-            loop {
-                listener.recv().await?;
-                wake.notify_one();
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
-        };
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = connected => {}
+            _ = pool.listen(queue::CHANNEL, || wake.notify_one()) => {}
         }
         tokio::select! {
             () = stop.cancelled() => return,
@@ -934,7 +943,7 @@ pub fn count(n: u32, noun: &str) -> String {
 /// A write that fails (database down) is retried with backoff until it succeeds: the rows stay
 /// leased to this instance meanwhile, and the lease guard keeps a late write harmless.
 async fn write_outcomes(
-    pool: PgPool,
+    pool: Db,
     owner: String,
     mut rx: mpsc::UnboundedReceiver<ToWriter>,
     held: SharedHeld,
@@ -982,7 +991,7 @@ impl Group {
 
     async fn write(
         mut self,
-        pool: &PgPool,
+        pool: &Db,
         owner: &str,
         held: &SharedHeld,
         close: &mpsc::UnboundedSender<i64>,
@@ -1042,7 +1051,7 @@ impl Group {
 
 /// Closes each run handed over once nothing of it is pending; coalesces repeats, so that a
 /// busy run is checked once per round, not once per write.
-async fn close_runs(pool: PgPool, mut rx: mpsc::UnboundedReceiver<i64>, closed: Arc<Notify>) {
+async fn close_runs(pool: Db, mut rx: mpsc::UnboundedReceiver<i64>, closed: Arc<Notify>) {
     let mut runs = Vec::new();
     while let Some(first) = rx.recv().await {
         runs.push(first);
@@ -1130,7 +1139,7 @@ where
 /// not return leaves this instance's hands at once; a renewal that fails changes nothing, and
 /// the leases run out on the boot clock.
 async fn renew_leases(
-    pool: PgPool,
+    pool: Db,
     owner: String,
     lease: Duration,
     held: SharedHeld,

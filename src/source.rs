@@ -5,7 +5,9 @@
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
-use sqlx::{Column, Executor, PgConnection, PgPool, Row, TypeInfo};
+use sqlx::{Column, Describe, Executor, Postgres, Row, TypeInfo};
+
+use crate::db::{Db, Tx};
 
 use crate::config::SourceSettings;
 
@@ -48,17 +50,17 @@ fn query_of(settings: &SourceSettings) -> &str {
 
 /// Checks, without running it, that the query returns the four columns with usable types.
 /// Errors name the column and the type found.
-pub async fn check_columns(pool: &PgPool, settings: &SourceSettings) -> anyhow::Result<()> {
-    let mut conn = pool
-        .acquire()
-        .await
-        .context("connecting to check the source")?;
-    check_columns_on(&mut conn, settings).await
+pub async fn check_columns(pool: &Db, settings: &SourceSettings) -> anyhow::Result<()> {
+    judge_columns(pool.describe(query_of(settings)).await, settings)
 }
 
-/// [`check_columns`] on a connection (inside the claim transaction, for one).
-pub async fn check_columns_on(
-    conn: &mut PgConnection,
+/// [`check_columns`] on a transaction (the claim transaction, for one).
+pub async fn check_columns_on(conn: &mut Tx, settings: &SourceSettings) -> anyhow::Result<()> {
+    judge_columns(conn.describe(query_of(settings)).await, settings)
+}
+
+fn judge_columns(
+    described: Result<Describe<Postgres>, sqlx::Error>,
     settings: &SourceSettings,
 ) -> anyhow::Result<()> {
     let key = if settings.query.is_some() {
@@ -66,10 +68,7 @@ pub async fn check_columns_on(
     } else {
         "default source (otp_counts)"
     };
-    let describe = conn
-        .describe(query_of(settings))
-        .await
-        .with_context(|| format!("{key} does not prepare"))?;
+    let describe = described.with_context(|| format!("{key} does not prepare"))?;
     let found: Vec<(String, String)> = describe
         .columns()
         .iter()
@@ -108,7 +107,7 @@ impl Cursor {
     /// inside a transaction, which the cursor lives and dies with.
     #[tracing::instrument(skip_all, fields(%start, %end), err)]
     pub async fn open(
-        conn: &mut PgConnection,
+        conn: &mut Tx,
         settings: &SourceSettings,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
@@ -138,11 +137,7 @@ impl Cursor {
     }
 
     /// The next `n` rows; empty once the window is read.
-    pub async fn next(
-        &mut self,
-        conn: &mut PgConnection,
-        n: usize,
-    ) -> anyhow::Result<Vec<SourceRow>> {
+    pub async fn next(&mut self, conn: &mut Tx, n: usize) -> anyhow::Result<Vec<SourceRow>> {
         if self.exhausted {
             return Ok(Vec::new());
         }

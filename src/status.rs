@@ -9,7 +9,9 @@ use std::fmt::Write as _;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::Row;
+
+use crate::db::Db;
 
 use crate::config::AlarmSettings;
 use crate::mcc;
@@ -96,7 +98,7 @@ const STATUS: &str = "WITH latest AS ( \
 
 /// Every pair's status, ordered by app and MCC; only `app_id`'s when given.
 #[tracing::instrument(skip_all)]
-pub async fn rows(pool: &PgPool, app_id: Option<&str>) -> anyhow::Result<Vec<StatusRow>> {
+pub async fn rows(pool: &Db, app_id: Option<&str>) -> anyhow::Result<Vec<StatusRow>> {
     let rows = sqlx::query(STATUS)
         .bind(app_id)
         .bind(SPARK_LEN as i64)
@@ -502,7 +504,7 @@ struct LastRun {
 
 /// The latest scheduled tick that was run (a tick recorded as not run is passed over).
 pub async fn last_tick(
-    pool: &PgPool,
+    pool: &Db,
     schedule: &crate::config::ScheduleSettings,
 ) -> anyhow::Result<Option<TickSpan>> {
     let run: Option<LastRun> = sqlx::query_as(

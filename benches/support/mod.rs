@@ -15,6 +15,11 @@ use axum::routing::post;
 use md5::{Digest, Md5};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 
+#[path = "../../tests/it/pgbouncer.rs"]
+mod pgbouncer;
+
+use pgbouncer::PgBouncer;
+
 pub const KEY: &str = "benchKey";
 pub const SECRET: &str = "benchSecret";
 
@@ -25,11 +30,23 @@ pub fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// `BENCH_POOLER` (`transaction` or `session`): the binary reaches its database through a
+/// PgBouncer of the benchmark's own in that mode, with `[database] pooler` set to match.
+pub fn pooler_mode() -> Option<String> {
+    std::env::var("BENCH_POOLER")
+        .ok()
+        .filter(|m| !m.is_empty() && m != "none")
+}
+
 /// A database of the benchmark's own, dropped by [`BenchDb::drop_now`].
 pub struct BenchDb {
     master: String,
     pub name: String,
+    /// The server's: the benchmark's own statements.
     pub url: String,
+    /// The binary's: `url`, or through the PgBouncer of [`pooler_mode`].
+    pub binary_url: String,
+    _bouncer: Option<PgBouncer>,
 }
 
 impl BenchDb {
@@ -44,13 +61,23 @@ impl BenchDb {
             .await?;
         let mut url = reqwest::Url::parse(&master)?;
         url.set_path(&format!("/{name}"));
+        let bouncer = match pooler_mode() {
+            Some(mode) => Some(PgBouncer::start(&mode).await),
+            None => None,
+        };
+        let mut binary_url = url.clone();
+        if let Some(b) = &bouncer {
+            binary_url.set_port(Some(b.addr.port())).ok();
+        }
         let db = Self {
             master,
             name,
             url: url.to_string(),
+            binary_url: binary_url.to_string(),
+            _bouncer: bouncer,
         };
         let pool = db.pool().await?;
-        backfill_reporter::db::migrate(&pool).await?;
+        backfill_reporter::db::migrate(&pool.clone().into()).await?;
         pool.close().await;
         Ok(db)
     }
@@ -217,9 +244,12 @@ pub fn write_config(
         format!(
             "[provider]\nbase_url = \"http://{provider}/otp\"\napi_key = \"{KEY}\"\n\
              api_secret_file = \"{}\"\n{pace}\
-             [database]\nurl = \"{db_url}\"\nmax_connections = 8\n\
+             [database]\nurl = \"{db_url}\"\nmax_connections = 8\n{pooler}\
              [schedule]\ncron = \"{cron}\"\ntimezone = \"UTC\"\n",
-            secret.display()
+            secret.display(),
+            pooler = pooler_mode()
+                .map(|m| format!("pooler = \"{m}\"\n"))
+                .unwrap_or_default(),
         ),
     )
     .unwrap();

@@ -134,6 +134,8 @@ impl TlsServer {
     fn settings(&self, host: &str, query: &str, ca_file: Option<PathBuf>) -> DatabaseSettings {
         DatabaseSettings {
             url: Some(SecretString::from(self.url(host, query))),
+            pooler: backfill_reporter::config::Pooler::None,
+            direct_url: None,
             max_connections: 2,
             statement_timeout: std::time::Duration::from_secs(60),
             keep: std::time::Duration::from_secs(86_400),

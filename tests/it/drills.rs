@@ -15,7 +15,11 @@ use crate::helpers::{eventually, Daemon, Output, Stopped, TestApp, TestConfig};
 /// A yearly schedule whose latest tick (1 January, 00:00 UTC) was missed: the daemon runs it
 /// as its catch-up at start, and its deadline (the next 1 January) is far away. The source
 /// holds `pairs` pairs in the hour before that tick.
-async fn catch_up_app(pool: PgPool, config: TestConfig, pairs: i32) -> (TestApp, DateTime<Utc>) {
+pub(crate) async fn catch_up_app(
+    pool: PgPool,
+    config: TestConfig,
+    pairs: i32,
+) -> (TestApp, DateTime<Utc>) {
     let config = TestConfig {
         cron: "0 0 1 1 *".into(),
         timezone: "UTC".into(),
@@ -70,6 +74,13 @@ fn deliveries(app: &TestApp) -> HashMap<(String, String), usize> {
         *seen.entry(key).or_insert(0) += 1;
     }
     seen
+}
+
+/// The provider accepted each of `pairs` pairs exactly once.
+pub(crate) fn assert_each_sent_once(app: &TestApp, pairs: usize) {
+    let seen = deliveries(app);
+    assert_eq!(seen.len(), pairs, "every pair delivered");
+    assert!(seen.values().all(|n| *n == 1), "a pair was sent twice");
 }
 
 fn log_lines(log: &str, level: &str) -> Vec<String> {
@@ -268,9 +279,7 @@ async fn two_instances_share_the_work_and_send_every_pair_exactly_once(pool: PgP
     let (a, b) = (a.stop().await, b.stop().await);
 
     assert_eq!((a.code, b.code), (0, 0), "A:\n{}\nB:\n{}", a.log, b.log);
-    let seen = deliveries(&app);
-    assert_eq!(seen.len(), 400);
-    assert!(seen.values().all(|n| *n == 1), "a pair was sent twice");
+    assert_each_sent_once(&app, 400);
     let senders: Vec<(String, i64)> = sqlx::query_as(
         "SELECT attempted_by, count(*) FROM report_submissions GROUP BY 1 ORDER BY 2 DESC",
     )
@@ -293,7 +302,9 @@ async fn a_database_stopped_for_two_minutes_is_waited_out_and_its_tick_reported(
     admin.close().await;
     let url = server.url("drill");
     let pool = PgPool::connect(&url).await.unwrap();
-    backfill_reporter::db::migrate(&pool).await.unwrap();
+    backfill_reporter::db::migrate(&pool.clone().into())
+        .await
+        .unwrap();
     let app = TestApp::on(
         pool,
         url,
@@ -468,7 +479,7 @@ async fn retention_deletes_old_rows_in_batches_and_keeps_pending_and_recent_ones
     }
 
     let cutoff = backfill_reporter::retention::cutoff(now, Duration::from_secs(90 * 86_400));
-    let pruned = backfill_reporter::retention::prune(&app.pool, cutoff)
+    let pruned = backfill_reporter::retention::prune(&app.pool.clone().into(), cutoff)
         .await
         .unwrap();
 

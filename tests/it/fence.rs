@@ -37,7 +37,7 @@ async fn seed(app: &TestApp, n: i32) {
 
 /// Queues a tick of the source now, as an instance on time would: its rows wait in the queue.
 async fn queue_a_tick(app: &TestApp) -> i64 {
-    let tick = outcomes::now_tick(&app.pool).await.unwrap();
+    let tick = outcomes::now_tick(&app.ctx().pool).await.unwrap();
     match cycle::plan(&app.ctx(), tick, Trigger::Schedule, None)
         .await
         .unwrap()

@@ -239,7 +239,9 @@ impl Harness {
         admin.close().await;
         let url = server.url("harness");
         let pool = PgPool::connect(&url).await.unwrap();
-        backfill_reporter::db::migrate(&pool).await.unwrap();
+        backfill_reporter::db::migrate(&pool.clone().into())
+            .await
+            .unwrap();
         sqlx::query(
             "INSERT INTO otp_counts (app_id, mcc, bucket_start, sent, backfilled) \
              SELECT 'chaosApp' || p, 460, now() - interval '30 minutes', 100, 37 \

@@ -38,6 +38,8 @@ pub struct TestConfig {
     pub retry_deadline: Option<String>,
     /// Instead of the fake provider's own address (a proxy in front of it, say).
     pub base_url: Option<String>,
+    /// Lines added to `[database]` (`pooler = "transaction"`, `statement_timeout = "1s"`).
+    pub database_extra: String,
 }
 
 impl Default for TestConfig {
@@ -56,6 +58,7 @@ impl Default for TestConfig {
             retry_backoff: "10ms".into(),
             retry_deadline: None,
             base_url: None,
+            database_extra: String::new(),
         }
     }
 }
@@ -191,7 +194,7 @@ impl TestApp {
         format!(
             "[provider]\nbase_url = {base:?}\napi_key = {API_KEY:?}\napi_secret_file = {secret:?}\n\
              request_timeout = {rt:?}\nmax_in_flight = {mif}\n{retries}retry_backoff = {rb:?}\n\
-             [database]\nurl = {db:?}\n\
+             [database]\nurl = {db:?}\n{database}\
              [source]\nwindow = {w:?}\nmin_cardinal = {mc}\napps = {apps:?}\n{query}\
              [schedule]\ncron = {cron:?}\ntimezone = {tz:?}\n",
             base = c.base_url.as_ref().unwrap_or(&self.provider.base_url),
@@ -200,6 +203,7 @@ impl TestApp {
             mif = c.max_in_flight,
             rb = c.retry_backoff,
             db = db_url,
+            database = c.database_extra,
             w = c.window,
             mc = c.min_cardinal,
             apps = c.apps,

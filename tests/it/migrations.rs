@@ -10,7 +10,7 @@ use crate::helpers::eventually;
 
 /// The operators' table as the first migration would create it, with rows, before the daemon
 /// was ever installed.
-async fn existing_otp_counts(pool: &PgPool) {
+pub(crate) async fn existing_otp_counts(pool: &PgPool) {
     sqlx::raw_sql(
         "CREATE TABLE otp_counts (app_id text NOT NULL, mcc integer NOT NULL, \
          bucket_start timestamptz NOT NULL, sent bigint NOT NULL DEFAULT 0, \
@@ -31,15 +31,15 @@ async fn connection(pool: &PgPool) -> PgConnection {
 
 /// The source index as the catalogue has it.
 #[derive(sqlx::FromRow)]
-struct Index {
+pub(crate) struct Index {
     /// False for an index an interrupted concurrent build left behind.
-    valid: bool,
-    definition: String,
+    pub(crate) valid: bool,
+    pub(crate) definition: String,
     /// Changes when the index is built again.
     oid: i64,
 }
 
-async fn source_index(pool: &PgPool) -> Index {
+pub(crate) async fn source_index(pool: &PgPool) -> Index {
     sqlx::query_as(
         "SELECT i.indisvalid AS valid, pg_get_indexdef(i.indexrelid) AS definition, \
              i.indexrelid::bigint AS oid \
@@ -65,7 +65,7 @@ async fn the_source_index_is_built_on_a_populated_table_without_blocking_writers
 
     let migrating = tokio::spawn({
         let pool = pool.clone();
-        async move { db::migrate(&pool).await }
+        async move { db::migrate(&pool.clone().into()).await }
     });
     eventually(
         Duration::from_secs(20),
@@ -138,7 +138,7 @@ async fn an_index_left_invalid_by_an_interrupted_build_is_built_again(pool: PgPo
         "the leftover index is invalid"
     );
 
-    db::migrate(&pool).await.unwrap();
+    db::migrate(&pool.clone().into()).await.unwrap();
 
     let index = source_index(&pool).await;
     assert!(index.valid, "{}", index.definition);
@@ -148,10 +148,10 @@ async fn an_index_left_invalid_by_an_interrupted_build_is_built_again(pool: PgPo
 
 #[sqlx::test(migrations = false)]
 async fn a_database_migrated_before_keeps_its_index(pool: PgPool) {
-    db::migrate(&pool).await.unwrap();
+    db::migrate(&pool.clone().into()).await.unwrap();
     let before = source_index(&pool).await;
 
-    let applied = db::migrate(&pool).await.unwrap();
+    let applied = db::migrate(&pool.clone().into()).await.unwrap();
 
     assert!(applied.is_empty(), "{applied:?}");
     let after = source_index(&pool).await;

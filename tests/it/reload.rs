@@ -64,7 +64,9 @@ async fn sighup_moves_new_connections_to_a_rotated_database_credential(_pool: Pg
     }
     let as_role = |role: &str| server.url("rot").replace("postgres@", &format!("{role}@"));
     let pool = PgPool::connect(&server.url("rot")).await.unwrap();
-    backfill_reporter::db::migrate(&pool).await.unwrap();
+    backfill_reporter::db::migrate(&pool.clone().into())
+        .await
+        .unwrap();
     let app = TestApp::on(pool, as_role("rot_old"), TestConfig::every_two_seconds()).await;
     app.seed_recent("rotaDb01").await;
     let credentials = tempfile::tempdir().unwrap();
