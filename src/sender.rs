@@ -535,9 +535,16 @@ impl Dispatcher {
                     self.ready.push_front(ready);
                     return;
                 }
-                // The lease lapsed, or a renewal did not return the row: it may be another
-                // instance's now. Forget it.
-                _ => continue,
+                // A renewal did not return the row: it is another instance's now. Forget it.
+                None => continue,
+                // The lease lapsed on this side (renewals failed, or the process was paused):
+                // the row may be another instance's now, or still this one's in the database,
+                // where it would stay leased as long as the renewer found it held. Hand it
+                // back: the write is guarded, so it frees the row only if it is still ours.
+                Some(_) => {
+                    self.emit(Outcome::released(ready.row.id, ready.row.run_id));
+                    continue;
+                }
             }
             if let Some(outcome) = self.unsendable(&ready, now) {
                 self.emit(outcome);
