@@ -66,12 +66,55 @@ async fn scenario(name: &str, pairs: i64, bucket_secs: i64, buckets: i64) -> any
     let total = started.elapsed();
     let (planned, read) = planning(&log).unwrap_or_default();
     println!(
-        "source ({name}): {pairs} pairs from {rows} rows: run --once {:.1} s, planning {planned:.1} s, reading the source {read:.1} s = {:.0}% of the tick",
+        "source ({name}): {pairs} pairs from {rows} rows: run --once {:.1} s, planning {planned:.1} s, reading the source {read:.1} s = {:.0}% of the tick (the first tick: the sums are counted whole)",
         total.as_secs_f64(),
         100.0 * read / total.as_secs_f64()
     );
+    next_tick(name, &pool, addr, &db.url, bucket_secs).await?;
     pool.close().await;
     db.drop_now().await
+}
+
+/// The tick after: its buckets come in, and its window is read (a dry run, in process) through
+/// the incremental sums and whole, for comparison.
+async fn next_tick(
+    name: &str,
+    pool: &sqlx::PgPool,
+    provider: std::net::SocketAddr,
+    db_url: &str,
+    bucket_secs: i64,
+) -> anyhow::Result<()> {
+    use backfill_reporter::{config, cycle, db::Db, outcomes};
+    let tick = outcomes::now_tick(&Db::from(pool.clone())).await? + chrono::Duration::minutes(10);
+    // The buckets of the ten minutes before the next tick, for every pair.
+    sqlx::query(
+        "INSERT INTO otp_counts (app_id, mcc, bucket_start, sent, backfilled) \
+         SELECT DISTINCT app_id, mcc, b, 100, 37 FROM otp_counts, \
+             generate_series(date_bin(make_interval(secs => $2), now(), 'epoch'), \
+                             $1 - interval '1 second', make_interval(secs => $2)) b \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(tick)
+    .bind(bucket_secs as f64)
+    .execute(pool)
+    .await?;
+    for sums in ["incremental", "full"] {
+        let text = format!(
+            "[provider]\nbase_url = \"http://{provider}/otp\"\napi_key = \"{}\"\napi_secret = \"{}\"\n\
+             [database]\nurl = \"{db_url}\"\n[source]\nsums = \"{sums}\"\n",
+            support::KEY,
+            support::SECRET
+        );
+        let settings = config::from_toml(&text, std::path::Path::new("bench.toml"), &|_| None)?;
+        let started = Instant::now();
+        let preview = cycle::preview(&Db::from(pool.clone()), &settings, tick).await?;
+        println!(
+            "source ({name}): the next tick, read {sums}: {:.2} s ({} pairs)",
+            started.elapsed().as_secs_f64(),
+            preview.pairs.len()
+        );
+    }
+    Ok(())
 }
 
 /// Runs `run --once` at INFO and returns its log.

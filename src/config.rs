@@ -83,6 +83,8 @@ struct RawSource {
     query: Option<String>,
     min_cardinal: Option<u64>,
     apps: Option<Vec<String>>,
+    keep: Option<String>,
+    sums: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +234,11 @@ pub struct SourceSettings {
     pub min_cardinal: u64,
     /// Empty means every app.
     pub apps: Vec<AppId>,
+    /// How long the default source's buckets (`otp_counts`) are kept; older ones are deleted.
+    /// Unused with a `query` of the operator's own.
+    pub keep: Duration,
+    /// Whether the default source's window is summed incrementally (`source_sums`).
+    pub incremental: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -513,12 +520,33 @@ impl RawSource {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("source.apps: {e}"))?;
         Ok(SourceSettings {
+            keep: source_keep(self.keep, window)?,
+            incremental: match self.sums.as_deref() {
+                None | Some("incremental") => true,
+                Some("full") => false,
+                Some(other) => bail!(
+                    "source.sums = {:?}: expected \"incremental\" or \"full\"",
+                    crate::provider::clean(other, 32)
+                ),
+            },
             window,
             query,
             min_cardinal: self.min_cardinal.unwrap_or(1),
             apps,
         })
     }
+}
+
+/// `source.keep`: by default the window and two hours more, at least the window and an hour
+/// (a tick's planning subtracts the buckets that left the window since the last: they must
+/// still be there; the sums are recounted when older than an hour), at most ten years.
+fn source_keep(raw: Option<String>, window: Duration) -> anyhow::Result<Duration> {
+    let hour = Duration::from_secs(3600);
+    let keep = match raw {
+        None => window + 2 * hour,
+        Some(text) => duration(Some(text), "", "source.keep")?,
+    };
+    bounded_duration("source.keep", keep, (window + hour, KEEP.1))
 }
 
 impl RawSchedule {
@@ -1160,6 +1188,8 @@ mod tests {
             defaults.provider.max_in_flight
         );
         assert_eq!(example.provider.concurrency, defaults.provider.concurrency);
+        assert_eq!(example.source.keep, defaults.source.keep);
+        assert_eq!(example.source.incremental, defaults.source.incremental);
         assert_eq!(
             example.provider.max_attempts,
             defaults.provider.max_attempts
@@ -1226,6 +1256,29 @@ mod tests {
         assert!(err.contains("expected \"adaptive\" or a number"), "{err}");
         let err = format!("{:#}", with("concurrency = 0").unwrap_err());
         assert!(err.contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn source_keep_covers_the_window_and_sums_are_incremental_or_full() {
+        let with = |lines: &str| parse(&format!("{MINIMAL}[source]\n{lines}"));
+        let s = with("window = \"6h\"\n").unwrap().source;
+        assert_eq!(
+            s.keep,
+            Duration::from_secs(8 * 3600),
+            "window + 2h by default"
+        );
+        assert!(s.incremental);
+        let err = format!("{:#}", with("keep = \"24h\"\n").unwrap_err());
+        assert!(
+            err.contains("source.keep = \"1d\" is out of range: allowed 25h to"),
+            "{err}"
+        );
+        assert!(!with("sums = \"full\"\n").unwrap().source.incremental);
+        let err = format!("{:#}", with("sums = \"fast\"\n").unwrap_err());
+        assert!(
+            err.contains("expected \"incremental\" or \"full\""),
+            "{err}"
+        );
     }
 
     #[test]

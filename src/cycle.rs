@@ -275,6 +275,22 @@ fn judge_batch<'a>(
         })
 }
 
+/// Opens the cursor over the window: the operator's query, or the default source, read whole or
+/// through its incremental sums (`sums`), which this moves to the window in `tx`.
+async fn open_window(
+    tx: &mut Tx,
+    settings: &Settings,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+) -> anyhow::Result<Cursor> {
+    let source = &settings.source;
+    if source.query.is_some() || !source.incremental {
+        return Cursor::open(tx, source, start, end).await;
+    }
+    let (settled, moved) = crate::sums::advance(tx, start, end).await?;
+    tracing::debug!(?moved, "source sums moved to the window");
+    Cursor::open_query(tx, crate::sums::QUERY, settled, end).await
+}
+
 /// Streams the window from the source and queues it, batch by batch, in the claim transaction.
 async fn queue_window(
     tx: &mut Tx,
@@ -282,7 +298,7 @@ async fn queue_window(
     rows: TickRows<'_>,
 ) -> anyhow::Result<Planned> {
     let reading = std::time::Instant::now();
-    let mut cursor = Cursor::open(tx, &settings.source, rows.window.0, rows.window.1).await?;
+    let mut cursor = open_window(tx, settings, rows.window).await?;
     let mut planned = Planned {
         run_id: rows.run_id,
         read: reading.elapsed(),
@@ -386,7 +402,7 @@ pub async fn preview(
     let window = window(tick, settings.source.window);
     let callback_time = callback_time(tick, settings.schedule.timezone);
     let mut tx = pool.begin().await.context("starting a read transaction")?;
-    let mut cursor = Cursor::open(&mut tx, &settings.source, window.0, window.1).await?;
+    let mut cursor = open_window(&mut tx, settings, window).await?;
     let mut seen = std::collections::HashSet::new();
     let mut pairs = Vec::new();
     loop {

@@ -548,6 +548,10 @@ async fn maintain(ctx: watch::Receiver<Context>, clock: Clock, stop: Cancellatio
                 last_prune = Some(Instant::now());
                 let cutoff = retention::cutoff(clock.now(), ctx.settings.database.keep);
                 retention::prune(&ctx.pool, cutoff).await?;
+                if ctx.settings.source.query.is_none() {
+                    let cutoff = retention::cutoff(clock.now(), ctx.settings.source.keep);
+                    retention::prune_counts(&ctx.pool, cutoff).await?;
+                }
             }
             anyhow::Ok(())
         }

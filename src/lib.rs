@@ -50,4 +50,5 @@ pub mod sender;
 pub mod shutdown;
 pub mod source;
 pub mod status;
+pub mod sums;
 pub mod telemetry;

@@ -90,6 +90,32 @@ pub async fn delete_submissions(pool: &Db, run_id: i64) -> anyhow::Result<u64> {
     Ok(done.rows_affected())
 }
 
+/// Deletes the default source's buckets that started before `cutoff` (`source.keep`), in
+/// batches that skip rows a writer holds, through the `bucket_start` index. Returns how many.
+pub async fn prune_counts(pool: &Db, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
+    let mut deleted = 0;
+    loop {
+        let done = sqlx::query(
+            "WITH doomed AS (SELECT ctid FROM otp_counts WHERE bucket_start < $1 \
+                 LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             DELETE FROM otp_counts c USING doomed WHERE c.ctid = doomed.ctid",
+        )
+        .bind(cutoff)
+        .bind(BATCH)
+        .execute(pool)
+        .await
+        .context("deleting old buckets from otp_counts")?;
+        deleted += done.rows_affected();
+        if done.rows_affected() < BATCH as u64 {
+            break;
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, "deleted otp_counts buckets older than source.keep");
+    }
+    Ok(deleted)
+}
+
 /// The run, once its submissions are gone (a row still there keeps it: the foreign key would
 /// otherwise delete it with the run in one long statement).
 pub async fn delete_run(pool: &Db, run_id: i64) -> anyhow::Result<u64> {

@@ -113,7 +113,18 @@ impl Cursor {
         end: DateTime<Utc>,
     ) -> anyhow::Result<Self> {
         check_columns_on(conn, settings).await?;
-        // The operator's query is planned for its window, not once for any window.
+        Self::open_query(conn, query_of(settings), start, end).await
+    }
+
+    /// Opens the cursor over `query` with `$1` = `start` and `$2` = `end`: a query of this
+    /// crate's own, such as the incremental sums', whose columns need no check.
+    pub async fn open_query(
+        conn: &mut Tx,
+        query: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> anyhow::Result<Self> {
+        // The query is planned for its window, not once for any window.
         sqlx::query("SET LOCAL plan_cache_mode = auto")
             .execute(&mut *conn)
             .await
@@ -123,8 +134,7 @@ impl Cursor {
         let sql = format!(
             "DECLARE {CURSOR} NO SCROLL CURSOR FOR \
              SELECT app_id::text, mcc::text, backfill_number::text, cardinal_number::text \
-             FROM (\n{}\n) AS source",
-            query_of(settings)
+             FROM (\n{query}\n) AS source"
         );
         sqlx::query(&sql)
             .bind(start)

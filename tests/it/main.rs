@@ -29,6 +29,7 @@ mod process;
 mod provider_client;
 mod reload;
 mod status;
+mod sums;
 mod terminal;
 mod throttling;
 mod unit_file;
