@@ -18,8 +18,10 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::{Datelike, TimeZone, Utc};
-use support::{binary, capacity_provider, run_span, seed_pairs, write_config, BenchDb, Excess};
+use chrono::Utc;
+use support::{
+    binary, capacity_provider, missed_yearly_tick, run_span, write_config, BenchDb, Excess,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -49,18 +51,7 @@ async fn tick(
 ) -> anyhow::Result<()> {
     let db = BenchDb::create("pace").await?;
     let pool = db.pool().await?;
-    let tick = Utc
-        .with_ymd_and_hms(Utc::now().year(), 1, 1, 0, 0, 0)
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, \
-             finished_at) \
-         VALUES ($1 - interval '1 year', 'schedule', $1, $1, 'old:1', $1)",
-    )
-    .bind(tick)
-    .execute(&pool)
-    .await?;
-    seed_pairs(&pool, tick, pairs).await?;
+    let tick = missed_yearly_tick(&pool, pairs).await?;
     let (addr, served) = capacity_provider(capacity, latency, excess).await;
     let dir = tempfile::tempdir()?;
     let config = write_config(dir.path(), addr, &db.binary_url, None, "0 0 1 1 *");

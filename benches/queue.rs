@@ -21,8 +21,10 @@ mod support;
 
 use std::time::Duration;
 
-use chrono::{Datelike, TimeZone, Utc};
-use support::{binary, provider, run_measured, run_span, seed_pairs, write_config, BenchDb};
+use chrono::Utc;
+use support::{
+    binary, missed_yearly_tick, provider, run_measured, run_span, seed_pairs, write_config, BenchDb,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -115,19 +117,7 @@ async fn instances() -> anyhow::Result<()> {
     for k in [1usize, 2, 4] {
         let db = BenchDb::create("inst").await?;
         let pool = db.pool().await?;
-        // A yearly tick that was missed: every instance starts on it at once as its catch-up.
-        let tick = Utc
-            .with_ymd_and_hms(Utc::now().year(), 1, 1, 0, 0, 0)
-            .unwrap();
-        sqlx::query(
-            "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, \
-                 finished_at) \
-             VALUES ($1 - interval '1 year', 'schedule', $1, $1, 'old:1', $1)",
-        )
-        .bind(tick)
-        .execute(&pool)
-        .await?;
-        seed_pairs(&pool, tick, pairs).await?;
+        let tick = missed_yearly_tick(&pool, pairs).await?;
         let (addr, accepted) = provider(latency).await;
         let dir = tempfile::tempdir()?;
         let config = write_config(

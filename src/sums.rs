@@ -114,14 +114,25 @@ async fn recount(tx: &mut Tx, start: DateTime<Utc>, settled: DateTime<Utc>) -> a
     .execute(&mut *tx)
     .await
     .context("recounting the source sums")?;
+    record(tx, start, settled, true).await
+}
+
+/// Records what the sums now cover, and when they were last read whole if `recounted`.
+async fn record(
+    tx: &mut Tx,
+    start: DateTime<Utc>,
+    settled: DateTime<Utc>,
+    recounted: bool,
+) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO source_sums_state (window_start, settled_through, recounted_at) \
          VALUES ($1, $2, now()) \
          ON CONFLICT (only_row) DO UPDATE SET window_start = $1, settled_through = $2, \
-             recounted_at = now()",
+             recounted_at = CASE WHEN $3 THEN now() ELSE source_sums_state.recounted_at END",
     )
     .bind(start)
     .bind(settled)
+    .bind(recounted)
     .execute(&mut *tx)
     .await
     .context("recording the source sums' state")?;
@@ -166,13 +177,7 @@ async fn increment(
     .execute(&mut *tx)
     .await
     .context("moving the source sums")?;
-    sqlx::query("UPDATE source_sums_state SET window_start = $1, settled_through = $2")
-        .bind(start)
-        .bind(settled)
-        .execute(&mut *tx)
-        .await
-        .context("recording the source sums' state")?;
-    Ok(())
+    record(tx, start, settled, false).await
 }
 
 #[cfg(test)]

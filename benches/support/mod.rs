@@ -205,6 +205,29 @@ fn signed(headers: &HeaderMap) -> bool {
     headers.get("sign").and_then(|v| v.to_str().ok()) == Some(want.as_str())
 }
 
+/// This year's 1 January, recorded as a missed tick of a yearly schedule (the run of the year
+/// before is there): every instance started on that schedule runs it at once as its catch-up,
+/// and the one that claims it plans `n` pairs seeded in the hour before.
+pub async fn missed_yearly_tick(
+    pool: &PgPool,
+    n: usize,
+) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    use chrono::{Datelike, TimeZone};
+    let tick = chrono::Utc
+        .with_ymd_and_hms(chrono::Utc::now().year(), 1, 1, 0, 0, 0)
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO report_runs (scheduled_for, trigger, window_start, window_end, instance, \
+             finished_at) \
+         VALUES ($1 - interval '1 year', 'schedule', $1, $1, 'old:1', $1)",
+    )
+    .bind(tick)
+    .execute(pool)
+    .await?;
+    seed_pairs(pool, tick, n).await?;
+    Ok(tick)
+}
+
 /// `n` pairs (apps × MCCs) with counts in the hour before `at`.
 pub async fn seed_pairs(
     pool: &PgPool,
