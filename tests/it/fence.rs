@@ -346,6 +346,12 @@ async fn a_source_row_of_any_size_or_shape_is_recorded_invalid_and_every_other_p
         out.err
     );
     assert!(
+        out.err
+            .contains("claimed: 19 pairs, 10 to send, 0 skipped, 9 invalid"),
+        "the claim says what is to be sent, not only what was queued:\n{}",
+        out.err
+    );
+    assert!(
         out.err.lines().all(|l| l.len() < 2_000),
         "no line longer than 2,000 bytes:\n{}",
         out.err
