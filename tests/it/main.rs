@@ -10,6 +10,7 @@ mod fake_provider;
 mod helpers;
 mod pgbouncer;
 
+mod accounts;
 mod alarm;
 mod cli;
 mod cron_choice;
