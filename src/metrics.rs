@@ -239,6 +239,22 @@ pub fn record_concurrency(account: Option<&str>, limit: usize, baseline: Option<
         .set(baseline.map_or(0.0, |b| b.as_secs_f64()));
 }
 
+/// Creates, at zero, the series an account's alerts read: a counter that first appears at 1
+/// has no increase for Prometheus, so the first failure of a process would go unseen.
+pub fn declare_account(account: Option<&str>) {
+    let statuses = ["none", "0", "-1", "-2", "-16", "-18", "-22", "other"];
+    for (state, provider_status) in std::iter::once(("succeeded", "0"))
+        .chain(statuses.into_iter().map(|status| ("failed", status)))
+    {
+        let _ = METRICS.submissions.get_or_create(&SubmissionLabels {
+            state,
+            provider_status,
+            account: AccountLabel::of(account),
+        });
+    }
+    record_breaker(account, false);
+}
+
 /// Whether this instance's breaker for the account is open.
 pub fn record_breaker(account: Option<&str>, open: bool) {
     METRICS

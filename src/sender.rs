@@ -434,7 +434,7 @@ impl Dispatcher {
             match self.lanes.get_mut(&key) {
                 Some(lane) => lane.client = client,
                 None => {
-                    metrics::record_breaker(key.as_deref(), false);
+                    metrics::declare_account(key.as_deref());
                     let lane = Lane {
                         ready: VecDeque::new(),
                         breaker: Breaker::new(first_probe),

@@ -27,6 +27,7 @@ mod migrations;
 mod pace;
 mod pooler;
 mod process;
+mod prometheus;
 mod provider_client;
 mod reload;
 mod status;

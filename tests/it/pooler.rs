@@ -194,12 +194,11 @@ async fn two_accounts_through_pgbouncer_in_transaction_mode_each_stopping_only_i
     let out = app.run(&["run", "--once"]).await;
 
     assert_eq!(out.code, 1, "{out:?}");
-    let states: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT app_id, account, state FROM report_submissions ORDER BY app_id",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
+    let states: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT app_id, account, state FROM report_submissions ORDER BY app_id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
     let state = |s: &str| s.to_owned();
     assert_eq!(
         states,
