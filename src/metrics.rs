@@ -242,7 +242,7 @@ pub fn record_concurrency(account: Option<&str>, limit: usize, baseline: Option<
 /// Creates, at zero, the series an account's alerts read: a counter that first appears at 1
 /// has no increase for Prometheus, so the first failure of a process would go unseen.
 pub fn declare_account(account: Option<&str>) {
-    let statuses = ["none", "0", "-1", "-2", "-16", "-18", "-22", "other"];
+    let statuses = ["none", "-1", "-2", "-16", "-18", "-22", "other"];
     for (state, provider_status) in std::iter::once(("succeeded", "0"))
         .chain(statuses.into_iter().map(|status| ("failed", status)))
     {
