@@ -16,6 +16,7 @@ mod cli;
 mod cron_choice;
 mod cycle;
 mod daemon;
+mod dashboard;
 mod db_tls;
 mod dist;
 mod docs;
