@@ -262,27 +262,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
 
 async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
     outln!("config {}: valid", settings.path.display())?;
-    crate::provider::Clients::new(&settings.provider)?;
-    for account in settings.provider.accounts.iter() {
-        match &account.name {
-            None => outln!(
-                "provider {} with api key {}: secret set",
-                settings.provider.base_url,
-                shown_text(&account.api_key)
-            )?,
-            Some(name) => outln!(
-                "provider {} as account {name} with api key {}: secret set, {} {}",
-                settings.provider.base_url,
-                shown_text(&account.api_key),
-                account.apps.len(),
-                if account.apps.len() == 1 {
-                    "app"
-                } else {
-                    "apps"
-                }
-            )?,
-        }
-    }
+    check_accounts(settings)?;
     if offline {
         // What ExecStartPre runs: a bad config never starts, but a database outage cannot stop
         // the start (the daemon waits it out).
@@ -327,6 +307,23 @@ async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
         outln!("  {}", t.to_rfc3339())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every account's secret is there and its client builds: one line per account.
+fn check_accounts(settings: &Settings) -> anyhow::Result<()> {
+    crate::provider::Clients::new(&settings.provider)?;
+    let base = &settings.provider.base_url;
+    for account in settings.provider.accounts.iter() {
+        let key = shown_text(&account.api_key);
+        match &account.name {
+            None => outln!("provider {base} with api key {key}: secret set")?,
+            Some(name) => outln!(
+                "provider {base} as account {name} with api key {key}: secret set, {}",
+                crate::sender::count(account.apps.len() as u32, "app")
+            )?,
+        }
+    }
+    Ok(())
 }
 
 async fn history(settings: &Settings, filter: &HistoryFilter) -> anyhow::Result<ExitCode> {

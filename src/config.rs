@@ -918,29 +918,8 @@ fn secret_file_warning(key: &str, credential: &str, path: &Path) -> Vec<String> 
     warnings
 }
 
-/// Warnings about who may read or write the config file: a secret in it that group or others
-/// can read (an inline API secret, or a database password in the URL, as `user:pw@` or
-/// `?password=`), and a file others can write (they could point provider.base_url at their
-/// own host and collect signed requests).
-fn permission_warning(path: &Path, text: &str) -> Vec<String> {
-    let Some(e) = exposure(path) else {
-        return Vec::new();
-    };
-    let mut warnings = Vec::new();
-    if let Some(who) = e.writable_by {
-        warnings.push(format!(
-            "config file {} is writable by {who} (mode {:04o}): whoever can write it can send \
-             the signed requests elsewhere; make it writable by its owner only (chmod go-w)",
-            path.display(),
-            e.mode
-        ));
-    }
-    let Some(who) = e.readable_by else {
-        return warnings;
-    };
-    let Ok(raw) = toml::from_str::<RawConfig>(text) else {
-        return warnings;
-    };
+/// The secrets written in the config file itself, in words for the warning.
+fn secrets_in(raw: &RawConfig) -> Vec<&'static str> {
     let mut secrets = Vec::new();
     if raw.provider.api_secret.is_some() {
         secrets.push("the API secret (provider.api_secret)");
@@ -971,6 +950,33 @@ fn permission_warning(path: &Path, text: &str) -> Vec<String> {
     if raw.alarm.webhook_url.is_some() {
         secrets.push("a webhook URL (alarm.webhook_url)");
     }
+    secrets
+}
+
+/// Warnings about who may read or write the config file: a secret in it that group or others
+/// can read (an inline API secret, or a database password in the URL, as `user:pw@` or
+/// `?password=`), and a file others can write (they could point provider.base_url at their
+/// own host and collect signed requests).
+fn permission_warning(path: &Path, text: &str) -> Vec<String> {
+    let Some(e) = exposure(path) else {
+        return Vec::new();
+    };
+    let mut warnings = Vec::new();
+    if let Some(who) = e.writable_by {
+        warnings.push(format!(
+            "config file {} is writable by {who} (mode {:04o}): whoever can write it can send \
+             the signed requests elsewhere; make it writable by its owner only (chmod go-w)",
+            path.display(),
+            e.mode
+        ));
+    }
+    let Some(who) = e.readable_by else {
+        return warnings;
+    };
+    let Ok(raw) = toml::from_str::<RawConfig>(text) else {
+        return warnings;
+    };
+    let secrets = secrets_in(&raw);
     if !secrets.is_empty() {
         warnings.push(format!(
             "config file {} holds {} and is readable by {who} (mode {:04o}): the shipped \

@@ -154,7 +154,7 @@ async fn a_minus_1_for_one_account_stops_that_accounts_sending_and_not_the_other
 }
 
 #[sqlx::test]
-async fn an_app_in_two_accounts_or_an_account_without_its_secret_stops_the_start_naming_them(
+async fn check_names_each_account_and_an_app_in_two_or_a_missing_secret_stops_the_start(
     pool: PgPool,
 ) {
     let mut config = two_accounts();
@@ -163,6 +163,7 @@ async fn an_app_in_two_accounts_or_an_account_without_its_secret_stops_the_start
 
     let both = app.run(&["check", "--offline"]).await;
     app.write_config(&two_accounts());
+    let fine = app.run(&["check", "--offline"]).await;
     std::fs::remove_file(app.dir.path().join("api_secret_bank")).unwrap();
     let unset = app.run(&["run", "--once"]).await;
 
@@ -172,6 +173,13 @@ async fn an_app_in_two_accounts_or_an_account_without_its_secret_stops_the_start
             .contains("app shopApp2 is in two accounts, shop and bank"),
         "{both:?}"
     );
+    assert_eq!(fine.code, 0, "{fine:?}");
+    for line in [
+        "as account shop with api key shopKey1: secret set, 2 apps",
+        "as account bank with api key bankKey1: secret set, 2 apps",
+    ] {
+        assert!(fine.out.contains(line), "{fine:?}");
+    }
     assert_eq!(unset.code, 2, "{unset:?}");
     assert!(unset.err.contains("account bank"), "{unset:?}");
     assert!(!unset.err.contains("shop-secret-1"), "{unset:?}");
