@@ -463,13 +463,7 @@ impl RawSource {
                 bail!("source.query must use $1 (window start) and $2 (window end)");
             }
         }
-        let apps = self
-            .apps
-            .unwrap_or_default()
-            .iter()
-            .map(|a| AppId::parse(a))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow::anyhow!("source.apps: {e}"))?;
+        let apps = app_ids(self.apps).map_err(|e| anyhow::anyhow!("source.apps: {e}"))?;
         Ok(SourceSettings {
             window,
             query,
@@ -477,6 +471,14 @@ impl RawSource {
             apps,
         })
     }
+}
+
+/// A list of appIds as written (absent: none), each validated.
+fn app_ids(raw: Option<Vec<String>>) -> Result<Vec<AppId>, String> {
+    raw.unwrap_or_default()
+        .iter()
+        .map(|a| AppId::parse(a))
+        .collect()
 }
 
 impl RawSchedule {
@@ -1326,6 +1328,12 @@ mod tests {
         assert_eq!(s.provider.base_url, "https://example.test/otp");
     }
 
+    /// The secret of the one unnamed account.
+    fn secret_of(s: &Settings) -> &str {
+        let account = s.provider.accounts.get(None).unwrap();
+        account.secret().unwrap().expose_secret()
+    }
+
     #[test]
     fn environment_overrides_the_file() {
         let env = |name: &str| match name {
@@ -1336,16 +1344,7 @@ mod tests {
         };
         let s = from_toml(MINIMAL, Path::new("t.toml"), &env).unwrap();
         assert_eq!(s.provider.accounts.get(None).unwrap().api_key, "envkey12");
-        assert_eq!(
-            s.provider
-                .accounts
-                .get(None)
-                .unwrap()
-                .secret()
-                .unwrap()
-                .expose_secret(),
-            "envsecret"
-        );
+        assert_eq!(secret_of(&s), "envsecret");
         assert_eq!(
             s.database.url().unwrap().expose_secret(),
             "postgres://u:pw@db/x"
@@ -1363,30 +1362,12 @@ mod tests {
             file.display()
         );
         let s = parse(&text).unwrap();
-        assert_eq!(
-            s.provider
-                .accounts
-                .get(None)
-                .unwrap()
-                .secret()
-                .unwrap()
-                .expose_secret(),
-            "fromfile"
-        );
+        assert_eq!(secret_of(&s), "fromfile");
         let cred = dir.path().to_str().unwrap().to_owned();
         let env = move |n: &str| (n == "CREDENTIALS_DIRECTORY").then(|| cred.clone());
         std::fs::write(dir.path().join("database_url"), "postgres://u:pw@db/cred\n").unwrap();
         let s = from_toml(&text, Path::new("t.toml"), &env).unwrap();
-        assert_eq!(
-            s.provider
-                .accounts
-                .get(None)
-                .unwrap()
-                .secret()
-                .unwrap()
-                .expose_secret(),
-            "fromcred"
-        );
+        assert_eq!(secret_of(&s), "fromcred");
         assert_eq!(
             s.database.url().unwrap().expose_secret(),
             "postgres://u:pw@db/cred"

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::{read_secret_file, secret_file_warning, Outside, API_KEY_PLACEHOLDER};
+use super::{app_ids, read_secret_file, secret_file_warning, Outside, API_KEY_PLACEHOLDER};
 use crate::domain::{AccountName, AppId};
 
 /// One `[[accounts]]` entry as written.
@@ -191,13 +191,7 @@ fn named(
     let api_secret = source
         .read(entry.api_secret, entry.api_secret_file, outside, warnings)
         .with_context(|| format!("account {name}"))?;
-    let apps = entry
-        .apps
-        .unwrap_or_default()
-        .iter()
-        .map(|a| AppId::parse(a))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("account {name}: apps: {e}"))?;
+    let apps = app_ids(entry.apps).map_err(|e| anyhow::anyhow!("account {name}: apps: {e}"))?;
     if apps.is_empty() {
         bail!("account {name}: apps is empty: list the appIds this account reports for");
     }

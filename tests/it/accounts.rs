@@ -3,21 +3,12 @@
 //! recorded invalid, a -1 that stops one account's sending and not the other's, an app in two
 //! accounts refused at start, and `history`, `status` and `record` that know the accounts.
 
-use backfill_reporter::cycle;
-use backfill_reporter::outcomes::{RunSummary, Trigger};
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
+use crate::cycle::{run_cycle, tick};
 use crate::fake_provider::{docs_record_example, Scripted, BACKFILL_PATH, RECORD_PATH};
-use crate::helpers::{utc, Output, TestAccount, TestApp, TestConfig};
-
-const TICK: &str = "2026-02-01T00:00:00+08:00";
-
-fn tick() -> DateTime<Utc> {
-    utc(TICK)
-}
+use crate::helpers::{Output, TestAccount, TestApp, TestConfig};
 
 /// Two accounts: shop reports for shopApp1 and shopApp2, bank for bankApp1 and bankApp2.
 fn two_accounts() -> TestConfig {
@@ -34,18 +25,6 @@ async fn seed(app: &TestApp, apps: &[&str]) {
         let bucket = tick() - chrono::Duration::minutes(1);
         app.seed(app_id, 460 + i as i32, bucket, 10, 4).await;
     }
-}
-
-async fn run_cycle(app: &TestApp) -> RunSummary {
-    cycle::run(
-        &app.ctx(),
-        tick(),
-        Trigger::Schedule,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap()
-    .expect("the tick was not claimed before")
 }
 
 /// (appId, Api-Key, the provider's status) of every backfillRate request, by appId.

@@ -50,6 +50,21 @@ fn sample(body: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Scrapes `base` until a scheduled cycle with `result` is counted.
+async fn wait_for_cycle(base: &str, result: &str) {
+    let series =
+        format!("backfill_reporter_cycles_total{{trigger=\"schedule\",result=\"{result}\"}}");
+    eventually(
+        Duration::from_secs(20),
+        "the cycle in the metrics",
+        || async {
+            let body = get(&format!("{base}/metrics")).await.body;
+            sample(&body, &series).is_some()
+        },
+    )
+    .await;
+}
+
 /// A schedule whose only tick in the next day is a few seconds from now, so that the counters
 /// hold still once its cycle is done.
 fn one_tick_soon() -> TestConfig {
@@ -73,19 +88,7 @@ async fn a_scrape_after_a_cycle_counts_the_cycle_its_submissions_and_their_laten
 
     let daemon = Daemon::start(&app);
     let base = endpoint(&daemon).await;
-    eventually(
-        Duration::from_secs(20),
-        "the cycle in the metrics",
-        || async {
-            let body = get(&format!("{base}/metrics")).await.body;
-            sample(
-                &body,
-                r#"backfill_reporter_cycles_total{trigger="schedule",result="ok"}"#,
-            )
-            .is_some()
-        },
-    )
-    .await;
+    wait_for_cycle(&base, "ok").await;
     let metrics = get(&format!("{base}/metrics")).await;
     let health = get(&format!("{base}/healthz")).await;
     let Stopped { code, log } = daemon.stop().await;
@@ -161,19 +164,7 @@ async fn with_two_accounts_the_metrics_carry_the_account_and_serve_what_the_aler
 
     let daemon = Daemon::start(&app);
     let base = endpoint(&daemon).await;
-    eventually(
-        Duration::from_secs(20),
-        "the cycle in the metrics",
-        || async {
-            let body = get(&format!("{base}/metrics")).await.body;
-            sample(
-                &body,
-                r#"backfill_reporter_cycles_total{trigger="schedule",result="failed_pairs"}"#,
-            )
-            .is_some()
-        },
-    )
-    .await;
+    wait_for_cycle(&base, "failed_pairs").await;
     let body = get(&format!("{base}/metrics")).await.body;
     let Stopped { code, log } = daemon.stop().await;
 
