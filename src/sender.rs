@@ -340,8 +340,11 @@ struct Dispatcher {
     out: mpsc::UnboundedSender<ToWriter>,
     held: SharedHeld,
     claim: Option<tokio::task::JoinHandle<anyhow::Result<Claim>>>,
-    /// Where the next claim resumes (see [`queue::ClaimCursor`]).
+    /// Where the next claim resumes (see [`queue::ClaimCursor`]), and whose rows the claim
+    /// that set it took: a claim of other accounts starts from the head, or it would pass
+    /// over their rows behind the cursor.
     cursor: queue::ClaimCursor,
+    cursor_accounts: queue::Accounts,
     /// No claim before then (the last one found nothing, or the database failed).
     idle_until: Option<Instant>,
     db_failures: u32,
@@ -394,6 +397,7 @@ impl Dispatcher {
             held,
             claim: None,
             cursor: None,
+            cursor_accounts: queue::Accounts::Any,
             idle_until: None,
             db_failures: 0,
             clock_warned: false,
@@ -756,7 +760,9 @@ impl Dispatcher {
         };
         let (pool, owner) = (self.ctx.pool.clone(), self.owner.clone());
         let (lease, run) = (lease(&self.ctx.settings.provider), self.run_filter());
-        let (held, after) = (self.held.clone(), self.cursor);
+        let after = self.cursor.filter(|_| self.cursor_accounts == accounts);
+        self.cursor_accounts = accounts.clone();
+        let held = self.held.clone();
         self.claim = Some(tokio::spawn(async move {
             let sent = Mono::now();
             let page = queue::claim(&pool, &owner, limit, lease, (run, &accounts), after).await?;
