@@ -56,6 +56,10 @@ pub enum Command {
         /// The application the send belongs to (appId, 4-32 characters)
         #[arg(long, value_name = "ID")]
         app_id: Option<String>,
+        /// The provider account to ask as, from [[accounts]] (its key and secret sign the
+        /// lookup); by default the account of --app-id, or the only account
+        #[arg(long, value_name = "NAME")]
+        account: Option<String>,
         /// Print the provider's JSON answer as received instead of a summary
         #[arg(long)]
         json: bool,
@@ -85,6 +89,9 @@ pub enum Command {
         /// Only this state
         #[arg(long, value_enum)]
         state: Option<State>,
+        /// Only this provider account's submissions (a name from [[accounts]])
+        #[arg(long, value_name = "NAME")]
+        account: Option<String>,
     },
     /// Show every (app, MCC) pair: country, latest rate and outcome, baseline, the rates the
     /// provider accepted at the last 24 ticks as a sparkline (· where it accepted none), and
@@ -93,6 +100,9 @@ pub enum Command {
         /// Only this application
         #[arg(long, value_name = "ID")]
         app_id: Option<String>,
+        /// Only this provider account's pairs (a name from [[accounts]])
+        #[arg(long, value_name = "NAME")]
+        account: Option<String>,
         /// Print a JSON array, one object per pair (`alarm` is true only while firing)
         #[arg(long)]
         json: bool,

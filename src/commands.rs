@@ -10,9 +10,9 @@ use anyhow::Context;
 use comfy_table::{presets, Table};
 
 use crate::cli::{Cli, Command};
-use crate::config::{self, Settings};
+use crate::config::{self, Account, Settings};
 use crate::cycle::{self, Preview, Verdict};
-use crate::domain::{AppId, Mcc};
+use crate::domain::{AccountName, AppId, Mcc};
 use crate::outcomes::{self, HistoryFilter, Trigger};
 use crate::provider::{self, Class, ProviderClient};
 use crate::record::{CallLeg, Record, Settlement, SmsLeg, SnaLeg, Verification};
@@ -100,8 +100,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Record {
             order_id,
             app_id,
+            account,
             json,
-        } => record(&settings, &order_id, app_id.as_deref(), json).await,
+        } => {
+            let account = record_account(&settings, app_id.as_deref(), account.as_deref())?;
+            record(&settings, account, &order_id, app_id.as_deref(), json).await
+        }
         Command::Migrate => migrate(&settings).await,
         Command::Check { offline } => check(&settings, offline).await,
         Command::History {
@@ -109,6 +113,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             app_id,
             mcc,
             state,
+            account,
         } => {
             let filter = HistoryFilter {
                 limit,
@@ -116,10 +121,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 mcc,
                 state,
                 run_id: None,
+                account,
             };
             history(&settings, &filter).await
         }
-        Command::Status { app_id, json } => status(&settings, app_id.as_deref(), json).await,
+        Command::Status {
+            app_id,
+            account,
+            json,
+        } => status(&settings, (app_id.as_deref(), account.as_deref()), json).await,
     }
 }
 
@@ -138,7 +148,7 @@ async fn dry_run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let invalid = plan
         .pairs
         .iter()
-        .any(|(_, verdict)| matches!(verdict, Verdict::Invalid(_)));
+        .any(|(_, verdict, _)| matches!(verdict, Verdict::Invalid(_)));
     Ok(if invalid {
         ExitCode::from(EXIT_FAILED)
     } else {
@@ -152,7 +162,8 @@ fn print_plan(plan: &Preview) -> anyhow::Result<()> {
         plan.window.0.to_rfc3339(),
         plan.window.1.to_rfc3339()
     )?;
-    let mut t = table(&[
+    let named = plan.pairs.iter().any(|(_, _, account)| account.is_some());
+    let mut header = vec![
         "app",
         "mcc",
         "backfilled",
@@ -160,14 +171,18 @@ fn print_plan(plan: &Preview) -> anyhow::Result<()> {
         "rate",
         "callbackTime",
         "action",
-    ]);
-    for (row, verdict) in &plan.pairs {
+    ];
+    if named {
+        header.insert(1, "account");
+    }
+    let mut t = table(&header);
+    for (row, verdict, account) in &plan.pairs {
         let action = match verdict {
             Verdict::Send(_) => "send".to_owned(),
             Verdict::Skip(why) => format!("skip: {}", shown_text(why)),
             Verdict::Invalid(why) => format!("invalid: {}", shown_text(why)),
         };
-        t.add_row(vec![
+        let mut cells = vec![
             shown(&row.app_id),
             shown(&row.mcc),
             shown(&row.backfill_number),
@@ -177,7 +192,11 @@ fn print_plan(plan: &Preview) -> anyhow::Result<()> {
                 .map_or_else(|| "-".to_owned(), |r| r.to_string()),
             plan.callback_time.clone(),
             action,
-        ]);
+        ];
+        if named {
+            cells.insert(1, shown(account));
+        }
+        t.add_row(cells);
     }
     outln!("{t}")
 }
@@ -243,13 +262,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
 
 async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
     outln!("config {}: valid", settings.path.display())?;
-    settings.provider.secret()?;
-    ProviderClient::new(&settings.provider)?;
-    outln!(
-        "provider {} with api key {}: secret set",
-        settings.provider.base_url,
-        shown_text(&settings.provider.api_key)
-    )?;
+    check_accounts(settings)?;
     if offline {
         // What ExecStartPre runs: a bad config never starts, but a database outage cannot stop
         // the start (the daemon waits it out).
@@ -296,6 +309,23 @@ async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Every account's secret is there and its client builds: one line per account.
+fn check_accounts(settings: &Settings) -> anyhow::Result<()> {
+    crate::provider::Clients::new(&settings.provider)?;
+    let base = &settings.provider.base_url;
+    for account in settings.provider.accounts.iter() {
+        let key = shown_text(&account.api_key);
+        match &account.name {
+            None => outln!("provider {base} with api key {key}: secret set")?,
+            Some(name) => outln!(
+                "provider {base} as account {name} with api key {key}: secret set, {}",
+                crate::sender::count(account.apps.len() as u32, "app")
+            )?,
+        }
+    }
+    Ok(())
+}
+
 async fn history(settings: &Settings, filter: &HistoryFilter) -> anyhow::Result<ExitCode> {
     if let Some(app) = &filter.app_id {
         AppId::parse(app).map_err(|e| anyhow::anyhow!("--app-id: {e}"))?;
@@ -303,13 +333,19 @@ async fn history(settings: &Settings, filter: &HistoryFilter) -> anyhow::Result<
     if let Some(mcc) = &filter.mcc {
         Mcc::parse(mcc).map_err(|e| anyhow::anyhow!("--mcc: {e}"))?;
     }
+    if let Some(account) = &filter.account {
+        AccountName::parse(account).map_err(|e| anyhow::anyhow!("--account: {e}"))?;
+    }
     let pool = db::connect(&settings.database).await?;
     print_history(outcomes::history(&pool, filter).await?)?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// The table of `history` and `run --once`; with an account column when any row has an
+/// account (a deployment without `[[accounts]]` has none).
 fn print_history(rows: Vec<outcomes::HistoryRow>) -> anyhow::Result<()> {
-    let mut t = table(&[
+    let named = rows.iter().any(|r| r.account.is_some());
+    let mut header = vec![
         "tick (UTC)",
         "callbackTime sent",
         "app",
@@ -322,9 +358,13 @@ fn print_history(rows: Vec<outcomes::HistoryRow>) -> anyhow::Result<()> {
         "status",
         "http",
         "detail",
-    ]);
+    ];
+    if named {
+        header.insert(2, "account");
+    }
+    let mut t = table(&header);
     for r in rows {
-        t.add_row(vec![
+        let mut cells = vec![
             r.scheduled_for.format("%Y-%m-%d %H:%M:%S").to_string(),
             shown_text(&r.callback_time),
             r.app_id
@@ -340,13 +380,59 @@ fn print_history(rows: Vec<outcomes::HistoryRow>) -> anyhow::Result<()> {
             r.http_status
                 .map_or_else(|| "-".to_owned(), |h| h.to_string()),
             shown(&r.detail),
-        ]);
+        ];
+        if named {
+            cells.insert(2, shown(&r.account));
+        }
+        t.add_row(cells);
     }
     outln!("{t}")
 }
 
+/// The account `record` asks as: `--account`, else the account of `--app-id`, else the only
+/// account. With several and neither flag, the operator must say which: a lookup signed by
+/// the wrong account would only say the order is unknown.
+fn record_account<'a>(
+    settings: &'a Settings,
+    app_id: Option<&str>,
+    account: Option<&str>,
+) -> anyhow::Result<&'a Account> {
+    let accounts = &settings.provider.accounts;
+    if let Some(name) = account {
+        let name = AccountName::parse(name).map_err(|e| anyhow::anyhow!("--account: {e}"))?;
+        return accounts.get(Some(name.as_str())).with_context(|| {
+            format!(
+                "--account {name}: no such account in the config (accounts: {})",
+                accounts.names()
+            )
+        });
+    }
+    if let Some(app) = app_id {
+        AppId::parse(app).map_err(|e| anyhow::anyhow!("--app-id: {e}"))?;
+        if accounts.are_named() {
+            return accounts.of_app(app).with_context(|| {
+                format!(
+                    "--app-id {app} is in no account's apps: say which account to ask as with \
+                     --account NAME ({})",
+                    accounts.names()
+                )
+            });
+        }
+    }
+    let mut all = accounts.iter();
+    match (all.next(), all.next()) {
+        (Some(only), None) => Ok(only),
+        _ => anyhow::bail!(
+            "several provider accounts are configured: say which to ask as with --account NAME \
+             ({}), or give --app-id",
+            accounts.names()
+        ),
+    }
+}
+
 async fn record(
     settings: &Settings,
+    account: &Account,
     order_id: &str,
     app_id: Option<&str>,
     json: bool,
@@ -357,7 +443,7 @@ async fn record(
     if let Some(app) = app_id {
         AppId::parse(app).map_err(|e| anyhow::anyhow!("--app-id: {e}"))?;
     }
-    let client = ProviderClient::new(&settings.provider)?;
+    let client = ProviderClient::new(&settings.provider, account)?;
     let ex = client.lookup_record(order_id, app_id).await;
     if json {
         // As received, before anything can fail on it: the operator debugging a delivery must
@@ -398,13 +484,20 @@ fn for_terminal(body: &str) -> String {
     }
 }
 
-async fn status(settings: &Settings, app_id: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+async fn status(
+    settings: &Settings,
+    (app_id, account): (Option<&str>, Option<&str>),
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
     if let Some(app) = app_id {
         AppId::parse(app).map_err(|e| anyhow::anyhow!("--app-id: {e}"))?;
     }
+    if let Some(account) = account {
+        AccountName::parse(account).map_err(|e| anyhow::anyhow!("--account: {e}"))?;
+    }
     let pool = db::connect(&settings.database).await?;
-    let rows = crate::status::rows(&pool, app_id).await?;
+    let rows = crate::status::rows(&pool, app_id, account).await?;
     if json {
         outln!("{}", crate::status::render_json(&rows))?;
     } else {

@@ -335,6 +335,93 @@ impl Limiter {
     }
 }
 
+/// The limiters of every account of an instance, one each: an account the provider throttles
+/// (it may cap each account on its own) must not hold back another's requests. Shared by the
+/// dispatcher, which asks whether a request may start, and the requests, which report their
+/// answers; keyed by account name, `None` for the unnamed account.
+#[derive(Debug, Default)]
+pub struct Limiters(std::sync::Mutex<std::collections::BTreeMap<Option<String>, Limiter>>);
+
+/// What one answer did to its account's limiter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Answered {
+    pub change: Option<Change>,
+    pub limit: usize,
+    pub baseline: Option<Duration>,
+}
+
+impl Limiters {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<Option<String>, Limiter>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the set match `accounts`: a new account starts with a fresh limiter, a gone one's
+    /// is dropped, and with `anew` (the concurrency settings changed) every limit starts over.
+    pub fn keep(
+        &self,
+        accounts: &[Option<String>],
+        (fixed, ceiling): (Option<usize>, usize),
+        anew: bool,
+        now: Mono,
+    ) {
+        let mut all = self.lock();
+        all.retain(|k, _| !anew && accounts.contains(k));
+        for account in accounts {
+            all.entry(account.clone())
+                .or_insert_with(|| Limiter::new(fixed, ceiling, now));
+        }
+    }
+
+    /// Whether a request of `account` may start now (an account without a limiter: no).
+    pub fn admits(&self, account: &Option<String>, now: Mono) -> bool {
+        self.lock().get(account).is_some_and(|l| l.admits(now))
+    }
+
+    pub fn started(&self, account: &Option<String>) {
+        if let Some(l) = self.lock().get_mut(account) {
+            l.started();
+        }
+    }
+
+    /// A request of `account` came back after `rtt`.
+    pub fn answered(
+        &self,
+        account: &Option<String>,
+        now: Mono,
+        rtt: Duration,
+        signal: Signal,
+    ) -> Option<Answered> {
+        let mut all = self.lock();
+        let l = all.get_mut(account)?;
+        let change = l.answered(now, rtt, signal);
+        Some(Answered {
+            change,
+            limit: l.limit(),
+            baseline: l.baseline(),
+        })
+    }
+
+    /// The earliest time a held account admits requests again.
+    pub fn held_until(&self) -> Option<Mono> {
+        self.lock().values().filter_map(Limiter::held_until).min()
+    }
+
+    /// The limits of every account together: what this instance may have on the wire.
+    pub fn total(&self) -> usize {
+        self.lock().values().map(Limiter::limit).sum()
+    }
+
+    /// Each account's limit and baseline, for the metrics.
+    pub fn each(&self) -> Vec<(Option<String>, usize, Option<Duration>)> {
+        self.lock()
+            .iter()
+            .map(|(k, l)| (k.clone(), l.limit(), l.baseline()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,6 +579,33 @@ mod tests {
         assert!(!l.admits(now));
         l.answered(now, L, Signal::Answered);
         assert!(l.admits(now), "or until one of ours is answered");
+    }
+
+    #[test]
+    fn each_account_has_its_own_limit_and_back_pressure_holds_only_its_own() {
+        let t0 = Mono::now();
+        let limiters = Limiters::default();
+        let (shop, bank) = (Some("shop".to_owned()), Some("bank".to_owned()));
+        limiters.keep(&[shop.clone(), bank.clone()], (None, 64), false, t0);
+        for _ in 0..INITIAL {
+            assert!(limiters.admits(&bank, t0));
+            limiters.started(&bank);
+        }
+        assert!(!limiters.admits(&bank, t0), "bank's limit is full");
+        assert!(limiters.admits(&shop, t0), "shop's is its own");
+        let answer = limiters
+            .answered(&bank, t0, Duration::from_millis(5), Signal::BackPressure)
+            .unwrap();
+        assert!(answer.limit < INITIAL, "{answer:?}");
+        assert!(
+            !limiters.admits(&bank, t0),
+            "bank is held after back pressure"
+        );
+        assert!(limiters.admits(&shop, t0));
+        assert_eq!(limiters.total(), answer.limit + INITIAL);
+        limiters.keep(std::slice::from_ref(&shop), (None, 64), false, t0);
+        assert!(!limiters.admits(&bank, t0), "a gone account sends nothing");
+        assert_eq!(limiters.each().len(), 1);
     }
 
     #[test]

@@ -16,6 +16,10 @@ use serde::Deserialize;
 use crate::domain::AppId;
 use crate::schedule::Schedule;
 
+mod accounts;
+
+pub use accounts::{Account, Accounts};
+
 /// Where the config is read from when neither `--config` nor `BACKFILL_REPORTER_CONFIG` names it.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/backfill-reporter/config.toml";
 
@@ -39,6 +43,7 @@ struct RawConfig {
     alarm: RawAlarm,
     #[serde(default)]
     metrics: RawMetrics,
+    accounts: Option<Vec<accounts::RawAccount>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,10 +117,8 @@ pub struct Settings {
 pub struct ProviderSettings {
     /// Without a trailing slash: endpoint paths are appended to it.
     pub base_url: String,
-    pub api_key: String,
-    /// `None` until one of the four sources provides it; commands that talk to the provider
-    /// ask for it through [`ProviderSettings::secret`], so `history` or `migrate` work without.
-    pub api_secret: Option<SecretString>,
+    /// Who signs: the named `[[accounts]]`, or the one unnamed account of `api_key`.
+    pub accounts: Accounts,
     pub request_timeout: Duration,
     /// How many requests to keep on the wire: found by measuring the provider, or fixed.
     pub concurrency: Concurrency,
@@ -247,16 +250,6 @@ pub struct ScheduleSettings {
     pub timezone: Tz,
 }
 
-impl ProviderSettings {
-    pub fn secret(&self) -> anyhow::Result<&SecretString> {
-        self.api_secret.as_ref().context(
-            "provider.api_secret is not set: set provider.api_secret or provider.api_secret_file, \
-             the BACKFILL_REPORTER_API_SECRET environment variable, or the systemd credential \
-             api_secret",
-        )
-    }
-}
-
 impl DatabaseSettings {
     pub fn url(&self) -> anyhow::Result<&SecretString> {
         self.url
@@ -313,7 +306,9 @@ pub fn from_toml(
     let credential = |name: &str| outside.credential(name);
     Ok(Settings {
         path: path.to_path_buf(),
-        provider: raw.provider.validate(&outside, &mut warnings)?,
+        provider: raw
+            .provider
+            .validate(raw.accounts, &outside, &mut warnings)?,
         database: raw.database.validate(&outside, &mut warnings)?,
         source: raw.source.validate()?,
         schedule: raw.schedule.validate()?,
@@ -364,6 +359,7 @@ impl Outside<'_> {
 impl RawProvider {
     fn validate(
         self,
+        accounts: Option<Vec<accounts::RawAccount>>,
         outside: &Outside,
         warnings: &mut Vec<String>,
     ) -> anyhow::Result<ProviderSettings> {
@@ -372,20 +368,12 @@ impl RawProvider {
             .as_deref()
             .unwrap_or("https://api.itniotech.com/otp");
         let base_url = validate_base_url(base_url).context("provider.base_url")?;
-        let api_key = outside
-            .var("BACKFILL_REPORTER_API_KEY")
-            .or(self.api_key)
-            .context("provider.api_key is not set (or BACKFILL_REPORTER_API_KEY)")?;
-        if api_key.trim().is_empty() || api_key.chars().any(|c| c.is_control()) {
-            bail!("provider.api_key is empty or has control characters");
-        }
-        if api_key.trim().eq_ignore_ascii_case(API_KEY_PLACEHOLDER) {
-            bail!(
-                "provider.api_key is still the example's placeholder {API_KEY_PLACEHOLDER:?}: put \
-                 your account's API key there (or in BACKFILL_REPORTER_API_KEY)"
-            );
-        }
-        let api_secret = Self::secret(self.api_secret, self.api_secret_file, outside, warnings)?;
+        let keys = accounts::ProviderKeys {
+            api_key: self.api_key,
+            api_secret: self.api_secret,
+            api_secret_file: self.api_secret_file,
+        };
+        let accounts = accounts::accounts(keys, accounts, outside, warnings)?;
         let max_in_flight = bounded(
             "provider.max_in_flight",
             self.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
@@ -394,8 +382,7 @@ impl RawProvider {
         let concurrency = Concurrency::from_raw(self.concurrency, max_in_flight)?;
         Ok(ProviderSettings {
             base_url,
-            api_key,
-            api_secret,
+            accounts,
             request_timeout: bounded_duration(
                 "provider.request_timeout",
                 duration(self.request_timeout, "10s", "provider.request_timeout")?,
@@ -417,35 +404,6 @@ impl RawProvider {
                 })
                 .transpose()?,
         })
-    }
-
-    /// The API secret, by precedence: environment, credential, file, inline.
-    fn secret(
-        inline: Option<SecretString>,
-        file: Option<PathBuf>,
-        outside: &Outside,
-        warnings: &mut Vec<String>,
-    ) -> anyhow::Result<Option<SecretString>> {
-        if inline.is_some() && file.is_some() {
-            bail!("provider.api_secret and provider.api_secret_file are both set: keep one");
-        }
-        let secret = if let Some(secret) = outside.var("BACKFILL_REPORTER_API_SECRET") {
-            Some(SecretString::from(secret))
-        } else if let Some(path) = outside.credential("api_secret") {
-            Some(read_secret_file(&path).context("systemd credential api_secret")?)
-        } else if let Some(file) = &file {
-            warnings.extend(secret_file_warning(file));
-            Some(read_secret_file(file).context("provider.api_secret_file")?)
-        } else {
-            inline
-        };
-        if let Some(secret) = &secret {
-            let s = secret.expose_secret();
-            if s.is_empty() || s.chars().any(|c| c.is_control()) {
-                bail!("provider.api_secret is empty or has control characters");
-            }
-        }
-        Ok(secret)
     }
 }
 
@@ -512,13 +470,7 @@ impl RawSource {
                 bail!("source.query must use $1 (window start) and $2 (window end)");
             }
         }
-        let apps = self
-            .apps
-            .unwrap_or_default()
-            .iter()
-            .map(|a| AppId::parse(a))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow::anyhow!("source.apps: {e}"))?;
+        let apps = app_ids(self.apps).map_err(|e| anyhow::anyhow!("source.apps: {e}"))?;
         Ok(SourceSettings {
             keep: source_keep(self.keep, window)?,
             incremental: match self.sums.as_deref() {
@@ -547,6 +499,14 @@ fn source_keep(raw: Option<String>, window: Duration) -> anyhow::Result<Duration
         Some(text) => duration(Some(text), "", "source.keep")?,
     };
     bounded_duration("source.keep", keep, (window + hour, KEEP.1))
+}
+
+/// A list of appIds as written (absent: none), each validated.
+fn app_ids(raw: Option<Vec<String>>) -> Result<Vec<AppId>, String> {
+    raw.unwrap_or_default()
+        .iter()
+        .map(|a| AppId::parse(a))
+        .collect()
 }
 
 impl RawSchedule {
@@ -961,17 +921,17 @@ fn exposure(path: &Path) -> Option<Exposure> {
 /// The shipped unit runs as a DynamicUser, a UID that owns nothing: it can read a root-owned
 /// file only when others may read it, so a readable secret file is the unit working, not a
 /// mode to tighten. The advice is to hand the secret over as a credential, which only the
-/// service can read.
-fn secret_file_warning(path: &Path) -> Vec<String> {
+/// service can read: `key` is the config key that names the file, `credential` the name the
+/// daemon reads the credential by (`api_secret`, or `api_secret_<name>` for an account).
+fn secret_file_warning(key: &str, credential: &str, path: &Path) -> Vec<String> {
     let Some(e) = exposure(path) else {
         return Vec::new();
     };
     let mut warnings = Vec::new();
     if let Some(who) = e.readable_by {
         warnings.push(format!(
-            "provider.api_secret_file {} is readable by {who} (mode {:04o}): hand the secret \
-             over as a systemd credential instead (LoadCredential=api_secret:{} in the unit, \
-             as shipped) and remove provider.api_secret_file",
+            "{key} {} is readable by {who} (mode {:04o}): hand the secret over as a systemd \
+             credential instead (LoadCredential={credential}:{} in the unit) and remove {key}",
             path.display(),
             e.mode,
             path.display()
@@ -979,13 +939,48 @@ fn secret_file_warning(path: &Path) -> Vec<String> {
     }
     if let Some(who) = e.writable_by {
         warnings.push(format!(
-            "provider.api_secret_file {} is writable by {who} (mode {:04o}): whoever can write \
+            "{key} {} is writable by {who} (mode {:04o}): whoever can write \
              it can replace the secret; make it writable by its owner only (chmod go-w)",
             path.display(),
             e.mode
         ));
     }
     warnings
+}
+
+/// The secrets written in the config file itself, in words for the warning.
+fn secrets_in(raw: &RawConfig) -> Vec<&'static str> {
+    let mut secrets = Vec::new();
+    if raw.provider.api_secret.is_some() {
+        secrets.push("the API secret (provider.api_secret)");
+    }
+    if raw
+        .accounts
+        .iter()
+        .flatten()
+        .any(accounts::RawAccount::has_inline_secret)
+    {
+        secrets.push("an account's API secret (api_secret in [[accounts]])");
+    }
+    let has_password = |url: &Option<SecretString>| {
+        url.as_ref()
+            .and_then(|u| reqwest::Url::parse(u.expose_secret()).ok())
+            .is_some_and(|u| {
+                u.password().is_some()
+                    || u.query_pairs()
+                        .any(|(k, v)| k == "password" && !v.is_empty())
+            })
+    };
+    if has_password(&raw.database.url) {
+        secrets.push("a database password (database.url)");
+    }
+    if has_password(&raw.database.direct_url) {
+        secrets.push("a database password (database.direct_url)");
+    }
+    if raw.alarm.webhook_url.is_some() {
+        secrets.push("a webhook URL (alarm.webhook_url)");
+    }
+    secrets
 }
 
 /// Warnings about who may read or write the config file: a secret in it that group or others
@@ -1011,28 +1006,7 @@ fn permission_warning(path: &Path, text: &str) -> Vec<String> {
     let Ok(raw) = toml::from_str::<RawConfig>(text) else {
         return warnings;
     };
-    let mut secrets = Vec::new();
-    if raw.provider.api_secret.is_some() {
-        secrets.push("the API secret (provider.api_secret)");
-    }
-    let has_password = |url: &Option<SecretString>| {
-        url.as_ref()
-            .and_then(|u| reqwest::Url::parse(u.expose_secret()).ok())
-            .is_some_and(|u| {
-                u.password().is_some()
-                    || u.query_pairs()
-                        .any(|(k, v)| k == "password" && !v.is_empty())
-            })
-    };
-    if has_password(&raw.database.url) {
-        secrets.push("a database password (database.url)");
-    }
-    if has_password(&raw.database.direct_url) {
-        secrets.push("a database password (database.direct_url)");
-    }
-    if raw.alarm.webhook_url.is_some() {
-        secrets.push("a webhook URL (alarm.webhook_url)");
-    }
+    let secrets = secrets_in(&raw);
     if !secrets.is_empty() {
         warnings.push(format!(
             "config file {} holds {} and is readable by {who} (mode {:04o}): the shipped \
@@ -1177,7 +1151,10 @@ mod tests {
             &env,
         )
         .unwrap();
-        assert_eq!(example.provider.api_key, "acctKey1");
+        assert_eq!(
+            example.provider.accounts.get(None).unwrap().api_key,
+            "acctKey1"
+        );
         let defaults = parse(MINIMAL).unwrap();
         assert_eq!(
             example.provider.request_timeout,
@@ -1232,7 +1209,16 @@ mod tests {
             let text = format!("[provider]\napi_key = {placeholder:?}\napi_secret = \"x\"\n");
             assert!(parse(&text).is_err(), "{placeholder:?}");
         }
-        assert_eq!(parse(MINIMAL).unwrap().provider.api_key, "bDqJFiq9");
+        assert_eq!(
+            parse(MINIMAL)
+                .unwrap()
+                .provider
+                .accounts
+                .get(None)
+                .unwrap()
+                .api_key,
+            "bDqJFiq9"
+        );
     }
 
     #[test]
@@ -1395,6 +1381,12 @@ mod tests {
         assert_eq!(s.provider.base_url, "https://example.test/otp");
     }
 
+    /// The secret of the one unnamed account.
+    fn secret_of(s: &Settings) -> &str {
+        let account = s.provider.accounts.get(None).unwrap();
+        account.secret().unwrap().expose_secret()
+    }
+
     #[test]
     fn environment_overrides_the_file() {
         let env = |name: &str| match name {
@@ -1404,8 +1396,8 @@ mod tests {
             _ => None,
         };
         let s = from_toml(MINIMAL, Path::new("t.toml"), &env).unwrap();
-        assert_eq!(s.provider.api_key, "envkey12");
-        assert_eq!(s.provider.secret().unwrap().expose_secret(), "envsecret");
+        assert_eq!(s.provider.accounts.get(None).unwrap().api_key, "envkey12");
+        assert_eq!(secret_of(&s), "envsecret");
         assert_eq!(
             s.database.url().unwrap().expose_secret(),
             "postgres://u:pw@db/x"
@@ -1423,12 +1415,12 @@ mod tests {
             file.display()
         );
         let s = parse(&text).unwrap();
-        assert_eq!(s.provider.secret().unwrap().expose_secret(), "fromfile");
+        assert_eq!(secret_of(&s), "fromfile");
         let cred = dir.path().to_str().unwrap().to_owned();
         let env = move |n: &str| (n == "CREDENTIALS_DIRECTORY").then(|| cred.clone());
         std::fs::write(dir.path().join("database_url"), "postgres://u:pw@db/cred\n").unwrap();
         let s = from_toml(&text, Path::new("t.toml"), &env).unwrap();
-        assert_eq!(s.provider.secret().unwrap().expose_secret(), "fromcred");
+        assert_eq!(secret_of(&s), "fromcred");
         assert_eq!(
             s.database.url().unwrap().expose_secret(),
             "postgres://u:pw@db/cred"
@@ -1445,10 +1437,13 @@ mod tests {
             )
         };
         let exact = file_with_mode(dir.path(), "exact", &"s".repeat(4096), 0o600);
-        let secret = parse(&with_file(&exact))
-            .unwrap()
+        let settings = parse(&with_file(&exact)).unwrap();
+        let secret = settings
             .provider
-            .api_secret
+            .accounts
+            .get(None)
+            .unwrap()
+            .secret()
             .unwrap();
         assert_eq!(secret.expose_secret().len(), 4096);
         let large = file_with_mode(dir.path(), "large", &"s".repeat(64 * 1024), 0o600);

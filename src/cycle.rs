@@ -12,11 +12,11 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{Accounts, Settings};
 use crate::domain::{AppId, Mcc};
 use crate::excerpt;
 use crate::outcomes::{self, Claim, RunSummary, State, Trigger};
-use crate::provider::{BackfillRequest, ProviderClient};
+use crate::provider::{BackfillRequest, Clients};
 use crate::queue::{self, NewSubmission, TickRows};
 use crate::rate::{Rate, RateError};
 use crate::sender::{self, Scope};
@@ -32,17 +32,18 @@ pub const BATCH: usize = 1000;
 pub struct Context {
     /// The database's pool, behind the handle every statement goes through.
     pub pool: Db,
-    pub client: ProviderClient,
+    /// One signing client per account.
+    pub clients: Clients,
     pub settings: Arc<Settings>,
     /// `host:pid`, stored with each run so that operators running several instances can tell.
     pub instance: String,
 }
 
 impl Context {
-    /// The one way to build a context: the provider client from the settings, over `pool`.
+    /// The one way to build a context: the provider clients from the settings, over `pool`.
     pub fn new(settings: Settings, pool: impl Into<Db>, instance: String) -> anyhow::Result<Self> {
         Ok(Self {
-            client: ProviderClient::new(&settings.provider)?,
+            clients: Clients::new(&settings.provider)?,
             pool: pool.into(),
             settings: Arc::new(settings),
             instance,
@@ -142,6 +143,30 @@ fn judged(row: &SourceRow, min_cardinal: u64, callback_time: &str) -> Result<Ver
     )
 }
 
+/// The account that signs a judged row, by its app. An app that no account lists cannot be
+/// sent whatever its counts: it is recorded invalid with the reason, so that `history` shows
+/// it (the config, not the data, must change).
+pub fn assign_account(
+    accounts: &Accounts,
+    row: &SourceRow,
+    verdict: Verdict,
+) -> (Verdict, Option<String>) {
+    let account = row.app_id.as_deref().and_then(|a| accounts.of_app(a));
+    match (account, verdict) {
+        (Some(a), verdict) => (verdict, a.name_str().map(str::to_owned)),
+        (None, Verdict::Invalid(why)) => (Verdict::Invalid(why), None),
+        (None, _) => (
+            Verdict::Invalid(format!(
+                "app {} is in no provider account: add it to the apps of one [[accounts]] \
+                 entry ({})",
+                excerpt::opt(row.app_id.as_deref()),
+                accounts.names()
+            )),
+            None,
+        ),
+    }
+}
+
 /// A count as stored with an invalid row: kept when PostgreSQL's numeric takes it and it is
 /// of a sane length, else NULL (the reason quotes it).
 fn stored_count(v: Option<String>) -> Option<String> {
@@ -150,7 +175,7 @@ fn stored_count(v: Option<String>) -> Option<String> {
 
 /// The row to store for a judged pair. What came from the source is stored bounded
 /// ([`excerpt::stored`]): a column of any size cannot break the insert or the index.
-fn new_submission(row: SourceRow, verdict: Verdict) -> NewSubmission {
+fn new_submission(row: SourceRow, verdict: Verdict, account: Option<String>) -> NewSubmission {
     let rate = verdict.rate();
     let (state, reason) = match verdict {
         Verdict::Send(_) => (State::Pending, None),
@@ -165,6 +190,7 @@ fn new_submission(row: SourceRow, verdict: Verdict) -> NewSubmission {
         rate,
         state,
         reason,
+        account,
     }
 }
 
@@ -187,6 +213,9 @@ pub struct Planned {
     pub first_invalid: Option<String>,
     /// Older pending rows of these pairs that this tick replaced.
     pub superseded: u64,
+    /// Rows decided without a request (skipped, invalid, superseded), by account and state:
+    /// what the metrics count once the tick is committed.
+    pub decided: std::collections::BTreeMap<(Option<String>, &'static str), u64>,
     /// Time spent reading the source (its query, fetched through the cursor), and planning
     /// the whole tick (claim to commit): the source's share of a tick, for operators sizing it.
     pub read: Duration,
@@ -242,7 +271,11 @@ pub async fn plan(
     };
     let mut planned = queue_window(&mut tx, settings, rows).await?;
     planned.claimed_at = at;
-    planned.superseded = queue::supersede_older(&mut tx, tick).await?;
+    for (account, n) in queue::supersede_older(&mut tx, tick).await? {
+        let n = u64::try_from(n).unwrap_or(0);
+        planned.superseded += n;
+        *planned.decided.entry((account, "superseded")).or_default() += n;
+    }
     let evaluation = alarm::judge_in(&mut tx, settings, run_id).await;
     queue::notify(&mut tx).await?;
     tx.commit().await.context("committing the claim")?;
@@ -256,12 +289,13 @@ pub async fn plan(
 }
 
 /// The rows of a batch that the allow-list lets through (a null app_id is judged invalid, not
-/// dropped), each with its verdict: the one step that planning and a dry run share.
+/// dropped), each with its verdict and the account that signs it: the one step that planning
+/// and a dry run share.
 fn judge_batch<'a>(
     settings: &'a Settings,
     callback_time: &'a str,
     batch: Vec<SourceRow>,
-) -> impl Iterator<Item = (SourceRow, Verdict)> + 'a {
+) -> impl Iterator<Item = (SourceRow, Verdict, Option<String>)> + 'a {
     batch
         .into_iter()
         .filter(|r| {
@@ -271,7 +305,8 @@ fn judge_batch<'a>(
         })
         .map(|row| {
             let verdict = judge(&row, settings.source.min_cardinal, callback_time);
-            (row, verdict)
+            let (verdict, account) = assign_account(&settings.provider.accounts, &row, verdict);
+            (row, verdict, account)
         })
 }
 
@@ -312,7 +347,7 @@ async fn queue_window(
             return Ok(planned);
         }
         let judged: Vec<NewSubmission> = judge_batch(settings, rows.callback_time, batch)
-            .map(|(row, verdict)| new_submission(row, verdict))
+            .map(|(row, verdict, account)| new_submission(row, verdict, account))
             .collect();
         let enqueued = queue::enqueue(tx, rows, &judged).await?;
         planned.pairs += judged.len() as u64;
@@ -322,8 +357,10 @@ async fn queue_window(
             match row.state {
                 State::Skipped => planned.skipped += 1,
                 State::Invalid => planned.note_invalid(row),
-                _ => {}
+                _ => continue,
             }
+            let key = (row.account.clone(), row.state.as_str());
+            *planned.decided.entry(key).or_default() += 1;
         }
     }
 }
@@ -344,11 +381,9 @@ impl Planned {
     /// Counts the rows decided at planning in the metrics, and logs the claim: one line for
     /// the tick, one for its invalid rows whatever their number.
     fn report(&self, tick: DateTime<Utc>) {
-        metrics::record_states(
-            std::iter::repeat_n("skipped", self.skipped as usize)
-                .chain(std::iter::repeat_n("invalid", self.invalid as usize))
-                .chain(std::iter::repeat_n("superseded", self.superseded as usize)),
-        );
+        for ((account, state), n) in &self.decided {
+            metrics::record_decided(account.as_deref(), state, *n);
+        }
         if self.duplicates > 0 {
             tracing::warn!(
                 duplicates = self.duplicates,
@@ -390,7 +425,8 @@ impl Planned {
 pub struct Preview {
     pub window: (DateTime<Utc>, DateTime<Utc>),
     pub callback_time: String,
-    pub pairs: Vec<(SourceRow, Verdict)>,
+    /// Each pair with its verdict and the account that would sign it.
+    pub pairs: Vec<(SourceRow, Verdict, Option<String>)>,
 }
 
 /// Reads the window as [`plan`] would and judges it, inside a transaction that is rolled back.
@@ -410,9 +446,9 @@ pub async fn preview(
         if batch.is_empty() {
             break;
         }
-        for (row, verdict) in judge_batch(settings, &callback_time, batch) {
+        for (row, verdict, account) in judge_batch(settings, &callback_time, batch) {
             if seen.insert((row.app_id.clone(), row.mcc.clone())) {
-                pairs.push((row, verdict));
+                pairs.push((row, verdict, account));
             }
         }
     }

@@ -233,6 +233,7 @@ impl Daemon {
         let latest = schedule.cron.latest_at_or_before(now, schedule.timezone);
         self.due = self.due.take().filter(|d| Some(d.tick) == latest);
         self.planned = schedule.next_tick(now);
+        self.record_interval();
         if let Some(tick) = started.catch_up {
             if self.due.as_ref().is_none_or(|d| d.tick < tick) {
                 self.due = Some(Due::new(tick));
@@ -285,6 +286,7 @@ impl Daemon {
                 }
                 self.due = Some(Due::new(tick));
                 self.planned = self.ctx.settings.schedule.next_tick(now.max(tick));
+                self.record_interval();
                 tracing::debug!(next = %self.local(self.planned), "next tick armed");
             }
         }
@@ -389,6 +391,7 @@ impl Daemon {
                 let _ = self.ctx_tx.send(self.ctx.clone());
                 if schedule_changed {
                     self.planned = self.ctx.settings.schedule.next_tick(self.clock.now());
+                    self.record_interval();
                 }
                 tracing::info!(
                     "config reloaded: schedule {:?} in {}, next tick {}",
@@ -421,6 +424,21 @@ impl Daemon {
         }
         alarm::wait_for_notifications(WEBHOOK_LIMIT).await;
         tracing::info!("stopped");
+    }
+
+    /// The interval of the schedule that holds now, from its latest tick to the next: what the
+    /// alert on cycles that stop succeeding measures "two intervals" by.
+    fn record_interval(&self) {
+        let schedule = &self.ctx.settings.schedule;
+        let now = self.clock.now();
+        let from = schedule
+            .cron
+            .latest_at_or_before(now, schedule.timezone)
+            .unwrap_or(now);
+        let interval = (schedule.next_tick(from) - from)
+            .to_std()
+            .unwrap_or_default();
+        metrics::record_schedule_interval(interval);
     }
 
     fn local(&self, t: DateTime<Utc>) -> String {

@@ -89,6 +89,44 @@ impl fmt::Display for Mcc {
     }
 }
 
+/// The name of a provider account in `[[accounts]]`: 1 to 32 ASCII letters, digits, `_` or `-`,
+/// starting with a letter. It is stored with each submission, labels metrics, and names the
+/// account's secret in the environment (`BACKFILL_REPORTER_API_SECRET_<NAME>`) and among
+/// systemd credentials (`api_secret_<name>`), so it must be safe in all of those places.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountName(String);
+
+impl AccountName {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut chars = raw.chars();
+        let first_is_letter = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
+        let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !(1..=32).contains(&raw.len()) || !first_is_letter || !rest_ok {
+            return Err(format!(
+                "account name {} must be 1 to 32 ASCII letters, digits, '_' or '-', starting with a letter",
+                crate::excerpt::quoted(raw)
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as the end of an environment variable: upper case, `-` as `_`. Two names that
+    /// differ only there (`eu-shop`, `EU_SHOP`) would share a variable, so config refuses them.
+    pub fn env_suffix(&self) -> String {
+        self.0.to_ascii_uppercase().replace('-', "_")
+    }
+}
+
+impl fmt::Display for AccountName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +143,28 @@ mod tests {
         assert!(
             AppId::parse("ab\u{202e}cd").is_err(),
             "a right-to-left override"
+        );
+    }
+
+    #[test]
+    fn an_account_name_is_a_safe_word_for_the_environment_and_credentials() {
+        for ok in ["shop", "EU-shop_2", &"a".repeat(32)] {
+            assert!(AccountName::parse(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "2shop",
+            "-shop",
+            "shop/eu",
+            "shop eu",
+            "shöp",
+            &"a".repeat(33),
+        ] {
+            assert!(AccountName::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!(
+            AccountName::parse("eu-shop").unwrap().env_suffix(),
+            "EU_SHOP"
         );
     }
 

@@ -16,7 +16,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -61,6 +61,29 @@ struct TriggerLabels {
 struct SubmissionLabels {
     state: &'static str,
     provider_status: &'static str,
+    #[prometheus(flatten)]
+    account: AccountLabel,
+}
+
+/// The `account` label: the account's name, and no label at all for the unnamed account of
+/// `[provider] api_key`, so that a deployment without `[[accounts]]` exports the very series
+/// it always has.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, Default)]
+struct AccountLabel(Option<String>);
+
+impl AccountLabel {
+    fn of(account: Option<&str>) -> Self {
+        Self(account.map(str::to_owned))
+    }
+}
+
+impl EncodeLabelSet for AccountLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(name) => [("account", name.as_str())].encode(encoder),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,9 +106,12 @@ struct Metrics {
     last_success: Gauge<f64, AtomicU64>,
     pending: Gauge,
     alarms_firing: Gauge,
-    concurrency_limit: Gauge,
-    rtt_baseline: Gauge<f64, AtomicU64>,
+    concurrency_limit: Family<AccountLabel, Gauge>,
+    rtt_baseline: Family<AccountLabel, Gauge<f64, AtomicU64>>,
+    breaker_open: Family<AccountLabel, Gauge>,
     tick_projection: Gauge<f64, AtomicU64>,
+    schedule_interval: Gauge<f64, AtomicU64>,
+    start_time: Gauge<f64, AtomicU64>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -109,7 +135,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let submissions = Family::<SubmissionLabels, Counter>::default();
     registry.register(
         "submissions",
-        "Submissions by final state and the provider's status (none: no provider answer)",
+        "Submissions by final state, the provider's status (none: no provider answer) and account",
         submissions.clone(),
     );
     let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
@@ -140,23 +166,41 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Pairs (app, MCC) whose route-health alarm is firing, counted at scrape time",
         alarms_firing.clone(),
     );
-    let concurrency_limit = Gauge::default();
+    let concurrency_limit = Family::<AccountLabel, Gauge>::default();
     registry.register(
         "concurrency_limit",
-        "Requests this instance may have on the wire to the provider now (adaptive, at most provider.max_in_flight)",
+        "Requests this instance may have on the wire to the provider now, per account (adaptive, at most provider.max_in_flight)",
         concurrency_limit.clone(),
     );
-    let rtt_baseline = Gauge::<f64, AtomicU64>::default();
+    let rtt_baseline = Family::<AccountLabel, Gauge<f64, AtomicU64>>::default();
     registry.register(
         "provider_rtt_baseline_seconds",
-        "The provider's round trip when nothing queues, as the adaptive limit measures it (0: not measured yet)",
+        "The provider's round trip when nothing queues, as each account's adaptive limit measures it (0: not measured yet)",
         rtt_baseline.clone(),
+    );
+    let breaker_open = Family::<AccountLabel, Gauge>::default();
+    registry.register(
+        "breaker_open",
+        "1 while this instance's circuit breaker for the account is open (sending paused, the provider probed), else 0",
+        breaker_open.clone(),
     );
     let tick_projection = Gauge::<f64, AtomicU64>::default();
     registry.register(
         "tick_projected_overrun_seconds",
         "How long after the next tick the current tick's pending rows will be done at the pace so far (0: it fits)",
         tick_projection.clone(),
+    );
+    let schedule_interval = Gauge::<f64, AtomicU64>::default();
+    registry.register(
+        "schedule_interval_seconds",
+        "The schedule's current interval: from the latest tick to the next (0: not armed yet)",
+        schedule_interval.clone(),
+    );
+    let start_time = Gauge::<f64, AtomicU64>::default();
+    registry.register(
+        "start_time_seconds",
+        "Unix time at which this daemon started",
+        start_time.clone(),
     );
     registry.register(
         "build",
@@ -176,17 +220,52 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         alarms_firing,
         concurrency_limit,
         rtt_baseline,
+        breaker_open,
         tick_projection,
+        schedule_interval,
+        start_time,
     }
 });
 
-/// The adaptive concurrency limit and the provider's RTT baseline, as they are now.
-pub fn record_concurrency(limit: usize, baseline: Option<Duration>) {
+/// An account's adaptive concurrency limit and the provider's RTT baseline, as they are now.
+pub fn record_concurrency(account: Option<&str>, limit: usize, baseline: Option<Duration>) {
     let m = &*METRICS;
+    let label = AccountLabel::of(account);
     m.concurrency_limit
+        .get_or_create(&label)
         .set(i64::try_from(limit).unwrap_or(i64::MAX));
     m.rtt_baseline
+        .get_or_create(&label)
         .set(baseline.map_or(0.0, |b| b.as_secs_f64()));
+}
+
+/// Creates, at zero, the series an account's alerts read: a counter that first appears at 1
+/// has no increase for Prometheus, so the first failure of a process would go unseen.
+pub fn declare_account(account: Option<&str>) {
+    let statuses = ["none", "-1", "-2", "-16", "-18", "-22", "other"];
+    for (state, provider_status) in std::iter::once(("succeeded", "0"))
+        .chain(statuses.into_iter().map(|status| ("failed", status)))
+    {
+        let _ = METRICS.submissions.get_or_create(&SubmissionLabels {
+            state,
+            provider_status,
+            account: AccountLabel::of(account),
+        });
+    }
+    record_breaker(account, false);
+}
+
+/// Whether this instance's breaker for the account is open.
+pub fn record_breaker(account: Option<&str>, open: bool) {
+    METRICS
+        .breaker_open
+        .get_or_create(&AccountLabel::of(account))
+        .set(i64::from(open));
+}
+
+/// The schedule's current interval, for the alert on cycles that stopped succeeding.
+pub fn record_schedule_interval(interval: Duration) {
+    METRICS.schedule_interval.set(interval.as_secs_f64());
 }
 
 /// How long after the next tick the current one is projected to end (zero when it fits).
@@ -275,9 +354,20 @@ pub fn record_claim(result: Result<bool, &anyhow::Error>) {
     }
 }
 
-/// Counts a submission's final state. A pair left pending (shutdown came first) is counted when
-/// it is finished later; skipped and invalid pairs, decided before any request, have no status.
-pub fn record_outcome(state: &str, provider_status: Option<&str>) {
+/// Counts a submission's final state, by the account it was planned for. A pair left pending
+/// (shutdown came first) is counted when it is finished later; skipped and invalid pairs,
+/// decided before any request, have no status.
+pub fn record_outcome(state: &str, provider_status: Option<&str>, account: Option<&str>) {
+    count_outcomes(state, provider_status, account, 1);
+}
+
+/// [`record_outcome`] for `n` rows decided without a provider answer (skipped, invalid,
+/// superseded, or failed without a request).
+pub fn record_decided(account: Option<&str>, state: &str, n: u64) {
+    count_outcomes(state, None, account, n);
+}
+
+fn count_outcomes(state: &str, provider_status: Option<&str>, account: Option<&str>, n: u64) {
     let Some(state) = final_state(state) else {
         return;
     };
@@ -286,14 +376,9 @@ pub fn record_outcome(state: &str, provider_status: Option<&str>) {
         .get_or_create(&SubmissionLabels {
             state,
             provider_status: status_label(provider_status),
+            account: AccountLabel::of(account),
         })
-        .inc();
-}
-
-/// [`record_outcome`] for the states decided when a run's rows are written (skipped and
-/// invalid; pending rows are counted when they finish).
-pub fn record_states<'a>(states: impl IntoIterator<Item = &'a str>) {
-    states.into_iter().for_each(|s| record_outcome(s, None));
+        .inc_by(n);
 }
 
 fn final_state(state: &str) -> Option<&'static str> {
@@ -417,6 +502,7 @@ pub async fn serve(settings: &MetricsSettings, pool: Db) -> anyhow::Result<Optio
         .route("/metrics", get(scrape))
         .route("/healthz", get(healthz))
         .with_state(pool);
+    METRICS.start_time.set(unix_now());
     let task = tokio::spawn(accept_connections(listener, app));
     tracing::info!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
     if !addr.ip().is_loopback() {

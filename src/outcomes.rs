@@ -344,6 +344,8 @@ pub struct HistoryFilter {
     pub state: Option<State>,
     /// Only this run's submissions, failed and invalid ones first (for `run --once`).
     pub run_id: Option<i64>,
+    /// Only this account's submissions.
+    pub account: Option<String>,
 }
 
 /// One line of `history`.
@@ -352,6 +354,8 @@ pub struct HistoryRow {
     pub scheduled_for: DateTime<Utc>,
     /// The `callbackTime` sent (or to be sent), in the schedule's zone, exactly as sent.
     pub callback_time: String,
+    /// The account that signs it; `None` for the unnamed account (or an app in none).
+    pub account: Option<String>,
     /// NULL for a source row that had none (recorded as invalid).
     pub app_id: Option<String>,
     pub mcc: Option<String>,
@@ -370,10 +374,11 @@ pub async fn history(pool: &Db, filter: &HistoryFilter) -> anyhow::Result<Vec<Hi
     let rows = sqlx::query(
         "SELECT scheduled_for, app_id, mcc, backfill_number::text, cardinal_number::text, \
              (rate * 100)::int, state, attempts, provider_status, http_status, \
-             COALESCE(reason, provider_reason, error), callback_time \
+             COALESCE(reason, provider_reason, error), callback_time, account \
          FROM report_submissions \
          WHERE ($1::text IS NULL OR app_id = $1) AND ($2::text IS NULL OR mcc = $2) \
            AND ($3::text IS NULL OR state = $3) AND ($5::bigint IS NULL OR run_id = $5) \
+           AND ($6::text IS NULL OR account = $6) \
          ORDER BY ($5::bigint IS NOT NULL AND state IN ('failed', 'invalid')) DESC, \
              scheduled_for DESC, id DESC LIMIT $4",
     )
@@ -382,6 +387,7 @@ pub async fn history(pool: &Db, filter: &HistoryFilter) -> anyhow::Result<Vec<Hi
     .bind(filter.state.map(State::as_str))
     .bind(filter.limit)
     .bind(filter.run_id)
+    .bind(&filter.account)
     .fetch_all(pool)
     .await
     .context("reading report_submissions")?;
@@ -400,6 +406,7 @@ pub async fn history(pool: &Db, filter: &HistoryFilter) -> anyhow::Result<Vec<Hi
             http_status: r.get(9),
             detail: r.get(10),
             callback_time: r.get(11),
+            account: r.get(12),
         })
         .collect())
 }

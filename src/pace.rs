@@ -4,14 +4,14 @@
 //! what would help, and the projection is a metric. The arithmetic is pure; the watch reads
 //! the queue and the adaptive limit, and decides nothing about sending.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::db::Db;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::concurrency::Limiter;
+use crate::concurrency::Limiters;
 use crate::cycle::Context;
 use crate::metrics;
 
@@ -86,7 +86,7 @@ async fn latest(pool: &Db) -> anyhow::Result<Option<OpenTick>> {
 /// Watches the latest scheduled tick's pace until `stop`; warns once per tick that does not fit.
 pub async fn watch(
     ctx: tokio::sync::watch::Receiver<Context>,
-    limiter: Arc<Mutex<Limiter>>,
+    limiters: Arc<Limiters>,
     stop: CancellationToken,
 ) {
     let mut last: Option<(i64, DateTime<Utc>, i64)> = None;
@@ -137,7 +137,7 @@ pub async fn watch(
             continue;
         }
         warned = Some(run);
-        let limit = limiter.lock().unwrap_or_else(|e| e.into_inner()).limit();
+        let limit = limiters.total();
         warn_overrun(run, tick, &p, limit, ctx.settings.provider.max_in_flight);
     }
 }

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ProviderSettings;
+use crate::config::{Account, ProviderSettings};
 use crate::domain::{drives_a_terminal, AppId, Mcc};
 use crate::rate::{Rate, RateError};
 use crate::record::{Lenient, Record};
@@ -109,6 +109,18 @@ impl Rejection {
     /// Whether the rejection is about the account or host rather than the one request.
     pub fn stops_the_cycle(self) -> bool {
         matches!(self, Self::Authentication | Self::IpRestricted)
+    }
+
+    /// [`Rejection::advice`] for the account the request was signed with: a named account's
+    /// key and secret are in its `[[accounts]]` entry, not in `provider.api_key`.
+    pub fn advice_for(self, account: Option<&str>) -> String {
+        match (self, account) {
+            (Self::Authentication, Some(name)) => format!(
+                "check the api_key and the API secret of account {name} (and that the account \
+                 is active)"
+            ),
+            _ => self.advice().to_owned(),
+        }
     }
 
     /// What the operator should change, in one line.
@@ -212,7 +224,8 @@ const MAX_STATUS_CHARS: usize = 32;
 /// The most characters kept of an error text, which may quote provider data.
 const MAX_ERROR_CHARS: usize = 1000;
 
-/// A signing HTTP client for both calls, over one pooled keep-alive connection set.
+/// A signing HTTP client for both calls, for one account, over a pooled keep-alive connection
+/// set that the clients of every account share.
 #[derive(Clone)]
 pub struct ProviderClient {
     http: reqwest::Client,
@@ -231,37 +244,21 @@ impl std::fmt::Debug for ProviderClient {
 }
 
 impl ProviderClient {
-    pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
-        // Config allows http:// for a loopback host only; a scheme is compared as the url crate
-        // reads it, in lowercase, whatever case it was written in.
-        let cleartext = reqwest::Url::parse(&settings.base_url).is_ok_and(|u| u.scheme() == "http");
-        let http = reqwest::Client::builder()
-            .timeout(settings.request_timeout)
-            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(90))
-            // A request given up on must not reach the provider later: without this, the
-            // kernel goes on retransmitting a timed-out request for minutes after a network
-            // partition, and a provider that gets it once the partition heals takes it twice
-            // (the retry too). With it, data unacknowledged for the request timeout aborts
-            // the connection.
-            .tcp_user_timeout(settings.request_timeout)
-            .tcp_keepalive(Duration::from_secs(60))
-            .user_agent(concat!("backfill-reporter/", env!("CARGO_PKG_VERSION")))
-            .https_only(!cleartext)
-            // A redirect would carry Api-Key, Timestamp and Sign to wherever it points (reqwest
-            // strips only the standard credential headers), and a 302 turns the POST into a
-            // bodiless GET whose `"status":"0"` would read as success: a 3xx is an answer.
-            .redirect(reqwest::redirect::Policy::none())
-            // The pages spell the headers `Sign`, `Timestamp`, `Api-Key`; gateways in front of
-            // the provider may compare names with case. (HTTP/2 names are lowercase by rule.)
-            .http1_title_case_headers()
-            .build()
-            .context("building the HTTP client")?;
+    /// A client that signs as `account`.
+    pub fn new(settings: &ProviderSettings, account: &Account) -> anyhow::Result<Self> {
+        Self::with_http(http_client(settings)?, settings, account)
+    }
+
+    fn with_http(
+        http: reqwest::Client,
+        settings: &ProviderSettings,
+        account: &Account,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             http,
             base_url: settings.base_url.clone(),
-            api_key: settings.api_key.clone(),
-            api_secret: settings.secret()?.clone(),
+            api_key: account.api_key.clone(),
+            api_secret: account.secret()?.clone(),
         })
     }
 
@@ -315,6 +312,65 @@ impl ProviderClient {
             exchange.judge(text);
         }
         exchange
+    }
+}
+
+/// The HTTP client every account's requests share: one pool of connections to the provider.
+fn http_client(settings: &ProviderSettings) -> anyhow::Result<reqwest::Client> {
+    // Config allows http:// for a loopback host only; a scheme is compared as the url crate
+    // reads it, in lowercase, whatever case it was written in.
+    let cleartext = reqwest::Url::parse(&settings.base_url).is_ok_and(|u| u.scheme() == "http");
+    reqwest::Client::builder()
+        .timeout(settings.request_timeout)
+        .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(90))
+        // A request given up on must not reach the provider later: without this, the
+        // kernel goes on retransmitting a timed-out request for minutes after a network
+        // partition, and a provider that gets it once the partition heals takes it twice
+        // (the retry too). With it, data unacknowledged for the request timeout aborts
+        // the connection.
+        .tcp_user_timeout(settings.request_timeout)
+        .tcp_keepalive(Duration::from_secs(60))
+        .user_agent(concat!("backfill-reporter/", env!("CARGO_PKG_VERSION")))
+        .https_only(!cleartext)
+        // A redirect would carry Api-Key, Timestamp and Sign to wherever it points (reqwest
+        // strips only the standard credential headers), and a 302 turns the POST into a
+        // bodiless GET whose `"status":"0"` would read as success: a 3xx is an answer.
+        .redirect(reqwest::redirect::Policy::none())
+        // The pages spell the headers `Sign`, `Timestamp`, `Api-Key`; gateways in front of
+        // the provider may compare names with case. (HTTP/2 names are lowercase by rule.)
+        .http1_title_case_headers()
+        .build()
+        .context("building the HTTP client")
+}
+
+/// A client per account, sharing one connection pool: a submission is signed by the account
+/// its row was planned for, whichever account its app belongs to now.
+#[derive(Clone, Debug)]
+pub struct Clients(Vec<(Option<String>, ProviderClient)>);
+
+impl Clients {
+    /// Every account's client; fails, naming the account, when a secret is missing.
+    pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
+        let http = http_client(settings)?;
+        settings
+            .accounts
+            .iter()
+            .map(|a| {
+                let client = ProviderClient::with_http(http.clone(), settings, a)?;
+                Ok((a.name_str().map(str::to_owned), client))
+            })
+            .collect::<anyhow::Result<_>>()
+            .map(Self)
+    }
+
+    /// The client of the account stored as `account` (`None`: the unnamed one); `None` when
+    /// the config has no such account (any more).
+    pub fn get(&self, account: Option<&str>) -> Option<&ProviderClient> {
+        self.0
+            .iter()
+            .find(|(name, _)| name.as_deref() == account)
+            .map(|(_, c)| c)
     }
 }
 

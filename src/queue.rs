@@ -41,6 +41,8 @@ pub struct NewSubmission {
     pub rate: Option<Rate>,
     pub state: State,
     pub reason: Option<String>,
+    /// The account that signs it (`None`: the unnamed one, or none for an app in no account).
+    pub account: Option<String>,
 }
 
 /// What is common to every row of one tick.
@@ -148,6 +150,7 @@ fn refused_row(row: &NewSubmission, e: &anyhow::Error) -> NewSubmission {
         cardinal_number: None,
         rate: None,
         state: State::Invalid,
+        account: row.account.clone(),
         reason: Some(format!(
             "the database refused to store it ({}): app_id {}, mcc {}, backfill_number {}, cardinal_number {}",
             excerpt::quoted(&format!("{e:#}")),
@@ -169,15 +172,15 @@ async fn insert(
     let done = sqlx::query(
         "INSERT INTO report_submissions (run_id, scheduled_for, window_start, window_end, \
              app_id, mcc, backfill_number, cardinal_number, rate, callback_time, state, reason, \
-             finished_at, next_attempt_at, deadline) \
+             finished_at, next_attempt_at, deadline, account) \
          SELECT $1, $2, $3, $4, u.app_id, u.mcc, u.backfill::numeric, u.cardinal::numeric, \
              u.hundredths / 100.0, $5, u.state, u.reason, \
              CASE WHEN u.state = 'pending' THEN NULL ELSE now() END, \
              CASE WHEN u.state = 'pending' THEN now() END, \
-             CASE WHEN u.state = 'pending' THEN $6::timestamptz END \
+             CASE WHEN u.state = 'pending' THEN $6::timestamptz END, u.account \
          FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::text[], \
-             $13::text[], $14::int[]) \
-             AS u(app_id, mcc, backfill, cardinal, hundredths, state, reason, idx) \
+             $13::text[], $14::int[], $15::text[]) \
+             AS u(app_id, mcc, backfill, cardinal, hundredths, state, reason, idx, account) \
          ORDER BY u.idx \
          ON CONFLICT (app_id, mcc, scheduled_for) DO NOTHING \
          RETURNING state = 'pending'",
@@ -200,6 +203,7 @@ async fn insert(
     .bind(col(|r| Some(r.state.as_str().to_owned())))
     .bind(col(|r| r.reason.clone()))
     .bind(index)
+    .bind(col(|r| r.account.clone()))
     .fetch_all(conn)
     .await
     .context("recording submissions as pending")?;
@@ -223,21 +227,26 @@ pub fn is_numeric(v: &str) -> bool {
 /// a newer one could only replace the newer one (this project's reading; the provider's page
 /// does not say what it does with several reports of one pair). Rows under a
 /// live lease are being sent right now; their outcome write supersedes them if it must retry.
-pub async fn supersede_older(conn: &mut Tx, tick: DateTime<Utc>) -> anyhow::Result<u64> {
-    let done = sqlx::query(
-        "UPDATE report_submissions s SET state = 'superseded', reason = $2, finished_at = now(), \
-             lease_owner = NULL, lease_expires_at = NULL \
+/// Returns how many rows of each account it superseded.
+pub async fn supersede_older(
+    conn: &mut Tx,
+    tick: DateTime<Utc>,
+) -> anyhow::Result<Vec<(Option<String>, i64)>> {
+    sqlx::query_as(
+        "WITH done AS (UPDATE report_submissions s SET state = 'superseded', reason = $2, \
+             finished_at = now(), lease_owner = NULL, lease_expires_at = NULL \
          WHERE s.state = 'pending' AND s.scheduled_for < $1 \
            AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now()) \
            AND EXISTS (SELECT 1 FROM report_submissions n \
-               WHERE n.app_id = s.app_id AND n.mcc = s.mcc AND n.scheduled_for = $1)",
+               WHERE n.app_id = s.app_id AND n.mcc = s.mcc AND n.scheduled_for = $1) \
+         RETURNING s.account) \
+         SELECT account, count(*) FROM done GROUP BY account",
     )
     .bind(tick)
     .bind(REPLACED)
-    .execute(conn)
+    .fetch_all(conn)
     .await
-    .context("superseding older pending submissions")?;
-    Ok(done.rows_affected())
+    .context("superseding older pending submissions")
 }
 
 /// Wakes idle senders of every instance when the surrounding transaction commits.
@@ -255,6 +264,8 @@ pub async fn notify(conn: &mut Tx) -> anyhow::Result<()> {
 pub struct Claimed {
     pub id: i64,
     pub run_id: i64,
+    /// The account it was planned for, whose key and secret sign it.
+    pub account: Option<String>,
     /// The request to send; `Err` when the stored row no longer makes one (edited by hand).
     pub request: Result<BackfillRequest, String>,
     /// How long after the claim the row's deadline passes, by the database's clock: zero when
@@ -290,13 +301,32 @@ pub struct Page {
 /// comes back short starts again from the head and finds those.
 pub type ClaimCursor = Option<(DateTime<Utc>, i64)>;
 
+/// Whose rows a claim takes. The unnamed account is `None`; in SQL it is the empty string,
+/// which no account name can be.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Accounts {
+    /// Every account's.
+    #[default]
+    Any,
+    /// All but these: their sending is paused (the breaker is open) or they hold enough.
+    Except(Vec<Option<String>>),
+    /// Only this one's: the probe of its breaker.
+    Only(Option<String>),
+}
+
+impl Accounts {
+    fn in_sql(account: Option<&String>) -> String {
+        account.cloned().unwrap_or_default()
+    }
+}
+
 /// Milliseconds as a duration; a negative count (a time that has passed) is zero.
 fn millis(ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// Claims up to `limit` due rows for `owner`, leased for `lease`; with `run`, only that run's.
-/// A claimed row's `next_attempt_at` moves to its lease expiry: it leaves the head of the due
+/// Claims up to `limit` due rows of `accounts` for `owner`, leased for `lease`; with `run`,
+/// only that run's. A claimed row's `next_attempt_at` moves to its lease expiry: it leaves the head of the due
 /// index (which would otherwise fill with rows being sent), and becomes due again by itself if
 /// its owner dies. Rows locked by a concurrent claim are skipped, never waited on.
 pub async fn claim(
@@ -304,10 +334,10 @@ pub async fn claim(
     owner: &str,
     limit: usize,
     lease: Duration,
-    run: Option<i64>,
+    (run, accounts): (Option<i64>, &Accounts),
     after: ClaimCursor,
 ) -> anyhow::Result<Page> {
-    let sql = claim_sql(run.is_some(), after.is_some());
+    let sql = claim_sql(run.is_some(), after.is_some(), accounts);
     let mut query = sqlx::query(&sql)
         .bind(owner)
         .bind(limit as i64)
@@ -317,6 +347,18 @@ pub async fn claim(
     }
     if let Some((at, id)) = after {
         query = query.bind(at).bind(id);
+    }
+    match accounts {
+        Accounts::Any => {}
+        Accounts::Except(names) => {
+            query = query.bind(
+                names
+                    .iter()
+                    .map(|a| Accounts::in_sql(a.as_ref()))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        Accounts::Only(name) => query = query.bind(Accounts::in_sql(name.as_ref())),
     }
     let rows = query
         .fetch_all(pool)
@@ -344,18 +386,35 @@ pub async fn claim(
 /// The claim with only the conditions that apply: a generic plan for `$4 IS NULL OR run_id =
 /// $4` would sort every pending row of the run on each claim. Times come back as spans from
 /// the statement's `now()`: the caller holds them on its own boot clock, never comparing the
-/// database's wall clock with its host's.
-fn claim_sql(run: bool, after: bool) -> String {
-    let run_param = if run { "AND run_id = $4" } else { "" };
-    let after_param = match (run, after) {
-        (_, false) => "",
-        (true, true) => "AND (next_attempt_at, id) > ($5, $6)",
-        (false, true) => "AND (next_attempt_at, id) > ($4, $5)",
+/// database's wall clock with its host's. Parameters after the first three are numbered in
+/// the order [`claim`] binds them: run, cursor, accounts.
+fn claim_sql(run: bool, after: bool, accounts: &Accounts) -> String {
+    let mut next = 3;
+    let mut param = || {
+        next += 1;
+        next
+    };
+    let run_param = if run {
+        format!("AND run_id = ${}", param())
+    } else {
+        String::new()
+    };
+    let after_param = if after {
+        let (at, id) = (param(), param());
+        format!("AND (next_attempt_at, id) > (${at}, ${id})")
+    } else {
+        String::new()
+    };
+    let account_param = match accounts {
+        Accounts::Any => String::new(),
+        Accounts::Except(_) => format!("AND COALESCE(account, '') <> ALL(${}::text[])", param()),
+        Accounts::Only(_) => format!("AND COALESCE(account, '') = ${}", param()),
     };
     format!(
         "WITH due AS ( \
              SELECT id, next_attempt_at FROM report_submissions \
              WHERE state = 'pending' AND next_attempt_at <= now() {run_param} {after_param} \
+                 {account_param} \
              ORDER BY next_attempt_at, id \
              LIMIT $2 \
              FOR UPDATE SKIP LOCKED) \
@@ -363,7 +422,8 @@ fn claim_sql(run: bool, after: bool) -> String {
          SET lease_owner = $1, lease_expires_at = now() + $3 * interval '1 millisecond', \
              next_attempt_at = now() + $3 * interval '1 millisecond' \
          FROM due WHERE s.id = due.id \
-         RETURNING s.id, s.run_id, s.app_id, s.mcc, s.backfill_number::text AS backfilled, \
+         RETURNING s.id, s.run_id, s.account, s.app_id, s.mcc, \
+             s.backfill_number::text AS backfilled, \
              s.cardinal_number::text AS sent, s.callback_time, s.attempts, \
              (extract(epoch FROM s.deadline - now()) * 1000)::bigint AS deadline_ms, \
              (extract(epoch FROM s.lease_expires_at - now()) * 1000)::bigint AS lease_ms, \
@@ -377,6 +437,7 @@ fn claimed_row(r: &sqlx::postgres::PgRow) -> Claimed {
     Claimed {
         id: r.get("id"),
         run_id: r.get("run_id"),
+        account: r.get("account"),
         request: stored_request(
             r.get("app_id"),
             r.get("mcc"),
@@ -555,6 +616,7 @@ pub struct Written {
     pub id: i64,
     pub run_id: i64,
     pub state: State,
+    pub account: Option<String>,
 }
 
 /// One outcome per row of the arrays. The final state is decided here, with the database's
@@ -616,7 +678,7 @@ const RECORD: &str = "WITH w AS MATERIALIZED ( \
              lease_owner = NULL, lease_expires_at = NULL \
          FROM d \
          WHERE s.id = d.id AND s.state = (SELECT 'pending'::text) AND s.lease_owner = $1 \
-         RETURNING s.id, s.run_id, s.state";
+         RETURNING s.id, s.run_id, s.state, s.account";
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
@@ -685,23 +747,29 @@ pub async fn record(pool: &Db, owner: &str, outcomes: &[Outcome]) -> anyhow::Res
                 id: r.get(0),
                 run_id: r.get(1),
                 state: State::from_column(r.get(2))?,
+                account: r.get(3),
             })
         })
         .collect()
 }
 
-/// Fails the run's pending rows that nobody holds: the provider refused the account or host
-/// (-1, -2), so every request would fail the same way. Rows under another instance's live
-/// lease are left to it.
-pub async fn fail_unsent(pool: &Db, run_id: i64, reason: &str) -> anyhow::Result<u64> {
+/// Fails the run's pending rows of `account` that nobody holds: the provider refused the
+/// account or host (-1, -2), so every request of that account would fail the same way; other
+/// accounts' rows go on. Rows under another instance's live lease are left to it.
+pub async fn fail_unsent(
+    pool: &Db,
+    (run_id, account): (i64, Option<&str>),
+    reason: &str,
+) -> anyhow::Result<u64> {
     let done = sqlx::query(
         "UPDATE report_submissions SET state = 'failed', reason = $2, finished_at = now(), \
              lease_owner = NULL, lease_expires_at = NULL \
-         WHERE run_id = $1 AND state = 'pending' \
+         WHERE run_id = $1 AND state = 'pending' AND account IS NOT DISTINCT FROM $3 \
            AND (lease_expires_at IS NULL OR lease_expires_at < now())",
     )
     .bind(run_id)
     .bind(reason)
+    .bind(account)
     .execute(pool)
     .await
     .context("failing the rest of the run")?;
@@ -709,11 +777,14 @@ pub async fn fail_unsent(pool: &Db, run_id: i64, reason: &str) -> anyhow::Result
 }
 
 /// Ends the pending rows whose deadline passed and that nobody holds: superseded when a newer
-/// tick of the pair exists, failed otherwise. Returns each row's run and final state. Needed
-/// while nothing claims them (the provider is unreachable); otherwise the claim finds them
-/// first.
-pub async fn expire(pool: &Db, run: Option<i64>) -> anyhow::Result<Vec<(i64, State)>> {
-    let rows: Vec<(i64, String)> = sqlx::query_as(
+/// tick of the pair exists, failed otherwise. Returns each row's run, final state and account.
+/// Needed while nothing claims them (the provider is unreachable); otherwise the claim finds
+/// them first.
+pub async fn expire(
+    pool: &Db,
+    run: Option<i64>,
+) -> anyhow::Result<Vec<(i64, State, Option<String>)>> {
+    let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
         "WITH x AS ( \
              SELECT s.id, EXISTS (SELECT 1 FROM report_submissions n \
                  WHERE n.app_id = s.app_id AND n.mcc = s.mcc \
@@ -728,8 +799,8 @@ pub async fn expire(pool: &Db, run: Option<i64>) -> anyhow::Result<Vec<(i64, Sta
              reason = CASE WHEN x.replaced THEN $2 \
                  ELSE backfill_reporter_deadline_reason(s.attempts, s.error) END, \
              finished_at = now(), lease_owner = NULL, lease_expires_at = NULL \
-         FROM x WHERE s.id = x.id RETURNING s.run_id, s.state) \
-         SELECT run_id, state FROM u",
+         FROM x WHERE s.id = x.id RETURNING s.run_id, s.state, s.account) \
+         SELECT run_id, state, account FROM u",
     )
     .bind(run)
     .bind(REPLACED)
@@ -737,7 +808,7 @@ pub async fn expire(pool: &Db, run: Option<i64>) -> anyhow::Result<Vec<(i64, Sta
     .await
     .context("ending overdue submissions")?;
     rows.into_iter()
-        .map(|(run, state)| Ok((run, State::from_column(&state)?)))
+        .map(|(run, state, account)| Ok((run, State::from_column(&state)?, account)))
         .collect()
 }
 

@@ -19,7 +19,7 @@
 //! already on the wire when it stalled: at most `max_in_flight`. Every time written to a row is
 //! the database's (see `queue::record`). Planning belongs to `cycle`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,13 +32,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{Breaker, Gate};
 use crate::clock::Mono;
-use crate::concurrency::{Change, Limiter, Signal};
+use crate::concurrency::{Answered, Change, Limiters, Signal};
 use crate::config::ProviderSettings;
 use crate::cycle::Context;
 use crate::db::Db;
 use crate::metrics;
 use crate::outcomes::{self, State};
-use crate::provider::{BackfillRequest, Class, Exchange};
+use crate::provider::{BackfillRequest, Class, Exchange, ProviderClient};
 use crate::queue::{self, Attempt, Claimed, Disposition, Outcome};
 
 /// The longest wait between two attempts of a pair, whatever the backoff doubling reaches.
@@ -195,20 +195,28 @@ struct Ready {
 enum ToWriter {
     /// With, for an attempt, the acknowledgement sent once the outcome is recorded.
     Outcome(Outcome, Option<oneshot::Sender<()>>),
-    /// Fail what nobody holds of this run: the provider refused the account or the host.
-    FailRun { run_id: i64, reason: String },
+    /// Fail what nobody holds of this run and account: the provider refused the account or
+    /// the host.
+    FailRun {
+        run_id: i64,
+        account: Option<String>,
+        reason: String,
+    },
     /// End the pending rows whose deadline passed and that nobody holds.
     Expire { run: Option<i64> },
 }
 
 /// One finished request, reported back to the dispatcher.
 struct Attempted {
+    /// The account it was sent for: whose breaker and in-flight count it bears on.
+    account: Option<String>,
     /// False when the request was not sent after all: its lease lapsed before it could start.
     sent: bool,
     /// An outage failure (connection, timeout, 5xx) and its cause; any other result means
     /// the provider is reachable.
     outage: Option<(String, Option<Duration>)>,
-    /// A rejection about the account or host (-1, -2): stop the run, with this reason.
+    /// A rejection about the account or host (-1, -2): stop the account's sending for the
+    /// run, with this reason.
     stop: Option<(i64, String)>,
     /// A -16: the signed timestamp and the local clock, for one warning.
     clock: Option<i64>,
@@ -251,11 +259,11 @@ pub async fn work_with(
         held.clone(),
         background.clone(),
     ));
-    let limiter: SharedLimiter = Arc::new(Mutex::new(limiter_for(&first.settings.provider)));
+    let limiters = Arc::new(Limiters::default());
     if scope == Scope::All {
-        watch_queue(&ctx, &wake, &limiter, &background);
+        watch_queue(&ctx, &wake, &limiters, &background);
     }
-    let mut dispatcher = Dispatcher::new(ctx, owner, scope, out_tx, held, limiter);
+    let mut dispatcher = Dispatcher::new(ctx, owner, scope, out_tx, held, limiters);
     dispatcher.run(shutdown, wake, closed).await;
     drop(dispatcher);
     // The writer ends once every outcome sent to it is recorded; while the database is
@@ -279,7 +287,7 @@ pub async fn work_with(
 fn watch_queue(
     ctx: &tokio::sync::watch::Receiver<Context>,
     wake: &Arc<Notify>,
-    limiter: &SharedLimiter,
+    limiters: &Arc<Limiters>,
     stop: &CancellationToken,
 ) {
     let pool = ctx.borrow().pool.clone();
@@ -294,9 +302,27 @@ fn watch_queue(
     }
     tokio::spawn(crate::pace::watch(
         ctx.clone(),
-        limiter.clone(),
+        limiters.clone(),
         stop.clone(),
     ));
+}
+
+/// One account's share of the dispatcher: its claimed rows waiting for a request, its circuit
+/// breaker, its requests on the wire and the client that signs them. An account whose
+/// provider answers fail, or that the provider throttles, holds back no other account.
+struct Lane {
+    ready: VecDeque<Ready>,
+    breaker: Breaker,
+    in_flight: usize,
+    client: ProviderClient,
+}
+
+/// `account` for a log line: " for account shop", nothing for the unnamed account.
+fn for_account(account: &Option<String>) -> String {
+    account
+        .as_deref()
+        .map(|a| format!(" for account {a}"))
+        .unwrap_or_default()
 }
 
 struct Dispatcher {
@@ -304,44 +330,48 @@ struct Dispatcher {
     ctx_rx: tokio::sync::watch::Receiver<Context>,
     owner: String,
     scope: Scope,
-    /// Claimed, not yet started.
-    ready: VecDeque<Ready>,
+    /// Per account (`None`: the unnamed one), in a stable order.
+    lanes: BTreeMap<Option<String>, Lane>,
+    /// The next account to start a request for first, so that none always comes first.
+    turn: usize,
     in_flight: JoinSet<Attempted>,
-    breaker: Breaker,
+    /// The account of each request task, for a task that fails without reporting.
+    in_flight_accounts: HashMap<tokio::task::Id, Option<String>>,
     out: mpsc::UnboundedSender<ToWriter>,
     held: SharedHeld,
     claim: Option<tokio::task::JoinHandle<anyhow::Result<Claim>>>,
-    /// Where the next claim resumes (see [`queue::ClaimCursor`]).
+    /// Where the next claim resumes (see [`queue::ClaimCursor`]), and whose rows the claim
+    /// that set it took: a claim of other accounts starts from the head, or it would pass
+    /// over their rows behind the cursor.
     cursor: queue::ClaimCursor,
+    cursor_accounts: queue::Accounts,
     /// No claim before then (the last one found nothing, or the database failed).
     idle_until: Option<Instant>,
     db_failures: u32,
     clock_warned: bool,
-    /// Runs failed for good after a -1/-2 seen by this instance.
-    stopped_runs: HashSet<i64>,
-    /// While the breaker is open nothing is claimed, so overdue rows are expired in SQL.
+    /// (run, account) pairs failed for good after a -1/-2 seen by this instance.
+    stopped: HashSet<(i64, Option<String>)>,
+    /// While a breaker is open its rows are not claimed, so overdue rows are expired in SQL.
     last_expiry: Instant,
-    /// How many requests may be on the wire (see `concurrency`), shared with the requests,
-    /// which report their answers to it.
-    limiter: SharedLimiter,
+    /// How many requests each account may have on the wire (see `concurrency`), shared with
+    /// the requests, which report their answers to it.
+    limiters: Arc<Limiters>,
     /// Rung by a request as soon as its answer comes, before its outcome is recorded: the
     /// limit may admit another at once.
     answered: Arc<Notify>,
 }
 
-type SharedLimiter = Arc<Mutex<Limiter>>;
-
-fn lock_limiter(l: &SharedLimiter) -> std::sync::MutexGuard<'_, Limiter> {
-    l.lock().unwrap_or_else(|e| e.into_inner())
+/// The accounts of `provider`, as rows store them, with each one's fixed limit and ceiling.
+fn accounts_of(provider: &ProviderSettings) -> Vec<Option<String>> {
+    provider
+        .accounts
+        .iter()
+        .map(|a| a.name_str().map(str::to_owned))
+        .collect()
 }
 
-/// The limiter for `provider`'s settings, starting now.
-fn limiter_for(provider: &ProviderSettings) -> Limiter {
-    Limiter::new(
-        provider.concurrency.fixed(),
-        provider.max_in_flight,
-        Mono::now(),
-    )
+fn limits_of(provider: &ProviderSettings) -> (Option<usize>, usize) {
+    (provider.concurrency.fixed(), provider.max_in_flight)
 }
 
 impl Dispatcher {
@@ -351,33 +381,76 @@ impl Dispatcher {
         scope: Scope,
         out: mpsc::UnboundedSender<ToWriter>,
         held: SharedHeld,
-        limiter: SharedLimiter,
+        limiters: Arc<Limiters>,
     ) -> Self {
         let ctx = ctx_rx.borrow().clone();
-        let first_probe = ctx
-            .settings
-            .provider
-            .retry_backoff
-            .max(Duration::from_secs(1));
-        Self {
-            breaker: Breaker::new(first_probe),
+        let mut dispatcher = Self {
+            lanes: BTreeMap::new(),
+            turn: 0,
             ctx,
             ctx_rx,
             owner,
             scope,
-            ready: VecDeque::new(),
             in_flight: JoinSet::new(),
+            in_flight_accounts: HashMap::new(),
             out,
             held,
             claim: None,
             cursor: None,
+            cursor_accounts: queue::Accounts::Any,
             idle_until: None,
             db_failures: 0,
             clock_warned: false,
-            stopped_runs: HashSet::new(),
+            stopped: HashSet::new(),
             last_expiry: Instant::now(),
-            limiter,
+            limiters,
             answered: Arc::new(Notify::new()),
+        };
+        dispatcher.keep_lanes(false);
+        dispatcher
+    }
+
+    /// Makes the lanes and limiters match the accounts of the context: a new account gets a
+    /// lane, a gone one's unsent rows go back to the queue (where, unsendable now, they fail
+    /// with the reason), and every lane signs with its account's client as configured now (a
+    /// rotated secret signs the next request). With `anew`, every limit starts over.
+    fn keep_lanes(&mut self, anew: bool) {
+        let provider = &self.ctx.settings.provider;
+        let accounts = accounts_of(provider);
+        self.limiters
+            .keep(&accounts, limits_of(provider), anew, Mono::now());
+        let first_probe = provider.retry_backoff.max(Duration::from_secs(1));
+        let gone: Vec<Option<String>> = self
+            .lanes
+            .keys()
+            .filter(|k| !accounts.contains(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(lane) = self.lanes.remove(&key) {
+                release(&self.out, lane.ready);
+            }
+        }
+        for key in accounts {
+            let Some(client) = self.ctx.clients.get(key.as_deref()).cloned() else {
+                continue;
+            };
+            match self.lanes.get_mut(&key) {
+                Some(lane) => lane.client = client,
+                None => {
+                    metrics::declare_account(key.as_deref());
+                    let lane = Lane {
+                        ready: VecDeque::new(),
+                        breaker: Breaker::new(first_probe),
+                        in_flight: 0,
+                        client,
+                    };
+                    self.lanes.insert(key, lane);
+                }
+            }
+        }
+        for (account, limit, baseline) in self.limiters.each() {
+            metrics::record_concurrency(account.as_deref(), limit, baseline);
         }
     }
 
@@ -398,10 +471,15 @@ impl Dispatcher {
         let _ = self.out.send(ToWriter::Outcome(outcome, None));
     }
 
+    /// Claimed rows not yet started, of every account.
+    fn ready_len(&self) -> usize {
+        self.lanes.values().map(|l| l.ready.len()).sum()
+    }
+
     /// Hands every claimed, unstarted row back to the queue.
     fn release_ready(&mut self) {
-        for r in std::mem::take(&mut self.ready) {
-            self.emit(Outcome::released(r.row.id, r.row.run_id));
+        for lane in self.lanes.values_mut() {
+            release(&self.out, std::mem::take(&mut lane.ready));
         }
     }
 
@@ -432,14 +510,8 @@ impl Dispatcher {
                         tracing::info!(in_flight = self.in_flight.len(), "waiting for requests in flight");
                     }
                 }
-                Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    match done {
-                        Ok(a) => self.on_attempted(a),
-                        Err(e) => {
-                            tracing::error!("a request task failed: {e}");
-                            self.breaker.outage(Instant::now(), "a request task failed", None);
-                        }
-                    }
+                Some(done) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => {
+                    self.on_joined(done);
                 }
                 result = async { self.claim.as_mut().expect("guarded").await }, if self.claim.is_some() => {
                     self.claim = None;
@@ -460,7 +532,27 @@ impl Dispatcher {
         self.release_ready();
     }
 
-    /// Takes a reloaded context; a changed concurrency setting starts the limit anew.
+    /// A request task ended: its report, or (a bug) a task that failed without one, which
+    /// counts against its account's breaker.
+    fn on_joined(&mut self, done: Result<(tokio::task::Id, Attempted), tokio::task::JoinError>) {
+        match done {
+            Ok((id, a)) => {
+                self.in_flight_accounts.remove(&id);
+                self.on_attempted(a);
+            }
+            Err(e) => {
+                tracing::error!("a request task failed: {e}");
+                let account = self.in_flight_accounts.remove(&e.id()).flatten();
+                if let Some(lane) = self.lanes.get_mut(&account) {
+                    lane.in_flight = lane.in_flight.saturating_sub(1);
+                    lane.breaker
+                        .outage(Instant::now(), "a request task failed", None);
+                }
+            }
+        }
+    }
+
+    /// Takes a reloaded context; a changed concurrency setting starts the limits anew.
     fn take_reload(&mut self) {
         if !self.ctx_rx.has_changed().unwrap_or(false) {
             return;
@@ -468,9 +560,8 @@ impl Dispatcher {
         let old = self.ctx.settings.provider.clone();
         self.ctx = self.ctx_rx.borrow_and_update().clone();
         let new = &self.ctx.settings.provider;
-        if (old.concurrency, old.max_in_flight) != (new.concurrency, new.max_in_flight) {
-            *lock_limiter(&self.limiter) = limiter_for(new);
-        }
+        let anew = (old.concurrency, old.max_in_flight) != (new.concurrency, new.max_in_flight);
+        self.keep_lanes(anew);
     }
 
     /// For `run --once`: whether its run has been closed (by this instance or another).
@@ -478,7 +569,7 @@ impl Dispatcher {
         let Scope::Run(run) = self.scope else {
             return false;
         };
-        if !(self.ready.is_empty() && self.in_flight.is_empty() && self.claim.is_none()) {
+        if !(self.ready_len() == 0 && self.in_flight.is_empty() && self.claim.is_none()) {
             return false;
         }
         // Closing is idempotent and cheap; it also covers a run whose last rows another
@@ -502,78 +593,115 @@ impl Dispatcher {
         if let Some(t) = self.idle_until {
             at = at.min(t.max(now));
         }
-        if let Gate::WaitUntil(t) = self.breaker.gate(now) {
-            at = at.min(t);
+        for lane in self.lanes.values() {
+            if let Gate::WaitUntil(t) = lane.breaker.gate(now) {
+                at = at.min(t);
+            }
         }
-        if let Some(hold) = lock_limiter(&self.limiter).held_until() {
+        if let Some(hold) = self.limiters.held_until() {
             at = at.min(now + Mono::now().until(hold));
         }
         at
     }
 
-    /// Starts requests for ready rows while the breaker, the bound and the leases allow.
+    /// Starts requests for ready rows while the breakers, the limits, the bound and the leases
+    /// allow: one account's request after another's, so that each keeps its own pace.
     fn start_requests(&mut self) {
-        let provider = &self.ctx.settings.provider;
-        let (max, needed) = (
-            provider.max_in_flight,
-            provider.request_timeout + START_MARGIN,
-        );
-        while self.in_flight.len() < max && lock_limiter(&self.limiter).admits(Mono::now()) {
-            let probe = match self.breaker.gate(Instant::now()) {
-                Gate::Send => false,
-                Gate::Probe => true,
-                Gate::WaitUntil(_) | Gate::AwaitProbe => return,
-            };
-            let Some(ready) = self.ready.pop_front() else {
-                return;
-            };
-            let now = Mono::now();
-            match lock_held(&self.held).valid_until(ready.row.id) {
-                Some(until) if until >= now + needed => {}
-                Some(until) if until > now => {
-                    // Renewals are failing: wait for one, or for the lease to lapse.
-                    self.ready.push_front(ready);
+        let max = self.ctx.settings.provider.max_in_flight;
+        let mut accounts: Vec<Option<String>> = self.lanes.keys().cloned().collect();
+        let first = self.turn % accounts.len().max(1);
+        accounts.rotate_left(first);
+        self.turn = self.turn.wrapping_add(1);
+        loop {
+            let mut moved = false;
+            for account in &accounts {
+                if self.in_flight.len() >= max {
                     return;
                 }
-                // A renewal did not return the row: it is another instance's now. Forget it.
-                None => continue,
-                // The lease lapsed on this side (renewals failed, or the process was paused):
-                // the row may be another instance's now, or still this one's in the database,
-                // where it would stay leased as long as the renewer found it held. Hand it
-                // back: the write is guarded, so it frees the row only if it is still ours.
-                Some(_) => {
-                    self.emit(Outcome::released(ready.row.id, ready.row.run_id));
-                    continue;
-                }
+                moved |= self.start_next(account);
             }
-            if let Some(outcome) = self.unsendable(&ready, now) {
-                self.emit(outcome);
-                continue;
+            if !moved {
+                return;
             }
-            let Ready { row, .. } = ready;
-            let request = row.request.clone().expect("unsendable() checked it");
-            if probe {
-                self.breaker.probe_started();
-            }
-            lock_limiter(&self.limiter).started();
-            let job = Job {
-                ctx: self.ctx.clone(),
-                out: self.out.clone(),
-                held: self.held.clone(),
-                limiter: self.limiter.clone(),
-                answered: self.answered.clone(),
-                was_probe: probe,
-            };
-            self.in_flight
-                .spawn(async move { attempt(job, row, request).await });
         }
     }
 
-    /// The outcome of a row that must not be sent: its run was stopped, it no longer makes a
-    /// request, or its deadline passed while it waited.
+    /// Takes the next ready row of `account` if its breaker and limit let it go: starts its
+    /// request, or ends it unsent. False when the account can take no row now.
+    fn start_next(&mut self, account: &Option<String>) -> bool {
+        let needed = self.ctx.settings.provider.request_timeout + START_MARGIN;
+        let Some(lane) = self.lanes.get_mut(account) else {
+            return false;
+        };
+        let probe = match lane.breaker.gate(Instant::now()) {
+            Gate::Send => false,
+            Gate::Probe => true,
+            Gate::WaitUntil(_) | Gate::AwaitProbe => return false,
+        };
+        if lane.ready.is_empty() || !self.limiters.admits(account, Mono::now()) {
+            return false;
+        }
+        let ready = lane.ready.pop_front().expect("checked");
+        let now = Mono::now();
+        match lock_held(&self.held).valid_until(ready.row.id) {
+            Some(until) if until >= now + needed => {}
+            Some(until) if until > now => {
+                // Renewals are failing: wait for one, or for the lease to lapse.
+                lane.ready.push_front(ready);
+                return false;
+            }
+            // A renewal did not return the row: it is another instance's now. Forget it.
+            None => return true,
+            // The lease lapsed on this side (renewals failed, or the process was paused): the
+            // row may be another instance's now, or still this one's in the database, where it
+            // would stay leased as long as the renewer found it held. Hand it back: the write is
+            // guarded, so it frees the row only if it is still ours.
+            Some(_) => {
+                self.emit(Outcome::released(ready.row.id, ready.row.run_id));
+                return true;
+            }
+        }
+        if let Some(outcome) = self.unsendable(&ready, now) {
+            self.emit(outcome);
+            return true;
+        }
+        self.spawn_request(ready.row, probe);
+        true
+    }
+
+    fn spawn_request(&mut self, row: Claimed, probe: bool) {
+        let lane = self
+            .lanes
+            .get_mut(&row.account)
+            .expect("a lane for the row");
+        let request = row.request.clone().expect("unsendable() checked it");
+        if probe {
+            lane.breaker.probe_started();
+        }
+        lane.in_flight += 1;
+        self.limiters.started(&row.account);
+        let job = Job {
+            ctx: self.ctx.clone(),
+            account: row.account.clone(),
+            client: lane.client.clone(),
+            out: self.out.clone(),
+            held: self.held.clone(),
+            limiters: self.limiters.clone(),
+            answered: self.answered.clone(),
+            was_probe: probe,
+        };
+        let account = row.account.clone();
+        let task = self
+            .in_flight
+            .spawn(async move { attempt(job, row, request).await });
+        self.in_flight_accounts.insert(task.id(), account);
+    }
+
+    /// The outcome of a row that must not be sent: its account's sending was stopped for its
+    /// run, it no longer makes a request, or its deadline passed while it waited.
     fn unsendable(&self, ready: &Ready, now: Mono) -> Option<Outcome> {
         let row = &ready.row;
-        if self.stopped_runs.contains(&row.run_id) {
+        if self.stopped.contains(&(row.run_id, row.account.clone())) {
             let why =
                 "not sent: the provider refused the account or this host earlier in the cycle";
             return Some(Outcome::unsent(
@@ -601,31 +729,50 @@ impl Dispatcher {
             .map(|_| Outcome::expired(row.id, row.run_id))
     }
 
+    /// How many rows to claim next, and whose: the accounts whose breaker lets them send and
+    /// that hold at most half a page each (a slow account's backlog must not keep the others'
+    /// rows from being claimed), or one row of an account whose breaker wants a probe.
+    fn wanted(&self, now: Instant) -> Option<(usize, queue::Accounts)> {
+        let page = self.page();
+        let (mut have, mut except) = (0, Vec::new());
+        for (account, lane) in &self.lanes {
+            let holds = lane.ready.len() + lane.in_flight;
+            match lane.breaker.gate(now) {
+                Gate::Send if holds <= page / 2 => have += holds,
+                Gate::Probe if lane.ready.is_empty() => {
+                    return Some((1, queue::Accounts::Only(account.clone())));
+                }
+                _ => except.push(account.clone()),
+            }
+        }
+        if except.len() == self.lanes.len() {
+            return None;
+        }
+        let accounts = if except.is_empty() {
+            queue::Accounts::Any
+        } else {
+            queue::Accounts::Except(except)
+        };
+        Some((page.saturating_sub(have).max(1), accounts))
+    }
+
     /// Claims more rows when the page runs low, in the background.
     fn start_claim(&mut self) {
         let now = Instant::now();
         if self.claim.is_some() || self.idle_until.is_some_and(|t| now < t) {
             return;
         }
-        let limit = match self.breaker.gate(now) {
-            Gate::Send => {
-                let have = self.ready.len() + self.in_flight.len();
-                let page = self.page();
-                if have > page / 2 {
-                    return;
-                }
-                page - have
-            }
-            // One row for the probe.
-            Gate::Probe if self.ready.is_empty() => 1,
-            _ => return,
+        let Some((limit, accounts)) = self.wanted(now) else {
+            return;
         };
         let (pool, owner) = (self.ctx.pool.clone(), self.owner.clone());
         let (lease, run) = (lease(&self.ctx.settings.provider), self.run_filter());
-        let (held, after) = (self.held.clone(), self.cursor);
+        let after = self.cursor.filter(|_| self.cursor_accounts == accounts);
+        self.cursor_accounts = accounts.clone();
+        let held = self.held.clone();
         self.claim = Some(tokio::spawn(async move {
             let sent = Mono::now();
-            let page = queue::claim(&pool, &owner, limit, lease, run, after).await?;
+            let page = queue::claim(&pool, &owner, limit, lease, (run, &accounts), after).await?;
             tracing::debug!(
                 rows = page.rows.len(),
                 ms = Mono::now().since(sent).as_secs_f64() * 1000.0,
@@ -663,7 +810,7 @@ impl Dispatcher {
                     Claim::Rows(rows, cursor) => {
                         self.idle_until = None;
                         self.cursor = cursor;
-                        self.ready.extend(rows);
+                        rows.into_iter().for_each(|r| self.take_row(r));
                     }
                     Claim::Idle(wait) => {
                         self.idle_until = Some(now + wait.map_or(POLL, |w| w.min(POLL)));
@@ -682,18 +829,43 @@ impl Dispatcher {
                 self.idle_until = Some(now + wait.max(Duration::from_millis(500)));
             }
         }
-        // A page that arrived after the breaker opened goes back, but for the probe's row.
-        if !self.breaker.is_closed() && self.ready.len() > 1 {
-            let keep = self.ready.pop_front();
-            self.release_ready();
-            self.ready.extend(keep);
+        // A page that arrived after an account's breaker opened goes back, but for the
+        // probe's row.
+        for lane in self.lanes.values_mut() {
+            if !lane.breaker.is_closed() && lane.ready.len() > 1 {
+                let keep = lane.ready.pop_front();
+                release(&self.out, std::mem::take(&mut lane.ready));
+                lane.ready.extend(keep);
+            }
         }
     }
 
-    /// While the breaker is open nothing is claimed here, so rows whose deadline passes are
-    /// ended in SQL, and their runs can close (a `run --once` ends at the deadline).
+    /// A claimed row to its account's lane; a row planned for an account the config no
+    /// longer has cannot be signed, and fails with the reason.
+    fn take_row(&mut self, ready: Ready) {
+        match self.lanes.get_mut(&ready.row.account) {
+            Some(lane) => lane.ready.push_back(ready),
+            None => {
+                let row = &ready.row;
+                let why = format!(
+                    "not sent: it was planned for account {}, which the config no longer has \
+                     (accounts now: {})",
+                    row.account
+                        .as_deref()
+                        .unwrap_or("(the unnamed one of provider.api_key)"),
+                    self.ctx.settings.provider.accounts.names()
+                );
+                self.emit(Outcome::unsent(row.id, row.run_id, State::Failed, why));
+            }
+        }
+    }
+
+    /// While a breaker is open its rows are not claimed here, so rows whose deadline passes
+    /// are ended in SQL, and their runs can close (a `run --once` ends at the deadline).
     fn expire_while_open(&mut self) {
-        if self.breaker.is_closed() || self.last_expiry.elapsed() < POLL * 5 {
+        if self.lanes.values().all(|l| l.breaker.is_closed())
+            || self.last_expiry.elapsed() < POLL * 5
+        {
             return;
         }
         self.last_expiry = Instant::now();
@@ -720,53 +892,93 @@ impl Dispatcher {
 
     fn on_attempted(&mut self, a: Attempted) {
         let now = Instant::now();
-        if !a.sent {
-            if a.was_probe {
-                self.breaker.probe_abandoned(now);
+        if let Some(lane) = self.lanes.get_mut(&a.account) {
+            lane.in_flight = lane.in_flight.saturating_sub(1);
+            if !a.sent {
+                if a.was_probe {
+                    lane.breaker.probe_abandoned(now);
+                }
+                return;
             }
-            return;
-        }
-        if let Some((cause, retry_after)) = &a.outage {
-            if self.breaker.outage(now, cause, *retry_after) {
-                let wait = self
-                    .breaker
-                    .next_probe()
-                    .map(|t| t.saturating_duration_since(now));
-                tracing::warn!(
-                    "provider unreachable ({cause}): pausing sends; one probe request in {:.0}s, then on a doubling delay; pending pairs wait",
-                    wait.unwrap_or_default().as_secs_f64()
-                );
-                self.release_ready();
-            } else if a.was_probe {
-                tracing::debug!("probe failed ({cause}); the next one waits longer");
+            if lane_answered(lane, &a, now) {
+                release(&self.out, std::mem::take(&mut lane.ready));
             }
-        } else if let Some((open_for, cause)) = self.breaker.answered(now) {
-            tracing::info!(
-                "provider answers again after {:.0}s ({cause}): sending resumes",
-                open_for.as_secs_f64()
-            );
         }
         self.warn_clock(a.clock);
         if let Some((run_id, why)) = a.stop {
-            if self.stopped_runs.insert(run_id) {
-                tracing::error!("stopping the cycle: {why}");
-                let reason = format!("not sent: {why}");
-                let ready = std::mem::take(&mut self.ready);
-                for r in ready {
-                    if r.row.run_id == run_id {
-                        self.emit(Outcome::unsent(
-                            r.row.id,
-                            r.row.run_id,
-                            State::Failed,
-                            reason.clone(),
-                        ));
-                    } else {
-                        self.ready.push_back(r);
-                    }
+            self.stop_account(run_id, a.account, &why);
+        }
+    }
+
+    /// A -1 or -2: the account's (or this host's) every request would fail alike, so its rows
+    /// of the run fail unsent; other accounts go on.
+    fn stop_account(&mut self, run_id: i64, account: Option<String>, why: &str) {
+        if !self.stopped.insert((run_id, account.clone())) {
+            return;
+        }
+        match &account {
+            None => tracing::error!("stopping the cycle: {why}"),
+            Some(name) => tracing::error!(
+                "stopping the cycle for account {name} (other accounts go on): {why}"
+            ),
+        }
+        let reason = format!("not sent: {why}");
+        if let Some(lane) = self.lanes.get_mut(&account) {
+            for r in std::mem::take(&mut lane.ready) {
+                if r.row.run_id == run_id {
+                    let (id, run) = (r.row.id, r.row.run_id);
+                    let outcome = Outcome::unsent(id, run, State::Failed, reason.clone());
+                    let _ = self.out.send(ToWriter::Outcome(outcome, None));
+                } else {
+                    lane.ready.push_back(r);
                 }
-                let _ = self.out.send(ToWriter::FailRun { run_id, reason });
             }
         }
+        let _ = self.out.send(ToWriter::FailRun {
+            run_id,
+            account,
+            reason,
+        });
+    }
+}
+
+/// What an answer (or an outage) does to its account's breaker, with the line that says so.
+/// True when it opened the breaker: the account's unsent rows then go back to the queue.
+fn lane_answered(lane: &mut Lane, a: &Attempted, now: Instant) -> bool {
+    let whose = for_account(&a.account);
+    if let Some((cause, retry_after)) = &a.outage {
+        if lane.breaker.outage(now, cause, *retry_after) {
+            let wait = lane
+                .breaker
+                .next_probe()
+                .map(|t| t.saturating_duration_since(now));
+            tracing::warn!(
+                "provider unreachable{whose} ({cause}): pausing sends; one probe request in {:.0}s, then on a doubling delay; pending pairs wait",
+                wait.unwrap_or_default().as_secs_f64()
+            );
+            metrics::record_breaker(a.account.as_deref(), true);
+            return true;
+        }
+        if a.was_probe {
+            tracing::debug!("probe failed{whose} ({cause}); the next one waits longer");
+        }
+    } else if let Some((open_for, cause)) = lane.breaker.answered(now) {
+        tracing::info!(
+            "provider answers again{whose} after {:.0}s ({cause}): sending resumes",
+            open_for.as_secs_f64()
+        );
+        metrics::record_breaker(a.account.as_deref(), false);
+    }
+    false
+}
+
+/// Hands claimed, unstarted rows back to the queue.
+fn release(out: &mpsc::UnboundedSender<ToWriter>, rows: VecDeque<Ready>) {
+    for r in rows {
+        let _ = out.send(ToWriter::Outcome(
+            Outcome::released(r.row.id, r.row.run_id),
+            None,
+        ));
     }
 }
 
@@ -796,38 +1008,48 @@ async fn listen(pool: Db, wake: Arc<Notify>, stop: CancellationToken) {
 /// What a request task needs besides its row.
 struct Job {
     ctx: Context,
+    /// The account the row was planned for, and its signing client.
+    account: Option<String>,
+    client: ProviderClient,
     out: mpsc::UnboundedSender<ToWriter>,
     held: SharedHeld,
-    limiter: SharedLimiter,
+    limiters: Arc<Limiters>,
     answered: Arc<Notify>,
     was_probe: bool,
 }
 
 impl Job {
-    /// Reports the answer (or its absence) to the limiter, logs a change of the limit, and
-    /// wakes the dispatcher: the place on the wire is free before the outcome is recorded.
+    /// Reports the answer (or its absence) to the account's limiter, logs a change of the
+    /// limit, and wakes the dispatcher: the place on the wire is free before the outcome is
+    /// recorded.
     fn answered(&self, rtt: Duration, signal: Signal) {
-        let (change, limit, baseline) = {
-            let mut l = lock_limiter(&self.limiter);
-            let change = l.answered(Mono::now(), rtt, signal);
-            (change, l.limit(), l.baseline())
-        };
-        metrics::record_concurrency(limit, baseline);
-        let baseline_ms = baseline.map_or(0.0, |b| b.as_secs_f64() * 1000.0);
-        match change {
-            Some(Change::Moved { from, to }) => tracing::debug!(
-                from,
-                to,
-                baseline_ms,
-                "concurrency limit {from} -> {to} (provider RTT baseline {baseline_ms:.0} ms)"
-            ),
-            Some(Change::Settled { limit }) => tracing::info!(
-                limit,
-                baseline_ms,
-                "concurrency settled at {limit} requests on the wire (provider RTT baseline {baseline_ms:.0} ms, ceiling provider.max_in_flight = {})",
-                self.ctx.settings.provider.max_in_flight
-            ),
-            None => {}
+        let whose = for_account(&self.account);
+        let answer = self
+            .limiters
+            .answered(&self.account, Mono::now(), rtt, signal);
+        if let Some(Answered {
+            change,
+            limit,
+            baseline,
+        }) = answer
+        {
+            metrics::record_concurrency(self.account.as_deref(), limit, baseline);
+            let baseline_ms = baseline.map_or(0.0, |b| b.as_secs_f64() * 1000.0);
+            match change {
+                Some(Change::Moved { from, to }) => tracing::debug!(
+                    from,
+                    to,
+                    baseline_ms,
+                    "concurrency limit{whose} {from} -> {to} (provider RTT baseline {baseline_ms:.0} ms)"
+                ),
+                Some(Change::Settled { limit }) => tracing::info!(
+                    limit,
+                    baseline_ms,
+                    "concurrency{whose} settled at {limit} requests on the wire (provider RTT baseline {baseline_ms:.0} ms, ceiling provider.max_in_flight = {})",
+                    self.ctx.settings.provider.max_in_flight
+                ),
+                None => {}
+            }
         }
         self.answered.notify_one();
     }
@@ -847,6 +1069,7 @@ async fn attempt(job: Job, row: Claimed, request: BackfillRequest) -> Attempted 
         job.answered(Duration::ZERO, Signal::Nothing);
         record(&job.out, Outcome::released(row.id, row.run_id)).await;
         return Attempted {
+            account: row.account,
             sent: false,
             outage: None,
             stop: None,
@@ -854,7 +1077,7 @@ async fn attempt(job: Job, row: Claimed, request: BackfillRequest) -> Attempted 
             was_probe: job.was_probe,
         };
     }
-    let ex = metrics::timed_request(job.ctx.client.submit_backfill(&request)).await;
+    let ex = metrics::timed_request(job.client.submit_backfill(&request)).await;
     job.answered(Mono::now().since(started), ex.load_signal());
     tracing::debug!(
         app_id = request.app_id.as_str(),
@@ -907,10 +1130,11 @@ fn judge_answer<T>(
         Class::Rejected(rejection) if rejection.stops_the_cycle() => Some((
             row.run_id,
             format!(
-                "provider status {} ({}): {}",
+                "provider status {} ({}){}: {}",
                 ex.provider_status.as_deref().unwrap_or("?"),
                 ex.reason.as_deref().unwrap_or("no reason given"),
-                rejection.advice()
+                for_account(&row.account),
+                rejection.advice_for(row.account.as_deref())
             ),
         )),
         _ => None,
@@ -928,6 +1152,7 @@ fn judge_answer<T>(
         }),
     };
     let result = Attempted {
+        account: row.account.clone(),
         sent: true,
         outage: ex.is_outage().then_some((cause, ex.retry_after)),
         stop,
@@ -980,7 +1205,7 @@ async fn write_outcomes(
 struct Group {
     outcomes: Vec<Outcome>,
     acks: Vec<oneshot::Sender<()>>,
-    fail_runs: Vec<(i64, String)>,
+    fail_runs: Vec<(i64, Option<String>, String)>,
     expire: Vec<Option<i64>>,
 }
 
@@ -991,7 +1216,11 @@ impl Group {
                 self.outcomes.push(o);
                 self.acks.extend(ack);
             }
-            ToWriter::FailRun { run_id, reason } => self.fail_runs.push((run_id, reason)),
+            ToWriter::FailRun {
+                run_id,
+                account,
+                reason,
+            } => self.fail_runs.push((run_id, account, reason)),
             ToWriter::Expire { run } => self.expire.push(run),
         }
     }
@@ -1035,18 +1264,20 @@ impl Group {
             .filter(|w| w.state != State::Pending)
             .map(|w| w.run_id)
             .collect();
-        for (run_id, reason) in self.fail_runs {
+        for (run_id, account, reason) in self.fail_runs {
             let failed = retry_db("failing the rest of the run", || {
-                queue::fail_unsent(pool, run_id, &reason)
+                queue::fail_unsent(pool, (run_id, account.as_deref()), &reason)
             })
             .await;
-            metrics::record_states(std::iter::repeat_n("failed", failed as usize));
+            metrics::record_decided(account.as_deref(), "failed", failed);
             runs.push(run_id);
         }
         for run in self.expire {
             let ended = retry_db("ending overdue submissions", || queue::expire(pool, run)).await;
-            metrics::record_states(ended.iter().map(|(_, state)| state.as_str()));
-            runs.extend(ended.iter().map(|(run_id, _)| *run_id));
+            for (run_id, state, account) in &ended {
+                metrics::record_decided(account.as_deref(), state.as_str(), 1);
+                runs.push(*run_id);
+            }
         }
         runs.sort_unstable();
         runs.dedup();
@@ -1093,6 +1324,7 @@ fn account(batch: &[Outcome], written: &[queue::Written]) {
         metrics::record_outcome(
             w.state.as_str(),
             attempt.and_then(|a| a.provider_status.as_deref()),
+            w.account.as_deref(),
         );
         if w.state == State::Failed {
             let why = match &o.disposition {

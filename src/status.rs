@@ -27,6 +27,8 @@ pub const GAP: char = '·';
 /// One pair, as `status --json` prints it. Rates are numbers in percent.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StatusRow {
+    /// The provider account of its latest submission; `None` for the unnamed account.
+    pub account: Option<String>,
     pub app_id: String,
     pub mcc: String,
     /// Short country name ("unknown" for a code not in the E.212 list).
@@ -73,7 +75,7 @@ fn percents<S: serde::Serializer>(rates: &[Option<Rate>], s: S) -> Result<S::Ok,
 const STATUS: &str = "WITH latest AS ( \
         SELECT DISTINCT ON (app_id, mcc) app_id, mcc, scheduled_for, rate, state, \
             provider_status, COALESCE(reason, provider_reason, error) AS detail, \
-            backfill_number, cardinal_number \
+            backfill_number, cardinal_number, account \
         FROM report_submissions \
         WHERE ($1::text IS NULL OR app_id = $1) AND state <> 'superseded' \
             AND app_id IS NOT NULL AND mcc IS NOT NULL \
@@ -81,7 +83,7 @@ const STATUS: &str = "WITH latest AS ( \
     SELECT l.app_id, l.mcc, l.scheduled_for, (l.rate * 100)::int, l.state, l.provider_status, \
         l.detail, l.backfill_number::text, l.cardinal_number::text, \
         COALESCE(h.rates, '{}'), (b.baseline * 100)::int, (a.app_id IS NOT NULL) AS firing, \
-        a.since, b.baseline IS NOT NULL AS judged \
+        a.since, b.baseline IS NOT NULL AS judged, l.account \
     FROM latest l \
     LEFT JOIN LATERAL ( \
         SELECT array_agg(CASE WHEN x.state = 'succeeded' THEN (x.rate * 100)::int END \
@@ -94,14 +96,21 @@ const STATUS: &str = "WITH latest AS ( \
         WHERE s.app_id = l.app_id AND s.mcc = l.mcc AND s.baseline IS NOT NULL \
         ORDER BY s.scheduled_for DESC LIMIT 1) b ON true \
     LEFT JOIN route_alarms a ON a.app_id = l.app_id AND a.mcc = l.mcc \
-    ORDER BY l.app_id, l.mcc";
+    WHERE ($3::text IS NULL OR l.account = $3) \
+    ORDER BY l.account NULLS FIRST, l.app_id, l.mcc";
 
-/// Every pair's status, ordered by app and MCC; only `app_id`'s when given.
+/// Every pair's status, ordered by account, app and MCC; only `app_id`'s, or only those whose
+/// latest submission is `account`'s, when given.
 #[tracing::instrument(skip_all)]
-pub async fn rows(pool: &Db, app_id: Option<&str>) -> anyhow::Result<Vec<StatusRow>> {
+pub async fn rows(
+    pool: &Db,
+    app_id: Option<&str>,
+    account: Option<&str>,
+) -> anyhow::Result<Vec<StatusRow>> {
     let rows = sqlx::query(STATUS)
         .bind(app_id)
         .bind(SPARK_LEN as i64)
+        .bind(account)
         .fetch_all(pool)
         .await
         .context("reading the pairs' status from report_submissions")?;
@@ -113,6 +122,7 @@ fn status_row(r: &sqlx::postgres::PgRow) -> StatusRow {
     let country = mcc::lookup(&mcc);
     let (firing, judged): (bool, bool) = (r.get(11), r.get(13));
     StatusRow {
+        account: r.get(14),
         app_id: r.get(0),
         country: country.map_or("unknown", |c| c.name).to_owned(),
         country_itu: country.map(|c| c.itu_name.to_owned()),
@@ -218,7 +228,11 @@ pub fn render_table(rows: &[StatusRow], alarm: &AlarmSettings, color: bool) -> S
         pad("ACCEPTED, 24 TICKS", SPARK_LEN),
         pad("OUTCOME", 7),
     );
-    for r in rows {
+    let named = rows.iter().any(|r| r.account.is_some());
+    for (i, r) in rows.iter().enumerate() {
+        if named && (i == 0 || rows[i - 1].account != r.account) {
+            let _ = writeln!(out, "{}", account_line(rows, &r.account));
+        }
         let _ = writeln!(out, "{}", pair_line(r, paint));
     }
     let firing: Vec<&StatusRow> = rows.iter().filter(|r| r.alarm == Some(true)).collect();
@@ -248,6 +262,24 @@ impl Paint {
             text
         }
     }
+}
+
+/// The heading of an account's pairs, when the deployment has named accounts: "account shop:
+/// 5 pairs, 1 alarm firing". The unnamed account's (rows planned before `[[accounts]]`) is
+/// called so.
+fn account_line(rows: &[StatusRow], account: &Option<String>) -> String {
+    let own: Vec<&StatusRow> = rows.iter().filter(|r| r.account == *account).collect();
+    let firing = own.iter().filter(|r| r.alarm == Some(true)).count();
+    let name = account.as_deref().map_or_else(
+        || "(unnamed: provider.api_key)".to_owned(),
+        |a| fit(&shown(a), 32),
+    );
+    format!(
+        "account {name}: {} pair{}, {firing} alarm{} firing",
+        own.len(),
+        if own.len() == 1 { "" } else { "s" },
+        if firing == 1 { "" } else { "s" }
+    )
 }
 
 fn pair_line(r: &StatusRow, paint: Paint) -> String {
@@ -346,6 +378,7 @@ mod tests {
         let rates = accepted(rates);
         let country = mcc::lookup(mcc);
         StatusRow {
+            account: None,
             app_id: app.into(),
             mcc: mcc.into(),
             country: country.map_or("unknown", |c| c.name).into(),

@@ -221,7 +221,7 @@ _backfill__reporter() {
             return 0
             ;;
         backfill__subcmd__reporter__subcmd__history)
-            opts="-h --limit --app-id --mcc --state --config --log-format --help"
+            opts="-h --limit --app-id --mcc --state --account --config --log-format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -241,6 +241,10 @@ _backfill__reporter() {
                     ;;
                 --state)
                     COMPREPLY=($(compgen -W "pending succeeded failed skipped invalid superseded" -- "${cur}"))
+                    return 0
+                    ;;
+                --account)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --config)
@@ -281,13 +285,17 @@ _backfill__reporter() {
             return 0
             ;;
         backfill__subcmd__reporter__subcmd__record)
-            opts="-h --app-id --json --config --log-format --help"
+            opts="-h --app-id --account --json --config --log-format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --app-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --account)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -333,13 +341,17 @@ _backfill__reporter() {
             return 0
             ;;
         backfill__subcmd__reporter__subcmd__status)
-            opts="-h --app-id --json --config --log-format --help"
+            opts="-h --app-id --account --json --config --log-format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --app-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --account)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -44,6 +44,7 @@ complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand run"
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand run" -l dry-run -d 'With --once: print what would be sent, skipped or refused; send and write nothing'
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand run" -s h -l help -d 'Print help'
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand record" -l app-id -d 'The application the send belongs to (appId, 4-32 characters)' -r
+complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand record" -l account -d 'The provider account to ask as, from [[accounts]] (its key and secret sign the lookup); by default the account of --app-id, or the only account' -r
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand record" -l config -d 'The TOML config file [default: /etc/backfill-reporter/config.toml]' -r -F
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand record" -l log-format -d 'Log format on stderr: text for people and journald, json for log shippers' -r -f -a "text\t''
 json\t''"
@@ -67,11 +68,13 @@ failed\t''
 skipped\t''
 invalid\t''
 superseded\t''"
+complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand history" -l account -d 'Only this provider account\'s submissions (a name from [[accounts]])' -r
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand history" -l config -d 'The TOML config file [default: /etc/backfill-reporter/config.toml]' -r -F
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand history" -l log-format -d 'Log format on stderr: text for people and journald, json for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand history" -s h -l help -d 'Print help'
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand status" -l app-id -d 'Only this application' -r
+complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand status" -l account -d 'Only this provider account\'s pairs (a name from [[accounts]])' -r
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand status" -l config -d 'The TOML config file [default: /etc/backfill-reporter/config.toml]' -r -F
 complete -c backfill-reporter -n "__fish_backfill_reporter_using_subcommand status" -l log-format -d 'Log format on stderr: text for people and journald, json for log shippers' -r -f -a "text\t''
 json\t''"

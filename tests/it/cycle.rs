@@ -12,7 +12,7 @@ use crate::helpers::{utc, Output, Submission, TestApp, TestConfig};
 
 const TICK: &str = "2026-02-01T00:00:00+08:00";
 
-fn tick() -> DateTime<Utc> {
+pub(crate) fn tick() -> DateTime<Utc> {
     utc(TICK)
 }
 
@@ -22,7 +22,7 @@ async fn seed_before_tick(app: &TestApp, app_id: &str, backfilled: i64) {
     app.seed(app_id, 460, bucket, 10, backfilled).await;
 }
 
-async fn run_cycle(app: &TestApp) -> RunSummary {
+pub(crate) async fn run_cycle(app: &TestApp) -> RunSummary {
     cycle::run(
         &app.ctx(),
         tick(),

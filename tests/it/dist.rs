@@ -98,3 +98,36 @@ fn the_man_pages_document_every_subcommand_and_the_completions_offer_them() {
     );
     assert!(text("man/backfill-reporter-status.1").contains("\\-\\-json"));
 }
+
+#[test]
+fn the_package_ships_the_dashboard_and_the_alert_rules_under_usr_share() {
+    let manifest: toml::Value = toml::from_str(include_str!("../../Cargo.toml")).unwrap();
+    let assets = manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .unwrap();
+    let shipped = |source: &str| {
+        assets.iter().find_map(|a| {
+            let a = a.as_array().unwrap();
+            (a[0].as_str() == Some(source)).then(|| a[1].as_str().unwrap().to_owned())
+        })
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+
+    for (source, target) in [
+        (
+            "dist/grafana/backfill-reporter.json",
+            "usr/share/backfill-reporter/grafana/",
+        ),
+        (
+            "dist/prometheus/backfill-reporter.rules.yml",
+            "usr/share/backfill-reporter/prometheus/",
+        ),
+        (
+            "dist/prometheus/backfill-reporter.rules.test.yml",
+            "usr/share/backfill-reporter/prometheus/",
+        ),
+    ] {
+        assert_eq!(shipped(source).as_deref(), Some(target), "{source}");
+        assert!(root.join(source).is_file(), "{source} exists");
+    }
+}

@@ -13,10 +13,15 @@
 //! 1. route: `POST {base}/backfillRate` or `POST {base}/verification/orderId/record`, base
 //!    path `/otp`; anything else is HTTP 404 (still recorded);
 //! 2. headers: `Content-Type` (`-22`), `Api-Key` (`-1`), `Timestamp` parseable (`-1`),
-//!    `Sign` (`-1`), `Timestamp` within the allowed skew (`-16`); each of the four must also
+//!    `Sign` (`-1`, checked against the secret of the account whose `Api-Key` came, when
+//!    [`FakeProvider::add_account`] made several), `Timestamp` within the allowed skew
+//!    (`-16`); each of the four must also
 //!    be *spelled* as the pages spell it on the wire (a gateway may compare case), which the
 //!    fake can check because it records the raw bytes of every connection;
-//! 3. body: a JSON object with exactly the documented fields, each well-formed (`-22`);
+//! 3. body: a JSON object with exactly the documented fields, each well-formed (`-22`), and
+//!    an `appId` of the signing account when that account was given its apps (`-22`: the
+//!    pages do not say what the provider answers to another account's app; this is the
+//!    stricter reading, so that a report signed by the wrong account fails its test);
 //! 4. scripted answers ([`FakeProvider::script_all`] first, then [`FakeProvider::script`]):
 //!    only a request that passed every check gets one, so a test that scripts an answer still
 //!    proves that the client sent a valid, correctly signed request;
@@ -238,13 +243,22 @@ impl Answer {
 }
 
 struct Config {
+    /// The key of the account the fake was started with.
     api_key: String,
+}
+
+/// An account the fake knows: its secret, and the apps it may report for (empty: any app).
+#[derive(Clone, Default)]
+struct FakeAccount {
+    secret: String,
+    apps: Vec<String>,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// Changeable, to stand for a secret rotated in the provider's console.
-    api_secret: String,
+    /// Every account by its API key. The first one's secret is changeable, to stand for a
+    /// secret rotated in the provider's console.
+    accounts: HashMap<String, FakeAccount>,
     max_skew: i64,
     /// Added to every request before it is answered: a provider far away.
     latency: Duration,
@@ -301,7 +315,13 @@ impl FakeProvider {
                 api_key: api_key.to_string(),
             },
             inner: Mutex::new(Inner {
-                api_secret: api_secret.to_string(),
+                accounts: HashMap::from([(
+                    api_key.to_string(),
+                    FakeAccount {
+                        secret: api_secret.to_string(),
+                        apps: Vec::new(),
+                    },
+                )]),
                 max_skew: DEFAULT_MAX_SKEW_SECS,
                 ..Inner::default()
             }),
@@ -397,19 +417,35 @@ impl FakeProvider {
         self.shared.lock().max_skew = secs;
     }
 
-    /// The `Sign` this fake expects for a given `Timestamp` header string.
+    /// The `Sign` this fake expects for a given `Timestamp` header string, from the account
+    /// it was started with.
     pub fn sign_for(&self, timestamp: &str) -> String {
-        sign(
-            &self.shared.cfg.api_key,
-            &self.shared.lock().api_secret,
-            timestamp,
-        )
+        let key = &self.shared.cfg.api_key;
+        sign(key, &self.shared.lock().accounts[key].secret, timestamp)
     }
 
-    /// Changes the secret the fake checks `Sign` against, as a rotation in the provider's
-    /// console would: requests signed with the old one get `-1` from now on.
+    /// Changes the secret the fake checks `Sign` against for the account it was started
+    /// with, as a rotation in the provider's console would: requests signed with the old one
+    /// get `-1` from now on.
     pub fn set_secret(&self, api_secret: &str) {
-        self.shared.lock().api_secret = api_secret.to_string();
+        let key = self.shared.cfg.api_key.clone();
+        if let Some(account) = self.shared.lock().accounts.get_mut(&key) {
+            account.secret = api_secret.to_string();
+        }
+    }
+
+    /// Another account, as a company with several has at the provider: requests with its
+    /// `Api-Key` are checked against its secret, and a backfillRate for an app not in `apps`
+    /// is refused (`-22`). The account the fake was started with takes any app.
+    pub fn add_account(&self, api_key: &str, api_secret: &str, apps: &[&str]) {
+        let account = FakeAccount {
+            secret: api_secret.to_string(),
+            apps: apps.iter().map(ToString::to_string).collect(),
+        };
+        self.shared
+            .lock()
+            .accounts
+            .insert(api_key.to_string(), account);
     }
 
     /// Correct headers for a request made now, as `(name, value)` pairs: handy for tests that
@@ -555,6 +591,11 @@ async fn decide(
         Ok(order_id) => order_id,
         Err(reason) => return Answer::provider("-22", reason),
     };
+    if endpoint == Endpoint::Backfill {
+        if let Err(reason) = check_app_of_account(shared, headers, body) {
+            return Answer::provider("-22", reason);
+        }
+    }
 
     // Latency and injected failures, for valid requests only.
     let (latency, fail) = {
@@ -760,13 +801,13 @@ fn check_headers(
         ));
     }
 
-    match header_str(headers, "api-key") {
+    let account = match header_str(headers, "api-key") {
         None => return Err(("-1", "Api-Key: missing".to_string())),
-        Some(k) if k != shared.cfg.api_key => {
-            return Err(("-1", "Api-Key: unknown key".to_string()))
-        }
-        Some(_) => {}
-    }
+        Some(k) => match shared.lock().accounts.get(k) {
+            None => return Err(("-1", "Api-Key: unknown key".to_string())),
+            Some(account) => (k.to_string(), account.secret.clone()),
+        },
+    };
 
     // Digits only: `+5`, ` 5`, `5.0` and negative values are not unix seconds as the
     // provider's examples produce them (Java `getEpochSecond`, PHP `time()`).
@@ -786,7 +827,7 @@ fn check_headers(
         ));
     };
 
-    let expected = sign(&shared.cfg.api_key, &shared.lock().api_secret, ts_str);
+    let expected = sign(&account.0, &account.1, ts_str);
     match header_str(headers, "sign") {
         None => return Err(("-1", "Sign: missing".to_string())),
         // NOTES.md: compared case-insensitively.
@@ -808,6 +849,23 @@ fn check_headers(
         ));
     }
     Ok(())
+}
+
+/// The `appId` of a backfillRate must be one of the signing account's apps, when the test
+/// gave that account its apps ([`FakeProvider::add_account`]).
+fn check_app_of_account(shared: &Shared, headers: &HeaderMap, body: &Value) -> Result<(), String> {
+    let key = header_str(headers, "api-key").unwrap_or_default();
+    let app = body
+        .get("appId")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let inner = shared.lock();
+    match inner.accounts.get(key) {
+        Some(account) if !account.apps.is_empty() && !account.apps.iter().any(|a| a == app) => Err(
+            format!("appId: {app:?} is not an app of the account {key:?}"),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// `application/json;charset=UTF-8`, case-insensitive, spaces allowed around `;` only.

@@ -40,6 +40,39 @@ pub struct TestConfig {
     pub base_url: Option<String>,
     /// Lines added to `[database]` (`pooler = "transaction"`, `statement_timeout = "1s"`).
     pub database_extra: String,
+    /// `[[accounts]]` instead of `[provider] api_key`; each one is known to the fake provider
+    /// too, with its secret and apps.
+    pub accounts: Vec<TestAccount>,
+}
+
+/// One `[[accounts]]` entry of a test config: its secret goes in a file of its own.
+#[derive(Debug, Clone)]
+pub struct TestAccount {
+    pub name: &'static str,
+    pub api_key: &'static str,
+    pub api_secret: &'static str,
+    pub apps: Vec<&'static str>,
+}
+
+impl TestAccount {
+    /// Two accounts, as a company with two brands has them: `shop` (keys of its own) reports
+    /// for `shop_apps`, `bank` for `bank_apps`.
+    pub fn two(shop_apps: &[&'static str], bank_apps: &[&'static str]) -> Vec<TestAccount> {
+        vec![
+            TestAccount {
+                name: "shop",
+                api_key: "shopKey1",
+                api_secret: "shop-secret-1",
+                apps: shop_apps.to_vec(),
+            },
+            TestAccount {
+                name: "bank",
+                api_key: "bankKey1",
+                api_secret: "bank-secret-1",
+                apps: bank_apps.to_vec(),
+            },
+        ]
+    }
 }
 
 impl Default for TestConfig {
@@ -59,6 +92,7 @@ impl Default for TestConfig {
             retry_deadline: None,
             base_url: None,
             database_extra: String::new(),
+            accounts: Vec::new(),
         }
     }
 }
@@ -145,8 +179,49 @@ impl TestApp {
         // As an operator would: the daemon warns about a secret others can read.
         std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
+        for account in &app.config.accounts {
+            app.provider
+                .add_account(account.api_key, account.api_secret, &account.apps);
+            app.write_account_secret(account.name, account.api_secret);
+        }
         app.write_config(&app.config.clone());
         app
+    }
+
+    /// Writes the secret of account `name` in its file (`api_secret_<name>`, mode 0600), as
+    /// an operator would: a new one is read at the next reload.
+    pub fn write_account_secret(&self, name: &str, secret: &str) {
+        let path = self.dir.path().join(format!("api_secret_{name}"));
+        std::fs::write(&path, format!("{secret}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+
+    /// The `[provider]` keys and `[[accounts]]` of `c`: the unnamed account of the fake's
+    /// own key, or the named ones, each secret in its file.
+    fn accounts_text(&self, c: &TestConfig) -> (String, String) {
+        if c.accounts.is_empty() {
+            let secret = self.dir.path().join("api_secret").display().to_string();
+            return (
+                format!("api_key = {API_KEY:?}\napi_secret_file = {secret:?}\n"),
+                String::new(),
+            );
+        }
+        let entries = c
+            .accounts
+            .iter()
+            .map(|a| {
+                let secret = self.dir.path().join(format!("api_secret_{}", a.name));
+                format!(
+                    "[[accounts]]\nname = {:?}\napi_key = {:?}\napi_secret_file = {:?}\napps = {:?}\n",
+                    a.name,
+                    a.api_key,
+                    secret.display().to_string(),
+                    a.apps
+                )
+            })
+            .collect();
+        (String::new(), entries)
     }
 
     /// Writes the config file from `c` (the file the binary and `settings()` read).
@@ -191,14 +266,14 @@ impl TestApp {
             };
             retries.push_str(&format!("concurrency = {value}\n"));
         }
+        let (keys, accounts) = self.accounts_text(c);
         format!(
-            "[provider]\nbase_url = {base:?}\napi_key = {API_KEY:?}\napi_secret_file = {secret:?}\n\
+            "[provider]\nbase_url = {base:?}\n{keys}\
              request_timeout = {rt:?}\nmax_in_flight = {mif}\n{retries}retry_backoff = {rb:?}\n\
              [database]\nurl = {db:?}\n{database}\
              [source]\nwindow = {w:?}\nmin_cardinal = {mc}\napps = {apps:?}\n{query}\
-             [schedule]\ncron = {cron:?}\ntimezone = {tz:?}\n",
+             [schedule]\ncron = {cron:?}\ntimezone = {tz:?}\n{accounts}",
             base = c.base_url.as_ref().unwrap_or(&self.provider.base_url),
-            secret = self.dir.path().join("api_secret").display().to_string(),
             rt = c.request_timeout,
             mif = c.max_in_flight,
             rb = c.retry_backoff,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use crate::alarm::append_config;
-use crate::helpers::{eventually, Daemon, Stopped, TestApp, TestConfig};
+use crate::helpers::{eventually, Daemon, Stopped, TestAccount, TestApp, TestConfig};
 
 /// `http://127.0.0.1:PORT`, from the daemon's "metrics on …" line (it binds port 0).
 async fn endpoint(daemon: &Daemon) -> String {
@@ -50,6 +50,21 @@ fn sample(body: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Scrapes `base` until a scheduled cycle with `result` is counted.
+async fn wait_for_cycle(base: &str, result: &str) {
+    let series =
+        format!("backfill_reporter_cycles_total{{trigger=\"schedule\",result=\"{result}\"}}");
+    eventually(
+        Duration::from_secs(20),
+        "the cycle in the metrics",
+        || async {
+            let body = get(&format!("{base}/metrics")).await.body;
+            sample(&body, &series).is_some()
+        },
+    )
+    .await;
+}
+
 /// A schedule whose only tick in the next day is a few seconds from now, so that the counters
 /// hold still once its cycle is done.
 fn one_tick_soon() -> TestConfig {
@@ -73,19 +88,7 @@ async fn a_scrape_after_a_cycle_counts_the_cycle_its_submissions_and_their_laten
 
     let daemon = Daemon::start(&app);
     let base = endpoint(&daemon).await;
-    eventually(
-        Duration::from_secs(20),
-        "the cycle in the metrics",
-        || async {
-            let body = get(&format!("{base}/metrics")).await.body;
-            sample(
-                &body,
-                r#"backfill_reporter_cycles_total{trigger="schedule",result="ok"}"#,
-            )
-            .is_some()
-        },
-    )
-    .await;
+    wait_for_cycle(&base, "ok").await;
     let metrics = get(&format!("{base}/metrics")).await;
     let health = get(&format!("{base}/healthz")).await;
     let Stopped { code, log } = daemon.stop().await;
@@ -141,6 +144,69 @@ async fn a_scrape_after_a_cycle_counts_the_cycle_its_submissions_and_their_laten
         "the database agrees"
     );
     assert_eq!(health.status, 200, "{}", health.body);
+}
+
+#[sqlx::test]
+async fn with_two_accounts_the_metrics_carry_the_account_and_serve_what_the_alert_rules_read(
+    pool: PgPool,
+) {
+    let config = TestConfig {
+        accounts: TestAccount::two(&["shopApp1", "shopApp2"], &["bankApp1"]),
+        ..one_tick_soon()
+    };
+    let app = TestApp::with(pool, config).await;
+    // Every bank request is refused -1: a wrong secret.
+    app.write_account_secret("bank", "not-the-bank-secret");
+    append_config(&app, "[metrics]\nlisten = \"127.0.0.1:0\"");
+    for id in ["shopApp1", "shopApp2", "bankApp1"] {
+        app.seed_recent(id).await;
+    }
+
+    let daemon = Daemon::start(&app);
+    let base = endpoint(&daemon).await;
+    wait_for_cycle(&base, "failed_pairs").await;
+    let body = get(&format!("{base}/metrics")).await.body;
+    let Stopped { code, log } = daemon.stop().await;
+
+    assert_eq!(code, 0, "{log}");
+    let value = |series: &str| sample(&body, series).unwrap_or_else(|| panic!("{series}:\n{body}"));
+    let submissions = |state: &str, status: &str, account: &str| {
+        value(&format!(
+            "backfill_reporter_submissions_total{{state=\"{state}\",provider_status=\"{status}\",account=\"{account}\"}}"
+        ))
+    };
+    assert_eq!(submissions("succeeded", "0", "shop"), 2.0);
+    assert_eq!(submissions("failed", "-1", "bank"), 1.0);
+    assert_eq!(submissions("failed", "-1", "shop"), 0.0, "declared at zero");
+    for account in ["shop", "bank"] {
+        assert_eq!(
+            value(&format!(
+                "backfill_reporter_breaker_open{{account=\"{account}\"}}"
+            )),
+            0.0
+        );
+        assert!(
+            value(&format!(
+                "backfill_reporter_concurrency_limit{{account=\"{account}\"}}"
+            )) >= 1.0
+        );
+    }
+    assert_eq!(
+        value("backfill_reporter_schedule_interval_seconds"),
+        86_400.0,
+        "a daily schedule"
+    );
+    let started = value("backfill_reporter_start_time_seconds");
+    assert!(
+        (chrono::Utc::now().timestamp() as f64 - started).abs() < 120.0,
+        "{started}"
+    );
+    for name in crate::prometheus::metrics_the_rules_read() {
+        assert!(
+            body.lines().any(|l| l.starts_with(&name)),
+            "the rules read {name}, which the daemon does not serve:\n{body}"
+        );
+    }
 }
 
 #[sqlx::test]

@@ -10,7 +10,7 @@ use backfill_reporter::db;
 use sqlx::PgPool;
 
 use crate::drills::{assert_each_sent_once, catch_up_app};
-use crate::helpers::{command_with, eventually, Daemon, Output, TestApp, TestConfig};
+use crate::helpers::{command_with, eventually, Daemon, Output, TestAccount, TestApp, TestConfig};
 use crate::migrations::{existing_otp_counts, source_index};
 use crate::pgbouncer::PgBouncer;
 
@@ -172,6 +172,45 @@ async fn run_once_through_pgbouncer_in_transaction_mode_sends_every_pair_once(po
 #[sqlx::test]
 async fn run_once_through_pgbouncer_in_session_mode_sends_every_pair_once(pool: PgPool) {
     run_once_sends_every_pair(pool, "session").await;
+}
+
+#[sqlx::test]
+async fn two_accounts_through_pgbouncer_in_transaction_mode_each_stopping_only_itself(
+    pool: PgPool,
+) {
+    let bouncer = PgBouncer::start("transaction").await;
+    let config = TestConfig {
+        accounts: TestAccount::two(&["shopApp1", "shopApp2"], &["bankApp1", "bankApp2"]),
+        ..with_database(TestConfig::default(), TRANSACTION)
+    };
+    let mut app = TestApp::with(pool, config).await;
+    through(&mut app, &bouncer);
+    for id in ["shopApp1", "shopApp2", "bankApp1", "bankApp2"] {
+        app.seed_recent(id).await;
+    }
+    // Every bank request is refused -1: its account stops, with the claims that leave it out.
+    app.write_account_secret("bank", "not-the-bank-secret");
+
+    let out = app.run(&["run", "--once"]).await;
+
+    assert_eq!(out.code, 1, "{out:?}");
+    let states: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT app_id, account, state FROM report_submissions ORDER BY app_id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let state = |s: &str| s.to_owned();
+    assert_eq!(
+        states,
+        [
+            (state("bankApp1"), state("bank"), state("failed")),
+            (state("bankApp2"), state("bank"), state("failed")),
+            (state("shopApp1"), state("shop"), state("succeeded")),
+            (state("shopApp2"), state("shop"), state("succeeded")),
+        ],
+        "{out:?}"
+    );
+    assert_each_sent_once(&app, 2);
 }
 
 #[sqlx::test]

@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use backfill_reporter::config::ProviderSettings;
+use backfill_reporter::config::{self, ProviderSettings};
 use backfill_reporter::domain::{AppId, Mcc};
 use backfill_reporter::provider::{BackfillRequest, Class, ProviderClient, Rejection};
-use secrecy::SecretString;
 
 use backfill_reporter::concurrency::Signal;
 
@@ -14,17 +13,21 @@ use crate::fake_provider::{self, FakeProvider, Scripted};
 use crate::helpers::{API_KEY, API_SECRET};
 
 fn settings(base_url: &str, secret: &str, timeout: Duration) -> ProviderSettings {
-    ProviderSettings {
-        base_url: base_url.to_owned(),
-        api_key: API_KEY.to_owned(),
-        api_secret: Some(SecretString::from(secret.to_owned())),
-        request_timeout: timeout,
-        concurrency: backfill_reporter::config::Concurrency::Fixed(1),
-        max_in_flight: 1,
-        max_attempts: Some(1),
-        retry_backoff: Duration::from_millis(1),
-        retry_deadline: None,
-    }
+    let text = format!(
+        "[provider]\nbase_url = {base_url:?}\napi_key = {API_KEY:?}\napi_secret = {secret:?}\n\
+         concurrency = 1\nmax_in_flight = 1\nmax_attempts = 1\nretry_backoff = \"10ms\"\n"
+    );
+    let mut settings = config::from_toml(&text, std::path::Path::new("t.toml"), &|_| None)
+        .expect("a valid provider section")
+        .provider;
+    // Below the config's floor of 1 s: these tests time the client out on purpose.
+    settings.request_timeout = timeout;
+    settings
+}
+
+/// The client of the one (unnamed) account of `settings`.
+fn client_of(settings: &ProviderSettings) -> anyhow::Result<ProviderClient> {
+    ProviderClient::new(settings, settings.accounts.get(None).expect("one account"))
 }
 
 fn body() -> BackfillRequest {
@@ -39,7 +42,7 @@ fn body() -> BackfillRequest {
 }
 
 async fn client_for(fake: &FakeProvider) -> ProviderClient {
-    ProviderClient::new(&settings(
+    client_of(&settings(
         &fake.base_url,
         API_SECRET,
         Duration::from_secs(5),
@@ -73,7 +76,7 @@ async fn a_trailing_slash_on_the_base_url_reaches_the_same_endpoint() {
         &|_| None,
     )
     .unwrap();
-    let ex = ProviderClient::new(&cfg.provider)
+    let ex = client_of(&cfg.provider)
         .unwrap()
         .submit_backfill(&body())
         .await;
@@ -84,8 +87,7 @@ async fn a_trailing_slash_on_the_base_url_reaches_the_same_endpoint() {
 #[tokio::test]
 async fn a_wrong_secret_is_an_authentication_rejection() {
     let fake = FakeProvider::start(API_KEY, API_SECRET).await;
-    let client =
-        ProviderClient::new(&settings(&fake.base_url, "wrong", Duration::from_secs(5))).unwrap();
+    let client = client_of(&settings(&fake.base_url, "wrong", Duration::from_secs(5))).unwrap();
     let ex = client.submit_backfill(&body()).await;
     assert_eq!(ex.class, Class::Rejected(Rejection::Authentication));
     assert_eq!(ex.provider_status.as_deref(), Some("-1"));
@@ -143,7 +145,7 @@ async fn every_status_and_failure_mode_lands_in_its_class() {
     let fake = FakeProvider::start(API_KEY, API_SECRET).await;
     let client = client_for(&fake).await;
     // Only the hanging case waits for the timeout; the others get a loaded CI machine's margin.
-    let impatient = ProviderClient::new(&settings(
+    let impatient = client_of(&settings(
         &fake.base_url,
         API_SECRET,
         Duration::from_millis(700),
@@ -237,7 +239,7 @@ async fn a_refused_connection_is_transient() {
         .local_addr()
         .unwrap()
         .port();
-    let client = ProviderClient::new(&settings(
+    let client = client_of(&settings(
         &format!("http://127.0.0.1:{port}/otp"),
         API_SECRET,
         Duration::from_secs(2),

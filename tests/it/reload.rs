@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use sqlx::PgPool;
 
 use crate::fake_provider::BACKFILL_PATH;
-use crate::helpers::{eventually, Daemon, Stopped, TestApp, TestConfig, API_SECRET};
+use crate::helpers::{eventually, Daemon, Stopped, TestAccount, TestApp, TestConfig, API_SECRET};
 
 #[sqlx::test]
 async fn sighup_picks_up_a_rotated_api_secret_credential(pool: PgPool) {
@@ -117,4 +117,58 @@ async fn sighup_moves_new_connections_to_a_rotated_database_credential(_pool: Pg
     assert_eq!(code, 0, "{log}");
     assert_eq!(roles, ["rot_new"], "{log}");
     admin.close().await;
+}
+
+#[sqlx::test]
+async fn sighup_adds_an_account_whose_apps_are_then_signed_with_its_key(pool: PgPool) {
+    let two = TestConfig {
+        accounts: TestAccount::two(&["shopApp1"], &["bankApp1"]),
+        ..TestConfig::every_two_seconds()
+    };
+    let app = TestApp::with(pool, two.clone()).await;
+    let mut shop_only = two.clone();
+    shop_only.accounts.truncate(1);
+    app.write_config(&shop_only);
+    app.seed_recent("shopApp1").await;
+    app.seed_recent("bankApp1").await;
+    let signed_by = |key: &str| {
+        app.provider
+            .received()
+            .into_iter()
+            .filter(|r| r.path == BACKFILL_PATH && r.headers["api-key"] == key)
+            .filter(|r| r.answered_status.as_deref() == Some("0"))
+            .count()
+    };
+    let daemon = Daemon::start(&app);
+    daemon
+        .wait_log("in no provider account", Duration::from_secs(20))
+        .await;
+
+    app.write_config(&two);
+    daemon.signal("HUP").await;
+    daemon
+        .wait_log("config reloaded", Duration::from_secs(20))
+        .await;
+    eventually(
+        Duration::from_secs(20),
+        "bankApp1 reported by the bank account",
+        || async { signed_by("bankKey1") > 0 },
+    )
+    .await;
+    let Stopped { code, log } = daemon.stop().await;
+
+    assert_eq!(code, 0, "{log}");
+    assert!(signed_by("shopKey1") > 0);
+    let bank: Vec<String> = sqlx::query_scalar(
+        "SELECT state FROM report_submissions WHERE app_id = 'bankApp1' ORDER BY scheduled_for",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        bank.first().map(String::as_str),
+        Some("invalid"),
+        "{bank:?}"
+    );
+    assert!(bank.iter().any(|s| s == "succeeded"), "{bank:?}");
 }
