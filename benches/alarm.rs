@@ -13,7 +13,7 @@ mod support;
 use std::time::Instant;
 
 use backfill_reporter::db::Db;
-use backfill_reporter::{alarm, config};
+use backfill_reporter::{config, views::alarm};
 use sqlx::{Executor, PgPool};
 use support::{env_or, BenchDb};
 

@@ -18,8 +18,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use backfill_reporter::config;
-use backfill_reporter::cycle::{self, Context};
-use backfill_reporter::outcomes::Trigger;
+use backfill_reporter::domain::run::Trigger;
+use backfill_reporter::queue::context::Context;
+use backfill_reporter::queue::tick;
 use sqlx::PgPool;
 use support::{env_or, provider, BenchDb, KEY, SECRET};
 use tokio_util::sync::CancellationToken;
@@ -43,7 +44,7 @@ async fn run(db_url: &str, pairs: usize, rows: usize) -> anyhow::Result<()> {
     let settings = config::from_toml(&text, std::path::Path::new("bench.toml"), &|_| None)?;
     let pool = PgPool::connect(db_url).await?;
     let ctx = Context::new(settings, pool.clone(), "bench:1".into())?;
-    let tick = backfill_reporter::outcomes::now_tick(&ctx.pool).await?;
+    let tick = backfill_reporter::queue::runs::now_tick(&ctx.pool).await?;
     cycle_throughput(&ctx, pairs, tick).await?;
     assert_eq!(received.load(Ordering::Relaxed) as usize, pairs);
     window_query(&ctx, rows, tick).await
@@ -68,7 +69,7 @@ async fn cycle_throughput(
     .await?;
 
     let started = Instant::now();
-    let report = cycle::run(ctx, tick, Trigger::Once, &CancellationToken::new())
+    let report = tick::run(ctx, tick, Trigger::Once, &CancellationToken::new())
         .await?
         .expect("claimed");
     let elapsed = started.elapsed();
@@ -108,7 +109,7 @@ async fn window_query(
         .await?;
     let window_start = tick - chrono::Duration::hours(24);
     let started = Instant::now();
-    let preview = cycle::preview(pool, &ctx.settings, tick).await?;
+    let preview = tick::preview(pool, &ctx.settings, tick).await?;
     println!(
         "window query: {} pairs from a table of {total} rows read and judged in {:.1} ms",
         preview.pairs.len(),
@@ -116,7 +117,7 @@ async fn window_query(
     );
     let plan: Vec<String> = sqlx::query_scalar(&format!(
         "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
-        backfill_reporter::source::DEFAULT_QUERY
+        backfill_reporter::queue::source::DEFAULT_QUERY
             .replace(
                 "$1",
                 &format!("'{}'::timestamptz", window_start.to_rfc3339())

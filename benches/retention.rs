@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backfill_reporter::retention;
+use backfill_reporter::queue::retention;
 use chrono::Utc;
 use sqlx::PgPool;
 use support::{env_or, BenchDb};

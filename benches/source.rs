@@ -84,8 +84,8 @@ async fn next_tick(
     db_url: &str,
     bucket_secs: i64,
 ) -> anyhow::Result<()> {
-    use backfill_reporter::{config, cycle, db::Db, outcomes};
-    let tick = outcomes::now_tick(&Db::from(pool.clone())).await? + chrono::Duration::minutes(10);
+    use backfill_reporter::{config, db::Db, queue::runs, queue::tick};
+    let tick = runs::now_tick(&Db::from(pool.clone())).await? + chrono::Duration::minutes(10);
     // The buckets of the ten minutes before the next tick, for every pair.
     sqlx::query(
         "INSERT INTO otp_counts (app_id, mcc, bucket_start, sent, backfilled) \
@@ -107,7 +107,7 @@ async fn next_tick(
         );
         let settings = config::from_toml(&text, std::path::Path::new("bench.toml"), &|_| None)?;
         let started = Instant::now();
-        let preview = cycle::preview(&Db::from(pool.clone()), &settings, tick).await?;
+        let preview = tick::preview(&Db::from(pool.clone()), &settings, tick).await?;
         println!(
             "source ({name}): the next tick, read {sums}: {:.2} s ({} pairs)",
             started.elapsed().as_secs_f64(),

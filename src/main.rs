@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use rustix::process::DumpableBehavior;
 
-use backfill_reporter::{cli::Cli, commands, telemetry};
+use backfill_reporter::{app::cli::Cli, app::commands, app::telemetry};
 
 fn main() -> ExitCode {
     // First, before any secret is read: no core dump of this process (it would hold the API

@@ -237,7 +237,7 @@ fn refuse_clashes(accounts: &[Account]) -> anyhow::Result<()> {
                     bail!(
                         "app {} is in two accounts, {other} and {name}: an app is reported by \
                          one account only; remove it from the apps of one of them",
-                        crate::provider::clean(app.as_str(), 32)
+                        crate::domain::excerpt::clean(app.as_str(), 32)
                     );
                 }
             }

@@ -17,6 +17,7 @@ use sqlx::{ConnectOptions, Connection, Executor};
 
 use crate::config::{DatabaseSettings, Pooler};
 
+pub mod clock;
 mod handle;
 mod migrate;
 
@@ -134,7 +135,7 @@ fn refuse_unknown_parameters(url: &str, key: &str) -> anyhow::Result<()> {
         if !URL_PARAMETERS.contains(&&*name) && !name.starts_with("options[") {
             anyhow::bail!(
                 "{key} has an unknown parameter {:?} (its value is not shown); known: {}",
-                crate::provider::clean(&name, 64),
+                crate::domain::excerpt::clean(&name, 64),
                 URL_PARAMETERS.join(", ")
             );
         }
@@ -270,7 +271,8 @@ fn pooler_sign(pooler: Pooler, e: &sqlx::Error) -> Option<String> {
     let named = matches!(d.code().as_deref(), Some("42P05" | "26000"))
         && d.message().contains("prepared statement");
     let refused = pooler == Pooler::None && refused_parameter(d.message());
-    (pooler != Pooler::Transaction && (named || refused)).then(|| crate::excerpt::line(d.message()))
+    (pooler != Pooler::Transaction && (named || refused))
+        .then(|| crate::domain::excerpt::line(d.message()))
 }
 
 /// `e`, or the error that says the database sits behind a transaction pooler when it shows

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Router;
-use backfill_reporter::cycle;
-use backfill_reporter::outcomes::Trigger;
+use backfill_reporter::domain::run::Trigger;
+use backfill_reporter::queue::tick;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -160,7 +160,7 @@ pub async fn run_tick(
     app: &TestApp,
     n: i64,
     pairs: &[(&str, i32, i64, i64)],
-) -> backfill_reporter::outcomes::RunSummary {
+) -> backfill_reporter::domain::run::RunSummary {
     for &(a, mcc, sent, backfilled) in pairs {
         app.seed(
             a,
@@ -171,7 +171,7 @@ pub async fn run_tick(
         )
         .await;
     }
-    cycle::run(
+    tick::run(
         &app.ctx(),
         tick(n),
         Trigger::Schedule,
@@ -457,7 +457,7 @@ async fn run_once_logs_one_warn_line_naming_the_country_the_numbers_and_the_base
         let t = now - chrono::Duration::hours(h);
         app.seed("demoShop", 460, t - chrono::Duration::minutes(5), 40, 32)
             .await;
-        cycle::run(&app.ctx(), t, Trigger::Schedule, &CancellationToken::new())
+        tick::run(&app.ctx(), t, Trigger::Schedule, &CancellationToken::new())
             .await
             .unwrap();
     }

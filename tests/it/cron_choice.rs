@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use backfill_reporter::schedule::Schedule;
+use backfill_reporter::config::schedule::Schedule;
 use chrono::{Datelike, Offset, Timelike, Utc};
 use chrono_tz::Europe::Berlin;
 use tokio_cron_scheduler::{Job, JobScheduler};

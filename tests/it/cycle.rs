@@ -1,7 +1,7 @@
 //! One reporting cycle against a real database and the fake provider.
 
-use backfill_reporter::cycle;
-use backfill_reporter::outcomes::{RunSummary, Trigger};
+use backfill_reporter::domain::run::{RunSummary, Trigger};
+use backfill_reporter::queue::tick;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
@@ -23,7 +23,7 @@ async fn seed_before_tick(app: &TestApp, app_id: &str, backfilled: i64) {
 }
 
 pub(crate) async fn run_cycle(app: &TestApp) -> RunSummary {
-    cycle::run(
+    tick::run(
         &app.ctx(),
         tick(),
         Trigger::Schedule,
@@ -202,7 +202,7 @@ async fn a_custom_query_with_a_wrong_column_is_an_error_before_anything_is_sent(
     )
     .await;
     seed_before_tick(&app, "appWrong", 1).await;
-    let err = cycle::run(
+    let err = tick::run(
         &app.ctx(),
         tick(),
         Trigger::Schedule,
@@ -431,18 +431,18 @@ async fn the_unique_key_stops_a_second_submission_of_the_same_tick(pool: PgPool)
     let ctx = app.ctx();
     let none = CancellationToken::new();
 
-    cycle::run(&ctx, tick(), Trigger::Once, &none)
+    tick::run(&ctx, tick(), Trigger::Once, &none)
         .await
         .unwrap()
         .unwrap();
-    let second = cycle::run(&ctx, tick(), Trigger::Once, &none)
+    let second = tick::run(&ctx, tick(), Trigger::Once, &none)
         .await
         .unwrap()
         .unwrap();
-    let scheduled_again = cycle::run(&ctx, tick(), Trigger::Schedule, &none)
+    let scheduled_again = tick::run(&ctx, tick(), Trigger::Schedule, &none)
         .await
         .unwrap();
-    let scheduled_thrice = cycle::run(&ctx, tick(), Trigger::Schedule, &none)
+    let scheduled_thrice = tick::run(&ctx, tick(), Trigger::Schedule, &none)
         .await
         .unwrap();
 
@@ -500,7 +500,7 @@ async fn pending_rows_left_by_a_crash_are_sent_again_and_stale_ones_superseded(p
         .bind(run_id)
         .bind(t)
         .bind(rate)
-        .bind(cycle::callback_time(t, chrono_tz::Asia::Shanghai))
+        .bind(tick::callback_time(t, chrono_tz::Asia::Shanghai))
         .execute(&app.pool)
         .await
         .unwrap();

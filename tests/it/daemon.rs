@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backfill_reporter::daemon::{serve, Clock};
+use backfill_reporter::app::daemon::{serve, Clock};
 use chrono::{DateTime, SubsecRound, Timelike, Utc};
 use sqlx::PgPool;
 use tokio::sync::mpsc;

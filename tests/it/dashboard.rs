@@ -4,8 +4,8 @@
 //! interpolated as its SQL data sources quote them, then the PostgreSQL data source's macros
 //! expanded), and each must return rows of the shape its panel draws.
 
-use backfill_reporter::cycle;
-use backfill_reporter::outcomes::Trigger;
+use backfill_reporter::domain::run::Trigger;
+use backfill_reporter::queue::tick;
 use chrono::{DateTime, Duration, DurationRound, SecondsFormat, Utc};
 use serde_json::Value;
 use sqlx::{Column, PgPool, Row, TypeInfo};
@@ -115,7 +115,7 @@ async fn demo(pool: PgPool) -> TestApp {
     let last = Utc::now().duration_trunc(Duration::hours(1)).unwrap();
     for hours_ago in (0..24).rev() {
         let tick = last - Duration::hours(hours_ago);
-        cycle::run(&ctx, tick, Trigger::Schedule, &CancellationToken::new())
+        tick::run(&ctx, tick, Trigger::Schedule, &CancellationToken::new())
             .await
             .unwrap()
             .expect("a tick of its own");
@@ -306,7 +306,7 @@ async fn the_country_names_in_the_database_are_the_binarys(pool: PgPool) {
             .await
             .unwrap();
     let mut shipped: Vec<(String, String)> =
-        backfill_reporter::mcc::parse(backfill_reporter::mcc::DATA)
+        backfill_reporter::domain::mcc::parse(backfill_reporter::domain::mcc::DATA)
             .unwrap()
             .into_iter()
             .map(|c| (c.mcc.to_owned(), c.name.to_owned()))

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use backfill_reporter::cli::Cli;
+use backfill_reporter::app::cli::Cli;
 use clap::CommandFactory;
 use clap_complete::Shell;
 

@@ -478,8 +478,8 @@ async fn retention_deletes_old_rows_in_batches_and_keeps_pending_and_recent_ones
         .unwrap();
     }
 
-    let cutoff = backfill_reporter::retention::cutoff(now, Duration::from_secs(90 * 86_400));
-    let pruned = backfill_reporter::retention::prune(&app.pool.clone().into(), cutoff)
+    let cutoff = backfill_reporter::queue::retention::cutoff(now, Duration::from_secs(90 * 86_400));
+    let pruned = backfill_reporter::queue::retention::prune(&app.pool.clone().into(), cutoff)
         .await
         .unwrap();
 
@@ -487,7 +487,7 @@ async fn retention_deletes_old_rows_in_batches_and_keeps_pending_and_recent_ones
         pruned.submissions,
         12_000,
         "in batches of {}",
-        backfill_reporter::retention::BATCH
+        backfill_reporter::queue::retention::BATCH
     );
     assert_eq!(
         pruned.runs, 1,

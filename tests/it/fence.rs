@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use backfill_reporter::cycle::{self, Plan};
-use backfill_reporter::outcomes::{self, Trigger};
+use backfill_reporter::domain::run::Trigger;
+use backfill_reporter::queue::runs;
+use backfill_reporter::queue::tick::{self, Plan};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -37,8 +38,8 @@ async fn seed(app: &TestApp, n: i32) {
 
 /// Queues a tick of the source now, as an instance on time would: its rows wait in the queue.
 async fn queue_a_tick(app: &TestApp) -> i64 {
-    let tick = outcomes::now_tick(&app.ctx().pool).await.unwrap();
-    match cycle::plan(&app.ctx(), tick, Trigger::Schedule, None)
+    let tick = runs::now_tick(&app.ctx().pool).await.unwrap();
+    match tick::plan(&app.ctx(), tick, Trigger::Schedule, None)
         .await
         .unwrap()
     {

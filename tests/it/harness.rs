@@ -510,7 +510,7 @@ fn check(
 fn unexplained_end(r: &Row, applied: &[(Event, DateTime<Utc>, DateTime<Utc>)]) -> Option<String> {
     let reason = r.reason.as_deref().unwrap_or("");
     let known = reason.starts_with("deadline passed ")
-        || reason.starts_with(backfill_reporter::queue::REPLACED);
+        || reason.starts_with(backfill_reporter::queue::store::REPLACED);
     if !known {
         return Some(format!("reason {reason:?} is not the queue's"));
     }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backfill_reporter::config::{self, Settings};
-use backfill_reporter::cycle::Context;
-use backfill_reporter::sender::{self, Scope};
+use backfill_reporter::queue::context::Context;
+use backfill_reporter::queue::sender::{self, Scope};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};

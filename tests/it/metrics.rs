@@ -304,7 +304,7 @@ fn held_open(port: u16) -> usize {
 async fn half_requests_are_closed_by_the_header_timeout_and_never_held_beyond_the_cap(
     pool: PgPool,
 ) {
-    use backfill_reporter::metrics::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
+    use backfill_reporter::views::metrics::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const CLIENTS: usize = 200;

@@ -7,7 +7,7 @@ use backfill_reporter::config::{self, ProviderSettings};
 use backfill_reporter::domain::{AppId, Mcc};
 use backfill_reporter::provider::{BackfillRequest, Class, ProviderClient, Rejection};
 
-use backfill_reporter::concurrency::Signal;
+use backfill_reporter::provider::concurrency::Signal;
 
 use crate::fake_provider::{self, FakeProvider, Scripted};
 use crate::helpers::{API_KEY, API_SECRET};

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use backfill_reporter::db::Db;
-use backfill_reporter::source::DEFAULT_QUERY;
-use backfill_reporter::sums::{self, Moved, QUERY};
+use backfill_reporter::queue::source::DEFAULT_QUERY;
+use backfill_reporter::queue::sums::{self, Moved, QUERY};
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -138,10 +138,11 @@ async fn buckets_older_than_source_keep_are_deleted_in_batches_and_the_window_ke
         "the window and two hours"
     );
 
-    let cutoff = backfill_reporter::retention::cutoff(Utc::now(), keep);
-    let deleted = backfill_reporter::retention::prune_counts(&Db::from(app.pool.clone()), cutoff)
-        .await
-        .unwrap();
+    let cutoff = backfill_reporter::queue::retention::cutoff(Utc::now(), keep);
+    let deleted =
+        backfill_reporter::queue::retention::prune_counts(&Db::from(app.pool.clone()), cutoff)
+            .await
+            .unwrap();
 
     assert_eq!(
         deleted, 12_000,

@@ -45,7 +45,7 @@ fn a_database_outage_cannot_fail_the_unit_and_the_stop_timeout_covers_the_drain(
         .trim_end_matches('s')
         .parse()
         .unwrap();
-    let drain = backfill_reporter::daemon::STOP_LIMIT.as_secs();
+    let drain = backfill_reporter::app::daemon::STOP_LIMIT.as_secs();
     assert!(
         stop >= drain + 2,
         "TimeoutStopSec={stop}s must cover the drain and last writes ({drain} s) and the exit"

@@ -16,12 +16,12 @@ use sqlx::Row;
 
 use crate::db::{Db, Tx};
 
-use crate::clock::Mono;
+use crate::db::clock::Mono;
+use crate::domain::excerpt;
+use crate::domain::rate::Rate;
+use crate::domain::run::State;
 use crate::domain::{AppId, Mcc};
-use crate::excerpt;
-use crate::outcomes::State;
 use crate::provider::BackfillRequest;
-use crate::rate::Rate;
 
 /// Channel that `NOTIFY` wakes idle senders on, so that every instance starts on a new tick at
 /// once instead of at its next poll.

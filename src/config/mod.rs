@@ -13,10 +13,11 @@ use chrono_tz::Tz;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::config::schedule::Schedule;
 use crate::domain::AppId;
-use crate::schedule::Schedule;
 
 mod accounts;
+pub mod schedule;
 
 pub use accounts::{Account, Accounts};
 
@@ -153,7 +154,7 @@ impl Concurrency {
             Some(RawConcurrency::Word(w)) if w == "adaptive" => Ok(Self::Adaptive),
             Some(RawConcurrency::Word(w)) => bail!(
                 "provider.concurrency = {:?}: expected \"adaptive\" or a number of requests",
-                crate::provider::clean(&w, 32)
+                crate::domain::excerpt::clean(&w, 32)
             ),
             Some(RawConcurrency::Fixed(n)) if (1..=max_in_flight).contains(&n) => {
                 Ok(Self::Fixed(n))
@@ -224,7 +225,7 @@ impl Pooler {
             .with_context(|| {
                 format!(
                     "database.pooler = {:?} is not one of \"none\", \"transaction\", \"session\"",
-                    crate::provider::clean(text, 32)
+                    crate::domain::excerpt::clean(text, 32)
                 )
             })
     }
@@ -478,7 +479,7 @@ impl RawSource {
                 Some("full") => false,
                 Some(other) => bail!(
                     "source.sums = {:?}: expected \"incremental\" or \"full\"",
-                    crate::provider::clean(other, 32)
+                    crate::domain::excerpt::clean(other, 32)
                 ),
             },
             window,
@@ -1146,7 +1147,7 @@ mod tests {
             _ => None,
         };
         let example = from_toml(
-            include_str!("../config.example.toml"),
+            include_str!("../../config.example.toml"),
             Path::new("config.example.toml"),
             &env,
         )
@@ -1191,7 +1192,7 @@ mod tests {
 
     #[test]
     fn the_examples_placeholder_key_is_refused_and_the_pages_example_key_is_not() {
-        let example = include_str!("../config.example.toml");
+        let example = include_str!("../../config.example.toml");
         assert!(example.contains("api_key = \"YOUR_API_KEY\""), "{example}");
         assert!(
             !example.contains("bDqJFiq9"),

@@ -26,7 +26,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
 use crate::config::MetricsSettings;
-use crate::outcomes::{RunSummary, Trigger};
+use crate::domain::run::{RunSummary, Trigger};
 use crate::provider::{Class, Exchange};
 
 /// How long a scrape waits for the two counts it reads from the database.
@@ -347,7 +347,7 @@ pub fn record_claim(result: Result<bool, &anyhow::Error>) {
             };
             HEALTH.set_problem(Some(format!(
                 "the last claim of a tick failed ({cause}): {}",
-                crate::excerpt::line(&format!("{e:#}"))
+                crate::domain::excerpt::line(&format!("{e:#}"))
             )));
             record_cycle(Trigger::Schedule, CycleResult::Error, None);
         }

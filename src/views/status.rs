@@ -14,8 +14,8 @@ use sqlx::Row;
 use crate::db::Db;
 
 use crate::config::AlarmSettings;
-use crate::mcc;
-use crate::rate::Rate;
+use crate::domain::mcc;
+use crate::domain::rate::Rate;
 
 /// How many ticks the sparkline shows.
 pub const SPARK_LEN: usize = 24;
@@ -172,9 +172,9 @@ pub fn sparkline(rates: &[Option<Rate>]) -> String {
 }
 
 /// An app id (or any text from the report tables) for the terminal: it may hold an ESC or a
-/// right-to-left override, which [`clean`](crate::provider::clean) escapes.
+/// right-to-left override, which [`clean`](crate::domain::excerpt::clean) escapes.
 fn shown(text: &str) -> String {
-    crate::provider::clean(text, 64)
+    crate::domain::excerpt::clean(text, 64)
 }
 
 /// Cuts `s` to `width` characters, marking a cut with "…".
@@ -351,10 +351,10 @@ fn alarm_lines(out: &mut String, r: &StatusRow, paint: Paint) {
     let _ = writeln!(out, "{}", fit(&detail, 79));
 }
 
-/// The rows as one JSON array, [safe for a terminal](crate::provider::clean_json) with the same
+/// The rows as one JSON array, [safe for a terminal](crate::domain::excerpt::clean_json) with the same
 /// values: an app id may hold a right-to-left override or a C1 control, which serde leaves raw.
 pub fn render_json(rows: &[StatusRow]) -> String {
-    crate::provider::clean_json(
+    crate::domain::excerpt::clean_json(
         &serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".to_owned()),
     )
 }

@@ -17,7 +17,7 @@
 //! database is gone, or it was paused) stops sending before another can take its rows, and
 //! one that resumes finds its leases passed. A duplicate is then possible only for requests
 //! already on the wire when it stalled: at most `max_in_flight`. Every time written to a row is
-//! the database's (see `queue::record`). Planning belongs to `cycle`.
+//! the database's (see `store::record`). Planning belongs to `cycle`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -30,16 +30,17 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{Breaker, Gate};
-use crate::clock::Mono;
-use crate::concurrency::{Answered, Change, Limiters, Signal};
 use crate::config::ProviderSettings;
-use crate::cycle::Context;
+use crate::db::clock::Mono;
 use crate::db::Db;
-use crate::metrics;
-use crate::outcomes::{self, State};
+use crate::domain::run::State;
+use crate::provider::concurrency::{Answered, Change, Limiters, Signal};
 use crate::provider::{BackfillRequest, Class, Exchange, ProviderClient};
-use crate::queue::{self, Attempt, Claimed, Disposition, Outcome};
+use crate::queue::context::Context;
+use crate::queue::runs;
+use crate::queue::store::{self, Attempt, Claimed, Disposition, Outcome};
+use crate::retry::breaker::{Breaker, Gate};
+use crate::views::metrics;
 
 /// The longest wait between two attempts of a pair, whatever the backoff doubling reaches.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -93,10 +94,10 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
 /// Closes the run if nothing of it is pending, and logs its summary; the one instance that
 /// closes it logs it.
 pub async fn close_run(pool: &Db, run_id: i64) -> anyhow::Result<bool> {
-    if !outcomes::close_if_done(pool, run_id).await? {
+    if !runs::close_if_done(pool, run_id).await? {
         return Ok(false);
     }
-    let s = outcomes::summary(pool, run_id).await?;
+    let s = runs::summary(pool, run_id).await?;
     metrics::record_run(&s);
     let t = &s.tally;
     tracing::info!(
@@ -149,7 +150,7 @@ fn lock_held(h: &SharedHeld) -> std::sync::MutexGuard<'_, Held> {
 impl Held {
     /// Takes the leases a claim or renewal wrote, held from `sent` (when its statement left:
     /// the database wrote them later, so they surely last at least this long).
-    fn lease(&mut self, sent: Mono, leases: &[queue::Leased]) {
+    fn lease(&mut self, sent: Mono, leases: &[store::Leased]) {
         for l in leases {
             let until = sent + l.lasts;
             self.rows
@@ -161,7 +162,7 @@ impl Held {
 
     /// After a renewal of `asked` that returned `renewed`: the rows it did not return leave
     /// this instance's hands. Returns how many of those were lost (not being recorded).
-    fn renewed(&mut self, sent: Mono, asked: &[i64], renewed: &[queue::Leased]) -> usize {
+    fn renewed(&mut self, sent: Mono, asked: &[i64], renewed: &[store::Leased]) -> usize {
         let kept: HashSet<i64> = renewed.iter().map(|l| l.id).collect();
         let mut lost = 0;
         for id in asked.iter().filter(|id| !kept.contains(id)) {
@@ -169,7 +170,7 @@ impl Held {
                 lost += 1;
             }
         }
-        let still: Vec<queue::Leased> = renewed
+        let still: Vec<store::Leased> = renewed
             .iter()
             .filter(|l| self.rows.contains_key(&l.id))
             .cloned()
@@ -300,7 +301,7 @@ fn watch_queue(
             POLL.as_secs()
         );
     }
-    tokio::spawn(crate::pace::watch(
+    tokio::spawn(crate::queue::pace::watch(
         ctx.clone(),
         limiters.clone(),
         stop.clone(),
@@ -340,11 +341,11 @@ struct Dispatcher {
     out: mpsc::UnboundedSender<ToWriter>,
     held: SharedHeld,
     claim: Option<tokio::task::JoinHandle<anyhow::Result<Claim>>>,
-    /// Where the next claim resumes (see [`queue::ClaimCursor`]), and whose rows the claim
+    /// Where the next claim resumes (see [`store::ClaimCursor`]), and whose rows the claim
     /// that set it took: a claim of other accounts starts from the head, or it would pass
     /// over their rows behind the cursor.
-    cursor: queue::ClaimCursor,
-    cursor_accounts: queue::Accounts,
+    cursor: store::ClaimCursor,
+    cursor_accounts: store::Accounts,
     /// No claim before then (the last one found nothing, or the database failed).
     idle_until: Option<Instant>,
     db_failures: u32,
@@ -397,7 +398,7 @@ impl Dispatcher {
             held,
             claim: None,
             cursor: None,
-            cursor_accounts: queue::Accounts::Any,
+            cursor_accounts: store::Accounts::Any,
             idle_until: None,
             db_failures: 0,
             clock_warned: false,
@@ -577,9 +578,7 @@ impl Dispatcher {
         // have been closed already.
         match close_run(&self.ctx.pool, run).await {
             Ok(true) => true,
-            Ok(false) => outcomes::is_closed(&self.ctx.pool, run)
-                .await
-                .unwrap_or(false),
+            Ok(false) => runs::is_closed(&self.ctx.pool, run).await.unwrap_or(false),
             Err(_) => false,
         }
     }
@@ -712,7 +711,7 @@ impl Dispatcher {
             ));
         }
         if row.replaced {
-            let why = queue::REPLACED.to_owned();
+            let why = store::REPLACED.to_owned();
             return Some(Outcome::unsent(row.id, row.run_id, State::Superseded, why));
         }
         if let Err(why) = &row.request {
@@ -732,7 +731,7 @@ impl Dispatcher {
     /// How many rows to claim next, and whose: the accounts whose breaker lets them send and
     /// that hold at most half a page each (a slow account's backlog must not keep the others'
     /// rows from being claimed), or one row of an account whose breaker wants a probe.
-    fn wanted(&self, now: Instant) -> Option<(usize, queue::Accounts)> {
+    fn wanted(&self, now: Instant) -> Option<(usize, store::Accounts)> {
         let page = self.page();
         let (mut have, mut except) = (0, Vec::new());
         for (account, lane) in &self.lanes {
@@ -740,7 +739,7 @@ impl Dispatcher {
             match lane.breaker.gate(now) {
                 Gate::Send if holds <= page / 2 => have += holds,
                 Gate::Probe if lane.ready.is_empty() => {
-                    return Some((1, queue::Accounts::Only(account.clone())));
+                    return Some((1, store::Accounts::Only(account.clone())));
                 }
                 _ => except.push(account.clone()),
             }
@@ -749,9 +748,9 @@ impl Dispatcher {
             return None;
         }
         let accounts = if except.is_empty() {
-            queue::Accounts::Any
+            store::Accounts::Any
         } else {
-            queue::Accounts::Except(except)
+            store::Accounts::Except(except)
         };
         Some((page.saturating_sub(have).max(1), accounts))
     }
@@ -772,7 +771,7 @@ impl Dispatcher {
         let held = self.held.clone();
         self.claim = Some(tokio::spawn(async move {
             let sent = Mono::now();
-            let page = queue::claim(&pool, &owner, limit, lease, (run, &accounts), after).await?;
+            let page = store::claim(&pool, &owner, limit, lease, (run, &accounts), after).await?;
             tracing::debug!(
                 rows = page.rows.len(),
                 ms = Mono::now().since(sent).as_secs_f64() * 1000.0,
@@ -783,7 +782,7 @@ impl Dispatcher {
                     // Nothing after the cursor: look again from the head.
                     return Ok(Claim::Rows(Vec::new(), None));
                 }
-                return Ok(Claim::Idle(queue::next_due(&pool, run).await?));
+                return Ok(Claim::Idle(store::next_due(&pool, run).await?));
             }
             lock_held(&held).lease(sent, &page.leases);
             let rows = page
@@ -985,7 +984,7 @@ fn release(out: &mpsc::UnboundedSender<ToWriter>, rows: VecDeque<Ready>) {
 /// What a claim brought back.
 enum Claim {
     /// Rows, and where the next claim resumes.
-    Rows(Vec<Ready>, queue::ClaimCursor),
+    Rows(Vec<Ready>, store::ClaimCursor),
     /// Nothing due now; the next row is due after this wait (or unknown).
     Idle(Option<Duration>),
 }
@@ -996,7 +995,7 @@ async fn listen(pool: Db, wake: Arc<Notify>, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = pool.listen(queue::CHANNEL, || wake.notify_one()) => {}
+            _ = pool.listen(store::CHANNEL, || wake.notify_one()) => {}
         }
         tokio::select! {
             () = stop.cancelled() => return,
@@ -1236,7 +1235,7 @@ impl Group {
         self.outcomes.sort_unstable_by_key(|o| o.id);
         let batch = &self.outcomes;
         lock_held(held).writing.extend(batch.iter().map(|o| o.id));
-        let written = retry_db("recording outcomes", || queue::record(pool, owner, batch)).await;
+        let written = retry_db("recording outcomes", || store::record(pool, owner, batch)).await;
         {
             let mut h = lock_held(held);
             for o in batch {
@@ -1266,14 +1265,14 @@ impl Group {
             .collect();
         for (run_id, account, reason) in self.fail_runs {
             let failed = retry_db("failing the rest of the run", || {
-                queue::fail_unsent(pool, (run_id, account.as_deref()), &reason)
+                store::fail_unsent(pool, (run_id, account.as_deref()), &reason)
             })
             .await;
             metrics::record_decided(account.as_deref(), "failed", failed);
             runs.push(run_id);
         }
         for run in self.expire {
-            let ended = retry_db("ending overdue submissions", || queue::expire(pool, run)).await;
+            let ended = retry_db("ending overdue submissions", || store::expire(pool, run)).await;
             for (run_id, state, account) in &ended {
                 metrics::record_decided(account.as_deref(), state.as_str(), 1);
                 runs.push(*run_id);
@@ -1314,7 +1313,7 @@ fn by_attempt(batch: &[Outcome], id: i64) -> bool {
 }
 
 /// Counts each final state in the metrics and logs each failure, once its write is done.
-fn account(batch: &[Outcome], written: &[queue::Written]) {
+fn account(batch: &[Outcome], written: &[store::Written]) {
     let by_id: HashMap<i64, &Outcome> = batch.iter().map(|o| (o.id, o)).collect();
     for w in written.iter().filter(|w| w.state != State::Pending) {
         let Some(o) = by_id.get(&w.id) else {
@@ -1395,7 +1394,7 @@ async fn renew_leases(
             continue;
         }
         let sent = Mono::now();
-        match queue::renew(&pool, &owner, &ids, lease).await {
+        match store::renew(&pool, &owner, &ids, lease).await {
             Ok(renewed) => {
                 let lost = lock_held(&held).renewed(sent, &ids, &renewed);
                 if lost > 0 {
@@ -1437,8 +1436,8 @@ mod tests {
         }
     }
 
-    fn leased(id: i64, secs: u64) -> queue::Leased {
-        queue::Leased {
+    fn leased(id: i64, secs: u64) -> store::Leased {
+        store::Leased {
             id,
             lasts: Duration::from_secs(secs),
         }

@@ -3,7 +3,6 @@
 //! transaction that claims the tick, so that a tick is either wholly queued or not claimed.
 //! Sending the queue belongs to `sender`; when to plan belongs to `daemon`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::db::{Db, Tx};
@@ -13,43 +12,21 @@ use chrono_tz::Tz;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Accounts, Settings};
+use crate::domain::excerpt;
+use crate::domain::rate::{Rate, RateError};
+use crate::domain::run::{RunSummary, State, Trigger};
 use crate::domain::{AppId, Mcc};
-use crate::excerpt;
-use crate::outcomes::{self, Claim, RunSummary, State, Trigger};
-use crate::provider::{BackfillRequest, Clients};
-use crate::queue::{self, NewSubmission, TickRows};
-use crate::rate::{Rate, RateError};
-use crate::sender::{self, Scope};
-use crate::source::{Cursor, SourceRow};
-use crate::{alarm, metrics};
+use crate::provider::BackfillRequest;
+use crate::queue::context::Context;
+use crate::queue::runs::{self, Claim};
+use crate::queue::sender::{self, Scope};
+use crate::queue::source::{Cursor, SourceRow};
+use crate::queue::store::{self, NewSubmission, TickRows};
+use crate::{views::alarm, views::metrics};
 
 /// Source rows judged and inserted per statement while planning: memory stays flat whatever
 /// the number of pairs, and each insert stays short.
 pub const BATCH: usize = 1000;
-
-/// What a cycle needs: the database, the provider and the settings in force.
-#[derive(Clone, Debug)]
-pub struct Context {
-    /// The database's pool, behind the handle every statement goes through.
-    pub pool: Db,
-    /// One signing client per account.
-    pub clients: Clients,
-    pub settings: Arc<Settings>,
-    /// `host:pid`, stored with each run so that operators running several instances can tell.
-    pub instance: String,
-}
-
-impl Context {
-    /// The one way to build a context: the provider clients from the settings, over `pool`.
-    pub fn new(settings: Settings, pool: impl Into<Db>, instance: String) -> anyhow::Result<Self> {
-        Ok(Self {
-            clients: Clients::new(&settings.provider)?,
-            pool: pool.into(),
-            settings: Arc::new(settings),
-            instance,
-        })
-    }
-}
 
 /// What was decided for one (app, MCC) pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,7 +147,7 @@ pub fn assign_account(
 /// A count as stored with an invalid row: kept when PostgreSQL's numeric takes it and it is
 /// of a sane length, else NULL (the reason quotes it).
 fn stored_count(v: Option<String>) -> Option<String> {
-    v.filter(|v| v.len() <= MAX_COUNT_CHARS && queue::is_numeric(v))
+    v.filter(|v| v.len() <= MAX_COUNT_CHARS && store::is_numeric(v))
 }
 
 /// The row to store for a judged pair. What came from the source is stored bounded
@@ -252,12 +229,11 @@ pub async fn plan(
         .begin()
         .await
         .context("starting the claim transaction")?;
-    let (run_id, at) =
-        match outcomes::claim_run(&mut tx, tick, trigger, window, &ctx.instance).await? {
-            Claim::Claimed { run_id, at } => (run_id, at),
-            Claim::Taken => return Ok(Plan::Taken),
-            Claim::NotDue(wait) => return Ok(Plan::NotDue(wait)),
-        };
+    let (run_id, at) = match runs::claim_run(&mut tx, tick, trigger, window, &ctx.instance).await? {
+        Claim::Claimed { run_id, at } => (run_id, at),
+        Claim::Taken => return Ok(Plan::Taken),
+        Claim::NotDue(wait) => return Ok(Plan::NotDue(wait)),
+    };
     let mut deadline = deadline(settings, tick, at);
     if let Some(within) = within {
         deadline = deadline.min(at + chrono::Duration::from_std(within).unwrap_or_default());
@@ -271,13 +247,13 @@ pub async fn plan(
     };
     let mut planned = queue_window(&mut tx, settings, rows).await?;
     planned.claimed_at = at;
-    for (account, n) in queue::supersede_older(&mut tx, tick).await? {
+    for (account, n) in store::supersede_older(&mut tx, tick).await? {
         let n = u64::try_from(n).unwrap_or(0);
         planned.superseded += n;
         *planned.decided.entry((account, "superseded")).or_default() += n;
     }
     let evaluation = alarm::judge_in(&mut tx, settings, run_id).await;
-    queue::notify(&mut tx).await?;
+    store::notify(&mut tx).await?;
     tx.commit().await.context("committing the claim")?;
     planned.took = started.elapsed();
     alarm::announce(&ctx.pool, settings, &evaluation);
@@ -321,9 +297,9 @@ async fn open_window(
     if source.query.is_some() || !source.incremental {
         return Cursor::open(tx, source, start, end).await;
     }
-    let (settled, moved) = crate::sums::advance(tx, start, end).await?;
+    let (settled, moved) = crate::queue::sums::advance(tx, start, end).await?;
     tracing::debug!(?moved, "source sums moved to the window");
-    Cursor::open_query(tx, crate::sums::QUERY, settled, end).await
+    Cursor::open_query(tx, crate::queue::sums::QUERY, settled, end).await
 }
 
 /// Streams the window from the source and queues it, batch by batch, in the claim transaction.
@@ -349,7 +325,7 @@ async fn queue_window(
         let judged: Vec<NewSubmission> = judge_batch(settings, rows.callback_time, batch)
             .map(|(row, verdict, account)| new_submission(row, verdict, account))
             .collect();
-        let enqueued = queue::enqueue(tx, rows, &judged).await?;
+        let enqueued = store::enqueue(tx, rows, &judged).await?;
         planned.pairs += judged.len() as u64;
         planned.duplicates += judged.len() as u64 - enqueued.inserted;
         planned.pending += enqueued.pending;
@@ -492,7 +468,7 @@ pub async fn run_within(
     if planned.pending > 0 {
         sender::work(ctx.clone(), Scope::Run(planned.run_id), shutdown.clone()).await?;
     }
-    Ok(Some(outcomes::summary(&ctx.pool, planned.run_id).await?))
+    Ok(Some(runs::summary(&ctx.pool, planned.run_id).await?))
 }
 
 #[cfg(test)]

@@ -9,14 +9,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use comfy_table::{presets, Table};
 
-use crate::cli::{Cli, Command};
+use crate::app::cli::{Cli, Command};
 use crate::config::{self, Account, Settings};
-use crate::cycle::{self, Preview, Verdict};
+use crate::domain::excerpt;
+use crate::domain::run::Trigger;
 use crate::domain::{AccountName, AppId, Mcc};
-use crate::outcomes::{self, HistoryFilter, Trigger};
-use crate::provider::{self, Class, ProviderClient};
-use crate::record::{CallLeg, Record, Settlement, SmsLeg, SnaLeg, Verification};
-use crate::{daemon, db, shutdown, source};
+use crate::provider::record::{CallLeg, Record, Settlement, SmsLeg, SnaLeg, Verification};
+use crate::provider::{Class, ProviderClient};
+use crate::queue::runs::{self, HistoryFilter};
+use crate::queue::tick::{self, Preview, Verdict};
+use crate::{app::daemon, app::shutdown, db, queue::source};
 
 /// Exit code for a provider error or a pair that failed or was invalid.
 pub const EXIT_FAILED: u8 = 1;
@@ -142,8 +144,8 @@ fn table(header: &[&str]) -> Table {
 
 async fn dry_run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&settings.database).await?;
-    let tick = outcomes::now_tick(&pool).await?;
-    let plan = cycle::preview(&pool, settings, tick).await?;
+    let tick = runs::now_tick(&pool).await?;
+    let plan = tick::preview(&pool, settings, tick).await?;
     print_plan(&plan)?;
     let invalid = plan
         .pairs
@@ -204,13 +206,13 @@ fn print_plan(plan: &Preview) -> anyhow::Result<()> {
 async fn run_once(settings: Settings, deadline: std::time::Duration) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&settings.database).await?;
     db::migrate(&pool).await?;
-    let ctx = cycle::Context::new(settings, pool, daemon::instance_name())?;
+    let ctx = crate::queue::context::Context::new(settings, pool, daemon::instance_name())?;
     let stop = shutdown::on_signal();
-    let tick = outcomes::now_tick(&ctx.pool).await?;
-    let report = cycle::run_within(&ctx, tick, Trigger::Once, &stop, Some(deadline))
+    let tick = runs::now_tick(&ctx.pool).await?;
+    let report = tick::run_within(&ctx, tick, Trigger::Once, &stop, Some(deadline))
         .await?
         .context("an ad-hoc run is never claimed by another instance")?;
-    crate::alarm::wait_for_notifications(std::time::Duration::from_secs(10)).await;
+    crate::views::alarm::wait_for_notifications(std::time::Duration::from_secs(10)).await;
     let t = &report.tally;
     outln!(
         "run {} at {}: {t}, {} left pending",
@@ -231,7 +233,7 @@ async fn run_once(settings: Settings, deadline: std::time::Duration) -> anyhow::
         run_id: Some(report.run_id),
         ..HistoryFilter::default()
     };
-    print_history(outcomes::history(&ctx.pool, &filter).await?)?;
+    print_history(runs::history(&ctx.pool, &filter).await?)?;
     if t.pairs > ONCE_TABLE_ROWS {
         outln!(
             "(the first {ONCE_TABLE_ROWS} of {} rows, failed and invalid first; `backfill-reporter history --limit {}` shows them all)",
@@ -319,7 +321,7 @@ fn check_accounts(settings: &Settings) -> anyhow::Result<()> {
             None => outln!("provider {base} with api key {key}: secret set")?,
             Some(name) => outln!(
                 "provider {base} as account {name} with api key {key}: secret set, {}",
-                crate::sender::count(account.apps.len() as u32, "app")
+                crate::queue::sender::count(account.apps.len() as u32, "app")
             )?,
         }
     }
@@ -337,13 +339,13 @@ async fn history(settings: &Settings, filter: &HistoryFilter) -> anyhow::Result<
         AccountName::parse(account).map_err(|e| anyhow::anyhow!("--account: {e}"))?;
     }
     let pool = db::connect(&settings.database).await?;
-    print_history(outcomes::history(&pool, filter).await?)?;
+    print_history(runs::history(&pool, filter).await?)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The table of `history` and `run --once`; with an account column when any row has an
 /// account (a deployment without `[[accounts]]` has none).
-fn print_history(rows: Vec<outcomes::HistoryRow>) -> anyhow::Result<()> {
+fn print_history(rows: Vec<runs::HistoryRow>) -> anyhow::Result<()> {
     let named = rows.iter().any(|r| r.account.is_some());
     let mut header = vec![
         "tick (UTC)",
@@ -473,12 +475,12 @@ async fn record(
 }
 
 /// A provider's body as received, but safe for a terminal: JSON through
-/// [`provider::clean_json`] (the same value, so `jq` reads what the provider sent), anything
+/// [`excerpt::clean_json`] (the same value, so `jq` reads what the provider sent), anything
 /// else line by line through [`shown_text`]; without its final newline.
 fn for_terminal(body: &str) -> String {
     let body = body.strip_suffix('\n').unwrap_or(body);
     if serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok() {
-        provider::clean_json(body)
+        excerpt::clean_json(body)
     } else {
         body.lines().map(shown_text).collect::<Vec<_>>().join("\n")
     }
@@ -497,20 +499,20 @@ async fn status(
         AccountName::parse(account).map_err(|e| anyhow::anyhow!("--account: {e}"))?;
     }
     let pool = db::connect(&settings.database).await?;
-    let rows = crate::status::rows(&pool, app_id, account).await?;
+    let rows = crate::views::status::rows(&pool, app_id, account).await?;
     if json {
-        outln!("{}", crate::status::render_json(&rows))?;
+        outln!("{}", crate::views::status::render_json(&rows))?;
     } else {
-        let color = crate::status::use_color(
+        let color = crate::views::status::use_color(
             std::io::stdout().is_terminal(),
             std::env::var_os("NO_COLOR").as_deref(),
         );
-        if let Some(span) = crate::status::last_tick(&pool, &settings.schedule).await? {
+        if let Some(span) = crate::views::status::last_tick(&pool, &settings.schedule).await? {
             outln!("{span}")?;
         }
         out!(
             "{}",
-            crate::status::render_table(&rows, &settings.alarm, color)
+            crate::views::status::render_table(&rows, &settings.alarm, color)
         )?;
     }
     Ok(ExitCode::SUCCESS)
@@ -518,7 +520,7 @@ async fn status(
 
 /// The human summary of a record: the verification, then every leg. It claims no more than the
 /// provider's page: where the page names no unit or currency, neither does the summary. Every
-/// text from the provider is [`provider::clean`]ed, so that it cannot drive the terminal.
+/// text from the provider is [`excerpt::clean`]ed, so that it cannot drive the terminal.
 pub fn render_record(r: &Record) -> String {
     let mut out = lines(&verification_header(r));
     legs(&mut out, "sms", &r.sms, sms_leg);
@@ -573,7 +575,7 @@ fn sms_leg(s: &SmsLeg) -> Vec<Line> {
         shown(&s.send_tm),
         shown(&s.done_tm)
     );
-    let sender = provider::clean(s.sender.as_deref().unwrap_or_default(), 64);
+    let sender = excerpt::clean(s.sender.as_deref().unwrap_or_default(), 64);
     let network = format!(
         "mcc {} mnc {}, sender {sender:?}",
         number(&s.mcc),
@@ -677,9 +679,9 @@ fn counted(n: &Option<i64>, one: &str, many: &str) -> String {
 const SHOWN_CHARS: usize = 1000;
 
 /// Text from outside (the provider, the source, the database: an app id can hold an ESC or a
-/// right-to-left override) for the terminal, [`provider::clean`]ed so that it cannot drive it.
+/// right-to-left override) for the terminal, [`excerpt::clean`]ed so that it cannot drive it.
 fn shown_text(text: &str) -> String {
-    provider::clean(text, SHOWN_CHARS)
+    excerpt::clean(text, SHOWN_CHARS)
 }
 
 /// [`shown_text`], or "-" where there is none.

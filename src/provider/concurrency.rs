@@ -32,7 +32,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::clock::Mono;
+use crate::db::clock::Mono;
 
 /// The factor of a decrease after slow start.
 pub const DECREASE: f64 = 0.9;

@@ -11,9 +11,9 @@ use crate::db::Db;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::concurrency::Limiters;
-use crate::cycle::Context;
-use crate::metrics;
+use crate::provider::concurrency::Limiters;
+use crate::queue::context::Context;
+use crate::views::metrics;
 
 /// How often the pace is taken.
 pub const EVERY: Duration = Duration::from_secs(10);

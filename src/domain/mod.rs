@@ -2,7 +2,14 @@
 //! digits. Built only through validation, so that code holding one never has to check again.
 //! This module owns the rules; it does no I/O.
 
+pub mod excerpt;
+pub mod mcc;
+pub mod rate;
+pub mod run;
+
 use std::fmt;
+
+use excerpt::drives_a_terminal;
 
 /// An application id as the provider accepts it: 4 to 32 characters.
 ///
@@ -18,13 +25,13 @@ impl AppId {
         if !(4..=32).contains(&len) {
             return Err(format!(
                 "appId {} must be 4 to 32 characters, it has {len}",
-                crate::excerpt::quoted(raw)
+                excerpt::quoted(raw)
             ));
         }
         if raw.trim() != raw || raw.chars().any(drives_a_terminal) {
             return Err(format!(
                 "appId {} has surrounding whitespace or control characters",
-                crate::excerpt::quoted(raw)
+                excerpt::quoted(raw)
             ));
         }
         Ok(Self(raw.to_owned()))
@@ -41,24 +48,6 @@ impl fmt::Display for AppId {
     }
 }
 
-/// Whether a character can drive a terminal or reorder what it shows: the C0 and C1 controls
-/// (ESC starts a sequence; U+009B is one by itself), DEL, the line and paragraph separators,
-/// and the bidirectional marks, embeddings, overrides and isolates (a right-to-left override
-/// turns the rest of a line around).
-pub fn drives_a_terminal(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061c}'
-                | '\u{200e}'
-                | '\u{200f}'
-                | '\u{2028}'
-                | '\u{2029}'
-                | '\u{202a}'..='\u{202e}'
-                | '\u{2066}'..='\u{2069}'
-        )
-}
-
 /// A mobile country code: exactly three ASCII digits, sent as a JSON string ("460").
 ///
 /// Kept as text rather than a number so that codes with leading zeros ("001", the test network)
@@ -73,7 +62,7 @@ impl Mcc {
         } else {
             Err(format!(
                 "mcc {} is not a three-digit code",
-                crate::excerpt::quoted(raw)
+                excerpt::quoted(raw)
             ))
         }
     }
@@ -104,7 +93,7 @@ impl AccountName {
         if !(1..=32).contains(&raw.len()) || !first_is_letter || !rest_ok {
             return Err(format!(
                 "account name {} must be 1 to 32 ASCII letters, digits, '_' or '-', starting with a letter",
-                crate::excerpt::quoted(raw)
+                excerpt::quoted(raw)
             ));
         }
         Ok(Self(raw.to_owned()))

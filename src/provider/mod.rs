@@ -2,6 +2,9 @@
 //! every answer into success, rejected (never retried) or transient (worth retrying). It owns the
 //! wire format, with the provider's quirks; it does not retry, sleep or touch the database.
 
+pub mod concurrency;
+pub mod record;
+
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,9 +15,10 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Account, ProviderSettings};
-use crate::domain::{drives_a_terminal, AppId, Mcc};
-use crate::rate::{Rate, RateError};
-use crate::record::{Lenient, Record};
+use crate::domain::excerpt::clean;
+use crate::domain::rate::{Rate, RateError};
+use crate::domain::{AppId, Mcc};
+use crate::provider::record::{Lenient, Record};
 
 /// The exact content type of the docs' examples; some gateways compare it as a string.
 pub const CONTENT_TYPE: &str = "application/json;charset=UTF-8";
@@ -193,8 +197,8 @@ impl<T> Exchange<T> {
     /// down (429, 503, a `Retry-After`) or did not answer in time; or it processed the
     /// request, and its round trip measures it; or neither (no connection). A 429 is back
     /// pressure, not an outage: a throttling provider is up, and wants fewer requests at once.
-    pub fn load_signal(&self) -> crate::concurrency::Signal {
-        use crate::concurrency::Signal;
+    pub fn load_signal(&self) -> crate::provider::concurrency::Signal {
+        use crate::provider::concurrency::Signal;
         if self.transport == Some(Transport::Timeout)
             || matches!(self.http_status, Some(429 | 503))
             || self.retry_after.is_some()
@@ -556,48 +560,6 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<V
     Ok(body)
 }
 
-/// Provider text made fit for one log line, one database field and a terminal: characters
-/// that [drive a terminal](drives_a_terminal) escaped as Rust writes them (`\n`, `\u{1b}`,
-/// `\u{202e}`), so that a `\n` in a reason cannot start a forged log line nor an ESC recolour
-/// or clear the screen, and at most `max` characters, so that a reason cannot fill the log.
-/// Everything the commands print that came from outside (the provider, the source, the
-/// database) goes through it, or through [`clean_json`] when it is JSON.
-pub fn clean(text: &str, max: usize) -> String {
-    escape(text, max, false)
-}
-
-/// JSON made safe for a terminal without changing its value: the characters [`clean`]
-/// escapes are written as JSON escapes (`\u001b`, `\u202e`), which serde leaves raw for
-/// everything but C0. Newlines, carriage returns and tabs are left alone: in valid JSON they
-/// can only be whitespace between tokens (inside a string serde has escaped them already).
-pub fn clean_json(json: &str) -> String {
-    escape(json, usize::MAX, true)
-}
-
-/// [`clean`] and [`clean_json`]: one rule, in Rust's escape syntax or JSON's.
-fn escape(text: &str, max: usize, json: bool) -> String {
-    let mut out = String::with_capacity(text.len().min(max));
-    let mut used = 0;
-    for c in text.chars() {
-        let piece: String = if !drives_a_terminal(c) || (json && matches!(c, '\n' | '\r' | '\t')) {
-            c.to_string()
-        } else if json {
-            // Every character the rule names is in the Basic Multilingual Plane.
-            format!("\\u{:04x}", u32::from(c))
-        } else {
-            c.escape_default().collect()
-        };
-        let len = piece.chars().count();
-        if used + len > max {
-            out.push('…');
-            break;
-        }
-        out.push_str(&piece);
-        used += len;
-    }
-    out
-}
-
 /// `Retry-After` as delta-seconds or an HTTP-date (IMF-fixdate, RFC 850 or asctime), as a
 /// wait from `now`, at most [`MAX_RETRY_AFTER`]. A date in the past is no wait.
 pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
@@ -801,7 +763,7 @@ mod tests {
 
     #[test]
     fn throttling_and_timeouts_are_back_pressure_and_an_answer_measures_the_provider() {
-        use crate::concurrency::Signal;
+        use crate::provider::concurrency::Signal;
         assert_eq!(
             exchange(None, Some(429)).load_signal(),
             Signal::BackPressure
@@ -856,45 +818,5 @@ mod tests {
         for bad in ["", "soon", "-5", "1.5", "Sun, 06 Nov 1994"] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn clean_escapes_line_breaks_and_controls_and_caps_the_length() {
-        assert_eq!(clean("ip not allowed", 500), "ip not allowed");
-        assert_eq!(
-            clean("bad\n2026-01-01T00:00:00Z  INFO forged\r\u{1b}[31m", 500),
-            "bad\\n2026-01-01T00:00:00Z  INFO forged\\r\\u{1b}[31m"
-        );
-        assert_eq!(clean("a\u{2028}b\u{202e}c", 500), "a\\u{2028}b\\u{202e}c");
-        assert_eq!(
-            clean("\u{9b}31m\u{200f}\u{7f}", 500),
-            "\\u{9b}31m\\u{200f}\\u{7f}"
-        );
-        assert_eq!(clean("参数异常", 500), "参数异常");
-        let long = clean(&"x".repeat(10_000), 500);
-        assert_eq!(long.chars().count(), 501);
-        assert!(long.ends_with('…'));
-        // An escape is never cut in half.
-        assert_eq!(clean("ab\n", 3), "ab…");
-    }
-
-    #[test]
-    fn clean_json_escapes_the_same_characters_in_json_syntax_keeping_the_value() {
-        let value = serde_json::json!({"app": "rtl\u{202e}Shop\u{1b}[2J\u{9b}1m\u{2066}x\u{7f}"});
-        let pretty = serde_json::to_string_pretty(&value).unwrap();
-        let cleaned = clean_json(&pretty);
-        assert!(
-            !cleaned.chars().any(|c| drives_a_terminal(c) && c != '\n'),
-            "{cleaned:?}"
-        );
-        assert!(
-            cleaned.contains(r"rtl\u202eShop\u001b[2J\u009b1m\u2066x\u007f"),
-            "{cleaned}"
-        );
-        assert_eq!(
-            serde_json::from_str::<serde_json::Value>(&cleaned).unwrap(),
-            value
-        );
-        assert_eq!(clean_json("{\r\n\t\"a\": 1\n}"), "{\r\n\t\"a\": 1\n}");
     }
 }

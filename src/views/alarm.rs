@@ -20,8 +20,8 @@ use crate::db::{Db, Tx};
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
-use crate::mcc;
-use crate::rate::Rate;
+use crate::domain::mcc;
+use crate::domain::rate::Rate;
 
 /// At most this many pairs get their own log line per run; the rest are counted in one line,
 /// so that a provider-wide outage does not write a line per pair.

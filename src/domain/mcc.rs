@@ -16,7 +16,7 @@ pub struct Country {
 }
 
 /// The data file, verbatim: `mcc<TAB>short name<TAB>ITU name`, `#` starts a comment line.
-pub const DATA: &str = include_str!("../data/mcc-e212.tsv");
+pub const DATA: &str = include_str!("../../data/mcc-e212.tsv");
 
 static BY_CODE: LazyLock<HashMap<&'static str, Country>> = LazyLock::new(|| {
     parse(DATA)

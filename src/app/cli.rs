@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::outcomes::State;
-use crate::telemetry::LogFormat;
+use crate::app::telemetry::LogFormat;
+use crate::domain::run::State;
 
 /// Reports OTP backfill rates (codes typed back ÷ codes sent, per app and country) from
 /// PostgreSQL to the iTniotech OTP API, on a cron schedule.

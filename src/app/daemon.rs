@@ -16,13 +16,17 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::clock::Clock;
+use crate::config::schedule::{on_wake, Wake};
 use crate::config::{self, Settings};
-use crate::cycle::{self, Context, Plan, Planned};
-use crate::outcomes::{self, Trigger};
-use crate::schedule::{on_wake, Wake};
-use crate::sender::{self, Scope};
-use crate::{alarm, db, metrics, queue, retention, shutdown, source};
+pub use crate::db::clock::Clock;
+use crate::domain::run::Trigger;
+use crate::queue::context::Context;
+use crate::queue::runs;
+use crate::queue::sender::{self, Scope};
+use crate::queue::tick::{self, Plan, Planned};
+use crate::{
+    app::shutdown, db, queue::retention, queue::source, queue::store, views::alarm, views::metrics,
+};
 
 /// The longest the loop sleeps without looking at the wall clock. Tokio's timers run on the
 /// monotonic clock, which stops during suspend and ignores NTP steps; waking once a second to
@@ -340,7 +344,7 @@ impl Daemon {
                 due.retry_at = Instant::now() + wait;
             }
             Err(e) => {
-                let message = crate::excerpt::line(&format!("{e:#}"));
+                let message = crate::domain::excerpt::line(&format!("{e:#}"));
                 due.failures += 1;
                 // Retried on (almost) every wake: the tick must be claimed as soon as the
                 // database answers, before the next tick replaces it.
@@ -458,14 +462,14 @@ async fn plan_tick(
     wake: Arc<Notify>,
 ) -> anyhow::Result<Plan> {
     for (old, note) in replaced {
-        let window = cycle::window(old, ctx.settings.source.window);
-        outcomes::record_missed(&ctx.pool, old, window, &ctx.instance, &note).await?;
+        let window = tick::window(old, ctx.settings.source.window);
+        runs::record_missed(&ctx.pool, old, window, &ctx.instance, &note).await?;
     }
-    let plan = cycle::plan(&ctx, tick, Trigger::Schedule, None).await?;
+    let plan = tick::plan(&ctx, tick, Trigger::Schedule, None).await?;
     if let (Plan::Planned(p), Some((failures, error))) = (&plan, late) {
         let note = late_note(p, tick, failures, &error);
         tracing::info!("{note}");
-        outcomes::set_note(&ctx.pool, p.run_id, &note).await?;
+        runs::set_note(&ctx.pool, p.run_id, &note).await?;
     }
     wake.notify_one();
     Ok(plan)
@@ -476,7 +480,7 @@ fn late_note(p: &Planned, tick: DateTime<Utc>, failures: u32, error: &str) -> St
     format!(
         "claimed {}s after its tick, after {}: {error}",
         (p.claimed_at - tick).num_seconds(),
-        crate::sender::count(failures, "failed attempt")
+        crate::queue::sender::count(failures, "failed attempt")
     )
 }
 
@@ -521,7 +525,7 @@ async fn try_start_up(ctx: &Context, clock: &Clock) -> anyhow::Result<Started> {
     source::check_columns(&ctx.pool, &ctx.settings.source).await?;
     clock.sync(&ctx.pool).await?;
     let now = clock.now();
-    let filled = queue::fill_deadlines(&ctx.pool, ctx.settings.schedule.next_tick(now)).await?;
+    let filled = store::fill_deadlines(&ctx.pool, ctx.settings.schedule.next_tick(now)).await?;
     if filled > 0 {
         tracing::info!(
             filled,
@@ -537,7 +541,7 @@ async fn try_start_up(ctx: &Context, clock: &Clock) -> anyhow::Result<Started> {
 /// start, not once per missed tick. `None` on a first start (nothing was missed).
 async fn missed_tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<Option<DateTime<Utc>>> {
     let (schedule, tz) = (&ctx.settings.schedule.cron, ctx.settings.schedule.timezone);
-    let last_run = outcomes::last_scheduled_tick(&ctx.pool).await?;
+    let last_run = runs::last_scheduled_tick(&ctx.pool).await?;
     Ok(match (last_run, schedule.latest_at_or_before(now, tz)) {
         (Some(last), Some(due)) if due > last => {
             tracing::info!(last_run = %last, "the tick {due} was missed while stopped: running it now");
@@ -559,7 +563,7 @@ async fn maintain(ctx: watch::Receiver<Context>, clock: Clock, stop: Cancellatio
         let ctx = ctx.borrow().clone();
         let result = async {
             clock.sync(&ctx.pool).await?;
-            for run_id in outcomes::open_runs(&ctx.pool).await? {
+            for run_id in runs::open_runs(&ctx.pool).await? {
                 sender::close_run(&ctx.pool, run_id).await?;
             }
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {

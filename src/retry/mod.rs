@@ -1,0 +1,3 @@
+//! When to try again and when to stop.
+
+pub mod breaker;
