@@ -283,11 +283,8 @@ async fn check(settings: &Settings, offline: bool) -> anyhow::Result<ExitCode> {
         _ => {}
     }
     // Only the default source can be waiting for its table: a custom query is checked as it is.
-    let unmigrated = settings.source.query.is_none()
-        && sqlx::query_scalar::<_, bool>("SELECT to_regclass('otp_counts') IS NULL")
-            .fetch_one(&pool)
-            .await
-            .context("looking for the otp_counts table")?;
+    let unmigrated =
+        settings.source.query.is_none() && source::default_table_missing(&pool).await?;
     if unmigrated {
         // `run` applies the migrations that create it; a first start must not be refused.
         outln!("source otp_counts: not created yet; `run` or `migrate` creates it")?;
@@ -376,9 +373,9 @@ fn print_history(rows: Vec<runs::HistoryRow>) -> anyhow::Result<()> {
             shown(&r.backfill_number),
             shown(&r.cardinal_number),
             r.rate.map_or_else(|| "-".to_owned(), |r| r.to_string()),
-            r.state,
+            r.state.as_str().to_owned(),
             r.attempts.to_string(),
-            shown(&r.provider_status),
+            shown(&r.provider_status.as_ref().map(ToString::to_string)),
             r.http_status
                 .map_or_else(|| "-".to_owned(), |h| h.to_string()),
             shown(&r.detail),

@@ -138,7 +138,7 @@ impl Clock {
             return Ok(());
         };
         let sent = Mono::now();
-        let db: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        let db = sqlx::query_scalar!(r#"SELECT now() AS "now!""#)
             .fetch_one(pool)
             .await
             .context("reading the database's clock")?;

@@ -65,15 +65,17 @@ async fn migrate_in_one_transaction(db: &Db) -> anyhow::Result<Vec<i64>> {
 }
 
 async fn apply_under_lock(tx: &mut Tx) -> anyhow::Result<Vec<i64>> {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
+    let database = sqlx::query_scalar!(r#"SELECT current_database() AS "name!""#)
         .fetch_one(&mut *tx)
         .await
         .context("taking the migration lock")?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(migrator_lock_id(&database))
-        .execute(&mut *tx)
-        .await
-        .context("taking the migration lock")?;
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock($1)",
+        migrator_lock_id(&database)
+    )
+    .execute(&mut *tx)
+    .await
+    .context("taking the migration lock")?;
     let conn = tx.connection();
     conn.ensure_migrations_table()
         .await
@@ -129,8 +131,7 @@ async fn build_source_index_concurrently(db: &Db) -> anyhow::Result<()> {
         .context("connecting for the index build")?
         .detach();
     loop {
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(INDEX_LOCK)
+        let got = sqlx::query_scalar!(r#"SELECT pg_try_advisory_lock($1) AS "got!""#, INDEX_LOCK)
             .fetch_one(&mut conn)
             .await
             .context("taking the index lock")?;
@@ -154,10 +155,7 @@ async fn build_source_index_concurrently(db: &Db) -> anyhow::Result<()> {
 /// server connection for the statement's whole run.
 async fn build_through_pooler(db: &Db) -> anyhow::Result<()> {
     let mut holder = hold_index_lock(db).await?;
-    let valid = sqlx::query_scalar(SOURCE_INDEX_VALID)
-        .fetch_one(&mut holder)
-        .await
-        .context("looking for the otp_counts index");
+    let valid = source_index_valid(&mut holder).await;
     let result = match valid {
         Ok(Some(false)) => match db.pool.acquire().await {
             Ok(mut conn) => build_source_index(&mut conn).await,
@@ -181,13 +179,15 @@ async fn build_through_pooler(db: &Db) -> anyhow::Result<()> {
 async fn hold_index_lock(db: &Db) -> anyhow::Result<Tx> {
     loop {
         let mut tx = db.begin().await.context("taking the index lock")?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(INDEX_LOCK)
-            .fetch_one(&mut tx)
-            .await
-            .context("taking the index lock")?;
+        let got = sqlx::query_scalar!(
+            r#"SELECT pg_try_advisory_xact_lock($1) AS "got!""#,
+            INDEX_LOCK
+        )
+        .fetch_one(&mut tx)
+        .await
+        .context("taking the index lock")?;
         if got {
-            sqlx::query("SET LOCAL idle_in_transaction_session_timeout = 0")
+            sqlx::query!("SET LOCAL idle_in_transaction_session_timeout = 0")
                 .execute(&mut tx)
                 .await
                 .context("taking the index lock")?;
@@ -199,15 +199,17 @@ async fn hold_index_lock(db: &Db) -> anyhow::Result<Tx> {
 }
 
 /// Whether `otp_counts` has a valid source index; `None` when there is no such table.
-const SOURCE_INDEX_VALID: &str = "SELECT CASE WHEN to_regclass('otp_counts') IS NULL THEN NULL \
-     ELSE coalesce((SELECT indisvalid FROM pg_index \
-                    WHERE indexrelid = to_regclass('otp_counts_bucket_start_idx')), false) END";
-
-async fn source_index_valid(db: &Db) -> anyhow::Result<Option<bool>> {
-    sqlx::query_scalar(SOURCE_INDEX_VALID)
-        .fetch_one(db)
-        .await
-        .context("looking for the otp_counts index")
+async fn source_index_valid<'c>(
+    db: impl Executor<'c, Database = sqlx::Postgres>,
+) -> anyhow::Result<Option<bool>> {
+    sqlx::query_scalar!(
+        "SELECT CASE WHEN to_regclass('otp_counts') IS NULL THEN NULL
+             ELSE coalesce((SELECT indisvalid FROM pg_index
+                 WHERE indexrelid = to_regclass('otp_counts_bucket_start_idx')), false) END"
+    )
+    .fetch_one(db)
+    .await
+    .context("looking for the otp_counts index")
 }
 
 async fn build_source_index(conn: &mut PgConnection) -> anyhow::Result<()> {
@@ -216,7 +218,8 @@ async fn build_source_index(conn: &mut PgConnection) -> anyhow::Result<()> {
          concurrently, without blocking writers (this may take a while on a large table)"
     );
     // A plain &str without arguments goes out as a simple query, one statement each:
-    // CONCURRENTLY refuses any transaction block, an implicit one included.
+    // CONCURRENTLY refuses any transaction block, an implicit one included. (So these two stay
+    // out of the build-time check: `query!` always uses the extended protocol.)
     conn.execute("DROP INDEX CONCURRENTLY IF EXISTS otp_counts_bucket_start_idx")
         .await
         .context("dropping the invalid otp_counts index")?;
@@ -231,14 +234,15 @@ async fn build_source_index(conn: &mut PgConnection) -> anyhow::Result<()> {
 }
 
 async fn applied_versions(db: &Db) -> anyhow::Result<Vec<i64>> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(db)
-        .await
-        .context("reading applied migrations")?;
+    let exists =
+        sqlx::query_scalar!(r#"SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS "exists!""#)
+            .fetch_one(db)
+            .await
+            .context("reading applied migrations")?;
     if !exists {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+    sqlx::query_scalar!("SELECT version FROM _sqlx_migrations WHERE success")
         .fetch_all(db)
         .await
         .context("reading applied migrations")

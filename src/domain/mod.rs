@@ -6,6 +6,7 @@ pub mod excerpt;
 pub mod mcc;
 pub mod rate;
 pub mod run;
+pub mod status;
 
 use std::fmt;
 

@@ -1,8 +1,13 @@
 //! What a run is and what became of each of its pairs, as values: how it was started, the
 //! states a submission goes through, and the tallies a run closes with. The statements that
 //! read and write them are `queue::runs`'; the views (metrics, status) need only these.
+//! [`State`] and [`Trigger`] are read from their TEXT columns directly (`as "state: State"`):
+//! a value this release does not know is a decoding error, never taken for another one.
 
 use chrono::{DateTime, Utc};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgTypeInfo, PgValueRef};
+use sqlx::Postgres;
 
 /// How a cycle was started; stored in `report_runs.trigger`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,10 +29,20 @@ impl Trigger {
             .into_iter()
             .find(|t| t.as_str() == s)
     }
+
+    /// A trigger read back from `report_runs.trigger`: an unknown value is an error.
+    pub fn from_column(s: &str) -> anyhow::Result<Self> {
+        Self::parse(s).ok_or_else(|| {
+            anyhow::anyhow!(
+                "report_runs.trigger {} is not a trigger this release knows",
+                crate::domain::excerpt::quoted(s)
+            )
+        })
+    }
 }
 
 /// The state column's values; also `history --state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 #[value(rename_all = "lower")]
 pub enum State {
     Pending,
@@ -74,6 +89,38 @@ impl State {
         })
     }
 }
+
+/// The column's value ("succeeded"), as `status --json` prints it.
+impl serde::Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Decodes a TEXT column through `parse`, refusing a value it does not know.
+macro_rules! text_column {
+    ($ty:ty) => {
+        impl sqlx::Type<Postgres> for $ty {
+            fn type_info() -> PgTypeInfo {
+                <str as sqlx::Type<Postgres>>::type_info()
+            }
+
+            fn compatible(ty: &PgTypeInfo) -> bool {
+                <str as sqlx::Type<Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, Postgres> for $ty {
+            fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+                let text = <&str as sqlx::Decode<Postgres>>::decode(value)?;
+                Ok(Self::from_column(text)?)
+            }
+        }
+    };
+}
+
+text_column!(State);
+text_column!(Trigger);
 
 /// A run's tallies, as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Account, ProviderSettings};
 use crate::domain::excerpt::clean;
 use crate::domain::rate::{Rate, RateError};
+use crate::domain::status::ProviderStatus;
 use crate::domain::{AppId, Mcc};
 use crate::provider::record::{Lenient, Record};
 
@@ -183,6 +184,11 @@ pub enum Transport {
 }
 
 impl<T> Exchange<T> {
+    /// The provider's status, when the body was the documented JSON.
+    pub fn status(&self) -> Option<ProviderStatus> {
+        self.provider_status.as_deref().map(ProviderStatus::parse)
+    }
+
     /// Whether this failure says the provider (or the way to it) is down, rather than that it
     /// refused this request: no connection, a timeout, a broken connection, HTTP 5xx.
     /// A circuit breaker counts these; a rejection or a -16 says the provider is up.
@@ -603,13 +609,13 @@ pub fn classify(status: &str) -> Class {
 
 /// The class of a status the two pages document, `None` for any other.
 fn documented(status: &str) -> Option<Class> {
-    Some(match status.trim() {
-        "0" => Class::Success,
-        "-1" => Class::Rejected(Rejection::Authentication),
-        "-2" => Class::Rejected(Rejection::IpRestricted),
-        "-22" => Class::Rejected(Rejection::Parameters),
-        "-16" | "-18" => Class::Transient,
-        _ => return None,
+    Some(match ProviderStatus::parse(status) {
+        ProviderStatus::Success => Class::Success,
+        ProviderStatus::Authentication => Class::Rejected(Rejection::Authentication),
+        ProviderStatus::IpRestricted => Class::Rejected(Rejection::IpRestricted),
+        ProviderStatus::Parameters => Class::Rejected(Rejection::Parameters),
+        ProviderStatus::Timestamp | ProviderStatus::Busy => Class::Transient,
+        ProviderStatus::Other(_) => return None,
     })
 }
 

@@ -60,7 +60,6 @@ pub fn advice(limit: usize, ceiling: usize) -> String {
 }
 
 /// The latest open scheduled tick, as [`latest`] reads it.
-#[derive(sqlx::FromRow)]
 struct OpenTick {
     run: i64,
     tick: DateTime<Utc>,
@@ -71,12 +70,13 @@ struct OpenTick {
 
 async fn latest(pool: &Db) -> anyhow::Result<Option<OpenTick>> {
     use anyhow::Context as _;
-    sqlx::query_as(
-        "SELECT r.id AS run, r.scheduled_for AS tick, now() AS now, \
-             (SELECT count(*) FROM report_submissions s \
-              WHERE s.run_id = r.id AND s.state = 'pending') AS pending \
-         FROM report_runs r WHERE r.finished_at IS NULL AND r.trigger = 'schedule' \
-         ORDER BY r.scheduled_for DESC LIMIT 1",
+    sqlx::query_as!(
+        OpenTick,
+        r#"SELECT r.id AS run, r.scheduled_for AS tick, now() AS "now!",
+             (SELECT count(*) FROM report_submissions s
+              WHERE s.run_id = r.id AND s.state = 'pending') AS "pending!"
+         FROM report_runs r WHERE r.finished_at IS NULL AND r.trigger = 'schedule'
+         ORDER BY r.scheduled_for DESC LIMIT 1"#
     )
     .fetch_optional(pool)
     .await

@@ -62,13 +62,13 @@ pub async fn prune(pool: &Db, cutoff: DateTime<Utc>) -> anyhow::Result<Pruned> {
 
 /// Up to 100 finished runs scheduled before `cutoff` without pending rows, oldest first.
 pub async fn old_runs(pool: &Db, cutoff: DateTime<Utc>) -> anyhow::Result<Vec<i64>> {
-    sqlx::query_scalar(
-        "SELECT id FROM report_runs r WHERE scheduled_for < $1 AND finished_at IS NOT NULL \
-           AND NOT EXISTS (SELECT 1 FROM report_submissions s \
-               WHERE s.run_id = r.id AND s.state = 'pending') \
+    sqlx::query_scalar!(
+        "SELECT id FROM report_runs r WHERE scheduled_for < $1 AND finished_at IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM report_submissions s
+               WHERE s.run_id = r.id AND s.state = 'pending')
          ORDER BY scheduled_for, id LIMIT 100",
+        cutoff,
     )
-    .bind(cutoff)
     .fetch_all(pool)
     .await
     .context("finding old runs")
@@ -77,13 +77,13 @@ pub async fn old_runs(pool: &Db, cutoff: DateTime<Utc>) -> anyhow::Result<Vec<i6
 /// One batch: at most [`BATCH`] submissions of the run, one short statement. Rows another
 /// transaction holds are skipped, never waited on.
 pub async fn delete_submissions(pool: &Db, run_id: i64) -> anyhow::Result<u64> {
-    let done = sqlx::query(
-        "WITH doomed AS (SELECT id FROM report_submissions \
-             WHERE run_id = $1 AND state <> 'pending' LIMIT $2 FOR UPDATE SKIP LOCKED) \
+    let done = sqlx::query!(
+        "WITH doomed AS (SELECT id FROM report_submissions
+             WHERE run_id = $1 AND state <> 'pending' LIMIT $2 FOR UPDATE SKIP LOCKED)
          DELETE FROM report_submissions s USING doomed WHERE s.id = doomed.id",
+        run_id,
+        BATCH,
     )
-    .bind(run_id)
-    .bind(BATCH)
     .execute(pool)
     .await
     .context("deleting old submissions")?;
@@ -95,13 +95,13 @@ pub async fn delete_submissions(pool: &Db, run_id: i64) -> anyhow::Result<u64> {
 pub async fn prune_counts(pool: &Db, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
     let mut deleted = 0;
     loop {
-        let done = sqlx::query(
-            "WITH doomed AS (SELECT ctid FROM otp_counts WHERE bucket_start < $1 \
-                 LIMIT $2 FOR UPDATE SKIP LOCKED) \
+        let done = sqlx::query!(
+            "WITH doomed AS (SELECT ctid FROM otp_counts WHERE bucket_start < $1
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)
              DELETE FROM otp_counts c USING doomed WHERE c.ctid = doomed.ctid",
+            cutoff,
+            BATCH,
         )
-        .bind(cutoff)
-        .bind(BATCH)
         .execute(pool)
         .await
         .context("deleting old buckets from otp_counts")?;
@@ -119,11 +119,11 @@ pub async fn prune_counts(pool: &Db, cutoff: DateTime<Utc>) -> anyhow::Result<u6
 /// The run, once its submissions are gone (a row still there keeps it: the foreign key would
 /// otherwise delete it with the run in one long statement).
 pub async fn delete_run(pool: &Db, run_id: i64) -> anyhow::Result<u64> {
-    let done = sqlx::query(
-        "DELETE FROM report_runs r WHERE id = $1 \
+    let done = sqlx::query!(
+        "DELETE FROM report_runs r WHERE id = $1
          AND NOT EXISTS (SELECT 1 FROM report_submissions s WHERE s.run_id = r.id)",
+        run_id,
     )
-    .bind(run_id)
     .execute(pool)
     .await
     .context("deleting an old run")?;

@@ -34,6 +34,7 @@ use crate::config::ProviderSettings;
 use crate::db::clock::Mono;
 use crate::db::Db;
 use crate::domain::run::State;
+use crate::domain::status::ProviderStatus;
 use crate::provider::concurrency::{Answered, Change, Limiters, Signal};
 use crate::provider::{BackfillRequest, Class, Exchange, ProviderClient};
 use crate::queue::context::Context;
@@ -1144,7 +1145,7 @@ fn judge_answer<T>(
         disposition,
         attempt: Some(Attempt {
             started: Some(started),
-            provider_status: ex.provider_status.clone(),
+            provider_status: ex.status(),
             provider_reason: ex.reason.clone(),
             http_status: ex.http_status.map(i32::from),
             error: ex.error.clone(),
@@ -1155,7 +1156,7 @@ fn judge_answer<T>(
         sent: true,
         outage: ex.is_outage().then_some((cause, ex.retry_after)),
         stop,
-        clock: (ex.provider_status.as_deref() == Some("-16")).then_some(ex.timestamp),
+        clock: (ex.status() == Some(ProviderStatus::Timestamp)).then_some(ex.timestamp),
         was_probe: false,
     };
     (outcome, result)
@@ -1268,13 +1269,13 @@ impl Group {
                 store::fail_unsent(pool, (run_id, account.as_deref()), &reason)
             })
             .await;
-            metrics::record_decided(account.as_deref(), "failed", failed);
+            metrics::record_decided(account.as_deref(), State::Failed, failed);
             runs.push(run_id);
         }
         for run in self.expire {
             let ended = retry_db("ending overdue submissions", || store::expire(pool, run)).await;
             for (run_id, state, account) in &ended {
-                metrics::record_decided(account.as_deref(), state.as_str(), 1);
+                metrics::record_decided(account.as_deref(), *state, 1);
                 runs.push(*run_id);
             }
         }
@@ -1321,8 +1322,8 @@ fn account(batch: &[Outcome], written: &[store::Written]) {
         };
         let attempt = o.attempt.as_ref();
         metrics::record_outcome(
-            w.state.as_str(),
-            attempt.and_then(|a| a.provider_status.as_deref()),
+            w.state,
+            attempt.and_then(|a| a.provider_status.as_ref()),
             w.account.as_deref(),
         );
         if w.state == State::Failed {

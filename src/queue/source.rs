@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
-use sqlx::{Column, Describe, Executor, Postgres, Row, TypeInfo};
+use sqlx::{Column, Describe, Executor, Postgres, TypeInfo};
 
 use crate::db::{Db, Tx};
 
@@ -20,7 +20,7 @@ pub const DEFAULT_QUERY: &str = "SELECT app_id, \
      WHERE bucket_start >= $1 AND bucket_start < $2 GROUP BY 1, 2";
 
 /// One row as the source returned it, in text so that nothing is lost before it is judged.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SourceRow {
     pub app_id: Option<String>,
     pub mcc: Option<String>,
@@ -46,6 +46,14 @@ fn query_of(settings: &SourceSettings) -> &str {
         .unwrap_or(DEFAULT_QUERY)
         .trim()
         .trim_end_matches(';')
+}
+
+/// Whether the default source's table is still missing (the migrations create it).
+pub async fn default_table_missing(pool: &Db) -> anyhow::Result<bool> {
+    sqlx::query_scalar!(r#"SELECT to_regclass('otp_counts') IS NULL AS "missing!""#)
+        .fetch_one(pool)
+        .await
+        .context("looking for the otp_counts table")
 }
 
 /// Checks, without running it, that the query returns the four columns with usable types.
@@ -125,12 +133,14 @@ impl Cursor {
         end: DateTime<Utc>,
     ) -> anyhow::Result<Self> {
         // The query is planned for its window, not once for any window.
-        sqlx::query("SET LOCAL plan_cache_mode = auto")
+        sqlx::query!("SET LOCAL plan_cache_mode = auto")
             .execute(&mut *conn)
             .await
             .context("preparing to read the source")?;
         // Cast in an outer query so that every accepted type arrives as text, unrounded. The
         // query sits on lines of its own: a trailing `--` comment must not swallow the rest.
+        // Built at run time around the operator's `source.query` (or ours), so sqlx cannot
+        // check it at build time; `check_columns` checks the columns before it runs.
         let sql = format!(
             "DECLARE {CURSOR} NO SCROLL CURSOR FOR \
              SELECT app_id::text, mcc::text, backfill_number::text, cardinal_number::text \
@@ -152,23 +162,14 @@ impl Cursor {
             return Ok(Vec::new());
         }
         // Not kept as a prepared statement: the cursor it names lives only as long as the
-        // transaction.
-        let rows = sqlx::query(&format!("FETCH {n} FROM {CURSOR}"))
+        // transaction. Runtime-checked: FETCH takes its count as text, not as a parameter, and
+        // its columns are the operator's query's; they are read by name.
+        let rows: Vec<SourceRow> = sqlx::query_as(&format!("FETCH {n} FROM {CURSOR}"))
             .persistent(false)
             .fetch_all(&mut *conn)
             .await
             .context("reading counts from the source")?;
         self.exhausted = rows.len() < n;
-        rows.iter()
-            .map(|r| {
-                Ok(SourceRow {
-                    app_id: r.try_get(0)?,
-                    mcc: r.try_get(1)?,
-                    backfill_number: r.try_get(2)?,
-                    cardinal_number: r.try_get(3)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .context("decoding source rows")
+        Ok(rows)
     }
 }

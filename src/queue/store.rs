@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
 use crate::db::{Db, Tx};
 
@@ -20,6 +19,7 @@ use crate::db::clock::Mono;
 use crate::domain::excerpt;
 use crate::domain::rate::Rate;
 use crate::domain::run::State;
+use crate::domain::status::ProviderStatus;
 use crate::domain::{AppId, Mcc};
 use crate::provider::BackfillRequest;
 
@@ -89,7 +89,7 @@ pub async fn enqueue(
 }
 
 async fn savepoint(conn: &mut Tx) -> anyhow::Result<()> {
-    sqlx::query("SAVEPOINT enqueue")
+    sqlx::query!("SAVEPOINT enqueue")
         .execute(conn)
         .await
         .context("recording submissions as pending")?;
@@ -99,15 +99,22 @@ async fn savepoint(conn: &mut Tx) -> anyhow::Result<()> {
 /// Ends the savepoint after `result`: `Ok(Err(e))` when the database refused the step (rolled
 /// back to the savepoint, the transaction goes on), `Err` when the connection is gone.
 async fn settle<T>(conn: &mut Tx, result: anyhow::Result<T>) -> anyhow::Result<anyhow::Result<T>> {
-    let (sql, result) = match result {
-        Ok(v) => ("RELEASE SAVEPOINT enqueue", Ok(v)),
+    let (ended, result) = match result {
+        Ok(v) => {
+            let ended = sqlx::query!("RELEASE SAVEPOINT enqueue")
+                .execute(conn)
+                .await;
+            (ended, Ok(v))
+        }
         Err(e) if crate::db::is_unreachable(&e) => return Err(e),
-        Err(e) => ("ROLLBACK TO SAVEPOINT enqueue", Err(e)),
+        Err(e) => {
+            let ended = sqlx::query!("ROLLBACK TO SAVEPOINT enqueue")
+                .execute(conn)
+                .await;
+            (ended, Err(e))
+        }
     };
-    sqlx::query(sql)
-        .execute(conn)
-        .await
-        .context("recording submissions as pending")?;
+    ended.context("recording submissions as pending")?;
     Ok(result)
 }
 
@@ -169,47 +176,49 @@ async fn insert(
 ) -> anyhow::Result<Enqueued> {
     let col = |f: fn(&NewSubmission) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
     let index: Vec<i32> = (0..rows.len() as i32).collect();
-    let done = sqlx::query(
-        "INSERT INTO report_submissions (run_id, scheduled_for, window_start, window_end, \
-             app_id, mcc, backfill_number, cardinal_number, rate, callback_time, state, reason, \
-             finished_at, next_attempt_at, deadline, account) \
-         SELECT $1, $2, $3, $4, u.app_id, u.mcc, u.backfill::numeric, u.cardinal::numeric, \
-             u.hundredths / 100.0, $5, u.state, u.reason, \
-             CASE WHEN u.state = 'pending' THEN NULL ELSE now() END, \
-             CASE WHEN u.state = 'pending' THEN now() END, \
-             CASE WHEN u.state = 'pending' THEN $6::timestamptz END, u.account \
-         FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::text[], \
-             $13::text[], $14::int[], $15::text[]) \
-             AS u(app_id, mcc, backfill, cardinal, hundredths, state, reason, idx, account) \
-         ORDER BY u.idx \
-         ON CONFLICT (app_id, mcc, scheduled_for) DO NOTHING \
-         RETURNING state = 'pending'",
+    let rates: Vec<Option<i32>> = rows
+        .iter()
+        .map(|r| r.rate.map(|r| i32::from(r.hundredths())))
+        .collect();
+    let states: Vec<String> = rows.iter().map(|r| r.state.as_str().to_owned()).collect();
+    // The arrays' elements may be NULL (`as _`: sqlx types a text[] parameter as Vec<String>).
+    let done = sqlx::query_scalar!(
+        r#"INSERT INTO report_submissions (run_id, scheduled_for, window_start, window_end,
+             app_id, mcc, backfill_number, cardinal_number, rate, callback_time, state, reason,
+             finished_at, next_attempt_at, deadline, account)
+         SELECT $1, $2, $3, $4, u.app_id, u.mcc, u.backfill::numeric, u.cardinal::numeric,
+             u.hundredths / 100.0, $5, u.state, u.reason,
+             CASE WHEN u.state = 'pending' THEN NULL ELSE now() END,
+             CASE WHEN u.state = 'pending' THEN now() END,
+             CASE WHEN u.state = 'pending' THEN $6::timestamptz END, u.account
+         FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::text[],
+             $13::text[], $14::int[], $15::text[])
+             AS u(app_id, mcc, backfill, cardinal, hundredths, state, reason, idx, account)
+         ORDER BY u.idx
+         ON CONFLICT (app_id, mcc, scheduled_for) DO NOTHING
+         RETURNING state = 'pending' AS "pending!""#,
+        tick.run_id,
+        tick.tick,
+        tick.window.0,
+        tick.window.1,
+        tick.callback_time,
+        tick.deadline,
+        col(|r| r.app_id.clone()) as _,
+        col(|r| r.mcc.clone()) as _,
+        col(|r| r.backfill_number.clone()) as _,
+        col(|r| r.cardinal_number.clone()) as _,
+        rates as _,
+        &states,
+        col(|r| r.reason.clone()) as _,
+        &index,
+        col(|r| r.account.clone()) as _,
     )
-    .bind(tick.run_id)
-    .bind(tick.tick)
-    .bind(tick.window.0)
-    .bind(tick.window.1)
-    .bind(tick.callback_time)
-    .bind(tick.deadline)
-    .bind(col(|r| r.app_id.clone()))
-    .bind(col(|r| r.mcc.clone()))
-    .bind(col(|r| r.backfill_number.clone()))
-    .bind(col(|r| r.cardinal_number.clone()))
-    .bind(
-        rows.iter()
-            .map(|r| r.rate.map(|r| i32::from(r.hundredths())))
-            .collect::<Vec<_>>(),
-    )
-    .bind(col(|r| Some(r.state.as_str().to_owned())))
-    .bind(col(|r| r.reason.clone()))
-    .bind(index)
-    .bind(col(|r| r.account.clone()))
     .fetch_all(conn)
     .await
     .context("recording submissions as pending")?;
     Ok(Enqueued {
         inserted: done.len() as u64,
-        pending: done.iter().filter(|r| r.get::<bool, _>(0)).count() as u64,
+        pending: done.iter().filter(|pending| **pending).count() as u64,
         refused: Vec::new(),
     })
 }
@@ -232,27 +241,26 @@ pub async fn supersede_older(
     conn: &mut Tx,
     tick: DateTime<Utc>,
 ) -> anyhow::Result<Vec<(Option<String>, i64)>> {
-    sqlx::query_as(
-        "WITH done AS (UPDATE report_submissions s SET state = 'superseded', reason = $2, \
-             finished_at = now(), lease_owner = NULL, lease_expires_at = NULL \
-         WHERE s.state = 'pending' AND s.scheduled_for < $1 \
-           AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now()) \
-           AND EXISTS (SELECT 1 FROM report_submissions n \
-               WHERE n.app_id = s.app_id AND n.mcc = s.mcc AND n.scheduled_for = $1) \
-         RETURNING s.account) \
-         SELECT account, count(*) FROM done GROUP BY account",
+    let rows = sqlx::query!(
+        r#"WITH done AS (UPDATE report_submissions s SET state = 'superseded', reason = $2,
+             finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+         WHERE s.state = 'pending' AND s.scheduled_for < $1
+           AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now())
+           AND EXISTS (SELECT FROM backfill_reporter_newer_ticks(s.app_id, s.mcc, s.scheduled_for))
+         RETURNING s.account)
+         SELECT account, count(*) AS "rows!" FROM done GROUP BY account"#,
+        tick,
+        REPLACED,
     )
-    .bind(tick)
-    .bind(REPLACED)
     .fetch_all(conn)
     .await
-    .context("superseding older pending submissions")
+    .context("superseding older pending submissions")?;
+    Ok(rows.into_iter().map(|r| (r.account, r.rows)).collect())
 }
 
 /// Wakes idle senders of every instance when the surrounding transaction commits.
 pub async fn notify(conn: &mut Tx) -> anyhow::Result<()> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
+    sqlx::query!("SELECT pg_notify($1, '')", CHANNEL)
         .execute(conn)
         .await
         .context("notifying senders")?;
@@ -301,8 +309,8 @@ pub struct Page {
 /// comes back short starts again from the head and finds those.
 pub type ClaimCursor = Option<(DateTime<Utc>, i64)>;
 
-/// Whose rows a claim takes. The unnamed account is `None`; in SQL it is the empty string,
-/// which no account name can be.
+/// Whose rows a claim takes. The unnamed account is `None`, NULL in the column: a claim
+/// matches it with `IS NULL` (a flag of its own in `Except`), never through a stand-in name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Accounts {
     /// Every account's.
@@ -312,12 +320,6 @@ pub enum Accounts {
     Except(Vec<Option<String>>),
     /// Only this one's: the probe of its breaker.
     Only(Option<String>),
-}
-
-impl Accounts {
-    fn in_sql(account: Option<&String>) -> String {
-        account.cloned().unwrap_or_default()
-    }
 }
 
 /// Milliseconds as a duration; a negative count (a time that has passed) is zero.
@@ -338,7 +340,7 @@ pub async fn claim(
     after: ClaimCursor,
 ) -> anyhow::Result<Page> {
     let sql = claim_sql(run.is_some(), after.is_some(), accounts);
-    let mut query = sqlx::query(&sql)
+    let mut query = sqlx::query_as::<_, ClaimedRow>(&sql)
         .bind(owner)
         .bind(limit as i64)
         .bind(lease.as_millis() as i64);
@@ -351,14 +353,10 @@ pub async fn claim(
     match accounts {
         Accounts::Any => {}
         Accounts::Except(names) => {
-            query = query.bind(
-                names
-                    .iter()
-                    .map(|a| Accounts::in_sql(a.as_ref()))
-                    .collect::<Vec<_>>(),
-            );
+            let named: Vec<String> = names.iter().flatten().cloned().collect();
+            query = query.bind(named).bind(names.contains(&None));
         }
-        Accounts::Only(name) => query = query.bind(Accounts::in_sql(name.as_ref())),
+        Accounts::Only(name) => query = query.bind(name),
     }
     let rows = query
         .fetch_all(pool)
@@ -366,25 +364,27 @@ pub async fn claim(
         .context("claiming due submissions")?;
     let cursor = rows
         .iter()
-        .map(|r| (r.get::<DateTime<Utc>, _>("due_at"), r.get::<i64, _>("id")))
+        .map(|r| (r.due_at, r.id))
         .max()
         .filter(|_| rows.len() == limit);
     let leases = rows
         .iter()
         .map(|r| Leased {
-            id: r.get("id"),
-            lasts: millis(r.get("lease_ms")),
+            id: r.id,
+            lasts: millis(r.lease_ms),
         })
         .collect();
     Ok(Page {
-        rows: rows.iter().map(claimed_row).collect(),
+        rows: rows.into_iter().map(ClaimedRow::into_claimed).collect(),
         leases,
         cursor,
     })
 }
 
 /// The claim with only the conditions that apply: a generic plan for `$4 IS NULL OR run_id =
-/// $4` would sort every pending row of the run on each claim. Times come back as spans from
+/// $4` would sort every pending row of the run on each claim. Built at run time, so it is the
+/// one queue statement sqlx cannot check at build time; its row is still read by column name
+/// ([`ClaimedRow`]). Times come back as spans from
 /// the statement's `now()`: the caller holds them on its own boot clock, never comparing the
 /// database's wall clock with its host's. Parameters after the first three are numbered in
 /// the order [`claim`] binds them: run, cursor, accounts.
@@ -407,8 +407,14 @@ fn claim_sql(run: bool, after: bool, accounts: &Accounts) -> String {
     };
     let account_param = match accounts {
         Accounts::Any => String::new(),
-        Accounts::Except(_) => format!("AND COALESCE(account, '') <> ALL(${}::text[])", param()),
-        Accounts::Only(_) => format!("AND COALESCE(account, '') = ${}", param()),
+        Accounts::Except(_) => {
+            let (named, unnamed) = (param(), param());
+            format!(
+                "AND CASE WHEN account IS NULL THEN NOT ${unnamed}::bool \
+                     ELSE account <> ALL(${named}::text[]) END"
+            )
+        }
+        Accounts::Only(_) => format!("AND account IS NOT DISTINCT FROM ${}::text", param()),
     };
     format!(
         "WITH due AS ( \
@@ -427,27 +433,47 @@ fn claim_sql(run: bool, after: bool, accounts: &Accounts) -> String {
              s.cardinal_number::text AS sent, s.callback_time, s.attempts, \
              (extract(epoch FROM s.deadline - now()) * 1000)::bigint AS deadline_ms, \
              (extract(epoch FROM s.lease_expires_at - now()) * 1000)::bigint AS lease_ms, \
-             EXISTS (SELECT 1 FROM report_submissions n WHERE n.app_id = s.app_id \
-                 AND n.mcc = s.mcc AND n.scheduled_for > s.scheduled_for) AS replaced, \
+             EXISTS (SELECT FROM backfill_reporter_newer_ticks(s.app_id, s.mcc, \
+                 s.scheduled_for)) AS replaced, \
              due.next_attempt_at AS due_at"
     )
 }
 
-fn claimed_row(r: &sqlx::postgres::PgRow) -> Claimed {
-    Claimed {
-        id: r.get("id"),
-        run_id: r.get("run_id"),
-        account: r.get("account"),
-        request: stored_request(
-            r.get("app_id"),
-            r.get("mcc"),
-            r.get("backfilled"),
-            r.get("sent"),
-            r.get("callback_time"),
-        ),
-        deadline_in: r.get::<Option<i64>, _>("deadline_ms").map(millis),
-        attempts: r.get("attempts"),
-        replaced: r.get("replaced"),
+/// A row of [`claim_sql`], by column name.
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    id: i64,
+    run_id: i64,
+    account: Option<String>,
+    app_id: Option<String>,
+    mcc: Option<String>,
+    backfilled: Option<String>,
+    sent: Option<String>,
+    callback_time: String,
+    attempts: i32,
+    deadline_ms: Option<i64>,
+    lease_ms: i64,
+    replaced: bool,
+    due_at: DateTime<Utc>,
+}
+
+impl ClaimedRow {
+    fn into_claimed(self) -> Claimed {
+        Claimed {
+            id: self.id,
+            run_id: self.run_id,
+            account: self.account,
+            request: stored_request(
+                self.app_id.as_deref(),
+                self.mcc.as_deref(),
+                self.backfilled,
+                self.sent,
+                self.callback_time,
+            ),
+            deadline_in: self.deadline_ms.map(millis),
+            attempts: self.attempts,
+            replaced: self.replaced,
+        }
     }
 }
 
@@ -491,27 +517,28 @@ pub async fn renew(
     // Rows the writer is finishing right now are locked: skip them rather than wait (or
     // deadlock); they are leaving the lease anyway. `pending` is a sub-select for the reason
     // given at RECORD: the rows are fetched by id, never by scanning the pending indexes.
-    let rows = sqlx::query(
-        "WITH held AS (SELECT id FROM report_submissions \
-             WHERE id = ANY($2) AND lease_owner = $1 AND state = (SELECT 'pending'::text) \
-             ORDER BY id FOR UPDATE SKIP LOCKED) \
-         UPDATE report_submissions s \
-         SET lease_expires_at = now() + $3 * interval '1 millisecond', \
-             next_attempt_at = now() + $3 * interval '1 millisecond' \
-         FROM held WHERE s.id = held.id \
-         RETURNING s.id, (extract(epoch FROM s.lease_expires_at - now()) * 1000)::bigint",
+    let rows = sqlx::query!(
+        r#"WITH held AS (SELECT id FROM report_submissions
+             WHERE id = ANY($2) AND lease_owner = $1 AND state = (SELECT 'pending'::text)
+             ORDER BY id FOR UPDATE SKIP LOCKED)
+         UPDATE report_submissions s
+         SET lease_expires_at = now() + $3::bigint * interval '1 millisecond',
+             next_attempt_at = now() + $3::bigint * interval '1 millisecond'
+         FROM held WHERE s.id = held.id
+         RETURNING s.id,
+             (extract(epoch FROM s.lease_expires_at - now()) * 1000)::bigint AS "lease_ms!""#,
+        owner,
+        ids,
+        lease.as_millis() as i64,
     )
-    .bind(owner)
-    .bind(ids)
-    .bind(lease.as_millis() as i64)
     .fetch_all(pool)
     .await
     .context("renewing leases")?;
     Ok(rows
-        .iter()
+        .into_iter()
         .map(|r| Leased {
-            id: r.get(0),
-            lasts: millis(r.get(1)),
+            id: r.id,
+            lasts: millis(r.lease_ms),
         })
         .collect())
 }
@@ -576,7 +603,7 @@ pub struct Attempt {
     /// When the request left, on the boot clock: the write turns it into `first_attempt_at` on
     /// the database's clock (`now()` less the time since).
     pub started: Option<Mono>,
-    pub provider_status: Option<String>,
+    pub provider_status: Option<ProviderStatus>,
     pub provider_reason: Option<String>,
     pub http_status: Option<i32>,
     pub error: Option<String>,
@@ -619,7 +646,7 @@ pub struct Written {
     pub account: Option<String>,
 }
 
-/// One outcome per row of the arrays. The final state is decided here, with the database's
+/// Writes a group of outcomes in one statement, one outcome per row of the arrays. The final state is decided here, with the database's
 /// clock: a retry whose next attempt would come at or after the deadline fails now, an expiry
 /// the clock does not confirm is handed back, and a row that would wait (or missed its
 /// deadline) becomes `superseded` when a newer tick of the pair exists. The fields of the last
@@ -631,126 +658,98 @@ pub struct Written {
 /// nearly empty, and the plan then scanned every pending row of the tick on each write
 /// (1.3 ms a write at 10,000 pending rows, growing with the tick) instead of fetching the
 /// group's rows by id (0.4 ms).
-const RECORD: &str = "WITH w AS MATERIALIZED ( \
-             SELECT u.*, s.deadline, s.attempts + (u.elapsed_ms IS NOT NULL)::int AS tries, \
-                 COALESCE(u.error, s.error) AS cause, \
-                 u.supersedable AND EXISTS (SELECT 1 FROM report_submissions n \
-                     WHERE n.app_id = s.app_id AND n.mcc = s.mcc \
-                       AND n.scheduled_for > s.scheduled_for) AS newer \
-             FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bool[], $6::text[], \
-                 $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::int[], $12::text[]) \
-             AS u(id, kind, state, supersedable, reason, elapsed_ms, wait_ms, provider_status, \
-                 provider_reason, http_status, error) \
-             JOIN report_submissions s ON s.id = u.id), \
-         d AS (SELECT w.*, CASE \
-                 WHEN w.newer THEN 'superseded' \
-                 WHEN w.kind = 'retry' AND now() + w.wait_ms * interval '1 millisecond' \
-                     >= w.deadline THEN 'failed' \
-                 WHEN w.kind = 'expire' AND w.deadline <= now() THEN 'failed' \
-                 WHEN w.kind IN ('retry', 'expire', 'release') THEN 'pending' \
-                 WHEN w.kind = 'unsent' THEN w.state \
-                 ELSE w.kind END AS final \
-             FROM w) \
-         UPDATE report_submissions s SET \
-             state = d.final, \
-             reason = CASE WHEN d.newer THEN $13 \
-                 WHEN d.final = 'failed' AND d.kind IN ('retry', 'expire') \
-                     THEN backfill_reporter_deadline_reason(d.tries, d.cause) \
-                 ELSE COALESCE(d.reason, s.reason) END, \
-             attempts = d.tries, \
-             provider_status = CASE WHEN d.elapsed_ms IS NULL THEN s.provider_status \
-                 ELSE d.provider_status END, \
-             provider_reason = CASE WHEN d.elapsed_ms IS NULL THEN s.provider_reason \
-                 ELSE d.provider_reason END, \
-             http_status = CASE WHEN d.elapsed_ms IS NULL THEN s.http_status \
-                 ELSE d.http_status END, \
-             error = CASE WHEN d.elapsed_ms IS NULL THEN s.error ELSE d.error END, \
-             first_attempt_at = COALESCE(s.first_attempt_at, \
-                 now() - d.elapsed_ms * interval '1 millisecond'), \
-             attempted_by = CASE WHEN d.elapsed_ms IS NULL THEN s.attempted_by ELSE $1 END, \
-             next_attempt_at = CASE WHEN d.final = 'pending' \
-                 THEN now() + COALESCE(d.wait_ms, 0) * interval '1 millisecond' \
-                 ELSE s.next_attempt_at END, \
-             finished_at = CASE WHEN d.final <> 'pending' THEN now() END, \
-             duration_ms = CASE WHEN d.final <> 'pending' THEN (extract(epoch FROM now() \
-                 - COALESCE(s.first_attempt_at, now() - d.elapsed_ms * interval '1 millisecond')) \
-                 * 1000)::bigint END, \
-             lease_owner = NULL, lease_expires_at = NULL \
-         FROM d \
-         WHERE s.id = d.id AND s.state = (SELECT 'pending'::text) AND s.lease_owner = $1 \
-         RETURNING s.id, s.run_id, s.state, s.account";
-
-type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
-
-/// Binds the outcomes as RECORD's arrays `$2` to `$12`, one element per outcome.
-fn bind_outcomes<'q>(query: PgQuery<'q>, outcomes: &[Outcome]) -> PgQuery<'q> {
-    let now = Mono::now();
-    let col = |f: &dyn Fn(&Outcome) -> Option<String>| outcomes.iter().map(f).collect::<Vec<_>>();
-    let attempt = |f: fn(&Attempt) -> Option<String>| col(&|o| o.attempt.as_ref().and_then(f));
-    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    let elapsed: Vec<Option<i64>> = outcomes
-        .iter()
-        .map(|o| Some(o.attempt.as_ref()?.started.map_or(0, |s| ms(now.since(s)))))
-        .collect();
-    let wait: Vec<Option<i64>> = outcomes
-        .iter()
-        .map(|o| match o.disposition {
-            Disposition::Retry(wait) => Some(ms(wait)),
-            _ => None,
-        })
-        .collect();
-    query
-        .bind(outcomes.iter().map(|o| o.id).collect::<Vec<_>>())
-        .bind(col(&|o| Some(o.disposition.kind().to_owned())))
-        .bind(col(&|o| match &o.disposition {
-            Disposition::Unsent(state, _) => Some(state.as_str().to_owned()),
-            _ => None,
-        }))
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| o.disposition.supersedable())
-                .collect::<Vec<_>>(),
-        )
-        .bind(col(&|o| match &o.disposition {
-            Disposition::Failed(reason) => reason.clone(),
-            Disposition::Unsent(_, reason) => Some(reason.clone()),
-            _ => None,
-        }))
-        .bind(elapsed)
-        .bind(wait)
-        .bind(attempt(|a| a.provider_status.clone()))
-        .bind(attempt(|a| a.provider_reason.clone()))
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| o.attempt.as_ref().and_then(|a| a.http_status))
-                .collect::<Vec<_>>(),
-        )
-        .bind(attempt(|a| a.error.clone()))
-}
-
-/// Writes a group of outcomes in one statement. Rows whose lease `owner` no longer holds are
-/// left alone (another instance owns them now) and are missing from the result.
+///
+/// Rows whose lease `owner` no longer holds are left alone (another instance owns them now)
+/// and are missing from the result.
 pub async fn record(pool: &Db, owner: &str, outcomes: &[Outcome]) -> anyhow::Result<Vec<Written>> {
     if outcomes.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = bind_outcomes(sqlx::query(RECORD).bind(owner), outcomes)
-        .bind(REPLACED)
-        .fetch_all(pool)
-        .await
-        .context("recording submission outcomes")?;
-    rows.iter()
-        .map(|r| {
-            Ok(Written {
-                id: r.get(0),
-                run_id: r.get(1),
-                state: State::from_column(r.get(2))?,
-                account: r.get(3),
-            })
-        })
-        .collect()
+    let c = OutcomeColumns::of(outcomes);
+    // The arrays' elements may be NULL (`as _`: sqlx types a text[] parameter as Vec<String>).
+    let rows = sqlx::query_file_as!(
+        Written,
+        "src/queue/record.sql",
+        owner,
+        &c.ids,
+        &c.kinds,
+        c.states as _,
+        &c.supersedable,
+        c.reasons as _,
+        c.elapsed_ms as _,
+        c.wait_ms as _,
+        c.provider_status as _,
+        c.provider_reason as _,
+        c.http_status as _,
+        c.error as _,
+        REPLACED,
+    )
+    .fetch_all(pool)
+    .await
+    .context("recording submission outcomes")?;
+    Ok(rows)
+}
+
+/// The outcomes as [`record`]'s arrays `$2` to `$12`, one element per outcome.
+struct OutcomeColumns {
+    ids: Vec<i64>,
+    kinds: Vec<String>,
+    states: Vec<Option<String>>,
+    supersedable: Vec<bool>,
+    reasons: Vec<Option<String>>,
+    elapsed_ms: Vec<Option<i64>>,
+    wait_ms: Vec<Option<i64>>,
+    provider_status: Vec<Option<String>>,
+    provider_reason: Vec<Option<String>>,
+    http_status: Vec<Option<i32>>,
+    error: Vec<Option<String>>,
+}
+
+impl OutcomeColumns {
+    fn of(outcomes: &[Outcome]) -> Self {
+        let now = Mono::now();
+        let col = |f: &dyn Fn(&Outcome) -> Option<String>| outcomes.iter().map(f).collect();
+        let attempt = |f: fn(&Attempt) -> Option<String>| col(&|o| o.attempt.as_ref().and_then(f));
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Self {
+            ids: outcomes.iter().map(|o| o.id).collect(),
+            kinds: outcomes
+                .iter()
+                .map(|o| o.disposition.kind().to_owned())
+                .collect(),
+            states: col(&|o| match &o.disposition {
+                Disposition::Unsent(state, _) => Some(state.as_str().to_owned()),
+                _ => None,
+            }),
+            supersedable: outcomes
+                .iter()
+                .map(|o| o.disposition.supersedable())
+                .collect(),
+            reasons: col(&|o| match &o.disposition {
+                Disposition::Failed(reason) => reason.clone(),
+                Disposition::Unsent(_, reason) => Some(reason.clone()),
+                _ => None,
+            }),
+            elapsed_ms: outcomes
+                .iter()
+                .map(|o| Some(o.attempt.as_ref()?.started.map_or(0, |s| ms(now.since(s)))))
+                .collect(),
+            wait_ms: outcomes
+                .iter()
+                .map(|o| match o.disposition {
+                    Disposition::Retry(wait) => Some(ms(wait)),
+                    _ => None,
+                })
+                .collect(),
+            provider_status: attempt(|a| a.provider_status.as_ref().map(ToString::to_string)),
+            provider_reason: attempt(|a| a.provider_reason.clone()),
+            http_status: outcomes
+                .iter()
+                .map(|o| o.attempt.as_ref().and_then(|a| a.http_status))
+                .collect(),
+            error: attempt(|a| a.error.clone()),
+        }
+    }
 }
 
 /// Fails the run's pending rows of `account` that nobody holds: the provider refused the
@@ -761,15 +760,15 @@ pub async fn fail_unsent(
     (run_id, account): (i64, Option<&str>),
     reason: &str,
 ) -> anyhow::Result<u64> {
-    let done = sqlx::query(
-        "UPDATE report_submissions SET state = 'failed', reason = $2, finished_at = now(), \
-             lease_owner = NULL, lease_expires_at = NULL \
-         WHERE run_id = $1 AND state = 'pending' AND account IS NOT DISTINCT FROM $3 \
+    let done = sqlx::query!(
+        "UPDATE report_submissions SET state = 'failed', reason = $2, finished_at = now(),
+             lease_owner = NULL, lease_expires_at = NULL
+         WHERE run_id = $1 AND state = 'pending' AND account IS NOT DISTINCT FROM $3
            AND (lease_expires_at IS NULL OR lease_expires_at < now())",
+        run_id,
+        reason,
+        account,
     )
-    .bind(run_id)
-    .bind(reason)
-    .bind(account)
     .execute(pool)
     .await
     .context("failing the rest of the run")?;
@@ -784,44 +783,44 @@ pub async fn expire(
     pool: &Db,
     run: Option<i64>,
 ) -> anyhow::Result<Vec<(i64, State, Option<String>)>> {
-    let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
-        "WITH x AS ( \
-             SELECT s.id, EXISTS (SELECT 1 FROM report_submissions n \
-                 WHERE n.app_id = s.app_id AND n.mcc = s.mcc \
-                   AND n.scheduled_for > s.scheduled_for) AS replaced \
-             FROM report_submissions s \
-             WHERE s.state = 'pending' AND s.deadline <= now() \
-               AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now()) \
-               AND ($1::bigint IS NULL OR s.run_id = $1) \
-             FOR UPDATE OF s SKIP LOCKED), \
-         u AS (UPDATE report_submissions s SET \
-             state = CASE WHEN x.replaced THEN 'superseded' ELSE 'failed' END, \
-             reason = CASE WHEN x.replaced THEN $2 \
-                 ELSE backfill_reporter_deadline_reason(s.attempts, s.error) END, \
-             finished_at = now(), lease_owner = NULL, lease_expires_at = NULL \
-         FROM x WHERE s.id = x.id RETURNING s.run_id, s.state, s.account) \
-         SELECT run_id, state, account FROM u",
+    let rows = sqlx::query!(
+        r#"WITH x AS (
+             SELECT s.id, EXISTS (SELECT FROM backfill_reporter_newer_ticks(s.app_id, s.mcc,
+                 s.scheduled_for)) AS replaced
+             FROM report_submissions s
+             WHERE s.state = 'pending' AND s.deadline <= now()
+               AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now())
+               AND ($1::bigint IS NULL OR s.run_id = $1)
+             FOR UPDATE OF s SKIP LOCKED),
+         u AS (UPDATE report_submissions s SET
+             state = CASE WHEN x.replaced THEN 'superseded' ELSE 'failed' END,
+             reason = CASE WHEN x.replaced THEN $2
+                 ELSE backfill_reporter_deadline_reason(s.attempts, s.error) END,
+             finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+         FROM x WHERE s.id = x.id RETURNING s.run_id, s.state, s.account)
+         SELECT run_id AS "run_id!", state AS "state!: State", account FROM u"#,
+        run,
+        REPLACED,
     )
-    .bind(run)
-    .bind(REPLACED)
     .fetch_all(pool)
     .await
     .context("ending overdue submissions")?;
-    rows.into_iter()
-        .map(|(run, state, account)| Ok((run, State::from_column(&state)?, account)))
-        .collect()
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.run_id, r.state, r.account))
+        .collect())
 }
 
 /// How long until the next pending row becomes due, by the database's clock, if one is due
 /// later; rows due already but leased are found by the next poll once their lease expires.
 pub async fn next_due(pool: &Db, run: Option<i64>) -> anyhow::Result<Option<Duration>> {
-    let ms: Option<i64> = sqlx::query_scalar(
-        "SELECT (extract(epoch FROM min(next_attempt_at) - now()) * 1000)::bigint \
-         FROM report_submissions \
-         WHERE state = 'pending' AND next_attempt_at > now() \
+    let ms = sqlx::query_scalar!(
+        "SELECT (extract(epoch FROM min(next_attempt_at) - now()) * 1000)::bigint
+         FROM report_submissions
+         WHERE state = 'pending' AND next_attempt_at > now()
            AND ($1::bigint IS NULL OR run_id = $1)",
+        run,
     )
-    .bind(run)
     .fetch_one(pool)
     .await
     .context("looking for the next due submission")?;
@@ -831,12 +830,12 @@ pub async fn next_due(pool: &Db, run: Option<i64>) -> anyhow::Result<Option<Dura
 /// Gives rows left pending by a release without deadlines the deadline of this instance's
 /// schedule (the next tick), once, at start.
 pub async fn fill_deadlines(pool: &Db, deadline: DateTime<Utc>) -> anyhow::Result<u64> {
-    let done = sqlx::query(
-        "UPDATE report_submissions SET deadline = $1, \
-             next_attempt_at = COALESCE(next_attempt_at, created_at) \
+    let done = sqlx::query!(
+        "UPDATE report_submissions SET deadline = $1,
+             next_attempt_at = COALESCE(next_attempt_at, created_at)
          WHERE state = 'pending' AND deadline IS NULL",
+        deadline,
     )
-    .bind(deadline)
     .execute(pool)
     .await
     .context("giving old pending submissions a deadline")?;

@@ -38,7 +38,7 @@ pub const QUERY: &str = "SELECT app_id, \
      GROUP BY 1, 2";
 
 /// Where the sums stand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct State {
     window_start: DateTime<Utc>,
     settled_through: DateTime<Utc>,
@@ -62,15 +62,15 @@ pub async fn advance(
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> anyhow::Result<(DateTime<Utc>, Moved)> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(LOCK)
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", LOCK)
         .execute(&mut *tx)
         .await
         .context("waiting for the source sums")?;
     let settled = (end - chrono::Duration::from_std(MARGIN).unwrap_or_default()).max(start);
-    let state: Option<State> = sqlx::query_as(
-        "SELECT window_start, settled_through, recounted_at, now() AS now \
-         FROM source_sums_state FOR UPDATE",
+    let state = sqlx::query_as!(
+        State,
+        r#"SELECT window_start, settled_through, recounted_at, now() AS "now!"
+         FROM source_sums_state FOR UPDATE"#
     )
     .fetch_optional(&mut *tx)
     .await
@@ -100,17 +100,17 @@ fn incremental(s: &State, start: DateTime<Utc>, settled: DateTime<Utc>) -> bool 
 }
 
 async fn recount(tx: &mut Tx, start: DateTime<Utc>, settled: DateTime<Utc>) -> anyhow::Result<()> {
-    sqlx::query("DELETE FROM source_sums")
+    sqlx::query!("DELETE FROM source_sums")
         .execute(&mut *tx)
         .await
         .context("recounting the source sums")?;
-    sqlx::query(
-        "INSERT INTO source_sums (app_id, mcc, buckets, sent, backfilled) \
-         SELECT app_id, mcc, count(*), sum(sent), sum(backfilled) FROM otp_counts \
+    sqlx::query!(
+        "INSERT INTO source_sums (app_id, mcc, buckets, sent, backfilled)
+         SELECT app_id, mcc, count(*), sum(sent), sum(backfilled) FROM otp_counts
          WHERE bucket_start >= $1 AND bucket_start < $2 GROUP BY 1, 2",
+        start,
+        settled,
     )
-    .bind(start)
-    .bind(settled)
     .execute(&mut *tx)
     .await
     .context("recounting the source sums")?;
@@ -124,15 +124,15 @@ async fn record(
     settled: DateTime<Utc>,
     recounted: bool,
 ) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO source_sums_state (window_start, settled_through, recounted_at) \
-         VALUES ($1, $2, now()) \
-         ON CONFLICT (only_row) DO UPDATE SET window_start = $1, settled_through = $2, \
+    sqlx::query!(
+        "INSERT INTO source_sums_state (window_start, settled_through, recounted_at)
+         VALUES ($1, $2, now())
+         ON CONFLICT (only_row) DO UPDATE SET window_start = $1, settled_through = $2,
              recounted_at = CASE WHEN $3 THEN now() ELSE source_sums_state.recounted_at END",
+        start,
+        settled,
+        recounted,
     )
-    .bind(start)
-    .bind(settled)
-    .bind(recounted)
     .execute(&mut *tx)
     .await
     .context("recording the source sums' state")?;
@@ -147,33 +147,33 @@ async fn increment(
     start: DateTime<Utc>,
     settled: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO source_sums AS t (app_id, mcc, buckets, sent, backfilled) \
-         SELECT app_id, mcc, sum(sign), sum(sign * sent), sum(sign * backfilled) FROM ( \
-             SELECT app_id, mcc, -1 AS sign, sent, backfilled FROM otp_counts \
-             WHERE bucket_start >= $1 AND bucket_start < $2 \
-             UNION ALL \
-             SELECT app_id, mcc, 1, sent, backfilled FROM otp_counts \
-             WHERE bucket_start >= $3 AND bucket_start < $4) AS d \
-         GROUP BY 1, 2 \
-         ON CONFLICT (app_id, mcc) DO UPDATE SET buckets = t.buckets + EXCLUDED.buckets, \
+    sqlx::query!(
+        "INSERT INTO source_sums AS t (app_id, mcc, buckets, sent, backfilled)
+         SELECT app_id, mcc, sum(sign), sum(sign * sent), sum(sign * backfilled) FROM (
+             SELECT app_id, mcc, -1 AS sign, sent, backfilled FROM otp_counts
+             WHERE bucket_start >= $1 AND bucket_start < $2
+             UNION ALL
+             SELECT app_id, mcc, 1, sent, backfilled FROM otp_counts
+             WHERE bucket_start >= $3 AND bucket_start < $4) AS d
+         GROUP BY 1, 2
+         ON CONFLICT (app_id, mcc) DO UPDATE SET buckets = t.buckets + EXCLUDED.buckets,
              sent = t.sent + EXCLUDED.sent, backfilled = t.backfilled + EXCLUDED.backfilled",
+        s.window_start,
+        start,
+        s.settled_through,
+        settled,
     )
-    .bind(s.window_start)
-    .bind(start)
-    .bind(s.settled_through)
-    .bind(settled)
     .execute(&mut *tx)
     .await
     .context("moving the source sums")?;
     // Only a pair that lost buckets can be left with none: look among those, not the table.
-    sqlx::query(
-        "DELETE FROM source_sums s USING (SELECT DISTINCT app_id, mcc FROM otp_counts \
-             WHERE bucket_start >= $1 AND bucket_start < $2) AS gone \
+    sqlx::query!(
+        "DELETE FROM source_sums s USING (SELECT DISTINCT app_id, mcc FROM otp_counts
+             WHERE bucket_start >= $1 AND bucket_start < $2) AS gone
          WHERE s.app_id = gone.app_id AND s.mcc = gone.mcc AND s.buckets = 0",
+        s.window_start,
+        start,
     )
-    .bind(s.window_start)
-    .bind(start)
     .execute(&mut *tx)
     .await
     .context("moving the source sums")?;

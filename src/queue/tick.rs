@@ -192,7 +192,7 @@ pub struct Planned {
     pub superseded: u64,
     /// Rows decided without a request (skipped, invalid, superseded), by account and state:
     /// what the metrics count once the tick is committed.
-    pub decided: std::collections::BTreeMap<(Option<String>, &'static str), u64>,
+    pub decided: std::collections::BTreeMap<(Option<String>, State), u64>,
     /// Time spent reading the source (its query, fetched through the cursor), and planning
     /// the whole tick (claim to commit): the source's share of a tick, for operators sizing it.
     pub read: Duration,
@@ -250,7 +250,10 @@ pub async fn plan(
     for (account, n) in store::supersede_older(&mut tx, tick).await? {
         let n = u64::try_from(n).unwrap_or(0);
         planned.superseded += n;
-        *planned.decided.entry((account, "superseded")).or_default() += n;
+        *planned
+            .decided
+            .entry((account, State::Superseded))
+            .or_default() += n;
     }
     let evaluation = alarm::judge_in(&mut tx, settings, run_id).await;
     store::notify(&mut tx).await?;
@@ -335,7 +338,7 @@ async fn queue_window(
                 State::Invalid => planned.note_invalid(row),
                 _ => continue,
             }
-            let key = (row.account.clone(), row.state.as_str());
+            let key = (row.account.clone(), row.state);
             *planned.decided.entry(key).or_default() += 1;
         }
     }
@@ -358,7 +361,7 @@ impl Planned {
     /// the tick, one for its invalid rows whatever their number.
     fn report(&self, tick: DateTime<Utc>) {
         for ((account, state), n) in &self.decided {
-            metrics::record_decided(account.as_deref(), state, *n);
+            metrics::record_decided(account.as_deref(), *state, *n);
         }
         if self.duplicates > 0 {
             tracing::warn!(

@@ -14,7 +14,6 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
-use sqlx::Row;
 
 use crate::db::{Db, Tx};
 use tokio_util::task::TaskTracker;
@@ -42,10 +41,12 @@ pub struct PairAlarm {
     pub app_id: String,
     pub mcc: String,
     pub country: String,
-    /// The rate of this run, in the form sent ("12.5").
-    pub rate: String,
+    /// The rate of this run, in JSON in the form sent ("12.5").
+    #[serde(serialize_with = "as_sent")]
+    pub rate: Rate,
     /// The median it was compared with.
-    pub baseline: String,
+    #[serde(serialize_with = "as_sent")]
+    pub baseline: Rate,
     pub backfill_number: Option<String>,
     pub cardinal_number: Option<String>,
     /// When the rate first fell (the start of the current alarm).
@@ -60,9 +61,14 @@ pub struct PairAlarm {
 impl PairAlarm {
     /// Baseline minus rate, in percentage points.
     pub fn drop_points(&self) -> f64 {
-        let n = |s: &str| s.parse::<f64>().unwrap_or(0.0);
-        n(&self.baseline) - n(&self.rate)
+        let hundredths = i32::from(self.baseline.hundredths()) - i32::from(self.rate.hundredths());
+        f64::from(hundredths) / 100.0
     }
+}
+
+/// A rate as a JSON string in the form sent ("12.5"), as the webhook's alerts have it.
+fn as_sent<S: serde::Serializer>(rate: &Rate, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(rate)
 }
 
 /// What one evaluation found.
@@ -84,18 +90,18 @@ pub struct Evaluation {
 /// queued unjudged. [`announce`] the result once the transaction has committed.
 pub async fn judge_in(conn: &mut Tx, settings: &Settings, run_id: i64) -> Evaluation {
     let judged = async {
-        sqlx::query("SAVEPOINT route_health")
+        sqlx::query!("SAVEPOINT route_health")
             .execute(&mut *conn)
             .await?;
         match judge_run(&mut *conn, settings, run_id).await {
             Ok(evaluation) => {
-                sqlx::query("RELEASE SAVEPOINT route_health")
+                sqlx::query!("RELEASE SAVEPOINT route_health")
                     .execute(&mut *conn)
                     .await?;
                 Ok(evaluation)
             }
             Err(e) => {
-                sqlx::query("ROLLBACK TO SAVEPOINT route_health")
+                sqlx::query!("ROLLBACK TO SAVEPOINT route_health")
                     .execute(&mut *conn)
                     .await?;
                 Err(e)
@@ -116,60 +122,13 @@ pub fn announce(pool: &Db, settings: &Settings, evaluation: &Evaluation) {
     notify(pool, settings, evaluation);
 }
 
-/// The statement behind [`judge_run`]: `$1` run, `$2` min_cardinal, `$3` baseline samples,
-/// `$4` the samples a baseline needs, `$5` drop points.
-const JUDGE_RUN: &str = "WITH cur AS ( \
-             SELECT id, app_id, mcc, scheduled_for FROM report_submissions \
-             WHERE run_id = $1 AND rate IS NOT NULL AND cardinal_number >= $2), \
-         base AS ( \
-             SELECT c.id, round(percentile_cont(0.5) WITHIN GROUP (ORDER BY h.rate)::numeric, 2) \
-                 AS median \
-             FROM cur c CROSS JOIN LATERAL ( \
-                 SELECT s.rate FROM report_submissions s \
-                 WHERE s.app_id = c.app_id AND s.mcc = c.mcc AND s.state = 'succeeded' \
-                   AND s.alarm IS NOT TRUE AND s.scheduled_for < c.scheduled_for \
-                   AND s.cardinal_number >= $2 \
-                 ORDER BY s.scheduled_for DESC LIMIT $3) h \
-             GROUP BY c.id HAVING count(*) >= $4), \
-         judged AS ( \
-             UPDATE report_submissions s SET baseline = b.median, \
-                 alarm = (b.median - s.rate) > $5::float8::numeric \
-             FROM base b WHERE s.id = b.id \
-             RETURNING s.id, s.app_id, s.mcc, s.rate, s.baseline, s.alarm, \
-                 s.backfill_number, s.cardinal_number), \
-         before AS ( \
-             SELECT a.app_id, a.mcc, a.since, a.notified_at FROM route_alarms a \
-             JOIN judged j ON j.app_id = a.app_id AND j.mcc = a.mcc), \
-         opened AS ( \
-             INSERT INTO route_alarms (app_id, mcc, submission_id, rate, baseline) \
-             SELECT app_id, mcc, id, rate, baseline FROM judged WHERE alarm \
-             ON CONFLICT (app_id, mcc) DO UPDATE SET submission_id = EXCLUDED.submission_id, \
-                 rate = EXCLUDED.rate, baseline = EXCLUDED.baseline, updated_at = now() \
-             RETURNING app_id, mcc, since, notified_at), \
-         closed AS ( \
-             DELETE FROM route_alarms a USING judged j \
-             WHERE a.app_id = j.app_id AND a.mcc = j.mcc AND NOT j.alarm \
-             RETURNING a.app_id) \
-         SELECT j.id, j.app_id, j.mcc, (j.rate * 100)::int, (j.baseline * 100)::int, j.alarm, \
-             j.backfill_number::text, j.cardinal_number::text, \
-             COALESCE(o.since, b.since), (b.app_id IS NOT NULL) AS was_firing, \
-             COALESCE(o.notified_at, b.notified_at) IS NOT NULL AS notified, \
-             (SELECT count(*) FROM judged) AS judged \
-         FROM judged j \
-         LEFT JOIN before b ON b.app_id = j.app_id AND b.mcc = j.mcc \
-         LEFT JOIN opened o ON o.app_id = j.app_id AND o.mcc = j.mcc \
-         WHERE j.alarm OR b.app_id IS NOT NULL \
-         UNION ALL \
-         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
-             (SELECT count(*) FROM judged) \
-         ORDER BY 2 NULLS LAST, 3";
-
 /// The set-based step: one statement compares every judged pair of the run with the median of
 /// its last `baseline_samples` succeeded, not-alarmed reports of at least `min_cardinal` codes,
 /// stores baseline and verdict on the submission, opens (`route_alarms` row) or closes (row
-/// deleted) each pair's alarm, and returns the pairs that dropped or recovered. The baseline
-/// lookup is one index probe per pair (`report_submissions_baseline`), with no round trip.
-/// (`closed` runs although nothing reads it: PostgreSQL runs every data-modifying WITH.)
+/// deleted) each pair's alarm, and returns the pairs that dropped or recovered, and a last row
+/// with only the count of pairs judged. The baseline lookup is one index probe per pair
+/// (`report_submissions_baseline`), with no round trip. (`closed` runs although nothing reads
+/// it: PostgreSQL runs every data-modifying WITH.)
 #[tracing::instrument(skip_all, fields(run_id = run_id))]
 pub async fn judge_run(
     conn: &mut Tx,
@@ -178,58 +137,63 @@ pub async fn judge_run(
 ) -> anyhow::Result<Evaluation> {
     let alarm = &settings.alarm;
     let min_cardinal = i64::try_from(settings.source.min_cardinal).unwrap_or(i64::MAX);
-    let rows = sqlx::query(JUDGE_RUN)
-        .bind(run_id)
-        .bind(min_cardinal)
-        .bind(i64::from(alarm.baseline_samples))
-        .bind(i64::from(alarm.min_samples()))
-        .bind(alarm.drop_points)
-        .fetch_all(conn)
-        .await
-        .context("comparing the run's rates with their baselines")?;
-    Ok(evaluation_of(&rows))
-}
-
-/// The rows of [`JUDGE_RUN`]: a pair that dropped or recovered each, and a last row with the
-/// count of pairs judged.
-fn evaluation_of(rows: &[sqlx::postgres::PgRow]) -> Evaluation {
+    let rows = sqlx::query_file!(
+        "src/views/judge_run.sql",
+        run_id,
+        min_cardinal,
+        i64::from(alarm.baseline_samples),
+        i64::from(alarm.min_samples()),
+        alarm.drop_points,
+    )
+    .fetch_all(conn)
+    .await
+    .context("comparing the run's rates with their baselines")?;
     let mut evaluation = Evaluation::default();
     for r in rows {
-        evaluation.judged = u64::try_from(r.get::<i64, _>(11)).unwrap_or(0);
-        let Some(id) = r.get::<Option<i64>, _>(0) else {
+        evaluation.judged = u64::try_from(r.judged).unwrap_or(0);
+        let (Some(id), Some(app_id), Some(mcc)) = (r.id, r.app_id, r.mcc) else {
             continue;
         };
-        let mcc: String = r.get(2);
         let pair = PairAlarm {
-            app_id: r.get(1),
+            app_id,
             country: mcc::name(&mcc).to_owned(),
             mcc,
-            rate: shown(r.get(3)),
-            baseline: shown(r.get(4)),
-            backfill_number: r.get(6),
-            cardinal_number: r.get(7),
-            since: r.get(8),
+            rate: stored_rate(r.rate, "rate")?,
+            baseline: stored_rate(r.baseline, "baseline")?,
+            backfill_number: r.backfill_number,
+            cardinal_number: r.cardinal_number,
+            since: r.since,
             submission_id: id,
-            notified: r.get(10),
+            notified: r.notified.unwrap_or(false),
         };
-        let (dropped, was_firing): (bool, bool) = (r.get(5), r.get(9));
-        if dropped {
-            if !was_firing {
-                evaluation.started += 1;
-            }
-            evaluation.dropped.push(pair);
-        } else {
-            evaluation.recovered.push(pair);
-        }
+        evaluation.note(
+            pair,
+            r.dropped.unwrap_or(false),
+            r.was_firing.unwrap_or(false),
+        );
     }
-    evaluation
+    Ok(evaluation)
 }
 
-/// A rate stored as numeric(5,2), read as hundredths, in the form sent ("12.5").
-fn shown(hundredths: Option<i32>) -> String {
+impl Evaluation {
+    fn note(&mut self, pair: PairAlarm, dropped: bool, was_firing: bool) {
+        if dropped {
+            if !was_firing {
+                self.started += 1;
+            }
+            self.dropped.push(pair);
+        } else {
+            self.recovered.push(pair);
+        }
+    }
+}
+
+/// A judged rate or baseline, stored as numeric(5,2) and read as hundredths: one outside
+/// 0–100 % (a hand edit) is an error, never shown as another value.
+fn stored_rate(hundredths: Option<i32>, column: &str) -> anyhow::Result<Rate> {
     hundredths
         .and_then(Rate::from_hundredths)
-        .map_or_else(|| "-".to_owned(), |r| r.to_string())
+        .with_context(|| format!("a judged submission's {column} {hundredths:?} is not a rate"))
 }
 
 /// One WARN line per pair that fell (up to [`MAX_LOG_LINES`]), one INFO line per recovery.
@@ -427,14 +391,15 @@ async fn post(url: &SecretString, payload: &Payload<'_>) -> bool {
 /// Marks the alarms the webhook took, so that the next run does not send them again; an alarm
 /// that recovered (and maybe fell again) in between keeps its own state.
 async fn mark_notified(pool: &Db, alerts: &[PairAlarm]) {
-    let result = sqlx::query(
-        "UPDATE route_alarms a SET notified_at = now() \
-         FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(app_id, mcc, since) \
+    let since: Vec<Option<DateTime<Utc>>> = alerts.iter().map(|p| p.since).collect();
+    let result = sqlx::query!(
+        "UPDATE route_alarms a SET notified_at = now()
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(app_id, mcc, since)
          WHERE a.app_id = u.app_id AND a.mcc = u.mcc AND a.since = u.since",
+        &alerts.iter().map(|p| p.app_id.clone()).collect::<Vec<_>>(),
+        &alerts.iter().map(|p| p.mcc.clone()).collect::<Vec<_>>(),
+        since as _,
     )
-    .bind(alerts.iter().map(|p| p.app_id.clone()).collect::<Vec<_>>())
-    .bind(alerts.iter().map(|p| p.mcc.clone()).collect::<Vec<_>>())
-    .bind(alerts.iter().map(|p| p.since).collect::<Vec<_>>())
     .execute(pool)
     .await;
     if let Err(e) = result {
@@ -459,7 +424,7 @@ pub async fn wait_for_notifications(limit: Duration) {
 
 /// How many alarms are firing now (for the metrics gauge and `status`).
 pub async fn firing_count(pool: &Db) -> anyhow::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM route_alarms")
+    sqlx::query_scalar!(r#"SELECT count(*) AS "firing!" FROM route_alarms"#)
         .fetch_one(pool)
         .await
         .context("counting firing alarms")
@@ -470,12 +435,16 @@ mod tests {
     use super::*;
 
     fn pair(app: &str, mcc: &str, rate: &str, baseline: &str) -> PairAlarm {
+        let pct = |s: &str| {
+            let hundredths = (s.parse::<f64>().unwrap() * 100.0).round() as i32;
+            Rate::from_hundredths(hundredths).unwrap()
+        };
         PairAlarm {
             app_id: app.into(),
             mcc: mcc.into(),
             country: mcc::name(mcc).into(),
-            rate: rate.into(),
-            baseline: baseline.into(),
+            rate: pct(rate),
+            baseline: pct(baseline),
             backfill_number: Some("3".into()),
             cardinal_number: Some("40".into()),
             since: None,

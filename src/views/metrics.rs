@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::db::Db;
 use anyhow::Context;
-use axum::extract::State;
+use axum::extract;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -26,7 +26,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
 use crate::config::MetricsSettings;
-use crate::domain::run::{RunSummary, Trigger};
+use crate::domain::run::{RunSummary, State, Trigger};
+use crate::domain::status::ProviderStatus;
 use crate::provider::{Class, Exchange};
 
 /// How long a scrape waits for the two counts it reads from the database.
@@ -242,9 +243,16 @@ pub fn record_concurrency(account: Option<&str>, limit: usize, baseline: Option<
 /// Creates, at zero, the series an account's alerts read: a counter that first appears at 1
 /// has no increase for Prometheus, so the first failure of a process would go unseen.
 pub fn declare_account(account: Option<&str>) {
-    let statuses = ["none", "-1", "-2", "-16", "-18", "-22", "other"];
-    for (state, provider_status) in std::iter::once(("succeeded", "0"))
-        .chain(statuses.into_iter().map(|status| ("failed", status)))
+    let failures = ProviderStatus::DOCUMENTED
+        .iter()
+        .filter(|s| **s != ProviderStatus::Success)
+        .map(ProviderStatus::label);
+    let statuses = std::iter::once("none")
+        .chain(failures)
+        .chain(std::iter::once("other"));
+    let success = (State::Succeeded.as_str(), ProviderStatus::Success.label());
+    for (state, provider_status) in
+        std::iter::once(success).chain(statuses.map(|status| (State::Failed.as_str(), status)))
     {
         let _ = METRICS.submissions.get_or_create(&SubmissionLabels {
             state,
@@ -357,17 +365,26 @@ pub fn record_claim(result: Result<bool, &anyhow::Error>) {
 /// Counts a submission's final state, by the account it was planned for. A pair left pending
 /// (shutdown came first) is counted when it is finished later; skipped and invalid pairs,
 /// decided before any request, have no status.
-pub fn record_outcome(state: &str, provider_status: Option<&str>, account: Option<&str>) {
+pub fn record_outcome(
+    state: State,
+    provider_status: Option<&ProviderStatus>,
+    account: Option<&str>,
+) {
     count_outcomes(state, provider_status, account, 1);
 }
 
 /// [`record_outcome`] for `n` rows decided without a provider answer (skipped, invalid,
 /// superseded, or failed without a request).
-pub fn record_decided(account: Option<&str>, state: &str, n: u64) {
+pub fn record_decided(account: Option<&str>, state: State, n: u64) {
     count_outcomes(state, None, account, n);
 }
 
-fn count_outcomes(state: &str, provider_status: Option<&str>, account: Option<&str>, n: u64) {
+fn count_outcomes(
+    state: State,
+    provider_status: Option<&ProviderStatus>,
+    account: Option<&str>,
+    n: u64,
+) {
     let Some(state) = final_state(state) else {
         return;
     };
@@ -381,30 +398,14 @@ fn count_outcomes(state: &str, provider_status: Option<&str>, account: Option<&s
         .inc_by(n);
 }
 
-fn final_state(state: &str) -> Option<&'static str> {
-    Some(match state {
-        "succeeded" => "succeeded",
-        "failed" => "failed",
-        "skipped" => "skipped",
-        "invalid" => "invalid",
-        "superseded" => "superseded",
-        _ => return None,
-    })
+fn final_state(state: State) -> Option<&'static str> {
+    (state != State::Pending).then_some(state.as_str())
 }
 
-/// The documented statuses keep their value; anything else is "other", so that a provider that
-/// invents statuses cannot grow the number of series without bound.
-fn status_label(status: Option<&str>) -> &'static str {
-    match status.map(str::trim) {
-        None => "none",
-        Some("0") => "0",
-        Some("-1") => "-1",
-        Some("-2") => "-2",
-        Some("-16") => "-16",
-        Some("-18") => "-18",
-        Some("-22") => "-22",
-        Some(_) => "other",
-    }
+/// The documented statuses keep their value, anything else is "other"
+/// ([`ProviderStatus::label`]); "none" when there was no provider answer.
+fn status_label(status: Option<&ProviderStatus>) -> &'static str {
+    status.map_or("none", ProviderStatus::label)
 }
 
 /// Wraps one provider request and observes its latency by outcome.
@@ -551,20 +552,21 @@ async fn accept_connections(listener: tokio::net::TcpListener, app: Router) {
     }
 }
 
-async fn scrape(State(pool): State<Db>) -> impl IntoResponse {
+async fn scrape(extract::State(pool): extract::State<Db>) -> impl IntoResponse {
     let counts = tokio::time::timeout(
         SCRAPE_QUERY_TIMEOUT,
-        sqlx::query_as::<_, (i64, i64)>(
-            "SELECT (SELECT count(*) FROM report_submissions WHERE state = 'pending'), \
-                    (SELECT count(*) FROM route_alarms)",
+        sqlx::query!(
+            r#"SELECT (SELECT count(*) FROM report_submissions WHERE state = 'pending')
+                        AS "pending!",
+                    (SELECT count(*) FROM route_alarms) AS "firing!""#
         )
         .fetch_one(&pool),
     )
     .await;
     match counts {
-        Ok(Ok((pending, firing))) => {
-            METRICS.pending.set(pending);
-            METRICS.alarms_firing.set(firing);
+        Ok(Ok(counts)) => {
+            METRICS.pending.set(counts.pending);
+            METRICS.alarms_firing.set(counts.firing);
         }
         // The gauges keep their last values; /healthz and the cycle metrics show the outage.
         Ok(Err(e)) => tracing::debug!("metrics scrape: counting pending rows: {e}"),
@@ -604,16 +606,17 @@ mod tests {
 
     #[test]
     fn undocumented_statuses_share_one_label() {
-        assert_eq!(status_label(Some("-22")), "-22");
+        let label = |s: &str| status_label(Some(&ProviderStatus::parse(s)));
+        assert_eq!(label("-22"), "-22");
         assert_eq!(status_label(None), "none");
-        assert_eq!(status_label(Some("-29")), "other");
-        assert_eq!(status_label(Some("anything")), "other");
+        assert_eq!(label("-29"), "other");
+        assert_eq!(label("anything"), "other");
     }
 
     #[test]
     fn pending_is_not_a_final_state() {
-        assert_eq!(final_state("pending"), None);
-        assert_eq!(final_state("failed"), Some("failed"));
+        assert_eq!(final_state(State::Pending), None);
+        assert_eq!(final_state(State::Failed), Some("failed"));
     }
 
     #[test]

@@ -9,13 +9,14 @@ use std::fmt::Write as _;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
 
 use crate::db::Db;
 
 use crate::config::AlarmSettings;
 use crate::domain::mcc;
 use crate::domain::rate::Rate;
+use crate::domain::run::State;
+use crate::domain::status::ProviderStatus;
 
 /// How many ticks the sparkline shows.
 pub const SPARK_LEN: usize = 24;
@@ -40,8 +41,8 @@ pub struct StatusRow {
     #[serde(serialize_with = "percent_opt")]
     pub rate: Option<Rate>,
     /// The latest submission's state: succeeded, failed, skipped, invalid or pending.
-    pub state: String,
-    pub provider_status: Option<String>,
+    pub state: State,
+    pub provider_status: Option<ProviderStatus>,
     /// Why it failed, was skipped or invalid.
     pub detail: Option<String>,
     pub backfill_number: Option<String>,
@@ -70,35 +71,6 @@ fn percents<S: serde::Serializer>(rates: &[Option<Rate>], s: S) -> Result<S::Ok,
     s.collect_seq(rates.iter().map(|r| r.map(Rate::percent)))
 }
 
-/// The latest row of each pair with its sparkline, baseline and alarm. Superseded rows
-/// (replaced before they were sent) are not "the latest outcome" of anything and are left out.
-const STATUS: &str = "WITH latest AS ( \
-        SELECT DISTINCT ON (app_id, mcc) app_id, mcc, scheduled_for, rate, state, \
-            provider_status, COALESCE(reason, provider_reason, error) AS detail, \
-            backfill_number, cardinal_number, account \
-        FROM report_submissions \
-        WHERE ($1::text IS NULL OR app_id = $1) AND state <> 'superseded' \
-            AND app_id IS NOT NULL AND mcc IS NOT NULL \
-        ORDER BY app_id, mcc, scheduled_for DESC, id DESC) \
-    SELECT l.app_id, l.mcc, l.scheduled_for, (l.rate * 100)::int, l.state, l.provider_status, \
-        l.detail, l.backfill_number::text, l.cardinal_number::text, \
-        COALESCE(h.rates, '{}'), (b.baseline * 100)::int, (a.app_id IS NOT NULL) AS firing, \
-        a.since, b.baseline IS NOT NULL AS judged, l.account \
-    FROM latest l \
-    LEFT JOIN LATERAL ( \
-        SELECT array_agg(CASE WHEN x.state = 'succeeded' THEN (x.rate * 100)::int END \
-            ORDER BY x.scheduled_for) AS rates FROM ( \
-            SELECT s.rate, s.state, s.scheduled_for FROM report_submissions s \
-            WHERE s.app_id = l.app_id AND s.mcc = l.mcc \
-            ORDER BY s.scheduled_for DESC LIMIT $2) x) h ON true \
-    LEFT JOIN LATERAL ( \
-        SELECT s.baseline FROM report_submissions s \
-        WHERE s.app_id = l.app_id AND s.mcc = l.mcc AND s.baseline IS NOT NULL \
-        ORDER BY s.scheduled_for DESC LIMIT 1) b ON true \
-    LEFT JOIN route_alarms a ON a.app_id = l.app_id AND a.mcc = l.mcc \
-    WHERE ($3::text IS NULL OR l.account = $3) \
-    ORDER BY l.account NULLS FIRST, l.app_id, l.mcc";
-
 /// Every pair's status, ordered by account, app and MCC; only `app_id`'s, or only those whose
 /// latest submission is `account`'s, when given.
 #[tracing::instrument(skip_all)]
@@ -107,46 +79,42 @@ pub async fn rows(
     app_id: Option<&str>,
     account: Option<&str>,
 ) -> anyhow::Result<Vec<StatusRow>> {
-    let rows = sqlx::query(STATUS)
-        .bind(app_id)
-        .bind(SPARK_LEN as i64)
-        .bind(account)
+    let rows = sqlx::query_file!("src/views/status.sql", app_id, SPARK_LEN as i64, account,)
         .fetch_all(pool)
         .await
         .context("reading the pairs' status from report_submissions")?;
-    Ok(rows.iter().map(status_row).collect())
-}
-
-fn status_row(r: &sqlx::postgres::PgRow) -> StatusRow {
-    let mcc: String = r.get(1);
-    let country = mcc::lookup(&mcc);
-    let (firing, judged): (bool, bool) = (r.get(11), r.get(13));
-    StatusRow {
-        account: r.get(14),
-        app_id: r.get(0),
-        country: country.map_or("unknown", |c| c.name).to_owned(),
-        country_itu: country.map(|c| c.itu_name.to_owned()),
-        mcc,
-        tick: r.get(2),
-        rate: r.get::<Option<i32>, _>(3).and_then(Rate::from_hundredths),
-        state: r.get(4),
-        provider_status: r.get(5),
-        detail: r.get(6),
-        backfill_number: r.get(7),
-        cardinal_number: r.get(8),
-        rates: r
-            .get::<Vec<Option<i32>>, _>(9)
-            .into_iter()
-            .map(|h| h.and_then(Rate::from_hundredths))
-            .collect(),
-        baseline: r.get::<Option<i32>, _>(10).and_then(Rate::from_hundredths),
-        alarm: if firing {
-            Some(true)
-        } else {
-            judged.then_some(false)
-        },
-        alarm_since: r.get(12),
-    }
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let country = mcc::lookup(&r.mcc);
+            StatusRow {
+                account: r.account,
+                app_id: r.app_id,
+                country: country.map_or("unknown", |c| c.name).to_owned(),
+                country_itu: country.map(|c| c.itu_name.to_owned()),
+                mcc: r.mcc,
+                tick: r.tick,
+                rate: r.hundredths.and_then(Rate::from_hundredths),
+                state: r.state,
+                provider_status: r.provider_status,
+                detail: r.detail,
+                backfill_number: r.backfill_number,
+                cardinal_number: r.cardinal_number,
+                rates: r
+                    .rates
+                    .into_iter()
+                    .map(|h| h.and_then(Rate::from_hundredths))
+                    .collect(),
+                baseline: r.baseline.and_then(Rate::from_hundredths),
+                alarm: if r.firing {
+                    Some(true)
+                } else {
+                    r.judged.then_some(false)
+                },
+                alarm_since: r.alarm_since,
+            }
+        })
+        .collect())
 }
 
 /// Colour only on a terminal, and never when `NO_COLOR` is set to anything but "" (no-color.org).
@@ -202,9 +170,9 @@ fn pad_left(s: &str, width: usize) -> String {
 
 /// The latest outcome in at most 7 characters.
 fn outcome(row: &StatusRow) -> &str {
-    match row.state.as_str() {
-        "succeeded" => "ok",
-        other => other,
+    match row.state {
+        State::Succeeded => "ok",
+        other => other.as_str(),
     }
 }
 
@@ -285,9 +253,9 @@ fn account_line(rows: &[StatusRow], account: &Option<String>) -> String {
 fn pair_line(r: &StatusRow, paint: Paint) -> String {
     let spark = sparkline(&r.rates[r.rates.len().saturating_sub(SPARK_LEN)..]);
     let outcome_cell = pad(outcome(r), 7);
-    let outcome_cell = match r.state.as_str() {
-        "succeeded" => paint.apply(outcome_cell, GREEN),
-        "failed" | "invalid" => paint.apply(outcome_cell, YELLOW),
+    let outcome_cell = match r.state {
+        State::Succeeded => paint.apply(outcome_cell, GREEN),
+        State::Failed | State::Invalid => paint.apply(outcome_cell, YELLOW),
         _ => outcome_cell,
     };
     let alarm_cell = match r.alarm {
@@ -387,8 +355,8 @@ mod tests {
                 .unwrap()
                 .with_timezone(&Utc),
             rate: rates.last().copied().flatten(),
-            state: "succeeded".into(),
-            provider_status: Some("0".into()),
+            state: State::Succeeded,
+            provider_status: Some(ProviderStatus::Success),
             detail: None,
             backfill_number: Some("3".into()),
             cardinal_number: Some("40".into()),
@@ -526,7 +494,6 @@ impl std::fmt::Display for TickSpan {
 }
 
 /// A run as [`last_tick`] reads it.
-#[derive(sqlx::FromRow)]
 struct LastRun {
     scheduled_for: DateTime<Utc>,
     started_at: DateTime<Utc>,
@@ -540,13 +507,14 @@ pub async fn last_tick(
     pool: &Db,
     schedule: &crate::config::ScheduleSettings,
 ) -> anyhow::Result<Option<TickSpan>> {
-    let run: Option<LastRun> = sqlx::query_as(
-        "SELECT r.scheduled_for, r.started_at, COALESCE(r.finished_at, now()) AS ended, \
-             r.finished_at IS NOT NULL AS done, \
-             (SELECT count(*) FROM report_submissions s WHERE s.run_id = r.id) AS pairs \
-         FROM report_runs r \
-         WHERE r.trigger = 'schedule' AND COALESCE(r.note, '') NOT LIKE 'not run:%' \
-         ORDER BY r.scheduled_for DESC LIMIT 1",
+    let run = sqlx::query_as!(
+        LastRun,
+        r#"SELECT r.scheduled_for, r.started_at, COALESCE(r.finished_at, now()) AS "ended!",
+             r.finished_at IS NOT NULL AS "done!",
+             (SELECT count(*) FROM report_submissions s WHERE s.run_id = r.id) AS "pairs!"
+         FROM report_runs r
+         WHERE r.trigger = 'schedule' AND COALESCE(r.note, '') NOT LIKE 'not run:%'
+         ORDER BY r.scheduled_for DESC LIMIT 1"#
     )
     .fetch_optional(pool)
     .await
