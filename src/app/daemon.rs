@@ -348,7 +348,8 @@ impl Daemon {
                 due.failures += 1;
                 // Retried on (almost) every wake: the tick must be claimed as soon as the
                 // database answers, before the next tick replaces it.
-                let wait = sender::backoff(Duration::from_secs(1), due.failures).min(DUE_RETRY);
+                let wait = crate::retry::backoff::backoff(Duration::from_secs(1), due.failures)
+                    .min(DUE_RETRY);
                 due.retry_at = Instant::now() + wait;
                 if due.last_error.as_deref() != Some(message.as_str()) {
                     let unreachable = db::is_unreachable(&e);
@@ -509,7 +510,7 @@ async fn start_up(ctx: Context, clock: Clock) -> anyhow::Result<Started> {
                     last = message;
                 }
                 tokio::time::sleep(
-                    sender::backoff(Duration::from_secs(1), failures).min(MAX_RETRY),
+                    crate::retry::backoff::backoff(Duration::from_secs(1), failures).min(MAX_RETRY),
                 )
                 .await;
             }

@@ -1,3 +1,4 @@
 //! When to try again and when to stop.
 
+pub mod backoff;
 pub mod breaker;

@@ -39,11 +39,10 @@ use crate::provider::{BackfillRequest, Class, Exchange, ProviderClient};
 use crate::queue::context::Context;
 use crate::queue::runs;
 use crate::queue::store::{self, Attempt, Claimed, Disposition, Outcome};
+use crate::retry::backoff::backoff;
 use crate::retry::breaker::{Breaker, Gate};
 use crate::views::metrics;
 
-/// The longest wait between two attempts of a pair, whatever the backoff doubling reaches.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How often an idle dispatcher looks for due rows (retries that came due, rows whose owner
 /// died), besides being woken by `NOTIFY` when a tick is queued.
 const POLL: Duration = Duration::from_secs(2);
@@ -77,18 +76,6 @@ pub enum Scope {
 /// The lease a row is claimed with: long enough for one request and a missed renewal.
 pub fn lease(provider: &ProviderSettings) -> Duration {
     provider.request_timeout + LEASE_MARGIN
-}
-
-/// Exponential backoff with jitter: a random wait in [base·2^(n−1)/2, base·2^(n−1)], capped, so
-/// that many pairs failing together do not retry in lockstep.
-pub fn backoff(base: Duration, attempt: u32) -> Duration {
-    let ceiling = base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(MAX_BACKOFF);
-    let half = ceiling / 2;
-    half + ceiling
-        .saturating_sub(half)
-        .mul_f64(rand::rng().random::<f64>())
 }
 
 /// Closes the run if nothing of it is pending, and logs its summary; the one instance that
@@ -1423,18 +1410,6 @@ async fn renew_leases(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let base = Duration::from_millis(100);
-        for attempt in 1..=30 {
-            let d = backoff(base, attempt);
-            let ceiling = base
-                .saturating_mul(1 << (attempt - 1).min(16))
-                .min(MAX_BACKOFF);
-            assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?}");
-        }
-    }
 
     fn leased(id: i64, secs: u64) -> store::Leased {
         store::Leased {
