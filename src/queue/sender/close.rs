@@ -7,9 +7,8 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::db::Db;
 use crate::queue::runs;
+use crate::retry::step::until_done;
 use crate::views::metrics;
-
-use super::types::retry_db;
 
 /// Closes the run if nothing of it is pending, and logs its summary; the one instance that
 /// closes it logs it.
@@ -67,7 +66,7 @@ pub(super) async fn close_runs(
         runs.sort_unstable();
         runs.dedup();
         for run_id in runs.drain(..) {
-            if retry_db("closing the run", || close_run(&pool, run_id)).await {
+            if until_done("close the run", || close_run(&pool, run_id)).await {
                 closed.notify_one();
             }
         }

@@ -20,8 +20,9 @@ use crate::provider::ProviderClient;
 use crate::queue::context::Context;
 use crate::queue::runs;
 use crate::queue::store::{self, Claimed, Outcome};
-use crate::retry::backoff::backoff;
+use crate::retry::backoff::MAX_BACKOFF;
 use crate::retry::breaker::{Breaker, Gate};
+use crate::retry::step::{Failures, Pace};
 use crate::views::metrics;
 
 use super::close::close_run;
@@ -38,6 +39,13 @@ pub(super) const POLL: Duration = Duration::from_secs(2);
 /// A request starts only while its lease has the request timeout and this much more left: the
 /// margin covers the time from the check to the request's first byte, and the outcome write.
 pub(super) const START_MARGIN: Duration = Duration::from_secs(2);
+
+/// Claims that fail are tried again from a second, doubling, never sooner than half a second.
+const CLAIM_RETRY: Pace = Pace {
+    base: Duration::from_secs(1),
+    floor: Duration::from_millis(500),
+    cap: MAX_BACKOFF,
+};
 
 /// One account's share of the dispatcher: its claimed rows waiting for a request, its circuit
 /// breaker, its requests on the wire and the client that signs them. An account whose
@@ -71,7 +79,8 @@ pub(super) struct Dispatcher {
     cursor_accounts: store::Accounts,
     /// No claim before then (the last one found nothing, or the database failed).
     idle_until: Option<Instant>,
-    db_failures: u32,
+    /// Claims failed in a row (the database is down): no claim until the backoff has passed.
+    claims_failing: Failures,
     clock_warned: bool,
     /// (run, account) pairs failed for good after a -1/-2 seen by this instance.
     stopped: HashSet<(i64, Option<String>)>,
@@ -123,7 +132,11 @@ impl Dispatcher {
             cursor: None,
             cursor_accounts: store::Accounts::Any,
             idle_until: None,
-            db_failures: 0,
+            claims_failing: Failures::new(
+                "claim submissions",
+                "sending waits for the database, retrying with backoff",
+                CLAIM_RETRY,
+            ),
             clock_warned: false,
             stopped: HashSet::new(),
             last_expiry: Instant::now(),
@@ -529,10 +542,7 @@ impl Dispatcher {
         let now = Instant::now();
         match result.map_err(anyhow::Error::from).and_then(|r| r) {
             Ok(claim) => {
-                if self.db_failures > 0 {
-                    tracing::info!("database reachable again: sending resumes");
-                }
-                self.db_failures = 0;
+                self.claims_failing.succeeded();
                 match claim {
                     Claim::Rows(rows, cursor) => {
                         self.idle_until = None;
@@ -546,14 +556,8 @@ impl Dispatcher {
             }
             Err(e) => {
                 self.cursor = None;
-                self.db_failures += 1;
-                if self.db_failures == 1 {
-                    tracing::warn!("cannot claim submissions, retrying with backoff: {e:#}");
-                } else {
-                    tracing::debug!(failures = self.db_failures, "claim failed again: {e:#}");
-                }
-                let wait = backoff(Duration::from_secs(1), self.db_failures);
-                self.idle_until = Some(now + wait.max(Duration::from_millis(500)));
+                let retry = self.claims_failing.failed(&format!("{e:#}"));
+                self.idle_until = Some(now + retry.wait);
             }
         }
         // A page that arrived after an account's breaker opened goes back, but for the

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::clock::Mono;
 use crate::db::Db;
 use crate::queue::store;
+use crate::retry::step::{Failures, Pace};
 
 use super::held::{lock_held, SharedHeld};
 
@@ -25,7 +26,12 @@ pub(super) async fn renew_leases(
     held: SharedHeld,
     stop: CancellationToken,
 ) {
-    let mut failing = false;
+    // Renewals run on their own period: only the logging of failures is wanted here.
+    let mut failing = Failures::new(
+        "renew leases",
+        "no new request starts until it can",
+        Pace::DB_STEP,
+    );
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -45,18 +51,10 @@ pub(super) async fn renew_leases(
                         "lost the lease on {lost} rows: another instance took them after this one could not renew in time; this one does not send them"
                     );
                 }
-                if failing {
-                    tracing::info!("leases renewed again");
-                }
-                failing = false;
+                failing.succeeded();
             }
             Err(e) => {
-                if !failing {
-                    tracing::warn!(
-                        "cannot renew leases: no new request starts until it can: {e:#}"
-                    );
-                }
-                failing = true;
+                failing.failed(&format!("{e:#}"));
             }
         }
     }

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::retry::backoff::backoff;
-
 use crate::config::ProviderSettings;
 use crate::db::clock::Mono;
 use crate::queue::store::{self, Claimed, Outcome};
@@ -117,43 +115,6 @@ pub fn count(n: u32, noun: &str) -> String {
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 /// After the drain, how long the last outcomes may take to be recorded.
 pub const RECORD_LIMIT: Duration = Duration::from_secs(5);
-
-/// The longest wait between two tries of a database step the sender cannot do without.
-pub(super) const DB_RETRY_CAP: Duration = Duration::from_secs(5);
-
-/// Runs a database step until it succeeds, with backoff: the daemon waits an outage out.
-pub(super) async fn retry_db<T, F, Fut>(what: &str, mut step: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let mut failures = 0;
-    loop {
-        match step().await {
-            Ok(v) => {
-                if failures > 0 {
-                    tracing::info!(
-                        "{what}: database reachable again after {failures} failed attempts"
-                    );
-                }
-                return v;
-            }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 {
-                    tracing::warn!("{what} failed, retrying with backoff: {e:#}");
-                }
-                // At most a few seconds: the step holds outcomes (and so in-flight slots) or a
-                // run's close, which must follow the database's return closely.
-                tokio::time::sleep(
-                    backoff(Duration::from_millis(200), failures)
-                        .clamp(Duration::from_millis(100), DB_RETRY_CAP),
-                )
-                .await;
-            }
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -9,11 +9,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::db::Db;
 use crate::domain::run::State;
 use crate::queue::store::{self, Disposition, Outcome};
+use crate::retry::step::until_done;
 use crate::views::metrics;
 
 use super::close::close_runs;
 use super::held::{lock_held, SharedHeld};
-use super::types::{retry_db, ToWriter};
+use super::types::ToWriter;
 
 /// The group commit: one write at a time, each taking every outcome that arrived meanwhile.
 /// A write that fails (database down) is retried with backoff until it succeeds: the rows stay
@@ -80,7 +81,7 @@ impl Group {
         self.outcomes.sort_unstable_by_key(|o| o.id);
         let batch = &self.outcomes;
         lock_held(held).writing.extend(batch.iter().map(|o| o.id));
-        let written = retry_db("recording outcomes", || store::record(pool, owner, batch)).await;
+        let written = until_done("record outcomes", || store::record(pool, owner, batch)).await;
         {
             let mut h = lock_held(held);
             for o in batch {
@@ -109,7 +110,7 @@ impl Group {
             .map(|w| w.run_id)
             .collect();
         for (run_id, account, reason) in self.fail_runs {
-            let failed = retry_db("failing the rest of the run", || {
+            let failed = until_done("fail the rest of the run", || {
                 store::fail_unsent(pool, (run_id, account.as_deref()), &reason)
             })
             .await;
@@ -117,7 +118,7 @@ impl Group {
             runs.push(run_id);
         }
         for run in self.expire {
-            let ended = retry_db("ending overdue submissions", || store::expire(pool, run)).await;
+            let ended = until_done("end overdue submissions", || store::expire(pool, run)).await;
             for (run_id, state, account) in &ended {
                 metrics::record_decided(account.as_deref(), state.as_str(), 1);
                 runs.push(*run_id);
