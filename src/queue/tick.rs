@@ -22,6 +22,7 @@ use crate::queue::runs::{self, Claim};
 use crate::queue::sender::{self, Scope};
 use crate::queue::source::{Cursor, SourceRow};
 use crate::queue::store::{self, NewSubmission, TickRows};
+use crate::retry::deadline::deadline;
 use crate::{views::alarm, views::metrics};
 
 /// Source rows judged and inserted per statement while planning: memory stays flat whatever
@@ -61,21 +62,6 @@ pub fn window(tick: DateTime<Utc>, length: Duration) -> (DateTime<Utc>, DateTime
             .unwrap_or(DateTime::<Utc>::MIN_UTC),
         tick,
     )
-}
-
-/// Until when a submission of this tick may be sent: the next tick of the schedule, whose fresh
-/// rate supersedes it, or sooner with `provider.retry_deadline`. Counted from when the tick is
-/// planned, so that a tick claimed late (after a database outage) still gets its retries; the
-/// daemon plans only the latest due tick, whose next tick is the next one after now anyway.
-pub fn deadline(settings: &Settings, tick: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
-    let from = tick.max(now);
-    let next = settings.schedule.next_tick(from);
-    match settings.provider.retry_deadline {
-        Some(limit) => {
-            next.min(from + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX))
-        }
-        None => next,
-    }
 }
 
 /// The most characters of a count kept: PostgreSQL's `numeric` takes far more, but no count
@@ -234,10 +220,7 @@ pub async fn plan(
         Claim::Taken => return Ok(Plan::Taken),
         Claim::NotDue(wait) => return Ok(Plan::NotDue(wait)),
     };
-    let mut deadline = deadline(settings, tick, at);
-    if let Some(within) = within {
-        deadline = deadline.min(at + chrono::Duration::from_std(within).unwrap_or_default());
-    }
+    let deadline = deadline(settings, tick, at, within);
     let rows = TickRows {
         run_id,
         tick,
@@ -528,33 +511,5 @@ mod tests {
         };
         assert_eq!(req.backfill_now.to_string(), "12.5");
         assert_eq!((req.backfill_number, req.backfill_cardinal_number), (1, 8));
-    }
-
-    #[test]
-    fn the_deadline_is_the_next_tick_or_the_configured_limit() {
-        let text = "[provider]\napi_key = \"bDqJFiq9\"\napi_secret = \"7bz1lzh9\"\n\
-                    [schedule]\ncron = \"0 0 * * *\"\n";
-        let settings =
-            crate::config::from_toml(text, std::path::Path::new("t.toml"), &|_| None).unwrap();
-        let tick = DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(
-            deadline(&settings, tick, tick),
-            tick + chrono::Duration::days(1)
-        );
-        let late = tick + chrono::Duration::days(3) + chrono::Duration::hours(5);
-        assert_eq!(
-            deadline(&settings, tick, late),
-            tick + chrono::Duration::days(4),
-            "a tick planned late counts from now"
-        );
-        let text = text.replace("[schedule]", "retry_deadline = \"2h\"\n[schedule]");
-        let settings =
-            crate::config::from_toml(&text, std::path::Path::new("t.toml"), &|_| None).unwrap();
-        assert_eq!(
-            deadline(&settings, tick, tick),
-            tick + chrono::Duration::hours(2)
-        );
     }
 }

@@ -5,4 +5,5 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod deadline;
 pub mod step;
