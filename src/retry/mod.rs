@@ -5,5 +5,6 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod classify;
 pub mod deadline;
 pub mod step;

@@ -9,14 +9,14 @@ use tokio::sync::{mpsc, Notify};
 use crate::config::ProviderSettings;
 use crate::db::clock::Mono;
 use crate::provider::concurrency::{Answered, Change, Limiters, Signal};
-use crate::provider::{BackfillRequest, Class, Exchange, ProviderClient};
+use crate::provider::{BackfillRequest, Exchange, ProviderClient};
 use crate::queue::context::Context;
 use crate::queue::store::{Attempt, Claimed, Disposition, Outcome};
-use crate::retry::backoff::backoff;
+use crate::retry::classify::{classify, Next, Policy};
 use crate::views::metrics;
 
 use super::held::{lock_held, SharedHeld};
-use super::types::{count, for_account, record, Attempted, ToWriter};
+use super::types::{for_account, record, Attempted, ToWriter};
 
 /// What a request task needs besides its row.
 pub(super) struct Job {
@@ -118,33 +118,22 @@ pub(super) fn judge_answer<T>(
     started: Mono,
 ) -> (Outcome, Attempted) {
     let attempts = u32::try_from(row.attempts).unwrap_or(0) + 1;
-    let cause = ex.error.clone().unwrap_or_else(|| "no error".into());
-    let disposition = match ex.class {
-        Class::Success => Disposition::Succeeded,
-        Class::Rejected(_) => Disposition::Failed(None),
-        Class::Transient if provider.max_attempts.is_some_and(|max| attempts >= max) => {
-            Disposition::Failed(Some(format!(
-                "gave up after {}: {cause}",
-                count(attempts, "attempt")
-            )))
-        }
-        Class::Transient => Disposition::Retry(
-            backoff(provider.retry_backoff, attempts).max(ex.retry_after.unwrap_or_default()),
-        ),
+    let verdict = classify(ex, attempts, Policy::from(provider));
+    let disposition = match verdict.next {
+        Next::Done => Disposition::Succeeded,
+        Next::Retry(wait) => Disposition::Retry(wait),
+        Next::Fail(reason) => Disposition::Failed(reason),
     };
-    let stop = match ex.class {
-        Class::Rejected(rejection) if rejection.stops_the_cycle() => Some((
-            row.run_id,
-            format!(
-                "provider status {} ({}){}: {}",
-                ex.provider_status.as_deref().unwrap_or("?"),
-                ex.reason.as_deref().unwrap_or("no reason given"),
-                for_account(&row.account),
-                rejection.advice_for(row.account.as_deref())
-            ),
-        )),
-        _ => None,
-    };
+    let stop = verdict.stop.map(|rejection| {
+        let why = format!(
+            "provider status {} ({}){}: {}",
+            ex.provider_status.as_deref().unwrap_or("?"),
+            ex.reason.as_deref().unwrap_or("no reason given"),
+            for_account(&row.account),
+            rejection.advice_for(row.account.as_deref())
+        );
+        (row.run_id, why)
+    });
     let outcome = Outcome {
         id: row.id,
         run_id: row.run_id,
@@ -160,7 +149,10 @@ pub(super) fn judge_answer<T>(
     let result = Attempted {
         account: row.account.clone(),
         sent: true,
-        outage: ex.is_outage().then_some((cause, ex.retry_after)),
+        outage: verdict.outage.then(|| {
+            let cause = ex.error.clone().unwrap_or_else(|| "no error".into());
+            (cause, ex.retry_after)
+        }),
         stop,
         clock: (ex.provider_status.as_deref() == Some("-16")).then_some(ex.timestamp),
         was_probe: false,
