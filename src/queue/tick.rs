@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::db::clock::Mono;
 use crate::db::{Db, Tx};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -207,7 +208,7 @@ pub async fn plan(
     within: Option<Duration>,
 ) -> anyhow::Result<Plan> {
     let settings = &ctx.settings;
-    let started = std::time::Instant::now();
+    let started = Mono::now();
     let window = window(tick, settings.source.window);
     let callback_time = callback_time(tick, settings.schedule.timezone);
     let mut tx = ctx
@@ -238,7 +239,7 @@ pub async fn plan(
     let evaluation = alarm::judge_in(&mut tx, settings, run_id).await;
     store::notify(&mut tx).await?;
     tx.commit().await.context("committing the claim")?;
-    planned.took = started.elapsed();
+    planned.took = Mono::now().since(started);
     alarm::announce(&ctx.pool, settings, &evaluation);
     planned.report(tick);
     if planned.pending == 0 {
@@ -291,17 +292,17 @@ async fn queue_window(
     settings: &Settings,
     rows: TickRows<'_>,
 ) -> anyhow::Result<Planned> {
-    let reading = std::time::Instant::now();
+    let reading = Mono::now();
     let mut cursor = open_window(tx, settings, rows.window).await?;
     let mut planned = Planned {
         run_id: rows.run_id,
-        read: reading.elapsed(),
+        read: Mono::now().since(reading),
         ..Planned::default()
     };
     loop {
-        let reading = std::time::Instant::now();
+        let reading = Mono::now();
         let batch = cursor.next(tx, BATCH).await?;
-        planned.read += reading.elapsed();
+        planned.read += Mono::now().since(reading);
         if batch.is_empty() {
             return Ok(planned);
         }

@@ -605,7 +605,9 @@ impl Dispatcher {
         });
     }
 
-    /// A -16 names this host's clock once, until an answer without one.
+    /// A -16 names this host's clock once, until an answer without one. The host's wall clock
+    /// is read here on purpose, and decides nothing: it is the clock the `Timestamp` header was
+    /// signed with, which the provider found too far from its own.
     fn warn_clock(&mut self, clock: Option<i64>) {
         match clock {
             Some(ts) if !self.clock_warned => {
