@@ -134,7 +134,7 @@ impl Dispatcher {
             idle_until: None,
             claims_failing: Failures::new(
                 "claim submissions",
-                "sending waits for the database, retrying with backoff",
+                "retrying with backoff",
                 CLAIM_RETRY,
             ),
             clock_warned: false,

@@ -1,5 +1,6 @@
-//! What the sender's tasks hand each other: the scope of a worker, the rows and messages on
-//! their channels, and two small helpers for log lines.
+//! What the sender's tasks share: the scope of a worker and its lease, the rows and messages
+//! on their channels with the two ways to hand the writer an outcome, the drain limits, and
+//! two helpers for log lines.
 
 use std::collections::VecDeque;
 use std::time::Duration;
