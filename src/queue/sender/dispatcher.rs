@@ -9,7 +9,6 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProviderSettings;
@@ -78,14 +77,14 @@ pub(super) struct Dispatcher {
     cursor: store::ClaimCursor,
     cursor_accounts: store::Accounts,
     /// No claim before then (the last one found nothing, or the database failed).
-    idle_until: Option<Instant>,
+    idle_until: Option<Mono>,
     /// Claims failed in a row (the database is down): no claim until the backoff has passed.
     claims_failing: Failures,
     clock_warned: bool,
     /// (run, account) pairs failed for good after a -1/-2 seen by this instance.
     stopped: HashSet<(i64, Option<String>)>,
     /// While a breaker is open its rows are not claimed, so overdue rows are expired in SQL.
-    last_expiry: Instant,
+    last_expiry: Mono,
     /// How many requests each account may have on the wire (see `concurrency`), shared with
     /// the requests, which report their answers to it.
     limiters: Arc<Limiters>,
@@ -139,7 +138,7 @@ impl Dispatcher {
             ),
             clock_warned: false,
             stopped: HashSet::new(),
-            last_expiry: Instant::now(),
+            last_expiry: Mono::now(),
             limiters,
             answered: Arc::new(Notify::new()),
         };
@@ -226,7 +225,7 @@ impl Dispatcher {
         wake: Arc<Notify>,
         closed: Arc<Notify>,
     ) {
-        let mut draining: Option<Instant> = None;
+        let mut draining: Option<Mono> = None;
         loop {
             self.take_reload();
             if draining.is_none() {
@@ -242,7 +241,7 @@ impl Dispatcher {
             let timer = self.next_timer(draining);
             tokio::select! {
                 () = shutdown.cancelled(), if draining.is_none() => {
-                    draining = Some(Instant::now() + DRAIN_LIMIT);
+                    draining = Some(Mono::now() + DRAIN_LIMIT);
                     self.release_ready();
                     if let Some(claim) = self.claim.take() {
                         self.take_claim(claim.await);
@@ -262,8 +261,8 @@ impl Dispatcher {
                 () = wake.notified() => self.idle_until = None,
                 () = self.answered.notified() => {}
                 () = closed.notified() => {}
-                () = tokio::time::sleep_until(timer) => {
-                    if draining.is_some_and(|d| Instant::now() >= d) {
+                () = tokio::time::sleep(Mono::now().until(timer)) => {
+                    if draining.is_some_and(|d| Mono::now() >= d) {
                         tracing::warn!(in_flight = self.in_flight.len(), "requests still in flight at the drain limit: their pairs pass to the next owner when the lease expires");
                         self.in_flight.abort_all();
                         break;
@@ -288,7 +287,7 @@ impl Dispatcher {
                 if let Some(lane) = self.lanes.get_mut(&account) {
                     lane.in_flight = lane.in_flight.saturating_sub(1);
                     lane.breaker
-                        .outage(Instant::now(), "a request task failed", None);
+                        .outage(Mono::now(), "a request task failed", None);
                 }
             }
         }
@@ -324,8 +323,8 @@ impl Dispatcher {
         }
     }
 
-    fn next_timer(&self, draining: Option<Instant>) -> Instant {
-        let now = Instant::now();
+    fn next_timer(&self, draining: Option<Mono>) -> Mono {
+        let now = Mono::now();
         let mut at = now + POLL;
         if let Some(d) = draining {
             at = at.min(d);
@@ -339,7 +338,7 @@ impl Dispatcher {
             }
         }
         if let Some(hold) = self.limiters.held_until() {
-            at = at.min(now + Mono::now().until(hold));
+            at = at.min(hold);
         }
         at
     }
@@ -373,7 +372,7 @@ impl Dispatcher {
         let Some(lane) = self.lanes.get_mut(account) else {
             return false;
         };
-        let probe = match lane.breaker.gate(Instant::now()) {
+        let probe = match lane.breaker.gate(Mono::now()) {
             Gate::Send => false,
             Gate::Probe => true,
             Gate::WaitUntil(_) | Gate::AwaitProbe => return false,
@@ -472,7 +471,7 @@ impl Dispatcher {
     /// How many rows to claim next, and whose: the accounts whose breaker lets them send and
     /// that hold at most half a page each (a slow account's backlog must not keep the others'
     /// rows from being claimed), or one row of an account whose breaker wants a probe.
-    fn wanted(&self, now: Instant) -> Option<(usize, store::Accounts)> {
+    fn wanted(&self, now: Mono) -> Option<(usize, store::Accounts)> {
         let page = self.page();
         let (mut have, mut except) = (0, Vec::new());
         for (account, lane) in &self.lanes {
@@ -498,7 +497,7 @@ impl Dispatcher {
 
     /// Claims more rows when the page runs low, in the background.
     fn start_claim(&mut self) {
-        let now = Instant::now();
+        let now = Mono::now();
         if self.claim.is_some() || self.idle_until.is_some_and(|t| now < t) {
             return;
         }
@@ -539,7 +538,7 @@ impl Dispatcher {
     }
 
     fn take_claim(&mut self, result: Result<anyhow::Result<Claim>, tokio::task::JoinError>) {
-        let now = Instant::now();
+        let now = Mono::now();
         match result.map_err(anyhow::Error::from).and_then(|r| r) {
             Ok(claim) => {
                 self.claims_failing.succeeded();
@@ -595,11 +594,11 @@ impl Dispatcher {
     /// are ended in SQL, and their runs can close (a `run --once` ends at the deadline).
     fn expire_while_open(&mut self) {
         if self.lanes.values().all(|l| l.breaker.is_closed())
-            || self.last_expiry.elapsed() < POLL * 5
+            || Mono::now().since(self.last_expiry) < POLL * 5
         {
             return;
         }
-        self.last_expiry = Instant::now();
+        self.last_expiry = Mono::now();
         let _ = self.out.send(ToWriter::Expire {
             run: self.run_filter(),
         });
@@ -624,7 +623,7 @@ impl Dispatcher {
     }
 
     fn on_attempted(&mut self, a: Attempted) {
-        let now = Instant::now();
+        let now = Mono::now();
         if let Some(lane) = self.lanes.get_mut(&a.account) {
             lane.in_flight = lane.in_flight.saturating_sub(1);
             if !a.sent {
@@ -677,14 +676,11 @@ impl Dispatcher {
 
 /// What an answer (or an outage) does to its account's breaker, with the line that says so.
 /// True when it opened the breaker: the account's unsent rows then go back to the queue.
-pub(super) fn lane_answered(lane: &mut Lane, a: &Attempted, now: Instant) -> bool {
+pub(super) fn lane_answered(lane: &mut Lane, a: &Attempted, now: Mono) -> bool {
     let whose = for_account(&a.account);
     if let Some((cause, retry_after)) = &a.outage {
         if lane.breaker.outage(now, cause, *retry_after) {
-            let wait = lane
-                .breaker
-                .next_probe()
-                .map(|t| t.saturating_duration_since(now));
+            let wait = lane.breaker.next_probe().map(|t| now.until(t));
             tracing::warn!(
                 "provider unreachable{whose} ({cause}): pausing sends; one probe request in {:.0}s, then on a doubling delay; pending pairs wait",
                 wait.unwrap_or_default().as_secs_f64()
