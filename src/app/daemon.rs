@@ -24,6 +24,7 @@ use crate::queue::context::Context;
 use crate::queue::runs;
 use crate::queue::sender::{self, Scope};
 use crate::queue::tick::{self, Plan, Planned};
+use crate::retry::step::{Failures, Pace};
 use crate::{
     app::shutdown, db, queue::retention, queue::source, queue::store, views::alarm, views::metrics,
 };
@@ -36,7 +37,8 @@ const CLOCK_CHECK: Duration = Duration::from_secs(1);
 
 /// Retries of start-up back off up to this.
 const MAX_RETRY: Duration = Duration::from_secs(30);
-/// Retries of a due tick's claim back off up to this.
+/// Retries of a due tick's claim back off up to this: the tick must be claimed as soon as the
+/// database answers, before the next tick replaces it.
 const DUE_RETRY: Duration = Duration::from_secs(5);
 
 /// A planning that runs longer than this is logged: every statement has a timeout, so it is
@@ -82,19 +84,28 @@ pub async fn run_until_signalled(path: PathBuf, settings: Settings) -> anyhow::R
 #[derive(Debug, Clone)]
 struct Due {
     tick: DateTime<Utc>,
-    failures: u32,
+    failures: Failures,
     retry_at: Instant,
-    last_error: Option<String>,
 }
 
 impl Due {
     fn new(tick: DateTime<Utc>) -> Self {
         Self {
             tick,
-            failures: 0,
+            failures: Failures::new(
+                format!("claim the tick {tick}"),
+                "retrying until it is claimed or the next tick replaces it",
+                Pace::from_a_second_up_to(DUE_RETRY),
+            )
+            .warn_each_new_cause(),
             retry_at: Instant::now(),
-            last_error: None,
         }
+    }
+
+    /// The failed attempts to claim it so far and the last one's cause, if any failed.
+    fn late(&self) -> Option<(u32, String)> {
+        let cause = self.failures.last_cause()?;
+        Some((self.failures.count(), cause.to_owned()))
     }
 }
 
@@ -276,9 +287,10 @@ impl Daemon {
                     tracing::warn!(missed, "woke late (suspend, clock step or overload): one catch-up cycle for the latest tick {tick}, not one per missed tick");
                 }
                 if let Some(old) = self.due.take().filter(|d| d.tick < tick) {
-                    let why = old
-                        .last_error
-                        .unwrap_or_else(|| "it was still waiting for the previous planning".into());
+                    let why = old.late().map_or_else(
+                        || "it was still waiting for the previous planning".into(),
+                        |(_, cause)| cause,
+                    );
                     tracing::warn!(
                         "the tick {} was never claimed ({why}); the tick {tick} replaces it",
                         old.tick
@@ -304,7 +316,7 @@ impl Daemon {
         let Some(due) = self.due.as_ref().filter(|d| Instant::now() >= d.retry_at) else {
             return;
         };
-        let late = due.last_error.as_ref().map(|e| (due.failures, e.clone()));
+        let late = due.late();
         let (ctx, tick) = (self.ctx.clone(), due.tick);
         let replaced = self.replaced.clone();
         let recording = replaced.len();
@@ -345,25 +357,14 @@ impl Daemon {
             }
             Err(e) => {
                 let message = crate::domain::excerpt::line(&format!("{e:#}"));
-                due.failures += 1;
-                // Retried on (almost) every wake: the tick must be claimed as soon as the
-                // database answers, before the next tick replaces it.
-                let wait = sender::backoff(Duration::from_secs(1), due.failures).min(DUE_RETRY);
-                due.retry_at = Instant::now() + wait;
-                if due.last_error.as_deref() != Some(message.as_str()) {
-                    let unreachable = db::is_unreachable(&e);
-                    tracing::warn!(
-                        failures = due.failures,
-                        "cannot claim the tick {tick} yet ({}): retrying until it is claimed or the next tick replaces it: {message}",
-                        if unreachable { "database unreachable" } else { "error" }
-                    );
+                let cause = if db::is_unreachable(&e) {
+                    format!("database unreachable: {message}")
                 } else {
-                    tracing::debug!(
-                        failures = due.failures,
-                        "claiming the tick {tick} failed again: {message}"
-                    );
-                }
-                due.last_error = Some(message);
+                    message
+                };
+                // Retried on (almost) every wake, until claimed; its success is logged with
+                // the claim, as a late one.
+                due.retry_at = Instant::now() + due.failures.failed(&cause).wait;
             }
         }
     }
@@ -488,30 +489,26 @@ fn late_note(p: &Planned, tick: DateTime<Utc>, failures: u32, error: &str) -> St
 /// tick missed while stopped. Retries while the database is unreachable; any other error (a
 /// source query that does not prepare) is a config error that stops the daemon.
 async fn start_up(ctx: Context, clock: Clock) -> anyhow::Result<Started> {
-    let mut failures = 0u32;
-    let mut last = String::new();
+    let mut failures = Failures::new(
+        "reach the database",
+        "retrying with backoff",
+        Pace::from_a_second_up_to(MAX_RETRY),
+    )
+    .warn_each_new_cause();
     loop {
         match try_start_up(&ctx, &clock).await {
             Ok(started) => {
-                if failures > 0 {
-                    tracing::info!("database reachable after {failures} failed attempts");
-                }
+                failures.succeeded();
                 return Ok(started);
             }
             Err(e) if db::is_unreachable(&e) => {
-                failures += 1;
-                let message = format!("{e:#}");
-                if message != last {
-                    tracing::warn!("database unreachable, retrying with backoff: {message}");
+                let retry = failures.failed(&format!("{e:#}"));
+                if retry.warn {
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(
                         "waiting for the database",
                     )]);
-                    last = message;
                 }
-                tokio::time::sleep(
-                    sender::backoff(Duration::from_secs(1), failures).min(MAX_RETRY),
-                )
-                .await;
+                tokio::time::sleep(retry.wait).await;
             }
             Err(e) => return Err(e),
         }

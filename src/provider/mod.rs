@@ -87,7 +87,8 @@ struct RecordRequest<'a> {
     order_id: &'a str,
 }
 
-/// How an exchange ended, for retry decisions and for the record.
+/// How an exchange ended, for the record and for the retry layer, which decides what each
+/// class means for the row (`retry::classify`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
     Success,
@@ -111,11 +112,6 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// Whether the rejection is about the account or host rather than the one request.
-    pub fn stops_the_cycle(self) -> bool {
-        matches!(self, Self::Authentication | Self::IpRestricted)
-    }
-
     /// [`Rejection::advice`] for the account the request was signed with: a named account's
     /// key and secret are in its `[[accounts]]` entry, not in `provider.api_key`.
     pub fn advice_for(self, account: Option<&str>) -> String {
@@ -187,16 +183,6 @@ impl<T> Exchange<T> {
     /// The provider's status, when the body was the documented JSON.
     pub fn status(&self) -> Option<ProviderStatus> {
         self.provider_status.as_deref().map(ProviderStatus::parse)
-    }
-
-    /// Whether this failure says the provider (or the way to it) is down, rather than that it
-    /// refused this request: no connection, a timeout, a broken connection, HTTP 5xx.
-    /// A circuit breaker counts these; a rejection or a -16 says the provider is up.
-    pub fn is_outage(&self) -> bool {
-        matches!(
-            self.transport,
-            Some(Transport::Connect | Transport::Timeout | Transport::Broken)
-        ) || matches!(self.http_status, Some(500..=599))
     }
 
     /// How the answer bears on the adaptive concurrency limit: the provider asked us to slow
@@ -693,9 +679,6 @@ mod tests {
         assert_eq!(classify("-22"), Class::Rejected(Rejection::Parameters));
         assert_eq!(classify("-10"), Class::Rejected(Rejection::Other));
         assert_eq!(classify("banana"), Class::Rejected(Rejection::Other));
-        assert!(Rejection::Authentication.stops_the_cycle());
-        assert!(Rejection::IpRestricted.stops_the_cycle());
-        assert!(!Rejection::Parameters.stops_the_cycle());
     }
 
     #[test]
@@ -750,20 +733,6 @@ mod tests {
             timestamp: 0,
             retry_after: None,
             transport,
-        }
-    }
-
-    #[test]
-    fn outages_are_no_connection_a_timeout_a_broken_link_and_5xx_not_429() {
-        for t in [Transport::Connect, Transport::Timeout, Transport::Broken] {
-            assert!(exchange(Some(t), None).is_outage(), "{t:?}");
-        }
-        assert!(!exchange(Some(Transport::Local), None).is_outage());
-        for http in [500, 502, 503, 504, 599] {
-            assert!(exchange(None, Some(http)).is_outage(), "{http}");
-        }
-        for http in [200, 302, 400, 401, 403, 404, 408, 429] {
-            assert!(!exchange(None, Some(http)).is_outage(), "{http}");
         }
     }
 

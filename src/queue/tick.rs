@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::db::clock::Mono;
 use crate::db::{Db, Tx};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -22,6 +23,7 @@ use crate::queue::runs::{self, Claim};
 use crate::queue::sender::{self, Scope};
 use crate::queue::source::{Cursor, SourceRow};
 use crate::queue::store::{self, NewSubmission, TickRows};
+use crate::retry::deadline::deadline;
 use crate::{views::alarm, views::metrics};
 
 /// Source rows judged and inserted per statement while planning: memory stays flat whatever
@@ -61,21 +63,6 @@ pub fn window(tick: DateTime<Utc>, length: Duration) -> (DateTime<Utc>, DateTime
             .unwrap_or(DateTime::<Utc>::MIN_UTC),
         tick,
     )
-}
-
-/// Until when a submission of this tick may be sent: the next tick of the schedule, whose fresh
-/// rate supersedes it, or sooner with `provider.retry_deadline`. Counted from when the tick is
-/// planned, so that a tick claimed late (after a database outage) still gets its retries; the
-/// daemon plans only the latest due tick, whose next tick is the next one after now anyway.
-pub fn deadline(settings: &Settings, tick: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
-    let from = tick.max(now);
-    let next = settings.schedule.next_tick(from);
-    match settings.provider.retry_deadline {
-        Some(limit) => {
-            next.min(from + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX))
-        }
-        None => next,
-    }
 }
 
 /// The most characters of a count kept: PostgreSQL's `numeric` takes far more, but no count
@@ -221,7 +208,7 @@ pub async fn plan(
     within: Option<Duration>,
 ) -> anyhow::Result<Plan> {
     let settings = &ctx.settings;
-    let started = std::time::Instant::now();
+    let started = Mono::now();
     let window = window(tick, settings.source.window);
     let callback_time = callback_time(tick, settings.schedule.timezone);
     let mut tx = ctx
@@ -234,10 +221,7 @@ pub async fn plan(
         Claim::Taken => return Ok(Plan::Taken),
         Claim::NotDue(wait) => return Ok(Plan::NotDue(wait)),
     };
-    let mut deadline = deadline(settings, tick, at);
-    if let Some(within) = within {
-        deadline = deadline.min(at + chrono::Duration::from_std(within).unwrap_or_default());
-    }
+    let deadline = deadline(settings, tick, at, within);
     let rows = TickRows {
         run_id,
         tick,
@@ -258,7 +242,7 @@ pub async fn plan(
     let evaluation = alarm::judge_in(&mut tx, settings, run_id).await;
     store::notify(&mut tx).await?;
     tx.commit().await.context("committing the claim")?;
-    planned.took = started.elapsed();
+    planned.took = Mono::now().since(started);
     alarm::announce(&ctx.pool, settings, &evaluation);
     planned.report(tick);
     if planned.pending == 0 {
@@ -311,17 +295,17 @@ async fn queue_window(
     settings: &Settings,
     rows: TickRows<'_>,
 ) -> anyhow::Result<Planned> {
-    let reading = std::time::Instant::now();
+    let reading = Mono::now();
     let mut cursor = open_window(tx, settings, rows.window).await?;
     let mut planned = Planned {
         run_id: rows.run_id,
-        read: reading.elapsed(),
+        read: Mono::now().since(reading),
         ..Planned::default()
     };
     loop {
-        let reading = std::time::Instant::now();
+        let reading = Mono::now();
         let batch = cursor.next(tx, BATCH).await?;
-        planned.read += reading.elapsed();
+        planned.read += Mono::now().since(reading);
         if batch.is_empty() {
             return Ok(planned);
         }
@@ -531,33 +515,5 @@ mod tests {
         };
         assert_eq!(req.backfill_now.to_string(), "12.5");
         assert_eq!((req.backfill_number, req.backfill_cardinal_number), (1, 8));
-    }
-
-    #[test]
-    fn the_deadline_is_the_next_tick_or_the_configured_limit() {
-        let text = "[provider]\napi_key = \"bDqJFiq9\"\napi_secret = \"7bz1lzh9\"\n\
-                    [schedule]\ncron = \"0 0 * * *\"\n";
-        let settings =
-            crate::config::from_toml(text, std::path::Path::new("t.toml"), &|_| None).unwrap();
-        let tick = DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(
-            deadline(&settings, tick, tick),
-            tick + chrono::Duration::days(1)
-        );
-        let late = tick + chrono::Duration::days(3) + chrono::Duration::hours(5);
-        assert_eq!(
-            deadline(&settings, tick, late),
-            tick + chrono::Duration::days(4),
-            "a tick planned late counts from now"
-        );
-        let text = text.replace("[schedule]", "retry_deadline = \"2h\"\n[schedule]");
-        let settings =
-            crate::config::from_toml(&text, std::path::Path::new("t.toml"), &|_| None).unwrap();
-        assert_eq!(
-            deadline(&settings, tick, tick),
-            tick + chrono::Duration::hours(2)
-        );
     }
 }

@@ -2,11 +2,12 @@
 //! (connection errors, timeouts, HTTP 5xx) across pairs, or a `Retry-After` from the provider,
 //! sending stops; one probe request goes out on a doubling delay, and the first answer closes
 //! the breaker. Without it, an unreachable provider gets every pending row's retries, and the
-//! log gets a line for each. Pure: time comes in as an argument.
+//! log gets a line for each. Pure: time comes in as an argument, on the boot clock ([`Mono`]),
+//! so that a probe's delay counts through a suspend like the leases it sits beside.
 
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::db::clock::Mono;
 
 /// Outage failures in a row, across pairs, that open the breaker.
 pub const THRESHOLD: u32 = 5;
@@ -16,7 +17,7 @@ pub const MAX_DELAY: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 enum Phase {
     Closed { failures: u32 },
-    Open { until: Instant, delay: Duration },
+    Open { until: Mono, delay: Duration },
     Probing { delay: Duration },
 }
 
@@ -28,7 +29,7 @@ pub enum Gate {
     /// Open and the delay has passed: send exactly one request, as a probe.
     Probe,
     /// Open: send nothing until then.
-    WaitUntil(Instant),
+    WaitUntil(Mono),
     /// A probe is in flight: send nothing until it answers.
     AwaitProbe,
 }
@@ -38,7 +39,7 @@ pub struct Breaker {
     phase: Phase,
     first_delay: Duration,
     /// When it opened, and why, for the log line that says it closed again.
-    opened: Option<(Instant, String)>,
+    opened: Option<(Mono, String)>,
 }
 
 impl Breaker {
@@ -51,7 +52,7 @@ impl Breaker {
         }
     }
 
-    pub fn gate(&self, now: Instant) -> Gate {
+    pub fn gate(&self, now: Mono) -> Gate {
         match self.phase {
             Phase::Closed { .. } => Gate::Send,
             Phase::Open { until, .. } if now < until => Gate::WaitUntil(until),
@@ -72,7 +73,7 @@ impl Breaker {
     }
 
     /// A probe was started but never sent (its lease lapsed first): another may go at once.
-    pub fn probe_abandoned(&mut self, now: Instant) {
+    pub fn probe_abandoned(&mut self, now: Mono) {
         if let Phase::Probing { delay } = self.phase {
             self.phase = Phase::Open { until: now, delay };
         }
@@ -80,16 +81,16 @@ impl Breaker {
 
     /// The provider answered (success or a rejection: either way it is reachable). Returns, when
     /// this closes an open breaker, how long it was open and why it opened.
-    pub fn answered(&mut self, now: Instant) -> Option<(Duration, String)> {
+    pub fn answered(&mut self, now: Mono) -> Option<(Duration, String)> {
         self.phase = Phase::Closed { failures: 0 };
         self.opened
             .take()
-            .map(|(since, cause)| (now.saturating_duration_since(since), cause))
+            .map(|(since, cause)| (now.since(since), cause))
     }
 
     /// An outage failure. `retry_after` is the provider's own `Retry-After`, which opens the
     /// breaker at once for that long. Returns true when this opened the breaker.
-    pub fn outage(&mut self, now: Instant, cause: &str, retry_after: Option<Duration>) -> bool {
+    pub fn outage(&mut self, now: Mono, cause: &str, retry_after: Option<Duration>) -> bool {
         let (delay, opens) = match self.phase {
             Phase::Closed { failures } => {
                 let failures = failures + 1;
@@ -115,7 +116,7 @@ impl Breaker {
     }
 
     /// When the next probe may go, while open.
-    pub fn next_probe(&self) -> Option<Instant> {
+    pub fn next_probe(&self) -> Option<Mono> {
         match self.phase {
             Phase::Open { until, .. } => Some(until),
             _ => None,
@@ -129,7 +130,7 @@ mod tests {
 
     #[test]
     fn it_opens_after_a_run_of_outages_and_probes_on_a_doubling_delay() {
-        let t0 = Instant::now();
+        let t0 = Mono::now();
         let mut b = Breaker::new(Duration::from_secs(1));
         for _ in 1..THRESHOLD {
             assert!(!b.outage(t0, "refused", None));
@@ -160,7 +161,7 @@ mod tests {
 
     #[test]
     fn an_answer_resets_the_count_and_the_delay_is_capped() {
-        let t0 = Instant::now();
+        let t0 = Mono::now();
         let mut b = Breaker::new(Duration::from_secs(40));
         for _ in 0..THRESHOLD - 1 {
             b.outage(t0, "timeout", None);
@@ -177,7 +178,7 @@ mod tests {
 
     #[test]
     fn retry_after_opens_it_at_once_for_that_long() {
-        let t0 = Instant::now();
+        let t0 = Mono::now();
         let mut b = Breaker::new(Duration::from_secs(1));
         assert!(b.outage(t0, "HTTP 503", Some(Duration::from_secs(30))));
         assert_eq!(b.gate(t0), Gate::WaitUntil(t0 + Duration::from_secs(30)));

@@ -297,7 +297,7 @@ async fn each_skip_and_invalid_kind_is_recorded_with_its_reason_and_never_sent(p
 
 #[sqlx::test]
 async fn a_transient_failure_twice_then_success_records_three_attempts(pool: PgPool) {
-    let app = TestApp::new(pool).await;
+    let app = TestApp::with(pool, TestConfig::default().next_tick_a_day_away()).await;
     seed_before_tick(&app, "flakyApp", 5).await;
     app.provider.script(
         "flakyApp",
@@ -325,7 +325,8 @@ async fn a_transient_failure_that_persists_gives_up_after_max_attempts(pool: PgP
         TestConfig {
             max_attempts: Some(3),
             ..TestConfig::default()
-        },
+        }
+        .next_tick_a_day_away(),
     )
     .await;
     seed_before_tick(&app, "downApp1", 5).await;

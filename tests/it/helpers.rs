@@ -106,6 +106,19 @@ impl TestConfig {
             ..Self::default()
         }
     }
+
+    /// This config on a daily schedule whose tick was an hour ago, in its zone: what a test
+    /// plans now has its deadline (the next tick) 23 hours away whatever the time of day, so
+    /// that a real ten-minute or hour boundary cannot cut its retries short.
+    pub fn next_tick_a_day_away(self) -> Self {
+        use chrono::Timelike;
+        let tz: chrono_tz::Tz = self.timezone.parse().expect("a valid test zone");
+        let last = (chrono::Utc::now() - chrono::Duration::hours(1)).with_timezone(&tz);
+        Self {
+            cron: format!("{} {} * * *", last.minute(), last.hour()),
+            ..self
+        }
+    }
 }
 
 /// What a run of the binary left.

@@ -8,6 +8,7 @@ use backfill_reporter::domain::{AppId, Mcc};
 use backfill_reporter::provider::{BackfillRequest, Class, ProviderClient, Rejection};
 
 use backfill_reporter::provider::concurrency::Signal;
+use backfill_reporter::retry::classify::is_outage;
 
 use crate::fake_provider::{self, FakeProvider, Scripted};
 use crate::helpers::{API_KEY, API_SECRET};
@@ -248,7 +249,7 @@ async fn a_refused_connection_is_transient() {
     let ex = client.submit_backfill(&body()).await;
     assert_eq!(ex.class, Class::Transient);
     assert_eq!(ex.http_status, None);
-    assert!(ex.is_outage());
+    assert!(is_outage(&ex));
     assert!(ex.error.unwrap().contains("could not connect"));
 }
 
@@ -639,12 +640,12 @@ async fn a_429_or_503_keeps_its_retry_after_a_503_is_an_outage_and_both_are_back
     );
     assert_eq!(third.retry_after, Some(Duration::from_secs(600)));
     // A throttling provider is up: a 429 slows this instance down, it opens no breaker.
-    assert!(!first.is_outage() && second.is_outage() && third.is_outage());
+    assert!(!is_outage(&first) && is_outage(&second) && is_outage(&third));
     for throttled in [&first, &second, &third] {
         assert_eq!(throttled.load_signal(), Signal::BackPressure);
     }
     assert_eq!(rejected.retry_after, None);
-    assert!(!rejected.is_outage());
+    assert!(!is_outage(&rejected));
     assert_eq!(rejected.load_signal(), Signal::Answered);
 }
 

@@ -32,7 +32,8 @@ async fn throttled_run(pool: PgPool, concurrency: Option<&str>) -> (usize, usize
             max_in_flight: 32,
             concurrency: concurrency.map(str::to_owned),
             ..TestConfig::default()
-        },
+        }
+        .next_tick_a_day_away(),
     )
     .await;
     app.provider.throttle(8);
@@ -89,7 +90,7 @@ async fn with_adaptive_concurrency_a_throttling_provider_sees_few_429s(pool: PgP
 
 #[sqlx::test]
 async fn an_http_500_with_a_spring_body_is_retried_not_failed(pool: PgPool) {
-    let app = TestApp::new(pool).await;
+    let app = TestApp::with(pool, TestConfig::default().next_tick_a_day_away()).await;
     for app_id in ["srvErr01", "srvErr02"] {
         app.seed_recent(app_id).await;
     }
