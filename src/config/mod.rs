@@ -759,13 +759,7 @@ fn https_unless_loopback(url: &reqwest::Url, what: &str) -> anyhow::Result<()> {
 }
 
 fn is_loopback(url: &reqwest::Url) -> bool {
-    let host = url.host_str().unwrap_or_default();
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    url.host_str().is_some_and(crate::domain::host::is_loopback)
 }
 
 // The allowed ranges, one per bounded setting, checked by `bounded`, `bounded_duration` and
@@ -1331,6 +1325,7 @@ mod tests {
             "https://hooks.example/T000/B000/XXXX",
             "http://127.0.0.1:9000/hook",
             "http://[::1]/hook",
+            "http://[::ffff:127.0.0.1]/hook",
             "http://localhost/hook",
         ] {
             parse(&format!("{MINIMAL}[alarm]\nwebhook_url = {ok:?}\n")).unwrap();
@@ -1790,6 +1785,12 @@ mod tests {
             ("HTTP://127.0.0.1:8080/otp/", "http://127.0.0.1:8080/otp"),
             ("Https://API.example.com/otp", "https://api.example.com/otp"),
             ("https://api.example.com", "https://api.example.com"),
+            ("http://LOCALHOST/otp", "http://localhost/otp"),
+            // IPv4-mapped loopback, as the url crate writes it: this machine too.
+            (
+                "http://[::ffff:127.0.0.1]/otp",
+                "http://[::ffff:7f00:1]/otp",
+            ),
         ] {
             let s = parse(&format!("{MINIMAL}base_url = {written:?}\n")).unwrap();
             assert_eq!(s.provider.base_url, read);
