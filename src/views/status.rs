@@ -16,7 +16,6 @@ use crate::db::Db;
 use crate::config::AlarmSettings;
 use crate::domain::mcc;
 use crate::domain::rate::Rate;
-use crate::views::alarm::{AlarmForm, AlarmWords};
 
 /// How many ticks the sparkline shows.
 pub const SPARK_LEN: usize = 24;
@@ -332,6 +331,7 @@ fn legend(out: &mut String, pairs: usize, firing: usize, alarm: &AlarmSettings) 
 
 /// The numbers behind a firing alarm, in two lines, each cut to 79 columns.
 fn alarm_lines(out: &mut String, r: &StatusRow, paint: Paint) {
+    use crate::views::alarm::{AlarmForm, AlarmWords};
     let (app_id, mcc, rate, baseline) = (
         shown(&r.app_id),
         shown(&r.mcc),
