@@ -82,15 +82,15 @@ impl PairAlarm {
 /// One pair's alarm as people read it. Its facts (the route, the rate, the codes typed back,
 /// the baseline) are worded here and nowhere else, in the form each reader gets: the WARN
 /// line, a line of the webhook's text, and `status`'s two lines under its table.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct AlarmWords<'a> {
     pub app_id: &'a str,
     pub mcc: &'a str,
     pub country: &'a str,
-    /// In the form sent ("12.5"), or "-".
-    pub rate: &'a str,
-    /// In the form sent, or "-".
-    pub baseline: &'a str,
+    /// Written as the rate was sent ("12.5"), or "-": a [`Rate`], or its text.
+    pub rate: &'a dyn std::fmt::Display,
+    /// Written as `rate` is.
+    pub baseline: &'a dyn std::fmt::Display,
     pub backfill_number: Option<&'a str>,
     pub cardinal_number: Option<&'a str>,
     pub form: AlarmForm,
