@@ -14,7 +14,7 @@ use crate::config::{self, Account, Settings};
 use crate::domain::excerpt;
 use crate::domain::run::Trigger;
 use crate::domain::{AccountName, AppId, Mcc};
-use crate::provider::record::{CallLeg, Record, Settlement, SmsLeg, SnaLeg, Verification};
+use crate::provider::record::render_record;
 use crate::provider::{Class, ProviderClient};
 use crate::queue::runs::{self, HistoryFilter};
 use crate::queue::tick::{self, Preview, Verdict};
@@ -515,162 +515,6 @@ async fn status(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The human summary of a record: the verification, then every leg. It claims no more than the
-/// provider's page: where the page names no unit or currency, neither does the summary. Every
-/// text from the provider is [`excerpt::clean`]ed, so that it cannot drive the terminal.
-pub fn render_record(r: &Record) -> String {
-    let mut out = lines(&verification_header(r));
-    legs(&mut out, "sms", &r.sms, sms_leg);
-    legs(&mut out, "call", &r.call, call_leg);
-    legs(&mut out, "sna", &r.sna, sna_leg);
-    if r.sms.is_empty() && r.call.is_empty() && r.sna.is_empty() {
-        out.push_str("no delivery legs reported\n");
-    }
-    out
-}
-
-/// A line of the summary: its label (indented under a leg's title), then what the provider said.
-type Line = (&'static str, String);
-
-/// Labels in a column of their own, so that the values line up whatever their label.
-fn lines(rows: &[Line]) -> String {
-    rows.iter()
-        .map(|(label, value)| format!("{label:<10} {value}\n"))
-        .collect()
-}
-
-/// Every leg of one kind, numbered from 1 as the operator counts them.
-fn legs<T>(out: &mut String, kind: &str, items: &[T], leg_lines: fn(&T) -> Vec<Line>) {
-    for (i, leg) in items.iter().enumerate() {
-        out.push_str(&format!("{kind} #{}\n", i + 1));
-        out.push_str(&lines(&leg_lines(leg)));
-    }
-}
-
-fn verification_header(r: &Record) -> Vec<Line> {
-    let none = Verification::default();
-    let v = r.verifications.as_ref().unwrap_or(&none);
-    // The page sends the order id twice, at the top and in `verifications`: either will do.
-    let order = r.order_id.as_ref().or(v.order_id.as_ref()).cloned();
-    let matched = format!("{} ({})", v.matched_in_words(), number(&v.matched));
-    vec![
-        ("order", shown(&order)),
-        ("flow", number(&r.flow_id)),
-        ("channel", shown(&v.channel)),
-        ("receiver", shown(&v.ori_receiver)),
-        ("matched", matched),
-        // `verifiedDate` is the page's 校验时间, the time of the check, whatever its result.
-        ("checked at", shown(&v.verified_date)),
-    ]
-}
-
-fn sms_leg(s: &SmsLeg) -> Vec<Line> {
-    let status = format!("{} ({})", s.status_in_words(), shown(&s.reason));
-    let times = format!(
-        "submitted {}, sent {}, done {}",
-        shown(&s.submit_tm),
-        shown(&s.send_tm),
-        shown(&s.done_tm)
-    );
-    let sender = excerpt::clean(s.sender.as_deref().unwrap_or_default(), 64);
-    let network = format!(
-        "mcc {} mnc {}, sender {sender:?}",
-        number(&s.mcc),
-        number(&s.mnc)
-    );
-    let cost = format!(
-        "{} in total for {} (currency not stated by the provider); {}",
-        shown(&s.pay),
-        counted(&s.charge_cnt, "charged part", "charged parts"),
-        settled(&s.settlement)
-    );
-    vec![
-        ("  status", status),
-        ("  times", times),
-        ("  network", network),
-        ("  cost", cost),
-    ]
-}
-
-fn call_leg(c: &CallLeg) -> Vec<Line> {
-    // The page: terminationCode 0 success, any other a failure; terminationReason describes it.
-    let status = match (*c.termination_code, c.termination_reason.as_deref()) {
-        (Some(code), Some(why)) => {
-            format!("{} (code {code}: {})", c.status_in_words(), shown_text(why))
-        }
-        (Some(code), None) => format!("{} (code {code})", c.status_in_words()),
-        (None, _) => format!("{} ({})", c.status_in_words(), shown(&c.termination_reason)),
-    };
-    let times = format!(
-        "submitted {}, called {}, ringing {}, answered {}, hung up {}",
-        shown(&c.submit_time),
-        shown(&c.call_time),
-        shown(&c.ringing_time),
-        shown(&c.answer_time),
-        shown(&c.hangup_time)
-    );
-    // The page gives the durations no unit, the rate no time base, and `code` is the
-    // "regional supplier" (地区供应商), not a region.
-    let duration = format!(
-        "call {}, charged {} (unit not stated by the provider), billing {}, display number {}",
-        number(&c.call_duration),
-        number(&c.charged_duration),
-        shown(&c.bill_period),
-        shown(&c.display_num)
-    );
-    let cost = format!(
-        "{} USD, rate {} USD, regional supplier {}; {}",
-        shown(&c.cost),
-        shown(&c.rate),
-        shown(&c.code),
-        settled(&c.settlement)
-    );
-    vec![
-        ("  status", status),
-        ("  times", times),
-        ("  duration", duration),
-        ("  cost", cost),
-    ]
-}
-
-fn sna_leg(s: &SnaLeg) -> Vec<Line> {
-    let status = format!("{} ({})", s.status_in_words(), shown(&s.reason));
-    let times = format!(
-        "requested {}, answered {}",
-        shown(&s.post_verification_time),
-        shown(&s.verification_back_time)
-    );
-    let network = format!("mcc {} mnc {}", number(&s.mcc), number(&s.mnc));
-    vec![
-        ("  status", status),
-        ("  times", times),
-        ("  network", network),
-        ("  cost", settled(&s.settlement)),
-    ]
-}
-
-/// The settlement every leg carries, in the page's words: `settlePay` the total and
-/// `settlePrice` the unit price in the settlement currency (`settleCurrency`), `quoteExchange`
-/// the quoted exchange rate.
-fn settled(s: &Settlement) -> String {
-    let currency = shown(&s.settle_currency);
-    format!(
-        "settled {} {currency} in total (unit price {} {currency}, quoted exchange rate {})",
-        shown(&s.settle_pay),
-        shown(&s.settle_price),
-        shown(&s.quote_exchange)
-    )
-}
-
-/// A count with its noun in agreement ("1 charged part", "2 charged parts").
-fn counted(n: &Option<i64>, one: &str, many: &str) -> String {
-    match n {
-        Some(1) => format!("1 {one}"),
-        Some(n) => format!("{n} {many}"),
-        None => format!("an unreported number of {many}"),
-    }
-}
-
 /// The most characters of one text that a command prints: a provider's reason is capped at
 /// 500 and an error at 1,000 when stored, a source's value at nothing.
 const SHOWN_CHARS: usize = 1000;
@@ -684,8 +528,4 @@ fn shown_text(text: &str) -> String {
 /// [`shown_text`], or "-" where there is none.
 fn shown(text: &Option<String>) -> String {
     text.as_deref().map_or_else(|| "-".to_owned(), shown_text)
-}
-
-fn number(n: &Option<i64>) -> String {
-    n.map_or_else(|| "-".to_owned(), |n| n.to_string())
 }

@@ -759,13 +759,7 @@ fn https_unless_loopback(url: &reqwest::Url, what: &str) -> anyhow::Result<()> {
 }
 
 fn is_loopback(url: &reqwest::Url) -> bool {
-    let host = url.host_str().unwrap_or_default();
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    url.host_str().is_some_and(crate::domain::host::is_loopback)
 }
 
 // The allowed ranges, one per bounded setting, checked by `bounded`, `bounded_duration` and
@@ -1139,7 +1133,7 @@ mod tests {
     const MINIMAL: &str = "[provider]\napi_key = \"bDqJFiq9\"\napi_secret = \"7bz1lzh9\"\n";
 
     #[test]
-    fn the_shipped_example_config_is_valid_and_states_the_defaults() {
+    fn the_shipped_example_config_is_valid() {
         // As an operator fills it in: the key from the environment, the secret too.
         let env = |name: &str| match name {
             "BACKFILL_REPORTER_API_SECRET" => Some("s3cret".to_owned()),
@@ -1156,38 +1150,170 @@ mod tests {
             example.provider.accounts.get(None).unwrap().api_key,
             "acctKey1"
         );
+    }
+
+    /// Each `key = value` the example writes, commented out or not, with its `[section]`
+    /// (`accounts` for the commented `[[accounts]]` entry). A line of prose that happens to
+    /// hold " = " is returned as an `Err` with its key, for the caller to account for.
+    fn example_keys() -> Vec<Result<ExampleKey, String>> {
+        let mut lines = include_str!("../../config.example.toml").lines();
+        let (mut section, mut keys) = (String::new(), Vec::new());
+        while let Some(line) = lines.next() {
+            let (commented, text) = match line.strip_prefix('#') {
+                Some(rest) => (true, rest.trim_start()),
+                None => (false, line),
+            };
+            if let Some(name) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+                section = name.trim_matches(['[', ']']).to_owned();
+                continue;
+            }
+            let Some((key, mut value)) = text.split_once(" = ").map(|(k, v)| (k, v.to_owned()))
+            else {
+                continue;
+            };
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                continue;
+            }
+            if value == "\"\"\"" {
+                // A multi-line string, commented out line by line.
+                for more in lines.by_ref() {
+                    let more = more.strip_prefix('#').unwrap_or(more);
+                    value.push('\n');
+                    value.push_str(more.strip_prefix(' ').unwrap_or(more));
+                    if more.trim() == "\"\"\"" {
+                        break;
+                    }
+                }
+            }
+            keys.push(match format!("v = {value}").parse::<toml::Table>() {
+                Ok(mut table) => Ok(ExampleKey {
+                    name: format!("{section}.{key}"),
+                    value: table.remove("v").unwrap(),
+                    commented,
+                }),
+                Err(_) => Err(format!("{section}.{key}")),
+            });
+        }
+        keys
+    }
+
+    struct ExampleKey {
+        /// `section.key`.
+        name: String,
+        value: toml::Value,
+        commented: bool,
+    }
+
+    #[test]
+    fn every_default_the_example_states_is_the_default() {
+        let keys = example_keys();
+        let prose: Vec<&String> = keys.iter().filter_map(|k| k.as_ref().err()).collect();
+        assert_eq!(
+            prose,
+            ["database.pool_mode"],
+            "a key whose value is not TOML"
+        );
+        let keys: Vec<&ExampleKey> = keys.iter().filter_map(|k| k.as_ref().ok()).collect();
+        // Written in the example, but no default: what every operator must fill in.
+        const REQUIRED: [&str; 2] = ["provider.api_key", "database.url"];
         let defaults = parse(MINIMAL).unwrap();
+        // Settings has no PartialEq (its secrets have none); its Debug writes every field, a
+        // secret as [REDACTED]: two equal Debug texts are two equal settings.
+        let default_text = format!("{defaults:?}");
+        let stated: Vec<&ExampleKey> = keys
+            .iter()
+            .copied()
+            .filter(|k| !k.commented && !REQUIRED.contains(&k.name.as_str()))
+            .collect();
+        for key in &stated {
+            let (section, name) = key.name.split_once('.').unwrap();
+            let line = format!("{name} = {}\n", key.value);
+            let text = match section {
+                "provider" => format!("{MINIMAL}{line}"),
+                _ => format!("{MINIMAL}[{section}]\n{line}"),
+            };
+            let settings = parse(&text).unwrap_or_else(|e| panic!("{}: {e:#}", key.name));
+            assert_eq!(
+                format!("{settings:?}"),
+                default_text,
+                "the example states {} = {}, which is not its default",
+                key.name,
+                key.value
+            );
+        }
+        // So that a parser that found nothing cannot pass.
+        let names: Vec<&str> = stated.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(
-            example.provider.request_timeout,
-            defaults.provider.request_timeout
+            names,
+            [
+                "provider.base_url",
+                "provider.request_timeout",
+                "provider.concurrency",
+                "provider.max_in_flight",
+                "provider.retry_backoff",
+                "database.pooler",
+                "database.max_connections",
+                "database.statement_timeout",
+                "database.keep",
+                "source.window",
+                "source.min_cardinal",
+                "source.apps",
+                "source.keep",
+                "source.sums",
+                "schedule.cron",
+                "schedule.timezone",
+                "alarm.drop_points",
+                "alarm.baseline_samples",
+            ]
         );
+
+        // Commented out: a key that is unset by default, shown with an example value, or one
+        // of the other ways to give the secret and the accounts.
+        let unset_by_default = [
+            (
+                "provider.retry_deadline",
+                defaults.provider.retry_deadline.is_none(),
+            ),
+            (
+                "provider.max_attempts",
+                defaults.provider.max_attempts.is_none(),
+            ),
+            (
+                "database.direct_url",
+                defaults.database.direct_url.is_none(),
+            ),
+            ("database.ca_file", defaults.database.ca_file.is_none()),
+            ("source.query", defaults.source.query.is_none()),
+            ("alarm.webhook_url", defaults.alarm.webhook_url.is_none()),
+            ("metrics.listen", defaults.metrics.listen.is_none()),
+        ];
+        for (name, unset) in unset_by_default {
+            assert!(
+                unset,
+                "{name} is set by default, the example shows it unset"
+            );
+        }
+        let alternatives = [
+            "provider.api_secret",
+            "provider.api_secret_file",
+            "accounts.name",
+            "accounts.api_key",
+            "accounts.api_secret_file",
+            "accounts.apps",
+        ];
+        let mut commented: Vec<&str> = keys
+            .iter()
+            .filter(|k| k.commented)
+            .map(|k| k.name.as_str())
+            .collect();
+        let mut known: Vec<&str> = unset_by_default.iter().map(|(name, _)| *name).collect();
+        known.extend(alternatives);
+        commented.sort_unstable();
+        known.sort_unstable();
         assert_eq!(
-            example.provider.max_in_flight,
-            defaults.provider.max_in_flight
+            commented, known,
+            "a commented-out key of the example is unaccounted for"
         );
-        assert_eq!(example.provider.concurrency, defaults.provider.concurrency);
-        assert_eq!(example.source.keep, defaults.source.keep);
-        assert_eq!(example.source.incremental, defaults.source.incremental);
-        assert_eq!(
-            example.provider.max_attempts,
-            defaults.provider.max_attempts
-        );
-        assert_eq!(
-            example.provider.retry_backoff,
-            defaults.provider.retry_backoff
-        );
-        assert_eq!(
-            example.database.max_connections,
-            defaults.database.max_connections
-        );
-        assert_eq!(
-            example.database.statement_timeout,
-            defaults.database.statement_timeout
-        );
-        assert_eq!(example.database.keep, defaults.database.keep);
-        assert_eq!(example.database.pooler, defaults.database.pooler);
-        assert!(example.database.direct_url.is_none());
-        assert_eq!(example.source.window, defaults.source.window);
     }
 
     #[test]
@@ -1331,6 +1457,7 @@ mod tests {
             "https://hooks.example/T000/B000/XXXX",
             "http://127.0.0.1:9000/hook",
             "http://[::1]/hook",
+            "http://[::ffff:127.0.0.1]/hook",
             "http://localhost/hook",
         ] {
             parse(&format!("{MINIMAL}[alarm]\nwebhook_url = {ok:?}\n")).unwrap();
@@ -1790,6 +1917,12 @@ mod tests {
             ("HTTP://127.0.0.1:8080/otp/", "http://127.0.0.1:8080/otp"),
             ("Https://API.example.com/otp", "https://api.example.com/otp"),
             ("https://api.example.com", "https://api.example.com"),
+            ("http://LOCALHOST/otp", "http://localhost/otp"),
+            // IPv4-mapped loopback, as the url crate writes it: this machine too.
+            (
+                "http://[::ffff:127.0.0.1]/otp",
+                "http://[::ffff:7f00:1]/otp",
+            ),
         ] {
             let s = parse(&format!("{MINIMAL}base_url = {written:?}\n")).unwrap();
             assert_eq!(s.provider.base_url, read);

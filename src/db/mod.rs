@@ -157,22 +157,10 @@ fn tls_required_by_default(url: &str, options: &PgConnectOptions) -> bool {
 
 /// A Unix socket, `localhost` or a loopback address: traffic that never leaves the machine.
 pub fn is_local(options: &PgConnectOptions) -> bool {
-    if options.get_socket().is_some() {
-        return true;
-    }
     let host = options.get_host();
-    host.starts_with('/')
-        || host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| match ip {
-                std::net::IpAddr::V4(v4) => v4.is_loopback(),
-                std::net::IpAddr::V6(v6) => {
-                    v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-                }
-            })
+    options.get_socket().is_some()
+        || host.starts_with('/')
+        || crate::domain::host::is_loopback(host)
 }
 
 /// What protects the connection, in words.

@@ -3,6 +3,7 @@
 //! This module owns the rules; it does no I/O.
 
 pub mod excerpt;
+pub mod host;
 pub mod mcc;
 pub mod rate;
 pub mod run;

@@ -1,10 +1,13 @@
 //! The record of one send, as the provider's `orderId/record` page describes it, parsed
 //! leniently, and the provider's codes for it in words. The page's table and its example
 //! disagree, and the `record` command must show what it can of any answer. It does no I/O and
-//! knows nothing of signing or classification: `provider` fetches a record, `commands` prints it.
+//! knows nothing of signing or classification: `provider` fetches a record, [`render_record`]
+//! words it for the operator, `commands` prints that.
 
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::domain::excerpt;
 
 /// The `data` of a record lookup. The page's table and its example disagree in places, and a
 /// debugging command must show what it can of any answer, so every field is optional and
@@ -267,6 +270,177 @@ fn first_object<'de, D: Deserializer<'de>, T: DeserializeOwned>(
     Ok((!items.is_empty()).then(|| items.swap_remove(0)))
 }
 
+/// The human summary of a record: the verification, then every leg. It claims no more than the
+/// provider's page: where the page names no unit or currency, neither does the summary. Every
+/// text from the provider is [`excerpt::clean`]ed, so that it cannot drive the terminal.
+pub fn render_record(r: &Record) -> String {
+    let mut out = lines(&verification_header(r));
+    each_leg(&mut out, "sms", &r.sms, sms_leg);
+    each_leg(&mut out, "call", &r.call, call_leg);
+    each_leg(&mut out, "sna", &r.sna, sna_leg);
+    if r.sms.is_empty() && r.call.is_empty() && r.sna.is_empty() {
+        out.push_str("no delivery legs reported\n");
+    }
+    out
+}
+
+/// A line of the summary: its label (indented under a leg's title), then what the provider said.
+type Line = (&'static str, String);
+
+/// Labels in a column of their own, so that the values line up whatever their label.
+fn lines(rows: &[Line]) -> String {
+    rows.iter()
+        .map(|(label, value)| format!("{label:<10} {value}\n"))
+        .collect()
+}
+
+/// Every leg of one kind, numbered from 1 as the operator counts them.
+fn each_leg<T>(out: &mut String, kind: &str, items: &[T], leg_lines: fn(&T) -> Vec<Line>) {
+    for (i, leg) in items.iter().enumerate() {
+        out.push_str(&format!("{kind} #{}\n", i + 1));
+        out.push_str(&lines(&leg_lines(leg)));
+    }
+}
+
+fn verification_header(r: &Record) -> Vec<Line> {
+    let none = Verification::default();
+    let v = r.verifications.as_ref().unwrap_or(&none);
+    // The page sends the order id twice, at the top and in `verifications`: either will do.
+    let order = r.order_id.as_ref().or(v.order_id.as_ref()).cloned();
+    let matched = format!("{} ({})", v.matched_in_words(), number(&v.matched));
+    vec![
+        ("order", shown(&order)),
+        ("flow", number(&r.flow_id)),
+        ("channel", shown(&v.channel)),
+        ("receiver", shown(&v.ori_receiver)),
+        ("matched", matched),
+        // `verifiedDate` is the page's 校验时间, the time of the check, whatever its result.
+        ("checked at", shown(&v.verified_date)),
+    ]
+}
+
+fn sms_leg(s: &SmsLeg) -> Vec<Line> {
+    let status = format!("{} ({})", s.status_in_words(), shown(&s.reason));
+    let times = format!(
+        "submitted {}, sent {}, done {}",
+        shown(&s.submit_tm),
+        shown(&s.send_tm),
+        shown(&s.done_tm)
+    );
+    let sender = excerpt::clean(s.sender.as_deref().unwrap_or_default(), 64);
+    let network = format!(
+        "mcc {} mnc {}, sender {sender:?}",
+        number(&s.mcc),
+        number(&s.mnc)
+    );
+    let cost = format!(
+        "{} in total for {} (currency not stated by the provider); {}",
+        shown(&s.pay),
+        counted(&s.charge_cnt, "charged part", "charged parts"),
+        settled(&s.settlement)
+    );
+    vec![
+        ("  status", status),
+        ("  times", times),
+        ("  network", network),
+        ("  cost", cost),
+    ]
+}
+
+fn call_leg(c: &CallLeg) -> Vec<Line> {
+    // The page: terminationCode 0 success, any other a failure; terminationReason describes it.
+    let status = match (*c.termination_code, c.termination_reason.as_deref()) {
+        (Some(code), Some(why)) => {
+            format!("{} (code {code}: {})", c.status_in_words(), shown_text(why))
+        }
+        (Some(code), None) => format!("{} (code {code})", c.status_in_words()),
+        (None, _) => format!("{} ({})", c.status_in_words(), shown(&c.termination_reason)),
+    };
+    let times = format!(
+        "submitted {}, called {}, ringing {}, answered {}, hung up {}",
+        shown(&c.submit_time),
+        shown(&c.call_time),
+        shown(&c.ringing_time),
+        shown(&c.answer_time),
+        shown(&c.hangup_time)
+    );
+    // The page gives the durations no unit, the rate no time base, and `code` is the
+    // "regional supplier" (地区供应商), not a region.
+    let duration = format!(
+        "call {}, charged {} (unit not stated by the provider), billing {}, display number {}",
+        number(&c.call_duration),
+        number(&c.charged_duration),
+        shown(&c.bill_period),
+        shown(&c.display_num)
+    );
+    let cost = format!(
+        "{} USD, rate {} USD, regional supplier {}; {}",
+        shown(&c.cost),
+        shown(&c.rate),
+        shown(&c.code),
+        settled(&c.settlement)
+    );
+    vec![
+        ("  status", status),
+        ("  times", times),
+        ("  duration", duration),
+        ("  cost", cost),
+    ]
+}
+
+fn sna_leg(s: &SnaLeg) -> Vec<Line> {
+    let status = format!("{} ({})", s.status_in_words(), shown(&s.reason));
+    let times = format!(
+        "requested {}, answered {}",
+        shown(&s.post_verification_time),
+        shown(&s.verification_back_time)
+    );
+    let network = format!("mcc {} mnc {}", number(&s.mcc), number(&s.mnc));
+    vec![
+        ("  status", status),
+        ("  times", times),
+        ("  network", network),
+        ("  cost", settled(&s.settlement)),
+    ]
+}
+
+/// The settlement every leg carries, in the page's words: `settlePay` the total and
+/// `settlePrice` the unit price in the settlement currency (`settleCurrency`), `quoteExchange`
+/// the quoted exchange rate.
+fn settled(s: &Settlement) -> String {
+    let currency = shown(&s.settle_currency);
+    format!(
+        "settled {} {currency} in total (unit price {} {currency}, quoted exchange rate {})",
+        shown(&s.settle_pay),
+        shown(&s.settle_price),
+        shown(&s.quote_exchange)
+    )
+}
+
+/// A count with its noun in agreement ("1 charged part", "2 charged parts").
+fn counted(n: &Option<i64>, one: &str, many: &str) -> String {
+    match n {
+        Some(1) => format!("1 {one}"),
+        Some(n) => format!("{n} {many}"),
+        None => format!("an unreported number of {many}"),
+    }
+}
+
+/// Text from the provider for the terminal, [`excerpt::line`]d (at most 1,000 characters,
+/// control and bidi characters escaped) so that it cannot drive it.
+fn shown_text(text: &str) -> String {
+    excerpt::line(text)
+}
+
+/// [`shown_text`], or "-" where there is none.
+fn shown(text: &Option<String>) -> String {
+    text.as_deref().map_or_else(|| "-".to_owned(), shown_text)
+}
+
+fn number(n: &Option<i64>) -> String {
+    n.map_or_else(|| "-".to_owned(), |n| n.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,5 +550,76 @@ mod tests {
         assert!(r.sna.is_empty());
         let empty: Record = serde_json::from_str("{}").unwrap();
         assert_eq!(empty, Record::default());
+    }
+
+    #[test]
+    fn the_summary_lines_up_its_labels_and_numbers_each_leg_from_1() {
+        let r: Record = serde_json::from_value(serde_json::json!({
+            "orderId": "1234566",
+            "flowId": 7,
+            "verifications": {"matched": 0, "channel": "sms", "verifiedDate": "2022-07-12"},
+            "sms": [
+                {"status": 0, "reason": "ok", "chargeCnt": 1, "pay": "0.2", "mcc": 460, "mnc": 1,
+                 "sender": "Shop", "settlePay": "0.1", "currency": "EUR"},
+                {"status": -1, "chargeCnt": 3}
+            ],
+            "sna": {"status": -1, "mcc": "510"}
+        }))
+        .unwrap();
+
+        let text = render_record(&r);
+
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[..6],
+            [
+                "order      1234566",
+                "flow       7",
+                "channel    sms",
+                "receiver   -",
+                "matched    verified (0)",
+                "checked at 2022-07-12",
+            ],
+            "{text}"
+        );
+        assert_eq!(lines[6], "sms #1", "{text}");
+        assert_eq!(lines[7], "  status   success (ok)", "{text}");
+        assert_eq!(
+            lines[9], "  network  mcc 460 mnc 1, sender \"Shop\"",
+            "{text}"
+        );
+        assert!(lines[10].starts_with("  cost     0.2 in total for 1 charged part (currency not stated by the provider); settled 0.1 EUR in total"), "{text}");
+        assert_eq!(lines[11], "sms #2", "{text}");
+        assert_eq!(lines[12], "  status   sending (-)", "{text}");
+        assert!(text.contains("for 3 charged parts"), "{text}");
+        assert!(
+            text.contains("sna #1\n  status   not verified (-)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("call #"), "{text}");
+        assert!(!text.contains("no delivery legs"), "{text}");
+    }
+
+    #[test]
+    fn an_empty_record_says_so_and_provider_text_cannot_drive_the_terminal() {
+        let empty = render_record(&Record::default());
+        assert!(empty.starts_with("order      -\nflow       -\n"), "{empty}");
+        assert!(empty.contains("matched    not reported (-)\n"), "{empty}");
+        assert!(empty.ends_with("no delivery legs reported\n"), "{empty}");
+
+        let r: Record = serde_json::from_value(serde_json::json!({
+            "orderId": "a\u{1b}[2Jb",
+            "call": [{"terminationCode": 5, "terminationReason": "x\u{202e}y"}],
+            "sms": [{"sender": "\u{1b}]0;title\u{7}"}]
+        }))
+        .unwrap();
+        let text = render_record(&r);
+        assert!(
+            !text
+                .chars()
+                .any(|c| c == '\u{1b}' || c == '\u{202e}' || c == '\u{7}'),
+            "{text:?}"
+        );
+        assert!(text.contains("status   failed (code 5: x"), "{text}");
     }
 }

@@ -64,6 +64,107 @@ impl PairAlarm {
         let hundredths = i32::from(self.baseline.hundredths()) - i32::from(self.rate.hundredths());
         f64::from(hundredths) / 100.0
     }
+
+    /// This alarm in words, in `form`.
+    pub fn words(&self, form: AlarmForm) -> AlarmWords<'_> {
+        AlarmWords {
+            app_id: &self.app_id,
+            mcc: &self.mcc,
+            country: &self.country,
+            rate: &self.rate,
+            baseline: &self.baseline,
+            backfill_number: self.backfill_number.as_deref(),
+            cardinal_number: self.cardinal_number.as_deref(),
+            form,
+        }
+    }
+}
+
+/// One pair's alarm as people read it. Its facts (the route, the rate, the codes typed back,
+/// the baseline) are worded here and nowhere else, in the form each reader gets: the WARN
+/// line, a line of the webhook's text, and `status`'s two lines under its table.
+#[derive(Clone, Copy)]
+pub struct AlarmWords<'a> {
+    pub app_id: &'a str,
+    pub mcc: &'a str,
+    pub country: &'a str,
+    /// Written as the rate was sent ("12.5"), or "-": a [`Rate`], or its text.
+    pub rate: &'a dyn std::fmt::Display,
+    /// Written as `rate` is.
+    pub baseline: &'a dyn std::fmt::Display,
+    pub backfill_number: Option<&'a str>,
+    pub cardinal_number: Option<&'a str>,
+    pub form: AlarmForm,
+}
+
+/// Where an alarm is read, which decides how much of it is said.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AlarmForm {
+    /// The WARN line: how far below its baseline the rate fell, what the baseline is the median
+    /// of, and since when the alarm fires (once the webhook took it).
+    Log {
+        points_below: f64,
+        samples: u32,
+        since: Option<DateTime<Utc>>,
+    },
+    /// A line of the webhook's `text`.
+    Webhook,
+    /// `status`: a heading, then the codes and since when it fires, indented under it.
+    Status { since: Option<DateTime<Utc>> },
+}
+
+impl std::fmt::Display for AlarmWords<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            app_id: app,
+            mcc,
+            country,
+            rate,
+            baseline,
+            ..
+        } = *self;
+        let codes = format!(
+            "{} of {} codes typed back",
+            self.backfill_number.unwrap_or("?"),
+            self.cardinal_number.unwrap_or("?")
+        );
+        match self.form {
+            AlarmForm::Log {
+                points_below,
+                samples,
+                since,
+            } => {
+                write!(
+                    f,
+                    "backfill rate for {country} (mcc {mcc}) of app {app} fell to {rate}% \
+                     ({codes}), {points_below:.2} points below its baseline of {baseline}% \
+                     (median of up to {samples} earlier reports)"
+                )?;
+                match since {
+                    Some(s) => write!(
+                        f,
+                        "; alarm firing since {}",
+                        s.format("%Y-%m-%d %H:%M:%S UTC")
+                    ),
+                    None => Ok(()),
+                }
+            }
+            AlarmForm::Webhook => write!(
+                f,
+                "• {country} (mcc {mcc}), app {app}: {rate}% ({codes}), baseline {baseline}%"
+            ),
+            AlarmForm::Status { since } => {
+                write!(
+                    f,
+                    "ALARM {app} {mcc} {country}: {rate}% vs baseline {baseline}%\n      {codes}"
+                )?;
+                match since {
+                    Some(s) => write!(f, "; firing since {}", s.format("%Y-%m-%d %H:%M UTC")),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
 }
 
 /// A rate as a JSON string in the form sent ("12.5"), as the webhook's alerts have it.
@@ -200,26 +301,19 @@ fn stored_rate(hundredths: Option<i32>, column: &str) -> anyhow::Result<Rate> {
 fn report(settings: &Settings, evaluation: &Evaluation) {
     let samples = settings.alarm.baseline_samples;
     for p in evaluation.dropped.iter().take(MAX_LOG_LINES) {
+        let form = AlarmForm::Log {
+            points_below: p.drop_points(),
+            samples,
+            since: p.since.filter(|_| p.notified),
+        };
         tracing::warn!(
             app_id = %p.app_id,
             mcc = %p.mcc,
             country = %p.country,
             rate = %p.rate,
             baseline = %p.baseline,
-            "backfill rate for {} (mcc {}) of app {} fell to {}% ({} of {} codes typed back), \
-             {:.2} points below its baseline of {}% (median of up to {samples} earlier reports){}",
-            p.country,
-            p.mcc,
-            p.app_id,
-            p.rate,
-            p.backfill_number.as_deref().unwrap_or("?"),
-            p.cardinal_number.as_deref().unwrap_or("?"),
-            p.drop_points(),
-            p.baseline,
-            p.since
-                .filter(|_| p.notified)
-                .map(|s| format!("; alarm firing since {}", s.format("%Y-%m-%d %H:%M:%S UTC")))
-                .unwrap_or_default()
+            "{}",
+            p.words(form)
         );
     }
     if evaluation.dropped.len() > MAX_LOG_LINES {
@@ -310,16 +404,7 @@ pub fn alert_text(alerts: &[PairAlarm], drop_points: f64) -> String {
         if alerts.len() == 1 { "" } else { "s" }
     );
     for p in sorted.iter().take(MAX_TEXT_LINES) {
-        text.push_str(&format!(
-            "\n• {} (mcc {}), app {}: {}% ({} of {} codes typed back), baseline {}%",
-            p.country,
-            p.mcc,
-            p.app_id,
-            p.rate,
-            p.backfill_number.as_deref().unwrap_or("?"),
-            p.cardinal_number.as_deref().unwrap_or("?"),
-            p.baseline
-        ));
+        text.push_str(&format!("\n{}", p.words(AlarmForm::Webhook)));
     }
     if sorted.len() > MAX_TEXT_LINES {
         text.push_str(&format!(
@@ -480,6 +565,42 @@ mod tests {
             text.ends_with("… and 5 more (backfill-reporter status)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn one_alarm_is_worded_for_the_log_the_webhook_and_status() {
+        use chrono::TimeZone;
+        let mut p = pair("demoShop", "510", "7.74", "76.27");
+        p.backfill_number = Some("25".into());
+        p.cardinal_number = Some("323".into());
+        let since = Some(Utc.with_ymd_and_hms(2026, 1, 31, 20, 0, 5).unwrap());
+        let log = |since| AlarmForm::Log {
+            points_below: p.drop_points(),
+            samples: 6,
+            since,
+        };
+        let warn = "backfill rate for Indonesia (mcc 510) of app demoShop fell to 7.74% (25 of 323 \
+                    codes typed back), 68.53 points below its baseline of 76.27% (median of up to 6 \
+                    earlier reports)";
+        assert_eq!(p.words(log(None)).to_string(), warn);
+        assert_eq!(
+            p.words(log(since)).to_string(),
+            format!("{warn}; alarm firing since 2026-01-31 20:00:05 UTC")
+        );
+        assert_eq!(
+            p.words(AlarmForm::Webhook).to_string(),
+            "• Indonesia (mcc 510), app demoShop: 7.74% (25 of 323 codes typed back), baseline 76.27%"
+        );
+        assert_eq!(
+            p.words(AlarmForm::Status { since }).to_string(),
+            "ALARM demoShop 510 Indonesia: 7.74% vs baseline 76.27%\n      25 of 323 codes typed \
+             back; firing since 2026-01-31 20:00 UTC"
+        );
+        p.backfill_number = None;
+        assert!(p
+            .words(AlarmForm::Webhook)
+            .to_string()
+            .contains("(? of 323 codes typed back)"));
     }
 
     #[test]

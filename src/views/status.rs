@@ -297,26 +297,31 @@ fn legend(out: &mut String, pairs: usize, firing: usize, alarm: &AlarmSettings) 
     );
 }
 
-/// The numbers behind a firing alarm, in two lines.
+/// The numbers behind a firing alarm, in two lines, each cut to 79 columns.
 fn alarm_lines(out: &mut String, r: &StatusRow, paint: Paint) {
-    let head = format!(
-        "ALARM {} {} {}: {}% vs baseline {}%",
+    use crate::views::alarm::{AlarmForm, AlarmWords};
+    let (app_id, mcc, rate, baseline) = (
         shown(&r.app_id),
         shown(&r.mcc),
-        r.country,
         pct(r.rate),
         pct(r.baseline),
     );
-    let detail = format!(
-        "      {} of {} codes typed back{}",
-        r.backfill_number.as_deref().unwrap_or("?"),
-        r.cardinal_number.as_deref().unwrap_or("?"),
-        r.alarm_since
-            .map(|s| format!("; firing since {}", s.format("%Y-%m-%d %H:%M UTC")))
-            .unwrap_or_default()
-    );
-    let _ = writeln!(out, "{}", paint.apply(fit(&head, 79), RED));
-    let _ = writeln!(out, "{}", fit(&detail, 79));
+    let words = AlarmWords {
+        app_id: &app_id,
+        mcc: &mcc,
+        country: &r.country,
+        rate: &rate,
+        baseline: &baseline,
+        backfill_number: r.backfill_number.as_deref(),
+        cardinal_number: r.cardinal_number.as_deref(),
+        form: AlarmForm::Status {
+            since: r.alarm_since,
+        },
+    }
+    .to_string();
+    let (head, detail) = words.split_once('\n').unwrap_or((&words, ""));
+    let _ = writeln!(out, "{}", paint.apply(fit(head, 79), RED));
+    let _ = writeln!(out, "{}", fit(detail, 79));
 }
 
 /// The rows as one JSON array, [safe for a terminal](crate::domain::excerpt::clean_json) with the same

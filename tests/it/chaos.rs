@@ -189,10 +189,7 @@ impl PgServer {
     /// Panics, with the line that installs them, when no PostgreSQL server binaries are
     /// installed: a drill that cannot run must not pass.
     pub fn start() -> Self {
-        let bin = find_bin().expect(
-            "no PostgreSQL server binaries (initdb) under /usr/lib/postgresql: run scripts/test-db \
-             (or apt-get install postgresql)",
-        );
+        let bin = server_binaries();
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -279,14 +276,35 @@ fn is_root() -> bool {
         })
 }
 
+/// The directory of the PostgreSQL server binaries (`initdb`, `pg_ctl`): the newest
+/// `/usr/lib/postgresql/N/bin`, else one on PATH. Panics with the line that installs them when
+/// there are none: a test that needs a server of its own must fail, never pass unrun.
+pub fn server_binaries() -> PathBuf {
+    find_bin().expect(
+        "no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql or on PATH: \
+         run scripts/test-db (or apt-get install postgresql)",
+    )
+}
+
 fn find_bin() -> Option<PathBuf> {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|b| b.join("initdb").exists())
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
         .collect();
+    // By number: 9.6 < 10 < 15, which a sort of the paths would get wrong past 9.
     versions.sort();
-    versions.pop()
+    versions.pop().map(|(_, bin)| bin).or_else(|| {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .find(|dir| dir.join("initdb").exists() && dir.join("pg_ctl").exists())
+        })
+    })
 }
 
 fn run(cmd: &mut Command) {

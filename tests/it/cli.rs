@@ -1,5 +1,7 @@
 //! The binary as operators use it: exit codes, what it prints, what it never prints.
 
+use backfill_reporter::app::cli::Cli;
+use clap::CommandFactory;
 use sqlx::PgPool;
 
 use crate::fake_provider::{docs_record_example, Scripted};
@@ -146,12 +148,44 @@ async fn the_secret_never_reaches_the_output_even_at_trace_level(pool: PgPool) {
     assert!(!all.contains(sign.as_str()), "the signature leaked");
 }
 
+/// The subcommands by name: the systemd unit, the package's scripts, the README and every
+/// operator's cron job call them so, so a rename breaks them and must show up here.
+const SUBCOMMANDS: [&str; 6] = ["run", "record", "migrate", "check", "history", "status"];
+
 #[tokio::test]
-async fn help_and_version_work_without_a_config() {
+async fn help_and_version_work_without_a_config_and_name_every_subcommand() {
+    let defined: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    assert_eq!(
+        defined, SUBCOMMANDS,
+        "a subcommand was added, renamed or removed"
+    );
+
     let out = isolated(BIN).arg("--help").output().await.unwrap();
+
+    assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["run", "record", "migrate", "check", "history"] {
-        assert!(help.contains(cmd), "{help}");
+    // The first word of each entry under "Commands:" (a wrapped description goes deeper).
+    let listed: Vec<&str> = help
+        .lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter(|l| !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(listed[..SUBCOMMANDS.len()], SUBCOMMANDS, "{help}");
+    assert_eq!(listed[SUBCOMMANDS.len()..], ["help"], "{help}");
+    for name in SUBCOMMANDS {
+        let out = isolated(BIN).args([name, "--help"]).output().await.unwrap();
+        let usage = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{name} --help: {usage}");
+        assert!(
+            usage.contains(&format!("Usage: backfill-reporter {name}")),
+            "{name} --help: {usage}"
+        );
     }
     let out = isolated(BIN).arg("--version").output().await.unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("backfill-reporter "));

@@ -1,9 +1,13 @@
 //! Failure drills on the queue, with the real binary where a process must die: a kill -9 in
 //! the middle of a cycle, every database session cut, a flaky provider, the database stopped
-//! for two minutes, the provider unreachable for half a minute, two instances sharing the work,
-//! an upgrade from the previous release with rows still pending, and retention.
+//! across six ticks, the provider unreachable until the breaker's probes have failed, two
+//! instances sharing the work, an upgrade from the previous release with rows still pending,
+//! and retention. Each outage lasts until what it drills has happened (ticks replaced, probes
+//! failed), polled against a deadline, never for a fixed time.
 
 use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
@@ -197,8 +201,77 @@ async fn thirty_percent_transient_failures_still_end_with_every_pair_succeeded(p
     eprintln!("transient drill: 200 of 200 succeeded, {retried} of them after a retry");
 }
 
+/// Provider attempts that failed so far: every attempt of a row still pending or failed, all
+/// but the last of a row that succeeded.
+async fn failed_attempts(app: &TestApp) -> i64 {
+    app.count(
+        "SELECT COALESCE(sum(attempts), 0) - count(*) FILTER (WHERE state = 'succeeded') \
+         FROM report_submissions",
+    )
+    .await
+}
+
+/// `run --once` with its stderr readable while it runs.
+struct Watched {
+    child: tokio::process::Child,
+    stderr: Arc<Mutex<String>>,
+    reader: tokio::task::JoinHandle<()>,
+    stdout: tokio::task::JoinHandle<String>,
+}
+
+impl Watched {
+    fn spawn(mut command: tokio::process::Command) -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run --once starts");
+        let mut out = child.stdout.take().unwrap();
+        let stdout = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text).await;
+            text
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Self {
+            child,
+            stderr,
+            reader,
+            stdout,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The exit code, stdout and stderr, once the process has ended by itself.
+    async fn finished(mut self, limit: Duration) -> (Option<i32>, String, String) {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("run --once ends")
+            .unwrap();
+        let _ = self.reader.await;
+        let stdout = self.stdout.await.unwrap();
+        let stderr = self.stderr.lock().unwrap().clone();
+        (status.code(), stdout, stderr)
+    }
+}
+
 #[sqlx::test]
-async fn the_provider_unreachable_for_30_s_is_waited_out_with_a_handful_of_log_lines(pool: PgPool) {
+async fn the_provider_unreachable_across_failed_probes_is_waited_out_with_a_handful_of_log_lines(
+    pool: PgPool,
+) {
     let placeholder = TestApp::new(pool).await;
     let proxy = Proxy::start(placeholder.provider.addr).await;
     let config = TestConfig {
@@ -213,27 +286,29 @@ async fn the_provider_unreachable_for_30_s_is_waited_out_with_a_handful_of_log_l
     seed_pairs(&app, Utc::now() - chrono::Duration::minutes(30), 300).await;
     app.provider.set_latency(Duration::from_millis(20));
 
-    let run = tokio::spawn({
-        let cmd = app.command(&["run", "--once"]).output();
-        async move { cmd.await.unwrap() }
-    });
+    let run = Watched::spawn(app.command(&["run", "--once"]));
     eventually(Duration::from_secs(20), "50 requests answered", || async {
         app.provider.backfill_bodies().len() >= 50
     })
     .await;
     proxy.down();
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    let down_at = std::time::Instant::now();
+    eventually(Duration::from_secs(20), "the breaker opened", || async {
+        run.stderr().contains("provider unreachable")
+    })
+    .await;
+    // Down until the breaker's probes (1 s, then 2 s apart) have failed twice more than the
+    // attempts cut with the link: the drill covers the probing, not only the cut.
+    let at_open = failed_attempts(&app).await;
+    eventually(Duration::from_secs(30), "two failed probes", || async {
+        failed_attempts(&app).await >= at_open + 2
+    })
+    .await;
+    let outage = down_at.elapsed();
     proxy.up().await;
-    let out = tokio::time::timeout(Duration::from_secs(90), run)
-        .await
-        .expect("run --once ends")
-        .unwrap();
+    let (code, stdout, stderr) = run.finished(Duration::from_secs(90)).await;
 
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("300 pairs, 300 succeeded"), "{stdout}");
     assert_eq!(deliveries(&app).len(), 300);
     let retries = app
@@ -254,7 +329,8 @@ async fn the_provider_unreachable_for_30_s_is_waited_out_with_a_handful_of_log_l
         "a handful of lines:\n{stderr}"
     );
     eprintln!(
-        "provider-down drill: 300 of 300 succeeded, {retries} retries, {} log lines",
+        "provider-down drill: down {:.1}s, 300 of 300 succeeded, {retries} retries, {} log lines",
+        outage.as_secs_f64(),
         stderr.lines().count()
     );
 }
@@ -292,7 +368,9 @@ async fn two_instances_share_the_work_and_send_every_pair_exactly_once(pool: PgP
 }
 
 #[sqlx::test]
-async fn a_database_stopped_for_two_minutes_is_waited_out_and_its_tick_reported(_pool: PgPool) {
+async fn a_database_stopped_across_six_ticks_is_waited_out_and_a_tick_of_it_reported_late(
+    _pool: PgPool,
+) {
     let server = PgServer::start();
     let admin = PgPool::connect(&server.url("postgres")).await.unwrap();
     sqlx::query("CREATE DATABASE drill")
@@ -320,13 +398,28 @@ async fn a_database_stopped_for_two_minutes_is_waited_out_and_its_tick_reported(
     let mut daemon = Daemon::start(&app);
     daemon.wait_log("cycle for", Duration::from_secs(30)).await;
     app.pool.close().await;
+    let logged_before = daemon.log().len();
+    // "was never claimed": the line of a tick replaced, unclaimed, by the next (a failed
+    // claim's line says "replaces it" too).
+    let replaced = || {
+        daemon.log()[logged_before..]
+            .matches("was never claimed")
+            .count()
+    };
     let stopped_at = Utc::now();
     server.stop();
-    tokio::time::sleep(Duration::from_secs(120)).await;
+    // Down across six ticks (20 s apart, so that a claim can outlast the pool's 10 s acquire
+    // timeout and fail), until the fifth is replaced by the sixth, then back 2 s after that
+    // sixth tick: a claim retried since an earlier failure is then in flight, and lands
+    // early in the interval, with time left to send before the next tick.
+    eventually(
+        Duration::from_secs(180),
+        "five ticks of the outage replaced",
+        || async { replaced() >= 5 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(daemon.is_running(), "the daemon waits the outage out");
-    // Back 2 s after a tick (every 20 s), so that tick is claimed late before the next one.
-    let second = Utc::now().timestamp() % 20;
-    tokio::time::sleep(Duration::from_secs(((22 - second) % 20) as u64)).await;
     server.start_again();
     let restarted_at = Utc::now();
     let pool = PgPool::connect(&app.db_url).await.unwrap();
@@ -343,13 +436,18 @@ async fn a_database_stopped_for_two_minutes_is_waited_out_and_its_tick_reported(
         .await
         .unwrap()
     };
-    eventually(
-        Duration::from_secs(30),
-        "a tick of the outage reported",
-        || async { outage_tick().await.is_some() },
-    )
-    .await;
-    let late = outage_tick().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let late = loop {
+        if let Some(late) = outage_tick().await {
+            break late;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no tick of the outage reported within 30 s of the restart:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let Stopped { code, log } = daemon.stop().await;
 
     assert_eq!(code, 0, "{log}");
