@@ -180,6 +180,24 @@ pub enum Transport {
 }
 
 impl<T> Exchange<T> {
+    /// A transient answer with only its transport and HTTP status set: what the unit tests of
+    /// the classification build on.
+    #[cfg(test)]
+    pub(crate) fn transient_for_test(transport: Option<Transport>, http: Option<u16>) -> Self {
+        Self {
+            class: Class::Transient,
+            provider_status: None,
+            reason: None,
+            http_status: http,
+            error: None,
+            data: None,
+            body: None,
+            timestamp: 0,
+            retry_after: None,
+            transport,
+        }
+    }
+
     /// The provider's status, when the body was the documented JSON.
     pub fn status(&self) -> Option<ProviderStatus> {
         self.provider_status.as_deref().map(ProviderStatus::parse)
@@ -722,18 +740,7 @@ mod tests {
     }
 
     fn exchange(transport: Option<Transport>, http: Option<u16>) -> Exchange<IgnoredAny> {
-        Exchange {
-            class: Class::Transient,
-            provider_status: None,
-            reason: None,
-            http_status: http,
-            error: None,
-            data: None,
-            body: None,
-            timestamp: 0,
-            retry_after: None,
-            transport,
-        }
+        Exchange::transient_for_test(transport, http)
     }
 
     #[test]

@@ -111,18 +111,7 @@ mod tests {
     use super::*;
 
     fn exchange(transport: Option<Transport>, http: Option<u16>) -> Exchange<()> {
-        Exchange {
-            class: Class::Transient,
-            provider_status: None,
-            reason: None,
-            http_status: http,
-            error: None,
-            data: None,
-            body: None,
-            timestamp: 0,
-            retry_after: None,
-            transport,
-        }
+        Exchange::transient_for_test(transport, http)
     }
 
     const POLICY: Policy = Policy {
