@@ -109,7 +109,10 @@ async fn a_bad_config_exits_2_naming_the_key_and_the_file(pool: PgPool) {
 
     std::fs::write(
         &app.config_path,
-        text.replace("cron = \"*/10 * * * *\"", "cron = \"*/10 * *\""),
+        text.replace(
+            &format!("cron = {:?}", app.config.cron),
+            "cron = \"*/10 * *\"",
+        ),
     )
     .unwrap();
     let Output { code, err, .. } = app.run(&["check"]).await;
@@ -252,11 +255,20 @@ async fn check_validates_everything_and_prints_the_next_five_fire_times(pool: Pg
         .map(str::trim)
         .collect();
     assert_eq!(times.len(), 5, "{out}");
+    let times: Vec<_> = times
+        .iter()
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap())
+        .collect();
     for t in &times {
-        let t = chrono::DateTime::parse_from_rfc3339(t).unwrap();
         assert_eq!(t.offset().local_minus_utc(), 8 * 3600, "in Asia/Shanghai");
-        assert_eq!(t.timestamp() % 600, 0, "on the */10 minute grid");
+        assert_eq!(t.timestamp() % 60, 0, "on a whole minute");
     }
+    assert!(
+        times
+            .windows(2)
+            .all(|w| (w[1] - w[0]).num_seconds() == 3600),
+        "hourly, as the default test schedule: {out}"
+    );
     assert!(app.provider.received().is_empty(), "check sends nothing");
 }
 

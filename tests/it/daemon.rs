@@ -331,18 +331,24 @@ async fn a_slow_provider_does_not_hold_back_the_next_tick(pool: PgPool) {
 
 #[sqlx::test]
 async fn after_downtime_one_catch_up_cycle_runs_for_the_latest_missed_tick(pool: PgPool) {
-    // Daily at midnight UTC, on a clock that reads noon yesterday: the latest tick is 12 hours
-    // past and the next 12 hours ahead, whatever the real time of day. Every tick is in the
-    // database's past, so it agrees that each is due.
+    // Daily in UTC at the time of an hour ago, on a clock that reads 12 hours after that time
+    // two days ago: the latest tick is 12 hours past and the next 12 hours ahead. Every tick is
+    // in the database's past, so it agrees that each is due; and the deadline, counted from the
+    // database's now, is the real next tick, some 23 hours away (at midnight, as before, it
+    // was seconds away for a test started just before a real midnight UTC).
+    let daily = (Utc::now() - chrono::Duration::hours(1))
+        .trunc_subsecs(0)
+        .with_second(0)
+        .unwrap();
     let config = TestConfig {
-        cron: "0 0 * * *".into(),
+        cron: format!("{} {} * * *", daily.minute(), daily.hour()),
         timezone: "UTC".into(),
         ..TestConfig::default()
     };
     let app = TestApp::with(pool, config).await;
-    let noon = today_at(12, 0, 0) - chrono::Duration::days(1);
-    let latest = noon - chrono::Duration::hours(12);
-    let next = noon + chrono::Duration::hours(12);
+    let latest = daily - chrono::Duration::days(2);
+    let noon = latest + chrono::Duration::hours(12);
+    let next = latest + chrono::Duration::days(1);
     app.seed("downtime", 460, latest - chrono::Duration::hours(1), 10, 4)
         .await;
     // The last tick run was three days before: two ticks were missed since.
@@ -379,15 +385,18 @@ async fn after_downtime_one_catch_up_cycle_runs_for_the_latest_missed_tick(pool:
 async fn after_a_wall_clock_jump_the_next_tick_fires_on_time_and_a_long_jump_runs_one_catch_up(
     pool: PgPool,
 ) {
-    // On the hour, in UTC, on a clock that reads 10:30 two days ago at the start: every tick
-    // the test steps to is in the database's past.
+    // Hourly at minute M (that of ten minutes ago), in UTC, on a clock that reads 10:M-30
+    // two days ago at the start: every tick the test steps to is in the database's past, and
+    // the deadline, counted from the database's now, is the real next tick some 50 minutes
+    // away (on the whole hour it was seconds away for a test started just before one).
+    let minute = (Utc::now() - chrono::Duration::minutes(10)).minute();
     let config = TestConfig {
-        cron: "0 0 * * * *".into(),
+        cron: format!("0 {minute} * * * *"),
         timezone: "UTC".into(),
         ..TestConfig::default()
     };
     let app = TestApp::with(pool, config).await;
-    let hour = today_at(11, 0, 0) - chrono::Duration::days(2);
+    let hour = today_at(11, minute, 0) - chrono::Duration::days(2);
     app.seed("jumpApp1", 460, hour - chrono::Duration::minutes(30), 10, 4)
         .await;
     let daemon = SteppedDaemon::start(&app, hour - chrono::Duration::minutes(30));

@@ -6,7 +6,7 @@
 
 use backfill_reporter::domain::run::Trigger;
 use backfill_reporter::queue::tick;
-use chrono::{DateTime, Duration, DurationRound, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, DurationRound, SecondsFormat, Timelike, Utc};
 use serde_json::Value;
 use sqlx::{Column, PgPool, Row, TypeInfo};
 use tokio_util::sync::CancellationToken;
@@ -93,12 +93,19 @@ fn expand_macros(sql: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
 }
 
 /// The demo in miniature: its counts, two accounts (shop: demoShop and demoRide; bank:
-/// demoBank), its source and alarm settings, and the last 24 whole hours as scheduled ticks.
+/// demoBank), its source and alarm settings, and the last 24 hours as scheduled ticks.
 /// The provider answers demoRide's first request 503 (a retry) and demoBank's first -22 (a
 /// failure), so that the retry and failure panels have something to show.
+///
+/// The schedule is hourly at the minute of ten minutes ago, not on the whole hour: each
+/// tick's deadline is the next tick after now, some 50 minutes away, so that a test started
+/// just before a real hour boundary does not see its retry cut short.
 async fn demo(pool: PgPool) -> TestApp {
+    let last = (Utc::now() - Duration::minutes(10))
+        .duration_trunc(Duration::minutes(1))
+        .unwrap();
     let config = TestConfig {
-        cron: "0 * * * *".into(),
+        cron: format!("{} * * * *", last.minute()),
         window: "1h".into(),
         min_cardinal: 20,
         accounts: TestAccount::two(&["demoShop", "demoRide"], &["demoBank"]),
@@ -112,7 +119,6 @@ async fn demo(pool: PgPool) -> TestApp {
     app.provider
         .script("demoBank", vec![Scripted::Status("-22", "parameter error")]);
     let ctx = app.ctx();
-    let last = Utc::now().duration_trunc(Duration::hours(1)).unwrap();
     for hours_ago in (0..24).rev() {
         let tick = last - Duration::hours(hours_ago);
         tick::run(&ctx, tick, Trigger::Schedule, &CancellationToken::new())

@@ -10,29 +10,28 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::chaos::{PgServer, Proxy};
 use crate::helpers::{eventually, Daemon, Output, Stopped, TestApp, TestConfig};
 
-/// A yearly schedule whose latest tick (1 January, 00:00 UTC) was missed: the daemon runs it
-/// as its catch-up at start, and its deadline (the next 1 January) is far away. The source
-/// holds `pairs` pairs in the hour before that tick.
+/// A yearly schedule whose latest tick (about half a year ago, 00:00 UTC) was missed: the
+/// daemon runs it as its catch-up at start, and its deadline (the next tick, about half a year
+/// away whatever today's date) is far away. The source holds `pairs` pairs in the hour before
+/// that tick.
 pub(crate) async fn catch_up_app(
     pool: PgPool,
     config: TestConfig,
     pairs: i32,
 ) -> (TestApp, DateTime<Utc>) {
+    let (cron, tick) = TestConfig::yearly_ticked_half_a_year_ago();
     let config = TestConfig {
-        cron: "0 0 1 1 *".into(),
+        cron,
         timezone: "UTC".into(),
         ..config
     };
     let app = TestApp::with(pool, config).await;
-    let tick = Utc
-        .with_ymd_and_hms(Utc::now().year(), 1, 1, 0, 0, 0)
-        .unwrap();
     prepare_catch_up(&app, tick, pairs).await;
     (app, tick)
 }
@@ -176,7 +175,7 @@ async fn thirty_percent_transient_failures_still_end_with_every_pair_succeeded(p
     let app = TestApp::with(
         pool,
         TestConfig {
-            cron: "0 0 1 1 *".into(),
+            cron: TestConfig::yearly_ticked_half_a_year_ago().0,
             max_in_flight: 8,
             retry_backoff: "20ms".into(),
             ..TestConfig::default()
@@ -275,7 +274,7 @@ async fn the_provider_unreachable_across_failed_probes_is_waited_out_with_a_hand
     let placeholder = TestApp::new(pool).await;
     let proxy = Proxy::start(placeholder.provider.addr).await;
     let config = TestConfig {
-        cron: "0 0 1 1 *".into(),
+        cron: TestConfig::yearly_ticked_half_a_year_ago().0,
         max_in_flight: 8,
         request_timeout: "2s".into(),
         base_url: Some(format!("http://{}/otp", proxy.addr)),

@@ -76,9 +76,15 @@ impl TestAccount {
 }
 
 impl Default for TestConfig {
+    /// An hourly schedule whose tick was ten minutes ago: data seeded half an hour ago is in
+    /// the latest tick's window, and what a test plans now has its deadline (the next tick)
+    /// some 50 minutes away whatever the time of day. (A fixed `*/10` schedule put the next
+    /// tick seconds away for a test started just before a real ten-minute boundary, cutting
+    /// its retries short.) Only the minute is set, so the schedule means the same in every
+    /// zone a whole number of hours from UTC.
     fn default() -> Self {
         Self {
-            cron: "*/10 * * * *".into(),
+            cron: TestConfig::hourly_ticked_ten_minutes_ago(),
             timezone: "Asia/Shanghai".into(),
             window: "24h".into(),
             query: None,
@@ -98,6 +104,27 @@ impl Default for TestConfig {
 }
 
 impl TestConfig {
+    /// `M * * * *` where M is the minute of ten minutes ago: the latest tick 10–11 minutes
+    /// back, the next one 49–50 minutes ahead.
+    pub fn hourly_ticked_ten_minutes_ago() -> String {
+        use chrono::Timelike;
+        let last = chrono::Utc::now() - chrono::Duration::minutes(10);
+        format!("{} * * * *", last.minute())
+    }
+
+    /// A yearly schedule (in UTC) whose latest tick was about half a year ago, and that tick:
+    /// its next tick is about half a year away at any date, where `0 0 1 1 *` has it hours
+    /// away on 31 December. The day is at most the 28th, so that the date exists every year.
+    pub fn yearly_ticked_half_a_year_ago() -> (String, DateTime<Utc>) {
+        use chrono::{Datelike, TimeZone};
+        let then = Utc::now() - chrono::Duration::days(182);
+        let day = then.day().min(28);
+        let tick = Utc
+            .with_ymd_and_hms(then.year(), then.month(), day, 0, 0, 0)
+            .unwrap();
+        (format!("0 0 {day} {} *", then.month()), tick)
+    }
+
     /// A six-field schedule that fires on every even second: for daemons that must tick
     /// while the test watches.
     pub fn every_two_seconds() -> Self {

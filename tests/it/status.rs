@@ -39,8 +39,16 @@ async fn status_shows_each_pair_with_its_country_sparkline_and_the_collapse_flag
         assert!(line.chars().count() <= 79, "too wide: {line:?}");
     }
     let all: Vec<&str> = out.lines().collect();
+    // The ticks are on the whole hour, the test schedule hourly at minute M: the interval from
+    // the last tick to the schedule's next one is M minutes (an hour when M is 0).
+    let minute: u32 = app.config.cron.split(' ').next().unwrap().parse().unwrap();
+    let interval = match minute {
+        0 => "1h".to_owned(),
+        m => format!("{m}m"),
+    };
     assert!(
-        all[0].starts_with("last tick ") && all[0].ends_with(" of its 10m interval (3 pairs)"),
+        all[0].starts_with("last tick ")
+            && all[0].ends_with(&format!(" of its {interval} interval (3 pairs)")),
         "the last tick against its interval first: {out}"
     );
     let lines = &all[1..];
