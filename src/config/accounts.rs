@@ -11,7 +11,8 @@ use anyhow::{bail, Context};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::{app_ids, read_secret_file, secret_file_warning, Outside, API_KEY_PLACEHOLDER};
+use super::secrets::{read_secret_file, secret_file_warning};
+use super::{app_ids, Outside, API_KEY_PLACEHOLDER};
 use crate::domain::{AccountName, AppId};
 
 /// One `[[accounts]]` entry as written.

@@ -4,7 +4,6 @@
 //! This module reads files and the environment only; it opens no connection.
 
 use std::fmt::Display;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +17,11 @@ use crate::domain::AppId;
 
 mod accounts;
 pub mod schedule;
+mod secrets;
+mod toml_error;
+
+use secrets::{exposure, read_secret_file};
+use toml_error::parse_error;
 
 pub use accounts::{Account, Accounts};
 
@@ -525,203 +529,6 @@ impl RawSchedule {
     }
 }
 
-/// A TOML error as one line: its line, the key it is about, and toml's message, which
-/// never shows the line itself. toml's messages quote the value that failed to deserialize
-/// (`api_secret = 1234` is a type error that would print 1234), so when the failing value
-/// sits under a secret key, in any layout (section, inline table, dotted or quoted key), the
-/// message is replaced; as a second guard, so is a message that contains a secret's text.
-fn parse_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
-    let message = e.message().trim_end().replace('\n', " ");
-    let Some(values) = value_spans(text) else {
-        // Not even valid TOML: a syntax error, whose message names what was expected, never
-        // the text found.
-        return match e.span() {
-            Some(span) => {
-                let (line, column) = position(text, span.start);
-                let key = key_on_line(text, span.start);
-                match key {
-                    Some(key) => {
-                        anyhow::anyhow!("line {line}, column {column} ({key}): {message}")
-                    }
-                    None => anyhow::anyhow!("line {line}, column {column}: {message}"),
-                }
-            }
-            None => anyhow::anyhow!("{message}"),
-        };
-    };
-    let quotes_a_secret = values
-        .iter()
-        .filter(|v| v.secret)
-        .filter_map(|v| text.get(v.span.clone()))
-        .map(|secret| secret.trim_matches(['"', '\'']).trim())
-        .any(|secret| secret.len() >= 3 && message.contains(secret));
-    let Some(span) = e.span() else {
-        return if quotes_a_secret {
-            anyhow::anyhow!("invalid value (not shown: it may hold a secret)")
-        } else {
-            anyhow::anyhow!("{message}")
-        };
-    };
-    let (line, _) = position(text, span.start);
-    // The innermost value the error points into names the key.
-    let at = values
-        .iter()
-        .filter(|v| v.span.start <= span.start && span.start < v.span.end.max(v.span.start + 1))
-        .min_by_key(|v| v.span.len());
-    match at {
-        Some(v) if v.secret || quotes_a_secret => anyhow::anyhow!(
-            "line {line}: invalid value for {} (not shown: it may hold a secret)",
-            v.path
-        ),
-        None if quotes_a_secret => {
-            anyhow::anyhow!("line {line}: invalid value (not shown: it may hold a secret)")
-        }
-        Some(v) => anyhow::anyhow!("line {line}: {}: {message}", v.path),
-        None => anyhow::anyhow!("line {line}: {message}"),
-    }
-}
-
-/// The key before `=` on the line of `offset`, for an error in text that is not valid TOML:
-/// never a value, and nothing from inside a string. A multi-line secret (`"""…"""`) may hold
-/// a line like `s3cr3t=…`, and an array of strings a line like `"s3cr3t=…",`: their `=` is
-/// inside a string, so they name no key.
-fn key_on_line(text: &str, offset: usize) -> Option<&str> {
-    let start = text[..offset.min(text.len())]
-        .rfind('\n')
-        .map_or(0, |i| i + 1);
-    let line = text[start..].split('\n').next().unwrap_or_default();
-    let equals = start + line.find('=')?;
-    if in_string_at(text, start) || in_string_at(text, equals) {
-        return None;
-    }
-    Some(text[start..equals].trim()).filter(|k| {
-        !k.is_empty()
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c))
-    })
-}
-
-/// Whether byte `offset` of TOML text lies inside a string: a small lexer for the four string
-/// forms (basic and literal, each on one line or several, escapes in the basic ones) and
-/// comments, enough to tell a key from string content in text that does not parse.
-fn in_string_at(text: &str, offset: usize) -> bool {
-    const OPENINGS: [&[u8]; 4] = [b"\"\"\"", b"'''", b"\"", b"'"];
-    let bytes = &text.as_bytes()[..offset.min(text.len())];
-    let mut closing: Option<&[u8]> = None;
-    let mut i = 0;
-    while i < bytes.len() {
-        let rest = &bytes[i..];
-        match closing {
-            None if rest[0] == b'#' => {
-                i += rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-            }
-            None => {
-                closing = OPENINGS.into_iter().find(|open| rest.starts_with(open));
-                i += closing.map_or(1, <[u8]>::len);
-            }
-            Some(close) if close[0] == b'"' && rest[0] == b'\\' => i += 2,
-            Some(close) if rest.starts_with(close) => {
-                closing = None;
-                i += close.len();
-            }
-            // A one-line string ends at its line even when unterminated (that is the error).
-            Some(close) if close.len() == 1 && rest[0] == b'\n' => {
-                closing = None;
-                i += 1;
-            }
-            Some(_) => i += 1,
-        }
-    }
-    closing.is_some()
-}
-
-/// A value of the config file: its dotted key, where it is, and whether it sits under a key
-/// that holds a secret.
-struct SpannedValue {
-    path: String,
-    span: Range<usize>,
-    secret: bool,
-}
-
-/// Whether values under this key are never echoed: the API secret, the database URLs (they may
-/// carry a password), and anything named like a secret.
-fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    // A webhook URL carries its token in the path (Slack's do).
-    key == "url"
-        || key == "direct_url"
-        || key == "webhook_url"
-        || key.contains("secret")
-        || key.contains("password")
-}
-
-/// Every value in the document with its span, nested ones included; `None` when the text is
-/// not valid TOML.
-fn value_spans(text: &str) -> Option<Vec<SpannedValue>> {
-    fn join(path: &str, key: &str) -> String {
-        if path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{path}.{key}")
-        }
-    }
-    fn item(i: &toml_edit::Item, path: &str, secret: bool, out: &mut Vec<SpannedValue>) {
-        match i {
-            toml_edit::Item::None => {}
-            toml_edit::Item::Value(v) => value(v, path, secret, out),
-            toml_edit::Item::Table(t) => table(t, path, secret, out),
-            toml_edit::Item::ArrayOfTables(a) => {
-                for t in a.iter() {
-                    table(t, path, secret, out);
-                }
-            }
-        }
-    }
-    fn table(t: &toml_edit::Table, path: &str, secret: bool, out: &mut Vec<SpannedValue>) {
-        for (k, i) in t.iter() {
-            item(i, &join(path, k), secret || is_secret_key(k), out);
-        }
-    }
-    fn value(v: &toml_edit::Value, path: &str, secret: bool, out: &mut Vec<SpannedValue>) {
-        if let Some(span) = v.span() {
-            out.push(SpannedValue {
-                path: path.to_owned(),
-                span,
-                secret,
-            });
-        }
-        match v {
-            toml_edit::Value::InlineTable(t) => {
-                for (k, v) in t.iter() {
-                    value(v, &join(path, k), secret || is_secret_key(k), out);
-                }
-            }
-            toml_edit::Value::Array(a) => {
-                for v in a.iter() {
-                    value(v, path, secret, out);
-                }
-            }
-            _ => {}
-        }
-    }
-    let doc = toml_edit::ImDocument::parse(text).ok()?;
-    let mut out = Vec::new();
-    table(doc.as_table(), "", false, &mut out);
-    Some(out)
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-fn position(text: &str, offset: usize) -> (usize, usize) {
-    let mut end = offset.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let before = &text[..end];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
-    (line, column)
-}
-
 /// `provider.base_url`: https, or http to this machine only. The signing headers in cleartext
 /// let anyone on the path replay requests and brute-force a short secret offline. The URL is
 /// never echoed: it may carry a password, which is refused too (the API is authenticated by
@@ -856,91 +663,6 @@ fn duration(raw: Option<String>, default: &str, key: &str) -> anyhow::Result<Dur
     humantime::parse_duration(&text).map_err(|e| {
         anyhow::anyhow!("{key} {text:?} is not a duration such as \"10s\" or \"24h\": {e}")
     })
-}
-
-/// The most a secret file may hold. An API secret is a few dozen bytes, a database or webhook
-/// URL a few hundred; a path that names a device (`/dev/zero`) or a log by mistake would
-/// otherwise be read until memory runs out.
-const MAX_SECRET_FILE_BYTES: usize = 4096;
-
-fn read_secret_file(path: &Path) -> anyhow::Result<SecretString> {
-    use std::io::Read;
-    let reading = || format!("reading secret file {}", path.display());
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| {
-            f.take(MAX_SECRET_FILE_BYTES as u64 + 1)
-                .read_to_end(&mut bytes)
-        })
-        .with_context(reading)?;
-    if bytes.len() > MAX_SECRET_FILE_BYTES {
-        bail!(
-            "secret file {} holds more than {} KiB: not a secret (is it the right file?)",
-            path.display(),
-            MAX_SECRET_FILE_BYTES / 1024
-        );
-    }
-    // The text is never quoted: it is the secret, or part of it.
-    let text = String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("secret file {} is not UTF-8 text", path.display()))?;
-    // Editors and `echo` add a final newline that is not part of the secret.
-    Ok(SecretString::from(
-        text.trim_end_matches(['\n', '\r']).to_owned(),
-    ))
-}
-
-/// Who besides the owner may read or write a file, from its mode.
-struct Exposure {
-    mode: u32,
-    readable_by: Option<&'static str>,
-    writable_by: Option<&'static str>,
-}
-
-fn exposure(path: &Path) -> Option<Exposure> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    let who = |group: u32, others: u32| match (mode & group != 0, mode & others != 0) {
-        (true, true) => Some("group and others"),
-        (true, false) => Some("group"),
-        (false, true) => Some("others"),
-        (false, false) => None,
-    };
-    let e = Exposure {
-        mode,
-        readable_by: who(0o040, 0o004),
-        writable_by: who(0o020, 0o002),
-    };
-    (e.readable_by.is_some() || e.writable_by.is_some()).then_some(e)
-}
-
-/// The shipped unit runs as a DynamicUser, a UID that owns nothing: it can read a root-owned
-/// file only when others may read it, so a readable secret file is the unit working, not a
-/// mode to tighten. The advice is to hand the secret over as a credential, which only the
-/// service can read: `key` is the config key that names the file, `credential` the name the
-/// daemon reads the credential by (`api_secret`, or `api_secret_<name>` for an account).
-fn secret_file_warning(key: &str, credential: &str, path: &Path) -> Vec<String> {
-    let Some(e) = exposure(path) else {
-        return Vec::new();
-    };
-    let mut warnings = Vec::new();
-    if let Some(who) = e.readable_by {
-        warnings.push(format!(
-            "{key} {} is readable by {who} (mode {:04o}): hand the secret over as a systemd \
-             credential instead (LoadCredential={credential}:{} in the unit) and remove {key}",
-            path.display(),
-            e.mode,
-            path.display()
-        ));
-    }
-    if let Some(who) = e.writable_by {
-        warnings.push(format!(
-            "{key} {} is writable by {who} (mode {:04o}): whoever can write \
-             it can replace the secret; make it writable by its owner only (chmod go-w)",
-            path.display(),
-            e.mode
-        ));
-    }
-    warnings
 }
 
 /// The secrets written in the config file itself, in words for the warning.

@@ -18,7 +18,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::db::Db;
+use super::handle::Db;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 

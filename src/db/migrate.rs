@@ -10,7 +10,7 @@ use anyhow::Context;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{Executor, PgConnection};
 
-use super::{Db, Tx};
+use super::handle::{Db, Tx};
 use crate::config::Pooler;
 
 /// The migrations in `migrations/`, compiled into the binary.
