@@ -6,8 +6,6 @@
 //! failed), polled against a deadline, never for a fixed time.
 
 use std::collections::HashMap;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -210,63 +208,6 @@ async fn failed_attempts(app: &TestApp) -> i64 {
     .await
 }
 
-/// `run --once` with its stderr readable while it runs.
-struct Watched {
-    child: tokio::process::Child,
-    stderr: Arc<Mutex<String>>,
-    reader: tokio::task::JoinHandle<()>,
-    stdout: tokio::task::JoinHandle<String>,
-}
-
-impl Watched {
-    fn spawn(mut command: tokio::process::Command) -> Self {
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run --once starts");
-        let mut out = child.stdout.take().unwrap();
-        let stdout = tokio::spawn(async move {
-            let mut text = String::new();
-            let _ = out.read_to_string(&mut text).await;
-            text
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let reader = tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Self {
-            child,
-            stderr,
-            reader,
-            stdout,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// The exit code, stdout and stderr, once the process has ended by itself.
-    async fn finished(mut self, limit: Duration) -> (Option<i32>, String, String) {
-        let status = tokio::time::timeout(limit, self.child.wait())
-            .await
-            .expect("run --once ends")
-            .unwrap();
-        let _ = self.reader.await;
-        let stdout = self.stdout.await.unwrap();
-        let stderr = self.stderr.lock().unwrap().clone();
-        (status.code(), stdout, stderr)
-    }
-}
-
 #[sqlx::test]
 async fn the_provider_unreachable_across_failed_probes_is_waited_out_with_a_handful_of_log_lines(
     pool: PgPool,
@@ -285,7 +226,7 @@ async fn the_provider_unreachable_across_failed_probes_is_waited_out_with_a_hand
     seed_pairs(&app, Utc::now() - chrono::Duration::minutes(30), 300).await;
     app.provider.set_latency(Duration::from_millis(20));
 
-    let run = Watched::spawn(app.command(&["run", "--once"]));
+    let run = Daemon::spawn_keeping_stdout(app.command(&["run", "--once"]));
     eventually(Duration::from_secs(20), "50 requests answered", || async {
         app.provider.backfill_bodies().len() >= 50
     })
@@ -293,7 +234,7 @@ async fn the_provider_unreachable_across_failed_probes_is_waited_out_with_a_hand
     proxy.down();
     let down_at = std::time::Instant::now();
     eventually(Duration::from_secs(20), "the breaker opened", || async {
-        run.stderr().contains("provider unreachable")
+        run.log().contains("provider unreachable")
     })
     .await;
     // Down until the breaker's probes (1 s, then 2 s apart) have failed twice more than the

@@ -508,6 +508,8 @@ pub struct Daemon {
     pub child: tokio::process::Child,
     log: Arc<Mutex<String>>,
     reader: tokio::task::JoinHandle<()>,
+    /// Stdout, read to its end, when [`Daemon::spawn_keeping_stdout`] started it.
+    stdout: Option<tokio::task::JoinHandle<String>>,
 }
 
 impl Daemon {
@@ -525,12 +527,33 @@ impl Daemon {
     }
 
     /// Starts `command` (the binary, with `run` or `run --once`), its stderr collected.
-    pub fn spawn(mut command: Command) -> Self {
+    pub fn spawn(command: Command) -> Self {
+        Self::spawn_piped(command, false)
+    }
+
+    /// The same, keeping stdout too: for `run --once`, which prints its summary there.
+    pub fn spawn_keeping_stdout(command: Command) -> Self {
+        Self::spawn_piped(command, true)
+    }
+
+    fn spawn_piped(mut command: Command, keep_stdout: bool) -> Self {
+        use tokio::io::AsyncReadExt;
         let mut child = command
-            .stdout(Stdio::null())
+            .stdout(if keep_stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped())
             .spawn()
             .expect("the daemon starts");
+        let stdout = child.stdout.take().map(|mut out| {
+            tokio::spawn(async move {
+                let mut text = String::new();
+                let _ = out.read_to_string(&mut text).await;
+                text
+            })
+        });
         let log = Arc::new(Mutex::new(String::new()));
         let sink = log.clone();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -541,7 +564,28 @@ impl Daemon {
                 s.push('\n');
             }
         });
-        Self { child, log, reader }
+        Self {
+            child,
+            log,
+            reader,
+            stdout,
+        }
+    }
+
+    /// The exit code, stdout (empty unless kept) and the whole log, once the process has
+    /// ended by itself within `limit`.
+    pub async fn finished(mut self, limit: Duration) -> (Option<i32>, String, String) {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("the process ends by itself")
+            .unwrap();
+        let _ = self.reader.await;
+        let stdout = match self.stdout {
+            Some(out) => out.await.unwrap(),
+            None => String::new(),
+        };
+        let log = self.log.lock().unwrap().clone();
+        (status.code(), stdout, log)
     }
 
     pub fn log(&self) -> String {
